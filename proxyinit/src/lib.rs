@@ -1,0 +1,10 @@
+//! `proxyinit`: the init container that makes the Trellis proxy transparent.
+//!
+//! It runs once in the pod's network namespace and writes `TRELLIS_*` chains in the nat table
+//! so that the pod's inbound TCP lands on the proxy's inbound capture port and its outbound TCP on
+//! the outbound capture port. [`Config`] is shared with the webhook, which renders the init
+//! container's args from it, so the two sides cannot drift apart.
+
+pub mod config;
+
+pub use config::{CidrList, Config, IpTablesMode, Ipv6Mode, PortSpec};
