@@ -1,1 +1,18 @@
-//! placeholder
+//! `webhook`: Trellis's sidecar injector.
+//!
+//! A mutating admission webhook that adds the `proxyinit` init container and the `proxy` sidecar to
+//! pods created in namespaces labelled `sidecarInjectorWebhook=enabled`. The decision and the patch
+//! are a pure function ([`inject`]); [`admission`] speaks AdmissionReview; [`server`] is the HTTPS
+//! shell; [`offline`] is `webhook inject -f`; [`bootstrap`] makes and publishes its certificate.
+
+pub mod admission;
+pub mod annotations;
+pub mod bootstrap;
+pub mod config;
+pub mod inject;
+pub mod metrics;
+pub mod offline;
+pub mod server;
+pub mod tls;
+
+pub use config::InjectorConfig;

@@ -1,0 +1,250 @@
+//! The `trellis.dev/*` pod annotations: every one is parsed and validated here, before anything is
+//! injected, so a bad value is refused at admission with its name, its value and what was expected.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use proxyinit::config::{parse_cidr, parse_port_list, PortSpec};
+
+pub const PREFIX: &str = "trellis.dev/";
+pub const INJECT: &str = "trellis.dev/inject";
+pub const STATUS: &str = "trellis.dev/status";
+pub const MAX_CONNECTIONS: &str = "trellis.dev/max-connections";
+pub const MAX_PENDING_REQUESTS: &str = "trellis.dev/max-pending-requests";
+pub const MAX_REQUESTS: &str = "trellis.dev/max-requests";
+pub const MAX_REQUESTS_PER_CONNECTION: &str = "trellis.dev/max-requests-per-connection";
+pub const OUTBOUND_MAX_CONNECTIONS: &str = "trellis.dev/outbound-max-connections";
+pub const OUTBOUND_MAX_PENDING_REQUESTS: &str = "trellis.dev/outbound-max-pending-requests";
+pub const OUTBOUND_MAX_REQUESTS: &str = "trellis.dev/outbound-max-requests";
+pub const OUTBOUND_MAX_REQUESTS_PER_CONNECTION: &str =
+    "trellis.dev/outbound-max-requests-per-connection";
+pub const INBOUND_PORTS: &str = "trellis.dev/inbound-ports";
+pub const EXCLUDE_INBOUND_PORTS: &str = "trellis.dev/exclude-inbound-ports";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
+pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "trellis.dev/exclude-outbound-ip-ranges";
+pub const OPAQUE_PORTS: &str = "trellis.dev/opaque-ports";
+pub const PROXY_CPU_REQUEST: &str = "trellis.dev/proxy-cpu-request";
+pub const PROXY_MEMORY_REQUEST: &str = "trellis.dev/proxy-memory-request";
+pub const PROXY_CPU_LIMIT: &str = "trellis.dev/proxy-cpu-limit";
+pub const PROXY_MEMORY_LIMIT: &str = "trellis.dev/proxy-memory-limit";
+pub const LOG_LEVEL: &str = "trellis.dev/log-level";
+pub const ACCESS_LOG: &str = "trellis.dev/access-log";
+pub const NATIVE_SIDECAR: &str = "trellis.dev/native-sidecar";
+
+/// Every annotation Trellis understands; any other `trellis.dev/` key is a typo and is refused.
+pub const KNOWN: &[&str] = &[
+    INJECT,
+    STATUS,
+    MAX_CONNECTIONS,
+    MAX_PENDING_REQUESTS,
+    MAX_REQUESTS,
+    MAX_REQUESTS_PER_CONNECTION,
+    OUTBOUND_MAX_CONNECTIONS,
+    OUTBOUND_MAX_PENDING_REQUESTS,
+    OUTBOUND_MAX_REQUESTS,
+    OUTBOUND_MAX_REQUESTS_PER_CONNECTION,
+    INBOUND_PORTS,
+    EXCLUDE_INBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_OUTBOUND_IP_RANGES,
+    OPAQUE_PORTS,
+    PROXY_CPU_REQUEST,
+    PROXY_MEMORY_REQUEST,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_LIMIT,
+    LOG_LEVEL,
+    ACCESS_LOG,
+    NATIVE_SIDECAR,
+];
+
+/// A refused annotation: the message names the annotation, the value, and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {name}: invalid value {value:?}: {expected}")]
+pub struct AnnotationError {
+    pub name: String,
+    pub value: String,
+    pub expected: String,
+}
+
+/// What a pod asked for through its annotations. `None` means "not set, use the default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSettings {
+    pub inject: Option<bool>,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub outbound_max_connections: Option<u32>,
+    pub outbound_max_pending_requests: Option<u32>,
+    pub outbound_max_requests: Option<u32>,
+    pub outbound_max_requests_per_connection: Option<u32>,
+    pub inbound_ports: Option<PortSpec>,
+    pub exclude_inbound_ports: Vec<u16>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_ip_ranges: Option<Vec<IpNet>>,
+    pub opaque_ports: Vec<u16>,
+    pub proxy_cpu_request: Option<String>,
+    pub proxy_memory_request: Option<String>,
+    pub proxy_cpu_limit: Option<String>,
+    pub proxy_memory_limit: Option<String>,
+    pub log_level: Option<String>,
+    pub access_log: bool,
+    pub native_sidecar: bool,
+}
+
+impl PodSettings {
+    /// Parses every `trellis.dev/*` annotation; the first bad one (in name order) is returned.
+    pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodSettings, AnnotationError> {
+        let mut s = PodSettings::default();
+        for (name, value) in annotations.range(PREFIX.to_string()..) {
+            if !name.starts_with(PREFIX) {
+                break;
+            }
+            let err = |expected: &str| AnnotationError {
+                name: name.clone(),
+                value: value.clone(),
+                expected: expected.to_string(),
+            };
+            let v = value.trim();
+            match name.as_str() {
+                INJECT => s.inject = Some(parse_switch(v).ok_or_else(|| err(SWITCH))?),
+                // Written by the injector; its presence alone marks the pod as injected.
+                STATUS => {}
+                MAX_CONNECTIONS => {
+                    s.max_connections = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                MAX_PENDING_REQUESTS => {
+                    s.max_pending_requests = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                MAX_REQUESTS => s.max_requests = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?),
+                MAX_REQUESTS_PER_CONNECTION => {
+                    s.max_requests_per_connection = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                OUTBOUND_MAX_CONNECTIONS => {
+                    s.outbound_max_connections = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                OUTBOUND_MAX_PENDING_REQUESTS => {
+                    s.outbound_max_pending_requests =
+                        Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                OUTBOUND_MAX_REQUESTS => {
+                    s.outbound_max_requests = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                OUTBOUND_MAX_REQUESTS_PER_CONNECTION => {
+                    s.outbound_max_requests_per_connection =
+                        Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
+                }
+                INBOUND_PORTS => {
+                    s.inbound_ports = Some(
+                        v.parse::<PortSpec>()
+                            .map_err(|e| err(&format!("{PORTS_OR_STAR} ({e})")))?,
+                    )
+                }
+                EXCLUDE_INBOUND_PORTS => {
+                    s.exclude_inbound_ports = parse_ports(v).map_err(|e| err(&e))?
+                }
+                EXCLUDE_OUTBOUND_PORTS => {
+                    s.exclude_outbound_ports = parse_ports(v).map_err(|e| err(&e))?
+                }
+                OPAQUE_PORTS => s.opaque_ports = parse_ports(v).map_err(|e| err(&e))?,
+                EXCLUDE_OUTBOUND_IP_RANGES => {
+                    let cidrs = if v.is_empty() {
+                        Vec::new()
+                    } else {
+                        v.split(',').map(parse_cidr).collect::<Result<Vec<_>, _>>().map_err(|e| {
+                            err(&format!("a comma-separated list of CIDRs like 10.0.0.0/8,fd00::/8 ({e})"))
+                        })?
+                    };
+                    s.exclude_outbound_ip_ranges = Some(cidrs);
+                }
+                PROXY_CPU_REQUEST => {
+                    s.proxy_cpu_request = Some(parse_quantity(v).map_err(|e| err(&e))?)
+                }
+                PROXY_MEMORY_REQUEST => {
+                    s.proxy_memory_request = Some(parse_quantity(v).map_err(|e| err(&e))?)
+                }
+                PROXY_CPU_LIMIT => {
+                    s.proxy_cpu_limit = Some(parse_quantity(v).map_err(|e| err(&e))?)
+                }
+                PROXY_MEMORY_LIMIT => {
+                    s.proxy_memory_limit = Some(parse_quantity(v).map_err(|e| err(&e))?)
+                }
+                LOG_LEVEL => {
+                    s.log_level = Some(proxy::config::parse_log_level(v).map_err(|_| {
+                        err(&format!("one of {}", proxy::config::LOG_LEVELS.join(", ")))
+                    })?)
+                }
+                ACCESS_LOG => s.access_log = parse_switch(v).ok_or_else(|| err(SWITCH))?,
+                NATIVE_SIDECAR => s.native_sidecar = parse_switch(v).ok_or_else(|| err(SWITCH))?,
+                _ => {
+                    return Err(err(&format!(
+                        "no such Trellis annotation (a typo?); known annotations: {}",
+                        KNOWN.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+const SWITCH: &str = "`enabled` or `disabled`";
+const LIMIT: &str = "a whole number from 1 to 4294967295";
+const PORTS_OR_STAR: &str =
+    "`*` or a comma-separated list of ports from 1 to 65535, like 8080,9090";
+
+fn parse_switch(v: &str) -> Option<bool> {
+    match v {
+        "enabled" => Some(true),
+        "disabled" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_limit(v: &str) -> Option<u32> {
+    v.parse::<u32>().ok().filter(|n| *n >= 1)
+}
+
+fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
+    parse_port_list(v).map_err(|e| {
+        format!("a comma-separated list of ports from 1 to 65535, like 8080,9090 ({e})")
+    })
+}
+
+/// Validates a Kubernetes resource quantity (`100m`, `64Mi`, `1.5`, `2e3`) and returns it trimmed.
+pub fn parse_quantity(v: &str) -> Result<String, String> {
+    let t = v.trim();
+    let expected = || "a Kubernetes quantity such as 100m, 0.5, 64Mi or 1Gi".to_string();
+    let suffixes = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let (number, suffix) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let number = number.strip_prefix('+').unwrap_or(number);
+    let valid_number = {
+        let mut parts = number.splitn(2, '.');
+        let int = parts.next().unwrap_or("");
+        let frac = parts.next();
+        let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+        !number.is_empty() && digits(int) && frac.is_none_or(digits) && number != "."
+    };
+    let valid_suffix = suffixes.contains(&suffix) || is_exponent(suffix);
+    if valid_number && valid_suffix {
+        Ok(t.to_string())
+    } else {
+        Err(expected())
+    }
+}
+
+fn is_exponent(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix(['e', 'E']) else {
+        return false;
+    };
+    let rest = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+    !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests;

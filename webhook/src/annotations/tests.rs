@@ -1,0 +1,117 @@
+use super::*;
+
+fn parse(pairs: &[(&str, &str)]) -> Result<PodSettings, AnnotationError> {
+    PodSettings::parse(
+        &pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[test]
+fn no_annotations_is_all_defaults() {
+    assert_eq!(parse(&[]).unwrap(), PodSettings::default());
+    // Other prefixes are not ours to judge.
+    assert_eq!(
+        parse(&[("sidecar.istio.io/inject", "x"), ("trellis.devx", "y")]).unwrap(),
+        PodSettings::default()
+    );
+}
+
+#[test]
+fn every_annotation_parses() {
+    let s = parse(&[
+        (INJECT, "enabled"),
+        (MAX_CONNECTIONS, "10"),
+        (MAX_PENDING_REQUESTS, " 10 "),
+        (MAX_REQUESTS, "100"),
+        (MAX_REQUESTS_PER_CONNECTION, "1"),
+        (OUTBOUND_MAX_CONNECTIONS, "3"),
+        (OUTBOUND_MAX_PENDING_REQUESTS, "1"),
+        (OUTBOUND_MAX_REQUESTS, "4294967295"),
+        (OUTBOUND_MAX_REQUESTS_PER_CONNECTION, "1"),
+        (INBOUND_PORTS, "8080,9090"),
+        (EXCLUDE_INBOUND_PORTS, "22"),
+        (EXCLUDE_OUTBOUND_PORTS, "3306,5432"),
+        (EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/8, fd00::/8"),
+        (OPAQUE_PORTS, "6379"),
+        (PROXY_CPU_REQUEST, "100m"),
+        (PROXY_MEMORY_REQUEST, "64Mi"),
+        (PROXY_CPU_LIMIT, "1"),
+        (PROXY_MEMORY_LIMIT, "1Gi"),
+        (LOG_LEVEL, "DEBUG"),
+        (ACCESS_LOG, "enabled"),
+        (NATIVE_SIDECAR, "enabled"),
+        (STATUS, "{}"),
+    ])
+    .unwrap();
+    assert_eq!(s.inject, Some(true));
+    assert_eq!(s.max_connections, Some(10));
+    assert_eq!(s.max_pending_requests, Some(10));
+    assert_eq!(s.outbound_max_requests, Some(u32::MAX));
+    assert_eq!(s.inbound_ports, Some(PortSpec::List(vec![8080, 9090])));
+    assert_eq!(s.exclude_outbound_ports, vec![3306, 5432]);
+    assert_eq!(s.exclude_outbound_ip_ranges.as_ref().unwrap().len(), 2);
+    assert_eq!(s.log_level.as_deref(), Some("debug"));
+    assert!(s.access_log && s.native_sidecar);
+    assert_eq!(
+        parse(&[(INBOUND_PORTS, "*")]).unwrap().inbound_ports,
+        Some(PortSpec::All)
+    );
+    assert_eq!(
+        parse(&[(EXCLUDE_OUTBOUND_IP_RANGES, "")])
+            .unwrap()
+            .exclude_outbound_ip_ranges,
+        Some(vec![])
+    );
+}
+
+#[test]
+fn bad_values_are_refused_naming_annotation_value_and_expectation() {
+    let cases = [
+        (INJECT, "false", "enabled"),
+        (MAX_CONNECTIONS, "ten", "whole number"),
+        (MAX_CONNECTIONS, "0", "whole number"),
+        (MAX_PENDING_REQUESTS, "-1", "whole number"),
+        (OUTBOUND_MAX_REQUESTS, "4294967296", "whole number"),
+        (INBOUND_PORTS, "8080,http", "comma-separated list of ports"),
+        (EXCLUDE_INBOUND_PORTS, "*", "comma-separated list of ports"),
+        (
+            EXCLUDE_OUTBOUND_PORTS,
+            "70000",
+            "comma-separated list of ports",
+        ),
+        (EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33", "CIDR"),
+        (OPAQUE_PORTS, "0", "ports"),
+        (PROXY_CPU_REQUEST, "lots", "quantity"),
+        (PROXY_MEMORY_LIMIT, "1GB", "quantity"),
+        (LOG_LEVEL, "verbose", "one of trace"),
+        (ACCESS_LOG, "on", "enabled"),
+        (NATIVE_SIDECAR, "yes", "enabled"),
+        (
+            "trellis.dev/max-conections",
+            "10",
+            "no such Trellis annotation",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let err = parse(&[(name, value)]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(name), "{msg}");
+        assert!(msg.contains(&format!("{value:?}")), "{msg}");
+        assert!(msg.contains(expected), "{name}={value}: {msg}");
+    }
+}
+
+#[test]
+fn quantities() {
+    for ok in [
+        "10m", "0.5", "1", "64Mi", "1Gi", "2e3", "1E+2", "+1", ".5", "1.", "100k",
+    ] {
+        assert_eq!(parse_quantity(ok), Ok(ok.to_string()), "{ok}");
+    }
+    for bad in ["", "m", "1GB", "-1", "1.2.3", "ten", "1e", "1 Mi", "."] {
+        assert!(parse_quantity(bad).is_err(), "{bad}");
+    }
+}

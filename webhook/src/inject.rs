@@ -1,0 +1,436 @@
+//! The injection decision and the patch: a pure function from a pod (and the injector's settings)
+//! to "skip, and why", "deny, and why", or a JSON patch adding `proxyinit` and `proxy`.
+//!
+//! The patch is computed against the pod exactly as received, so it works whatever the pod has or
+//! lacks (missing arrays and maps are created, `/` in keys is escaped as `~1`), and the same pod
+//! always gives a byte-identical patch.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{json, Value};
+
+use crate::annotations::{self, AnnotationError, PodSettings};
+use crate::config::{InjectorConfig, OWN_POD_LABEL};
+
+pub const PROXY: &str = "proxy";
+pub const PROXYINIT: &str = "proxyinit";
+/// emptyDir mounted at `/run` in `proxyinit`, whose root filesystem is read-only, for the xtables lock.
+pub const RUN_VOLUME: &str = "trellis-run";
+pub const ADMIN_PORT_NAME: &str = "trellis-admin";
+
+/// Why a pod was left as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    HostNetwork,
+    AlreadyInjected,
+    OptedOut,
+    OwnPod,
+    NameConflict,
+}
+
+impl SkipReason {
+    /// The label value used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::HostNetwork => "host_network",
+            SkipReason::AlreadyInjected => "already_injected",
+            SkipReason::OptedOut => "opted_out",
+            SkipReason::OwnPod => "own_pod",
+            SkipReason::NameConflict => "name_conflict",
+        }
+    }
+}
+
+/// What the injector decided for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Add the sidecar with this JSON patch (RFC 6902 operations).
+    Inject(json_patch::Patch),
+    /// Leave the pod unchanged; a warning is shown to the user when there is one.
+    Skip {
+        reason: SkipReason,
+        warning: Option<String>,
+    },
+    /// Refuse the pod: one of its Trellis annotations is invalid.
+    Deny(AnnotationError),
+}
+
+/// What `trellis.dev/status` records: what was injected, for idempotency and removal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub init_containers: Vec<String>,
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+    pub native_sidecar: bool,
+}
+
+/// Decides for `pod` and, when injecting, builds the patch.
+pub fn inject(pod: &Pod, cfg: &InjectorConfig) -> Outcome {
+    let meta = &pod.metadata;
+    let empty = BTreeMap::new();
+    let pod_annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    let skip = |reason| Outcome::Skip {
+        reason,
+        warning: None,
+    };
+
+    if pod_annotations.contains_key(annotations::STATUS) {
+        return skip(SkipReason::AlreadyInjected);
+    }
+    if labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1) {
+        return skip(SkipReason::OwnPod);
+    }
+    // Validate before anything else that could skip, so a typo never passes silently.
+    let settings = match PodSettings::parse(pod_annotations) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Deny(e),
+    };
+    if settings.inject == Some(false) {
+        return skip(SkipReason::OptedOut);
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return skip(SkipReason::OptedOut);
+    };
+    if spec.host_network == Some(true) {
+        return skip(SkipReason::HostNetwork);
+    }
+    let taken = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .find(|n| *n == PROXY || *n == PROXYINIT);
+    if let Some(name) = taken {
+        return Outcome::Skip {
+            reason: SkipReason::NameConflict,
+            warning: Some(format!(
+                "trellis: sidecar not injected: the pod already has a container named {name:?}; \
+                 rename it, or set trellis.dev/inject: disabled to silence this warning"
+            )),
+        };
+    }
+    Outcome::Inject(build_patch(pod, cfg, &settings))
+}
+
+/// The `proxyinit` configuration for this pod, the same type the init container parses.
+pub fn proxyinit_config(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> proxyinit::Config {
+    let inbound_ports = s.inbound_ports.clone().unwrap_or_else(|| {
+        let mut ports: Vec<u16> = app_container_ports(pod).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        proxyinit::PortSpec::List(ports)
+    });
+    let mut c = proxyinit::Config {
+        proxy_uid: cfg.proxy_uid,
+        proxy_gid: cfg.proxy_gid,
+        inbound_capture_port: cfg.inbound_capture_port,
+        outbound_capture_port: cfg.outbound_capture_port,
+        proxy_admin_port: cfg.proxy_admin_port,
+        inbound_ports,
+        exclude_inbound_ports: s.exclude_inbound_ports.clone(),
+        exclude_outbound_ports: s.exclude_outbound_ports.clone(),
+        ..proxyinit::Config::default()
+    };
+    if let Some(cidrs) = &s.exclude_outbound_ip_ranges {
+        c.exclude_outbound_cidrs = proxyinit::CidrList(cidrs.clone());
+    }
+    c
+}
+
+/// The `proxy` configuration for this pod, the same type the sidecar parses.
+pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
+    let d = proxy::Config::default();
+    proxy::Config {
+        admin_listen: std::net::SocketAddr::new(d.admin_listen.ip(), cfg.proxy_admin_port),
+        inbound_capture_port: cfg.inbound_capture_port,
+        outbound_capture_port: cfg.outbound_capture_port,
+        max_connections: s.max_connections,
+        max_pending_requests: s.max_pending_requests,
+        max_requests: s.max_requests,
+        max_requests_per_connection: s.max_requests_per_connection,
+        outbound_max_connections: s.outbound_max_connections,
+        outbound_max_pending_requests: s.outbound_max_pending_requests,
+        outbound_max_requests: s.outbound_max_requests,
+        outbound_max_requests_per_connection: s.outbound_max_requests_per_connection,
+        opaque_ports: s.opaque_ports.clone(),
+        access_log: s.access_log,
+        log_level: s.log_level.clone().unwrap_or(d.log_level.clone()),
+        ..d
+    }
+}
+
+/// TCP containerPorts of the app containers (the pod as received, before injection).
+fn app_container_ports(pod: &Pod) -> impl Iterator<Item = u16> + '_ {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok().filter(|p| *p != 0))
+}
+
+fn build_patch(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> json_patch::Patch {
+    let spec = pod.spec.as_ref().expect("checked by inject");
+    let mut ops: Vec<Value> = Vec::new();
+
+    let init = proxyinit_container(pod, cfg, s);
+    let proxy = proxy_container(cfg, s);
+    let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
+    if s.native_sidecar {
+        // proxyinit, then the proxy as a restartable init container, before the user's init
+        // containers: the kubelet waits for its startup probe before starting anything else.
+        if has_init {
+            ops.push(add("/spec/initContainers/0", to_value(&proxy)));
+            ops.push(add("/spec/initContainers/0", to_value(&init)));
+        } else {
+            ops.push(add(
+                "/spec/initContainers",
+                json!([to_value(&init), to_value(&proxy)]),
+            ));
+        }
+    } else {
+        // After the user's init containers, so they keep a working network.
+        if has_init {
+            ops.push(add("/spec/initContainers/-", to_value(&init)));
+        } else {
+            ops.push(add("/spec/initContainers", json!([to_value(&init)])));
+        }
+        // First among containers: with its postStart hook the app starts only once it is ready.
+        ops.push(add("/spec/containers/0", to_value(&proxy)));
+    }
+
+    let volume = Volume {
+        name: RUN_VOLUME.into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    };
+    if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        ops.push(add("/spec/volumes/-", to_value(&volume)));
+    } else {
+        ops.push(add("/spec/volumes", json!([to_value(&volume)])));
+    }
+
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        init_containers: if s.native_sidecar {
+            vec![PROXYINIT.into(), PROXY.into()]
+        } else {
+            vec![PROXYINIT.into()]
+        },
+        containers: if s.native_sidecar {
+            vec![]
+        } else {
+            vec![PROXY.into()]
+        },
+        volumes: vec![RUN_VOLUME.into()],
+        native_sidecar: s.native_sidecar,
+    };
+    let mut added: BTreeMap<String, String> = BTreeMap::new();
+    added.insert(
+        annotations::STATUS.into(),
+        serde_json::to_string(&status).expect("serializable"),
+    );
+    let existing = pod.metadata.annotations.as_ref();
+    if !existing.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/"))) {
+        added.insert("prometheus.io/scrape".into(), "true".into());
+        added.insert(
+            "prometheus.io/port".into(),
+            cfg.proxy_admin_port.to_string(),
+        );
+        added.insert("prometheus.io/path".into(), "/stats/prometheus".into());
+    }
+    if existing.is_some() {
+        for (k, v) in added {
+            ops.push(add(
+                &format!("/metadata/annotations/{}", escape(&k)),
+                Value::String(v),
+            ));
+        }
+    } else {
+        ops.push(add("/metadata/annotations", json!(added)));
+    }
+
+    serde_json::from_value(Value::Array(ops)).expect("well-formed patch operations")
+}
+
+fn add(path: &str, value: Value) -> Value {
+    json!({ "op": "add", "path": path, "value": value })
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("k8s-openapi types serialize")
+}
+
+/// JSON Pointer escaping (RFC 6901): `~` → `~0`, `/` → `~1`.
+pub fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn proxyinit_container(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> Container {
+    Container {
+        name: PROXYINIT.into(),
+        image: Some(cfg.proxyinit_image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        command: Some(vec![PROXYINIT.into()]),
+        args: Some(proxyinit_config(pod, cfg, s).to_args()),
+        resources: Some(resources(
+            &[("cpu", "10m"), ("memory", "10Mi")],
+            &[("cpu", "100m"), ("memory", "50Mi")],
+        )),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: RUN_VOLUME.into(),
+            mount_path: "/run".into(),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(cfg: &InjectorConfig, s: &PodSettings) -> Container {
+    let pcfg = proxy_config(cfg, s);
+    let args = pcfg.to_args();
+    let ready_probe = |period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ready".into()),
+            port: IntOrString::Int(cfg.proxy_admin_port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut wait_ready = vec![PROXY.to_string(), "wait-ready".to_string()];
+    if pcfg.admin_listen != proxy::Config::default().admin_listen {
+        wait_ready.push(format!("--admin-listen={}", pcfg.admin_listen));
+    }
+    let cpu_req = s
+        .proxy_cpu_request
+        .as_deref()
+        .unwrap_or(&cfg.proxy_cpu_request);
+    let mem_req = s
+        .proxy_memory_request
+        .as_deref()
+        .unwrap_or(&cfg.proxy_memory_request);
+    let mut limits = Vec::new();
+    if let Some(cpu) = s
+        .proxy_cpu_limit
+        .as_deref()
+        .or(cfg.proxy_cpu_limit.as_deref())
+    {
+        limits.push(("cpu", cpu));
+    }
+    if let Some(mem) = s
+        .proxy_memory_limit
+        .as_deref()
+        .or(cfg.proxy_memory_limit.as_deref())
+    {
+        limits.push(("memory", mem));
+    }
+    let mut c = Container {
+        name: PROXY.into(),
+        image: Some(cfg.proxy_image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        command: Some(vec![PROXY.into()]),
+        args: (!args.is_empty()).then_some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: cfg.proxy_admin_port.into(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_IP", "status.podIP"),
+        ]),
+        readiness_probe: Some(ready_probe(2, 3)),
+        resources: Some(resources(&[("cpu", cpu_req), ("memory", mem_req)], &limits)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(cfg.proxy_uid.into()),
+            run_as_group: Some(cfg.proxy_gid.into()),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    if s.native_sidecar {
+        c.restart_policy = Some("Always".into());
+        c.startup_probe = Some(ready_probe(1, 60));
+    } else {
+        c.lifecycle = Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(wait_ready),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    c
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
+    let map = |kv: &[(&str, &str)]| -> Option<BTreeMap<String, Quantity>> {
+        (!kv.is_empty()).then(|| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: map(requests),
+        limits: map(limits),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
