@@ -177,10 +177,14 @@ impl PodSettings {
                 ACCESS_LOG => s.access_log = parse_switch(v).ok_or_else(|| err(SWITCH))?,
                 NATIVE_SIDECAR => s.native_sidecar = parse_switch(v).ok_or_else(|| err(SWITCH))?,
                 _ => {
-                    return Err(err(&format!(
-                        "no such Trellis annotation (a typo?); known annotations: {}",
-                        KNOWN.join(", ")
-                    )))
+                    let hint = match closest(name) {
+                        Some(known) => format!("no such Trellis annotation; did you mean {known}?"),
+                        None => format!(
+                            "no such Trellis annotation; known annotations: {}",
+                            KNOWN.join(", ")
+                        ),
+                    };
+                    return Err(err(&hint));
                 }
             }
         }
@@ -192,6 +196,33 @@ const SWITCH: &str = "`enabled` or `disabled`";
 const LIMIT: &str = "a whole number from 1 to 4294967295";
 const PORTS_OR_STAR: &str =
     "`*` or a comma-separated list of ports from 1 to 65535, like 8080,9090";
+
+/// The known annotation nearest to a misspelt one, if it is close enough to be a typo.
+fn closest(name: &str) -> Option<&'static str> {
+    KNOWN
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
 
 fn parse_switch(v: &str) -> Option<bool> {
     match v {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -55,8 +56,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let start = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            // Over 3 MiB (413) or an unreadable body: counted, and answered with axum's status.
+            state
+                .metrics
+                .record("error", "", start.elapsed().as_secs_f64());
+            tracing::warn!("bad review body: {rejection}");
+            return rejection.into_response();
+        }
+    };
     match admission::review(&body, &state.injector) {
         Ok((out, verdict)) => {
             let elapsed = start.elapsed().as_secs_f64();

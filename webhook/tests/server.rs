@@ -1,0 +1,328 @@
+//! The real TLS webhook server on a random port, driven by a real HTTPS client: golden
+//! AdmissionReviews, bad input, metrics, and a certificate rotated on disk under load.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::{start, testdata, Client};
+
+/// What a golden file records of a response: the patch decoded, so diffs are readable.
+fn summarize(resp: &Value) -> Value {
+    let r = &resp["response"];
+    let mut out = json!({ "allowed": r["allowed"] });
+    if let Some(p) = r["patch"].as_str() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(p)
+            .expect("patch is base64");
+        out["patchType"] = r["patchType"].clone();
+        out["patch"] = serde_json::from_slice(&bytes).expect("patch is JSON");
+    }
+    for k in ["status", "warnings"] {
+        if !r[k].is_null() {
+            out[k] = r[k].clone();
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn golden_reviews_over_tls() {
+    let server = start("golden", Duration::from_secs(60)).await;
+    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut fixtures: Vec<_> = std::fs::read_dir(testdata("reviews"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.to_string_lossy().ends_with(".out.json")
+        })
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 16, "fixtures missing");
+    for input in fixtures {
+        let name = input.file_stem().unwrap().to_string_lossy().to_string();
+        let body = std::fs::read(&input).unwrap();
+        let review: Value = serde_json::from_slice(&body).unwrap();
+        let (status, resp) = client.request("POST", "/mutate", body).await.unwrap();
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&resp));
+        let resp: Value = serde_json::from_slice(&resp).unwrap();
+        assert_eq!(resp["apiVersion"], "admission.k8s.io/v1", "{name}");
+        assert_eq!(resp["kind"], "AdmissionReview", "{name}");
+        assert_eq!(
+            resp["response"]["uid"], review["request"]["uid"],
+            "{name}: uid echoed"
+        );
+        let summary = summarize(&resp);
+
+        // Every patch applies to the object it was computed for and yields a valid Pod.
+        if let Some(patch) = summary.get("patch") {
+            let patch: json_patch::Patch = serde_json::from_value(patch.clone()).unwrap();
+            let mut pod = review["request"]["object"].clone();
+            json_patch::patch(&mut pod, &patch).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+            let spec = pod.spec.unwrap();
+            let all: Vec<_> = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .map(|c| c.name.clone())
+                .collect();
+            assert!(
+                all.contains(&"proxy".into()) && all.contains(&"proxyinit".into()),
+                "{name}: {all:?}"
+            );
+        }
+
+        let golden = testdata(&format!("reviews/{name}.out.json"));
+        let pretty = serde_json::to_string_pretty(&summary).unwrap() + "\n";
+        if update {
+            std::fs::write(&golden, &pretty).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|_| panic!("{}: missing; run with UPDATE_GOLDEN=1", golden.display()));
+        assert_eq!(
+            pretty,
+            want,
+            "{name}: response differs from {}",
+            golden.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn decisions_seen_by_the_api_server() {
+    let server = start("decisions", Duration::from_secs(60)).await;
+    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    let post = |name: &'static str| {
+        let body = std::fs::read(testdata(&format!("reviews/{name}.json"))).unwrap();
+        async move { body }
+    };
+    let mut send = async |body: Vec<u8>| -> Value {
+        let (status, resp) = client.request("POST", "/mutate", body).await.unwrap();
+        assert_eq!(status, 200);
+        serde_json::from_slice(&resp).unwrap()
+    };
+    let deny = send(post("deny-bad-annotation").await).await;
+    assert_eq!(deny["response"]["allowed"], false);
+    assert_eq!(deny["response"]["status"]["code"], 400);
+    let msg = deny["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("trellis.dev/max-connections")
+            && msg.contains("\"ten\"")
+            && msg.contains("whole number"),
+        "{msg}"
+    );
+
+    let warn = send(post("warn-name-conflict").await).await;
+    assert_eq!(warn["response"]["allowed"], true);
+    assert!(warn["response"].get("patch").is_none());
+    assert!(warn["response"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("\"proxy\""));
+
+    for name in [
+        "allow-update",
+        "allow-not-a-pod",
+        "skip-host-network",
+        "skip-opted-out",
+        "skip-already-injected",
+        "skip-own-pod",
+    ] {
+        let r = send(post(name).await).await;
+        assert_eq!(r["response"]["allowed"], true, "{name}");
+        assert!(
+            r["response"].get("patch").is_none(),
+            "{name}: nothing changes"
+        );
+    }
+
+    // DryRun gets the same answer as the real thing.
+    let real = send(post("plain-pod").await).await;
+    let dry = send(post("dry-run").await).await;
+    assert_eq!(real["response"]["patch"], dry["response"]["patch"]);
+    assert!(real["response"]["patch"].is_string());
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_never_panicked_on() {
+    let server = start("bad-input", Duration::from_secs(60)).await;
+    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json at all".to_vec(), "not an AdmissionReview"),
+        (b"{}".to_vec(), "not an AdmissionReview"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":null}"#
+                .to_vec(),
+            "expected admission.k8s.io/v1",
+        ),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "no request",
+        ),
+        (vec![0xff, 0xfe, 0x00], "not an AdmissionReview"),
+    ];
+    for (body, want) in cases {
+        let (status, resp) = client.request("POST", "/mutate", body).await.unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(want), "{want:?} not in {text:?}");
+    }
+    // A pod whose containers are not a list: 400 naming the problem.
+    let mut review: Value =
+        serde_json::from_slice(&std::fs::read(testdata("reviews/plain-pod.json")).unwrap())
+            .unwrap();
+    review["request"]["object"]["spec"]["containers"] = json!("nope");
+    let (status, resp) = client
+        .request("POST", "/mutate", serde_json::to_vec(&review).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&resp).contains("not a valid Pod"));
+
+    let (status, _) = client
+        .request("POST", "/mutate", vec![b' '; 4 * 1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+
+    // The same server still serves.
+    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.request("GET", "/healthz", vec![]).await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        client.request("GET", "/readyz", vec![]).await.unwrap().0,
+        200
+    );
+    let (status, metrics) = client.request("GET", "/metrics", vec![]).await.unwrap();
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains(r#"trellis_webhook_reviews_total{result="error",reason=""} 7"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trellis_webhook_review_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_reviews_by_result_and_reason() {
+    let server = start("metrics", Duration::from_secs(60)).await;
+    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    for name in [
+        "plain-pod",
+        "plain-pod",
+        "skip-host-network",
+        "deny-bad-annotation",
+        "allow-not-a-pod",
+    ] {
+        let body = std::fs::read(testdata(&format!("reviews/{name}.json"))).unwrap();
+        assert_eq!(
+            client.request("POST", "/mutate", body).await.unwrap().0,
+            200
+        );
+    }
+    let (_, metrics) = client.request("GET", "/metrics", vec![]).await.unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        r#"trellis_webhook_reviews_total{result="injected",reason=""} 2"#,
+        r#"trellis_webhook_reviews_total{result="skipped",reason="host_network"} 1"#,
+        r#"trellis_webhook_reviews_total{result="denied",reason=""} 1"#,
+        r#"trellis_webhook_reviews_total{result="skipped",reason="not_a_pod"} 1"#,
+        "trellis_webhook_review_duration_seconds_count 5",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn certificate_rotated_on_disk_while_clients_keep_calling() {
+    let server = start("rotate", Duration::from_millis(100)).await;
+    let body = std::fs::read(testdata("reviews/plain-pod.json")).unwrap();
+    let mut old_conn = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    let first_cert = old_conn.peer_cert.clone();
+
+    // A steady caller on the old keep-alive connection, through the whole rotation.
+    let caller_body = body.clone();
+    let caller = tokio::spawn(async move {
+        let mut ok = 0;
+        for _ in 0..60 {
+            let (status, _) = old_conn
+                .request("POST", "/mutate", caller_body.clone())
+                .await
+                .expect("no dropped connection");
+            assert_eq!(status, 200);
+            ok += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ok
+    });
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // A half-written or garbage file is ignored: the old certificate keeps serving.
+    std::fs::write(server.dir.join("tls.crt"), "garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still_old = Client::connect(server.addr, &server.bundle.ca_pem)
+        .await
+        .unwrap();
+    assert_eq!(still_old.peer_cert, first_cert);
+
+    // The rotated Secret: a new CA and serving pair.
+    let rotated = webhook::bootstrap::generate(&webhook::bootstrap::dns_names(
+        "trellis-webhook",
+        "trellis-system",
+    ))
+    .unwrap();
+    webhook::bootstrap::write_files(
+        &rotated,
+        &server.dir.join("tls.crt"),
+        &server.dir.join("tls.key"),
+    )
+    .unwrap();
+    let mut new_conn = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(c) = Client::connect(server.addr, &rotated.ca_pem).await {
+            new_conn = Some(c);
+            break;
+        }
+    }
+    let mut new_conn = new_conn.expect("new handshakes get the rotated certificate");
+    assert_ne!(new_conn.peer_cert, first_cert);
+    assert_eq!(
+        new_conn.request("POST", "/mutate", body).await.unwrap().0,
+        200
+    );
+    assert!(
+        Client::connect(server.addr, &server.bundle.ca_pem)
+            .await
+            .is_err(),
+        "the old CA no longer verifies new handshakes"
+    );
+    assert_eq!(
+        caller.await.unwrap(),
+        60,
+        "the old connection kept working throughout"
+    );
+}
