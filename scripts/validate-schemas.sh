@@ -25,3 +25,20 @@ for f in "${manifests[@]}" webhook/testdata/workloads/*.yaml; do
     validate "$out/$n.yaml"
 done
 echo "schema: $n injected workload files valid against Kubernetes $K8S_VERSION"
+
+# Injected pods from every golden AdmissionReview that carries a pod CREATE.
+m=0
+for review in webhook/testdata/reviews/*.json; do
+    case "$review" in *.out.json) continue ;; esac
+    "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))["request"]; sys.exit(0 if r["kind"]["kind"]=="Pod" and r["operation"]=="CREATE" else 1)' "$review" || continue
+    "$PY" -c 'import json,sys; o=json.load(open(sys.argv[1]))["request"]["object"]; o.pop("status",None); json.dump(o,sys.stdout)' "$review" > "$out/pod.json"
+    # Refused pods (bad annotations) are expected to fail injection; everything else must validate.
+    if target/release/webhook inject -f "$out/pod.json" > "$out/pod-$m.yaml" 2>"$out/err"; then
+        validate "$out/pod-$m.yaml"
+        m=$((m + 1))
+    elif ! grep -q "trellis.dev/" "$out/err"; then
+        cat "$out/err" >&2
+        exit 1
+    fi
+done
+echo "schema: $m injected pods from the AdmissionReview fixtures valid against Kubernetes $K8S_VERSION"

@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod offline;
 pub mod server;
 pub mod tls;
+pub mod yaml;
 
 pub use config::InjectorConfig;

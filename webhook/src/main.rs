@@ -1,6 +1,6 @@
 //! `webhook` binary: `serve` (the admission server) and `inject` (offline, like `istioctl kube-inject`).
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +68,7 @@ fn main() -> ExitCode {
             cli.log_level
         )))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Inject { file, injector } => inject(&file, &injector),

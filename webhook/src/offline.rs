@@ -58,7 +58,7 @@ pub fn inject_yaml(
             }
         })?;
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&value).expect("JSON values serialize as YAML"));
+        out.push_str(&crate::yaml::to_string(&value));
     }
     Ok(out)
 }
