@@ -41,7 +41,7 @@ schema: $(PY)
 	K8S_VERSION=$(K8S_VERSION) PY=$(PY) scripts/validate-schemas.sh
 
 shellcheck:
-	shellcheck -x .ci/run scripts/*.sh $(wildcard tests/kind/*.sh) $(wildcard certs/*.sh)
+	shellcheck -x .ci/run scripts/*.sh bench/*.sh $(wildcard tests/kind/*.sh) $(wildcard certs/*.sh)
 
 demo:
 	@echo "make demo: the whole-mesh demo in network namespaces arrives with issue 5 (end to end)." >&2
@@ -61,7 +61,7 @@ e2e-kind:
 
 bench-webhook:
 	$(CARGO) build -p webhook --release
-	$(CARGO) run -p webhook --release --example bench_webhook
+	bench/webhook.sh
 
 clean:
 	$(CARGO) clean

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "{},kube=warn,hyper=warn",
+            "{},kube=warn,hyper=warn,rustls=error",
             cli.log_level
         )))
         .with_writer(std::io::stderr)
