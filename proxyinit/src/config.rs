@@ -110,6 +110,29 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Cross-field checks that clap cannot express on one flag. The message names the flags, the
+    /// values and what is expected; the binary exits 2 on it before touching anything.
+    pub fn validate(&self) -> Result<(), String> {
+        let ports = [
+            ("--inbound-capture-port", self.inbound_capture_port),
+            ("--outbound-capture-port", self.outbound_capture_port),
+            ("--proxy-admin-port", self.proxy_admin_port),
+        ];
+        for (i, (flag_a, a)) in ports.iter().enumerate() {
+            for (flag_b, b) in &ports[i + 1..] {
+                if a == b {
+                    return Err(format!(
+                        "{flag_a} and {flag_b} are both {a}: the proxy listens on each of them, \
+                         so they must be three different ports"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn join<T: fmt::Display>(items: &[T]) -> String {
     items
         .iter()
@@ -332,6 +355,27 @@ mod tests {
             assert!(msg.contains(flag) && msg.contains(value), "{args:?}: {msg}");
             assert_eq!(err.exit_code(), 2);
         }
+    }
+
+    #[test]
+    fn validate_refuses_shared_ports() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c = Config {
+            outbound_capture_port: 15006,
+            ..Config::default()
+        };
+        let msg = c.validate().unwrap_err();
+        assert!(
+            msg.contains("--inbound-capture-port")
+                && msg.contains("--outbound-capture-port")
+                && msg.contains("15006"),
+            "{msg}"
+        );
+        let c = Config {
+            proxy_admin_port: 15001,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("--proxy-admin-port"));
     }
 
     #[test]

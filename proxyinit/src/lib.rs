@@ -5,6 +5,11 @@
 //! the outbound capture port. [`Config`] is shared with the webhook, which renders the init
 //! container's args from it, so the two sides cannot drift apart.
 
+pub mod apply;
 pub mod config;
+pub mod detect;
+pub mod rules;
 
 pub use config::{CidrList, Config, IpTablesMode, Ipv6Mode, PortSpec};
+pub use detect::Backend;
+pub use rules::Family;
