@@ -428,3 +428,72 @@ fn connections_are_redirected_as_documented() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+#[test]
+fn ipv6_connections_are_redirected_too() {
+    require_root();
+    let sb = Sandbox::new(true);
+    let (pod, peer) = (&sb.pod, &sb.peer);
+    // --ipv6=auto: the pod has a routable IPv6 address, so ip6tables rules are written.
+    let out = pod.proxyinit(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let any = |port: u16| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    for (port, label) in [
+        (15006, "inbound-capture"),
+        (15001, "outbound-capture"),
+        (8080, "app"),
+    ] {
+        support::serve_on(pod, any(port), label);
+    }
+    support::serve_on(peer, any(80), "outside");
+
+    let (pod_ip, peer_ip) = (sb.pod_ip6(), sb.peer_ip6());
+    let at = |ip: std::net::Ipv6Addr, port: u16| SocketAddr::from((ip, port));
+    let cases = [
+        (
+            "peer -> app port",
+            peer,
+            0,
+            at(pod_ip, 8080),
+            format!("inbound-capture [{pod_ip}]:8080"),
+        ),
+        (
+            "app -> outside",
+            pod,
+            1000,
+            at(peer_ip, 80),
+            format!("outbound-capture [{peer_ip}]:80"),
+        ),
+        (
+            "proxy -> outside",
+            pod,
+            1337,
+            at(peer_ip, 80),
+            format!("outside [{peer_ip}]:80"),
+        ),
+        (
+            "app -> ::1",
+            pod,
+            1000,
+            at(std::net::Ipv6Addr::LOCALHOST, 8080),
+            "app [::1]:8080".into(),
+        ),
+        (
+            "app -> own pod IP",
+            pod,
+            1000,
+            at(pod_ip, 8080),
+            format!("inbound-capture [{pod_ip}]:8080"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, ns, uid, addr, want) in &cases {
+        let got = dial(ns, *uid, *uid, *addr);
+        if &got != want {
+            failures.push(format!(
+                "{what} (uid {uid} -> {addr}): want `{want}`, got `{got}`"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}

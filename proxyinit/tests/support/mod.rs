@@ -7,7 +7,9 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -194,6 +196,15 @@ impl Sandbox {
         Ipv4Addr::new(10, 213, self.n as u8, 2)
     }
 
+    /// The pod's IPv6 address (only configured with `Sandbox::new(true)`).
+    pub fn pod_ip6(&self) -> Ipv6Addr {
+        format!("fd00:213:{}::2", self.n).parse().unwrap()
+    }
+
+    pub fn peer_ip6(&self) -> Ipv6Addr {
+        format!("fd00:213:{}::1", self.n).parse().unwrap()
+    }
+
     pub fn peer_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, self.n as u8, 1)
     }
@@ -204,14 +215,19 @@ impl Sandbox {
     }
 }
 
-/// Starts a listener on `port` (all IPv4 addresses) in `ns`. Each accepted connection is answered
-/// with one line, `LABEL ORIGINAL_DST`, then closed; the listener lives until the process exits.
+/// Starts a listener on `port` (all IPv4 addresses) in `ns`; see [`serve_on`].
 pub fn serve(ns: &Netns, port: u16, label: &'static str) {
+    serve_on(ns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), label);
+}
+
+/// Starts a listener on `addr` in `ns`. Each accepted connection is answered
+/// with one line, `LABEL ORIGINAL_DST`, then closed; the listener lives until the process exits.
+pub fn serve_on(ns: &Netns, addr: SocketAddr, label: &'static str) {
     let (tx, rx) = mpsc::channel();
     let file = File::open(format!("/run/netns/{}", ns.name)).expect("open /run/netns");
     thread::spawn(move || {
         setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-        let listener = TcpListener::bind(("0.0.0.0", port));
+        let listener = TcpListener::bind(addr);
         let listener = match listener {
             Ok(l) => {
                 tx.send(Ok(())).unwrap();
@@ -228,7 +244,7 @@ pub fn serve(ns: &Netns, port: u16, label: &'static str) {
     });
     rx.recv()
         .unwrap()
-        .unwrap_or_else(|e| panic!("listen on {port} in {}: {e}", ns.name));
+        .unwrap_or_else(|e| panic!("listen on {addr} in {}: {e}", ns.name));
 }
 
 fn answer(mut stream: TcpStream, label: &str) -> std::io::Result<()> {
@@ -241,6 +257,15 @@ fn answer(mut stream: TcpStream, label: &str) -> std::io::Result<()> {
 
 /// The destination the client dialled, before any REDIRECT (SO_ORIGINAL_DST).
 pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    if stream.local_addr()?.is_ipv6() {
+        let sa = getsockopt(stream, sockopt::Ip6tOriginalDst).map_err(std::io::Error::from)?;
+        return Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(sa.sin6_addr.s6_addr),
+            u16::from_be(sa.sin6_port),
+            0,
+            0,
+        )));
+    }
     let sa = getsockopt(stream, sockopt::OriginalDst).map_err(std::io::Error::from)?;
     Ok(SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
