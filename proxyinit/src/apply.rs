@@ -4,7 +4,8 @@
 //! iptables' own message and the line it refused.
 
 use std::io::{self, Write as _};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Instant;
 
 use crate::config::{IpTablesMode, Ipv6Mode};
 use crate::detect::{self, Backend, Choice};
@@ -50,45 +51,141 @@ pub enum Error {
 
 /// Runs `command args`, writing `stdin` to it, and returns its output whatever its exit status.
 pub fn run(command: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, Error> {
-    let spawn_err = |source| Error::Spawn {
-        command: command_line(command, args),
-        source,
-    };
-    let mut child = Command::new(command)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A child that exits early closes the pipe; its exit status and stderr tell why.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    child.wait_with_output().map_err(spawn_err)
+    Running::start(command, args, stdin)?.finish()
 }
 
-/// The backend to use, detected from the rules each backend holds when `mode` is auto.
-pub fn detect_backend(mode: IpTablesMode) -> Choice<Backend> {
-    if mode != IpTablesMode::Auto {
-        return detect::choose_backend(mode, None, None);
-    }
-    let count = |backend: Backend| {
-        let counts: Vec<usize> = [Family::V4, Family::V6]
-            .into_iter()
-            .filter_map(|family| {
-                let out = run(&backend.save_command(family), &[], None).ok()?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                out.status.success().then(|| detect::count_rules(&text))
+/// A started command. Starting several before finishing any runs them in parallel: each
+/// iptables call is mostly process start-up and a kernel round trip, so this is what keeps a
+/// whole run well under the time budget of an init container.
+struct Running {
+    command: String,
+    child: Child,
+    started: Instant,
+}
+
+impl Running {
+    fn start(command: &str, args: &[&str], stdin: Option<&str>) -> Result<Running, Error> {
+        let started = Instant::now();
+        let line = command_line(command, args);
+        let mut child = Command::new(command)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
             })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: line.clone(),
+                source,
+            })?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A child that exits early closes the pipe; its exit status and stderr tell why.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        Ok(Running {
+            command: line,
+            child,
+            started,
+        })
+    }
+
+    fn finish(self) -> Result<Output, Error> {
+        let Running {
+            command,
+            child,
+            started,
+        } = self;
+        let out = child.wait_with_output().map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        tracing::debug!(
+            %command,
+            status = %out.status,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "ran"
+        );
+        Ok(out)
+    }
+}
+
+/// What `*-save` printed for each backend and family (all tables), read in parallel once and
+/// used both to detect the backend and as the current state of the nat table.
+pub struct Saves(Vec<(Backend, Family, Result<String, Error>)>);
+
+impl Saves {
+    /// Runs the save command of every backend × family.
+    pub fn read(backends: &[Backend], families: &[Family]) -> Saves {
+        let started: Vec<_> = backends
+            .iter()
+            .flat_map(|&b| families.iter().map(move |&f| (b, f)))
+            .map(|(b, f)| (b, f, Running::start(&b.save_command(f), &[], None)))
+            .collect();
+        Saves(
+            started
+                .into_iter()
+                .map(|(b, f, running)| {
+                    let text = running.and_then(Running::finish).and_then(|out| {
+                        if out.status.success() {
+                            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                        } else {
+                            Err(Error::Failed {
+                                command: b.save_command(f),
+                                status: out.status,
+                                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                            })
+                        }
+                    });
+                    (b, f, text)
+                })
+                .collect(),
+        )
+    }
+
+    /// Rules held by `backend` over all families that could be read; `None` if none could.
+    pub fn rule_count(&self, backend: Backend) -> Option<usize> {
+        let counts: Vec<usize> = self
+            .0
+            .iter()
+            .filter(|(b, _, _)| *b == backend)
+            .filter_map(|(_, _, text)| text.as_ref().ok())
+            .map(|text| detect::count_rules(text))
             .collect();
         (!counts.is_empty()).then(|| counts.iter().sum())
-    };
-    detect::choose_backend(mode, count(Backend::Legacy), count(Backend::Nft))
+    }
+
+    /// The nat table of `backend` / `family` (taken out: an error can be returned only once).
+    pub fn take_nat(&mut self, backend: Backend, family: Family) -> Result<NatState, Error> {
+        match self
+            .0
+            .iter()
+            .position(|(b, f, _)| *b == backend && *f == family)
+        {
+            Some(i) => Ok(NatState::parse(&self.0.swap_remove(i).2?)),
+            None => read_nat(backend, family),
+        }
+    }
+}
+
+/// The backend to use: auto picks the one whose saves hold rules (see [`detect::choose_backend`]).
+pub fn choose_backend(mode: IpTablesMode, saves: &Saves) -> Choice<Backend> {
+    detect::choose_backend(
+        mode,
+        saves.rule_count(Backend::Legacy),
+        saves.rule_count(Backend::Nft),
+    )
+}
+
+/// The backends whose rules must be read for `mode`: both in auto mode, else the one named.
+pub fn candidate_backends(mode: IpTablesMode) -> &'static [Backend] {
+    match mode {
+        IpTablesMode::Auto => &[Backend::Legacy, Backend::Nft],
+        IpTablesMode::Legacy => &[Backend::Legacy],
+        IpTablesMode::Nft => &[Backend::Nft],
+    }
 }
 
 /// The families to write rules for; auto looks at the namespace's IPv6 addresses.
@@ -120,9 +217,37 @@ pub fn restore(backend: Backend, family: Family, input: &str) -> Result<(), Erro
     restore_with(&backend.restore_command(family), input)
 }
 
+/// Applies each family's input in its own transaction, all started in parallel.
+pub fn restore_all(
+    backend: Backend,
+    inputs: &[(Family, String)],
+) -> Vec<(Family, Result<(), Error>)> {
+    let started: Vec<_> = inputs
+        .iter()
+        .map(|(family, input)| {
+            let command = backend.restore_command(*family);
+            let running = Running::start(&command, &RESTORE_ARGS, Some(input));
+            (*family, command, input, running)
+        })
+        .collect();
+    started
+        .into_iter()
+        .map(|(family, command, input, running)| {
+            let result = running
+                .and_then(Running::finish)
+                .and_then(|out| check_restore(&command, input, out));
+            (family, result)
+        })
+        .collect()
+}
+
 /// [`restore`] with an explicit command (tests use it to provoke refusals).
 pub fn restore_with(command: &str, input: &str) -> Result<(), Error> {
     let out = run(command, &RESTORE_ARGS, Some(input))?;
+    check_restore(command, input, out)
+}
+
+fn check_restore(command: &str, input: &str, out: Output) -> Result<(), Error> {
     if out.status.success() {
         return Ok(());
     }

@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser};
+use proxyinit::apply::{self, Saves};
+use proxyinit::detect::Choice;
 use proxyinit::rules::{self, Family, NatState};
-use proxyinit::{apply, Backend, Config, Ipv6Mode};
+use proxyinit::{Backend, Config, Ipv6Mode};
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -65,20 +67,43 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = &cli.config;
     info!(args = %config.to_args().join(" "), "proxyinit starting");
 
-    let backend = apply::detect_backend(config.iptables_mode);
+    let families = if cli.cleanup {
+        // Clean IPv6 too unless told not to; in auto mode an unreadable ip6tables is skipped.
+        let families = match config.ipv6 {
+            Ipv6Mode::Off => vec![Family::V4],
+            _ => vec![Family::V4, Family::V6],
+        };
+        Choice {
+            value: families,
+            reason: String::new(),
+        }
+    } else {
+        apply::detect_families(config.ipv6)
+    };
+
+    // One parallel round of `*-save`: it decides the backend and gives the current nat table.
+    let mut saves = Saves::read(
+        apply::candidate_backends(config.iptables_mode),
+        &families.value,
+    );
+    let backend = apply::choose_backend(config.iptables_mode, &saves);
     info!("iptables backend {}: {}", backend.value, backend.reason);
     let backend = backend.value;
 
     if cli.cleanup {
-        return cleanup(backend, config.ipv6, cli.dry_run);
+        return cleanup(
+            backend,
+            config.ipv6,
+            &families.value,
+            &mut saves,
+            cli.dry_run,
+        );
     }
-
-    let families = apply::detect_families(config.ipv6);
     info!("rules for {}", families.reason);
 
     let mut inputs = Vec::new();
     for family in families.value {
-        let current = match apply::read_nat(backend, family) {
+        let current = match saves.take_nat(backend, family) {
             Ok(state) => state,
             Err(err) if cli.dry_run => {
                 warn!(
@@ -107,14 +132,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         info!("dry run: nothing was changed");
         return Ok(());
     }
-    for (family, input) in &inputs {
-        apply::restore(backend, *family, input)
-            .with_context(|| format!("applying the {} rules", family.name()))?;
-        info!(
-            command = %backend.restore_command(*family),
-            rules = rules::trellis_rules(input).len(),
-            "{} rules applied", family.name()
-        );
+    let mut failed = None;
+    for (family, result) in apply::restore_all(backend, &inputs) {
+        match result {
+            Ok(()) => info!(
+                command = %backend.restore_command(family),
+                "{} rules applied", family.name()
+            ),
+            Err(err) => {
+                let err = anyhow::Error::new(err)
+                    .context(format!("applying the {} rules", family.name()));
+                if let Some(first) = failed.replace(err) {
+                    eprintln!("proxyinit: error: {first:#}");
+                }
+            }
+        }
+    }
+    if let Some(err) = failed {
+        return Err(err);
     }
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -123,15 +158,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes Trellis's chains and jumps. IPv6 is cleaned too unless `--ipv6=off`; in auto mode a
-/// missing ip6tables (or kernel IPv6) just means there is nothing to clean there.
-fn cleanup(backend: Backend, ipv6: Ipv6Mode, dry_run: bool) -> anyhow::Result<()> {
-    let families: &[Family] = match ipv6 {
-        Ipv6Mode::Off => &[Family::V4],
-        _ => &[Family::V4, Family::V6],
-    };
+/// Removes Trellis's chains and jumps, and nothing else.
+fn cleanup(
+    backend: Backend,
+    ipv6: Ipv6Mode,
+    families: &[Family],
+    saves: &mut Saves,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     for &family in families {
-        let current = match apply::read_nat(backend, family) {
+        let current = match saves.take_nat(backend, family) {
             Ok(state) => state,
             Err(err) if family == Family::V6 && ipv6 == Ipv6Mode::Auto => {
                 info!("skipping IPv6 cleanup: {err}");

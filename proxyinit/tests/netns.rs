@@ -275,8 +275,7 @@ fn missing_iptables_fails_with_a_readable_error() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("could not run `iptables-nft-save -t nat`")
-            && err.contains("is iptables installed"),
+        err.contains("could not run `iptables-nft-save`") && err.contains("is iptables installed"),
         "{err}"
     );
 }
