@@ -12,11 +12,11 @@ pub const DEFAULT_EXCLUDE_OUTBOUND_CIDRS: &str = "169.254.169.254/32";
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Config {
     /// uid the proxy runs as; its own traffic is never redirected.
-    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 1337)]
+    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 1337, value_parser = parse_id)]
     pub proxy_uid: u32,
 
     /// gid the proxy runs as; its own traffic is never redirected.
-    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = 1337)]
+    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = 1337, value_parser = parse_id)]
     pub proxy_gid: u32,
 
     /// Port of the proxy's inbound capture listener.
@@ -191,6 +191,14 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// A numeric uid or gid (names cannot be resolved: the init container has no user database).
+pub fn parse_id(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    t.parse::<u32>().map_err(|_| {
+        format!("`{t}` is not a numeric uid/gid: expected a number from 0 to 4294967295, like 1337")
+    })
+}
+
 /// A comma-separated port list, as written in an annotation.
 pub fn parse_port_list(s: &str) -> Result<Vec<u16>, String> {
     match s.parse::<PortSpec>()? {
@@ -344,6 +352,7 @@ mod tests {
                 "10.0.0.0/33",
             ),
             (vec!["--proxy-uid=-1"], "--proxy-uid", "-1"),
+            (vec!["--proxy-gid=istio"], "expected a number", "istio"),
             (
                 vec!["--inbound-capture-port=0"],
                 "--inbound-capture-port",
