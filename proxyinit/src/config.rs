@@ -12,11 +12,11 @@ pub const DEFAULT_EXCLUDE_OUTBOUND_CIDRS: &str = "169.254.169.254/32";
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Config {
     /// uid the proxy runs as; its own traffic is never redirected.
-    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 1337)]
+    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 1337, value_parser = parse_id)]
     pub proxy_uid: u32,
 
     /// gid the proxy runs as; its own traffic is never redirected.
-    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = 1337)]
+    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = 1337, value_parser = parse_id)]
     pub proxy_gid: u32,
 
     /// Port of the proxy's inbound capture listener.
@@ -110,6 +110,29 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Cross-field checks that clap cannot express on one flag. The message names the flags, the
+    /// values and what is expected; the binary exits 2 on it before touching anything.
+    pub fn validate(&self) -> Result<(), String> {
+        let ports = [
+            ("--inbound-capture-port", self.inbound_capture_port),
+            ("--outbound-capture-port", self.outbound_capture_port),
+            ("--proxy-admin-port", self.proxy_admin_port),
+        ];
+        for (i, (flag_a, a)) in ports.iter().enumerate() {
+            for (flag_b, b) in &ports[i + 1..] {
+                if a == b {
+                    return Err(format!(
+                        "{flag_a} and {flag_b} are both {a}: the proxy listens on each of them, \
+                         so they must be three different ports"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn join<T: fmt::Display>(items: &[T]) -> String {
     items
         .iter()
@@ -166,6 +189,14 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
             "`{t}` is not a port: expected a number from 1 to 65535"
         )),
     }
+}
+
+/// A numeric uid or gid (names cannot be resolved: the init container has no user database).
+pub fn parse_id(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    t.parse::<u32>().map_err(|_| {
+        format!("`{t}` is not a numeric uid/gid: expected a number from 0 to 4294967295, like 1337")
+    })
 }
 
 /// A comma-separated port list, as written in an annotation.
@@ -321,6 +352,7 @@ mod tests {
                 "10.0.0.0/33",
             ),
             (vec!["--proxy-uid=-1"], "--proxy-uid", "-1"),
+            (vec!["--proxy-gid=istio"], "expected a number", "istio"),
             (
                 vec!["--inbound-capture-port=0"],
                 "--inbound-capture-port",
@@ -332,6 +364,27 @@ mod tests {
             assert!(msg.contains(flag) && msg.contains(value), "{args:?}: {msg}");
             assert_eq!(err.exit_code(), 2);
         }
+    }
+
+    #[test]
+    fn validate_refuses_shared_ports() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c = Config {
+            outbound_capture_port: 15006,
+            ..Config::default()
+        };
+        let msg = c.validate().unwrap_err();
+        assert!(
+            msg.contains("--inbound-capture-port")
+                && msg.contains("--outbound-capture-port")
+                && msg.contains("15006"),
+            "{msg}"
+        );
+        let c = Config {
+            proxy_admin_port: 15001,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("--proxy-admin-port"));
     }
 
     #[test]
