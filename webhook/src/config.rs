@@ -78,6 +78,19 @@ impl Default for InjectorConfig {
     }
 }
 
+impl InjectorConfig {
+    /// Cross-flag checks: the proxy's three ports must differ (as `proxyinit` itself insists).
+    pub fn validate(&self) -> Result<(), String> {
+        proxyinit::Config {
+            inbound_capture_port: self.inbound_capture_port,
+            outbound_capture_port: self.outbound_capture_port,
+            proxy_admin_port: self.proxy_admin_port,
+            ..proxyinit::Config::default()
+        }
+        .validate()
+    }
+}
+
 fn parse_quantity_flag(s: &str) -> Result<String, String> {
     crate::annotations::parse_quantity(s)
 }
@@ -99,6 +112,21 @@ mod tests {
             Cli::try_parse_from(["webhook"]).unwrap().c,
             InjectorConfig::default()
         );
+    }
+
+    #[test]
+    fn clashing_ports_are_refused() {
+        let c = Cli::try_parse_from(["webhook", "--proxy-admin-port=15001"])
+            .unwrap()
+            .c;
+        let msg = c.validate().unwrap_err();
+        assert!(
+            msg.contains("--outbound-capture-port")
+                && msg.contains("--proxy-admin-port")
+                && msg.contains("15001"),
+            "{msg}"
+        );
+        assert!(InjectorConfig::default().validate().is_ok());
     }
 
     #[test]

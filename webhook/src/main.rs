@@ -70,6 +70,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let injector = match &cli.command {
+        Command::Inject { injector, .. } | Command::Serve { injector, .. } => injector,
+    };
+    if let Err(e) = injector.validate() {
+        eprintln!("webhook: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Inject { file, injector } => inject(&file, &injector),
         Command::Serve {
