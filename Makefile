@@ -59,6 +59,10 @@ deploy:
 e2e-kind:
 	tests/kind/run.sh
 
+## bench: the Trellis proxy pair against HAProxy and nginx pairs (installs them when missing).
+bench:
+	bench/run.sh
+
 bench-webhook:
 	$(CARGO) build -p webhook --release
 	bench/webhook.sh
