@@ -21,35 +21,38 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TRELLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain (re-read when it changes).
+    #[arg(
+        long,
+        env = "TRELLIS_TLS_CERT",
+        default_value = "/var/run/trellis/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// PEM private key (re-read when it changes).
+    #[arg(
+        long,
+        env = "TRELLIS_TLS_KEY",
+        default_value = "/var/run/trellis/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = proxy::config::parse_duration)]
+    cert_reload_interval: Duration,
+    #[command(flatten)]
+    injector: InjectorConfig,
+    #[command(flatten)]
+    bootstrap: BootstrapConfig,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the mutating admission webhook over HTTPS.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "TRELLIS_LISTEN", default_value = "0.0.0.0:8443")]
-        listen: SocketAddr,
-        /// PEM certificate chain (re-read when it changes).
-        #[arg(
-            long,
-            env = "TRELLIS_TLS_CERT",
-            default_value = "/var/run/trellis/tls/tls.crt"
-        )]
-        tls_cert: PathBuf,
-        /// PEM private key (re-read when it changes).
-        #[arg(
-            long,
-            env = "TRELLIS_TLS_KEY",
-            default_value = "/var/run/trellis/tls/tls.key"
-        )]
-        tls_key: PathBuf,
-        /// How often the certificate files are checked for changes.
-        #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = proxy::config::parse_duration)]
-        cert_reload_interval: Duration,
-        #[command(flatten)]
-        injector: InjectorConfig,
-        #[command(flatten)]
-        bootstrap: BootstrapConfig,
-    },
+    Serve(ServeArgs),
     /// Inject workload YAML offline and print it (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, List).
     Inject {
         /// File to read, or `-` for standard input.
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let injector = match &cli.command {
-        Command::Inject { injector, .. } | Command::Serve { injector, .. } => injector,
+        Command::Inject { injector, .. } | Command::Serve(ServeArgs { injector, .. }) => injector,
     };
     if let Err(e) = injector.validate() {
         eprintln!("webhook: invalid configuration: {e}");
@@ -79,26 +82,12 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Inject { file, injector } => inject(&file, &injector),
-        Command::Serve {
-            listen,
-            tls_cert,
-            tls_key,
-            cert_reload_interval,
-            injector,
-            bootstrap,
-        } => {
+        Command::Serve(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(serve(
-                listen,
-                tls_cert,
-                tls_key,
-                cert_reload_interval,
-                injector,
-                bootstrap,
-            )) {
+            match rt.block_on(serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("webhook: {e:#}");
@@ -137,14 +126,15 @@ fn inject(file: &str, injector: &InjectorConfig) -> ExitCode {
     }
 }
 
-async fn serve(
-    listen: SocketAddr,
-    tls_cert: PathBuf,
-    tls_key: PathBuf,
-    reload: Duration,
-    injector: InjectorConfig,
-    bootstrap: BootstrapConfig,
-) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        listen,
+        tls_cert,
+        tls_key,
+        cert_reload_interval,
+        injector,
+        bootstrap,
+    } = args;
     if bootstrap.bootstrap_certs {
         let client = kube::Client::try_default()
             .await
@@ -158,7 +148,7 @@ async fn serve(
         .await;
     }
     let cert = webhook::tls::ReloadingCert::load(&tls_cert, &tls_key)?;
-    cert.watch(reload);
+    cert.watch(cert_reload_interval);
     let state = webhook::server::AppState::new(injector);
     let listener = webhook::server::bind(listen)
         .await
