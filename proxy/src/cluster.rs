@@ -22,6 +22,16 @@ pub struct Conn {
     pub sender: SendRequest<UpstreamBody>,
     /// Requests sent on it so far.
     uses: u32,
+    /// When it last went idle (ms since process start), for the idle timeout.
+    last_used: Arc<AtomicU64>,
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 type Waiter = oneshot::Sender<Grant<Conn>>;
@@ -32,8 +42,17 @@ pub struct Cluster {
     pub stats: Arc<ClusterStats>,
     pool: Mutex<Pool<Conn, Waiter>>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     max_requests_per_connection: Option<u32>,
     next_conn: AtomicU64,
+}
+
+/// Connection timeouts of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// An idle pooled connection is closed after this long.
+    pub idle: Duration,
 }
 
 /// Why no connection could be had.
@@ -50,7 +69,7 @@ impl Cluster {
         name: String,
         addr: SocketAddr,
         limits: Limits,
-        connect_timeout: Duration,
+        timeouts: Timeouts,
         registry: &Registry,
     ) -> Arc<Cluster> {
         let stats = registry.cluster(&name);
@@ -59,7 +78,8 @@ impl Cluster {
             addr,
             stats,
             pool: Mutex::new(Pool::new(limits)),
-            connect_timeout,
+            connect_timeout: timeouts.connect,
+            idle_timeout: timeouts.idle,
             max_requests_per_connection: limits.max_requests_per_connection,
             next_conn: AtomicU64::new(0),
         };
@@ -212,11 +232,41 @@ impl Cluster {
         st.upstream_cx_http1_total.inc();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
+        let last_used = Arc::new(AtomicU64::new(now_ms()));
+        let used = last_used.clone();
         tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            // Closes the connection once it has sat idle for the idle timeout.
+            loop {
+                let since = now_ms().saturating_sub(used.load(Ordering::Relaxed));
+                let wait = me.idle_timeout.saturating_sub(Duration::from_millis(since));
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = tokio::time::sleep(wait) => {
+                        let since = now_ms().saturating_sub(used.load(Ordering::Relaxed));
+                        if Duration::from_millis(since) < me.idle_timeout {
+                            continue;
+                        }
+                        match me.with_pool(|p| p.remove_idle(|c| c.id == id)) {
+                            Some((c, next)) => {
+                                drop(c);
+                                me.dispatch(next);
+                                let _ = conn.as_mut().await;
+                                me.stats.upstream_cx_idle_timeout.inc();
+                                me.stats.upstream_cx_destroy.inc();
+                                return;
+                            }
+                            // Busy: look again one idle timeout after its last use.
+                            None => used.store(now_ms(), Ordering::Relaxed),
+                        }
+                    }
+                }
+            }
             me.stats.upstream_cx_destroy.inc();
-            let next = me.with_pool(|p| p.remove_idle(|c| c.id == id));
-            me.dispatch(next);
+            if let Some((_, next)) = me.with_pool(|p| p.remove_idle(|c| c.id == id)) {
+                me.dispatch(next);
+            }
         });
         slot.0 = None;
         Ok(Lease {
@@ -225,6 +275,7 @@ impl Cluster {
                 id,
                 sender,
                 uses: 1,
+                last_used,
             }),
             reusable: false,
         })
@@ -343,6 +394,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
             let reusable = self.reusable && !c.sender.is_closed();
+            if reusable {
+                c.last_used.store(now_ms(), Ordering::Relaxed);
+            }
             let next = self.cluster.with_pool(|p| p.release(c, reusable));
             self.cluster.dispatch(next);
         }

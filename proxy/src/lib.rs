@@ -81,6 +81,13 @@ impl Proxy {
         Ok(())
     }
 
+    pub fn timeouts(&self) -> cluster::Timeouts {
+        cluster::Timeouts {
+            connect: self.config.connect_timeout,
+            idle: self.config.idle_timeout,
+        }
+    }
+
     pub fn begin_drain(&self) {
         self.registry.live.set(0);
         self.drain.start();
@@ -139,7 +146,7 @@ pub async fn run(
                 upstream.clone(),
                 addr,
                 proxy.config.inbound_limits(),
-                proxy.config.connect_timeout,
+                proxy.timeouts(),
                 &proxy.registry,
             );
             proxy.clusters.get_or_create(upstream, || cluster.clone());

@@ -151,13 +151,7 @@ impl Proxy {
             _ => (outbound_name(dst), self.config.outbound_limits()),
         };
         self.clusters.get_or_create(&name, || {
-            Cluster::new(
-                name.clone(),
-                dst,
-                limits,
-                self.config.connect_timeout,
-                &self.registry,
-            )
+            Cluster::new(name.clone(), dst, limits, self.timeouts(), &self.registry)
         })
     }
 }

@@ -154,12 +154,17 @@ impl<C, W> Pool<C, W> {
         self.grant_connect()
     }
 
-    /// An idle connection was closed by its peer: forget it.
-    pub fn remove_idle(&mut self, is_it: impl Fn(&C) -> bool) -> Option<(W, Grant<C>)> {
+    /// Takes an idle connection out of the pool (its peer closed it, or it idled too long); the
+    /// caller closes it. `None` if it is not idle (busy, or already gone).
+    #[allow(clippy::type_complexity)]
+    pub fn remove_idle(
+        &mut self,
+        is_it: impl Fn(&C) -> bool,
+    ) -> Option<(C, Option<(W, Grant<C>)>)> {
         let i = self.idle.iter().position(is_it)?;
-        self.idle.swap_remove(i);
+        let c = self.idle.swap_remove(i);
         self.connections -= 1;
-        self.grant_connect()
+        Some((c, self.grant_connect()))
     }
 
     /// A queued request went away (client disconnect, timeout). False if it was no longer

@@ -122,6 +122,7 @@ pub struct ClusterStats {
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
     pub upstream_cx_destroy: Counter,
+    pub upstream_cx_idle_timeout: Counter,
     pub upstream_cx_rx_bytes_total: Counter,
     pub upstream_cx_tx_bytes_total: Counter,
     pub upstream_rq_total: Counter,
@@ -172,6 +173,7 @@ impl ClusterStats {
                 &self.upstream_cx_connect_timeout,
             ),
             ("upstream_cx_destroy", &self.upstream_cx_destroy),
+            ("upstream_cx_idle_timeout", &self.upstream_cx_idle_timeout),
             (
                 "upstream_cx_rx_bytes_total",
                 &self.upstream_cx_rx_bytes_total,

@@ -150,6 +150,7 @@ fn closed_idle_connections_are_skipped_and_forgotten() {
     assert_eq!(p.admit(|c| *c != 2, || "c").0, Admit::Use(1));
     assert_eq!(p.state().connections, 1);
     p.release(1, true);
+    assert_eq!(p.remove_idle(|c| *c == 1), Some((1, None)));
     assert_eq!(p.remove_idle(|c| *c == 1), None);
     assert_eq!(p.state(), PoolState::default());
 }
@@ -160,7 +161,7 @@ fn idle_close_lets_waiter_connect() {
     assert_eq!(admit(&mut p, "a"), Admit::Connect);
     assert_eq!(admit(&mut p, "b"), Admit::Overflow(Overflow::Requests));
     assert_eq!(p.release(1, true), None);
-    assert_eq!(p.remove_idle(|c| *c == 1), None);
+    assert_eq!(p.remove_idle(|c| *c == 1), Some((1, None)));
     assert_eq!(admit(&mut p, "c"), Admit::Connect);
 }
 
