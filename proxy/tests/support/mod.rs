@@ -147,9 +147,10 @@ pub async fn start_resetter() -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut s = s;
                 let mut buf = [0u8; 1024];
-                let _ = s.readable().await;
-                let _ = s.try_read(&mut buf);
+                let _ = s.read(&mut buf).await;
                 let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                 drop(s);
             });
