@@ -119,7 +119,11 @@ async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible
 
 /// Starts the test app on an ephemeral port (on the current runtime).
 pub async fn start_app() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_app_on("127.0.0.1:0").await
+}
+
+pub async fn start_app_on(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
