@@ -279,3 +279,51 @@ async fn http11_details() {
     ws.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_respects_max_connections() {
+    // An echo upstream on a port declared opaque: no detection, plain bytes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let opaque = format!("--opaque-ports={}", up.port());
+    let px = ProxyProc::gateway(up, &["--max-connections=1", &opaque]).await;
+    let mut first = TcpStream::connect(px.listen).await.unwrap();
+    first.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    first.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"PRI * HTTP/2.0\r\n");
+    // The second connection overflows: closed at once, counted.
+    let mut second = TcpStream::connect(px.listen).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("overflowing connection closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        px.stat(&format!("cluster.{up}.upstream_cx_overflow")).await,
+        1
+    );
+    assert_eq!(px.stat("tcp.gateway.upstream_cx_overflow").await, 1);
+    assert_eq!(
+        px.stat(&format!("cluster.{up}.circuit_breakers.default.cx_open"))
+            .await,
+        1
+    );
+    drop(first);
+    px.wait_stat(&format!("cluster.{up}.upstream_cx_active"), 0)
+        .await;
+    let mut third = TcpStream::connect(px.listen).await.unwrap();
+    third.write_all(b"again").await.unwrap();
+    let mut b5 = [0u8; 5];
+    third.read_exact(&mut b5).await.unwrap();
+    assert_eq!(&b5, b"again");
+}

@@ -23,6 +23,7 @@ struct Sandbox {
     client: String,
     pod_ip: String,
     client_ip: String,
+    pod_ip6: String,
     proxy: Option<Child>,
 }
 
@@ -47,6 +48,7 @@ impl Sandbox {
             client: format!("trellis-cl-{id}"),
             pod_ip: format!("{net}.2"),
             client_ip: format!("{net}.1"),
+            pod_ip6: format!("fd00:7e11:{:x}::2", id % 65536),
             proxy: None,
         };
         if !sh(&["ip", "netns", "add", &s.pod]) {
@@ -75,6 +77,29 @@ impl Sandbox {
                         && sh(&["ip", "-n", ns, "link", "set", "lo", "up"])
                 });
         assert!(ok, "could not build the sandbox network");
+        let v6net = format!("fd00:7e11:{:x}", id % 65536);
+        let ok6 = sh(&[
+            "ip",
+            "-n",
+            &s.pod,
+            "addr",
+            "add",
+            &format!("{v6net}::2/64"),
+            "dev",
+            &vp,
+            "nodad",
+        ]) && sh(&[
+            "ip",
+            "-n",
+            &s.client,
+            "addr",
+            "add",
+            &format!("{v6net}::1/64"),
+            "dev",
+            &vc,
+            "nodad",
+        ]);
+        assert!(ok6, "could not add IPv6 addresses");
         // The rules proxyinit writes (admin 9901 not captured, like Istio's own ports).
         let rules = "*nat\n\
             :TRELLIS_INBOUND - [0:0]\n\
@@ -95,6 +120,15 @@ impl Sandbox {
         std::io::Write::write_all(c.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
         drop(c.stdin.take());
         assert!(c.wait().unwrap().success(), "iptables-restore failed");
+        let rules6 = rules.replace("127.0.0.1/32", "::1/128");
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &s.pod, "ip6tables-restore"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("ip6tables-restore");
+        std::io::Write::write_all(c.stdin.as_mut().unwrap(), rules6.as_bytes()).unwrap();
+        drop(c.stdin.take());
+        assert!(c.wait().unwrap().success(), "ip6tables-restore failed");
         Some(s)
     }
 
@@ -194,6 +228,8 @@ fn sidecar_in_a_network_namespace_with_iptables_redirect() {
     // The app in the pod, on 8080; an outside HTTP service and a server-speaks-first service.
     let app = serve_in_ns(&pod, || start_app_on("0.0.0.0:8080"));
     assert_eq!(app.port(), 8080);
+    let app6 = serve_in_ns(&pod, || start_app_on("[::]:8081"));
+    assert_eq!(app6.port(), 8081);
     let cip: std::net::IpAddr = sb.client_ip.parse().unwrap();
     let outside = SocketAddr::new(
         cip,
@@ -273,6 +309,15 @@ fn sidecar_in_a_network_namespace_with_iptables_redirect() {
         s["cluster.inbound_8080.upstream_rq_pending_overflow"],
         uo.to_string()
     );
+
+    // IPv6 inbound: IP6T_SO_ORIGINAL_DST.
+    let target6: SocketAddr = format!("[{}]:8081", sb.pod_ip6).parse().unwrap();
+    in_ns(&client, move || async move {
+        let mut c = Client::connect(target6).await.unwrap();
+        assert_eq!(c.get("/").await.unwrap().status, 200);
+    });
+    let s = stats(&pod);
+    assert_eq!(s["cluster.inbound_8081.upstream_rq_200"], "1");
 
     // 2. Outbound: the app dials an outside service; the sidecar (uid 1337, exempt) forwards it.
     in_ns(&pod, move || async move {
