@@ -136,12 +136,16 @@ impl Cluster {
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
         // A pooled connection may turn out dead when we try it: then try again.
         for _ in 0..4 {
-            let (tx, rx) = oneshot::channel();
-            let mut tx = Some(tx);
+            // The channel is only made for a request that must wait.
+            let mut rx = None;
             let (admit, notes) = self.with_pool(|p| {
                 p.admit(
                     |c| !c.sender.is_closed(),
-                    || tx.take().expect("waiter used once"),
+                    || {
+                        let (tx, r) = oneshot::channel();
+                        rx = Some(r);
+                        tx
+                    },
                 )
             });
             if notes.cx_overflow {
@@ -162,7 +166,7 @@ impl Cluster {
                     let guard = PendingGuard {
                         cluster: self,
                         id,
-                        rx: Some(rx),
+                        rx,
                     };
                     guard.wait().await
                 }
