@@ -134,10 +134,30 @@ async fn handle(
     );
 
     let exchange = async {
-        let mut lease = cluster.acquire().await?;
-        cluster.stats.upstream_rq_total.inc();
-        let r = lease.sender().send_request(up_req).await;
-        Ok::<_, AcquireError>((lease, r))
+        let mut up_req = up_req;
+        let mut attempts = 0;
+        loop {
+            let mut lease = cluster.acquire().await?;
+            match lease.sender().try_send_request(up_req).await {
+                Ok(r) => {
+                    cluster.stats.upstream_rq_total.inc();
+                    return Ok::<_, AcquireError>((lease, Ok(r)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written at all (the pooled connection closed under us): safe to
+                    // send again on another connection, whatever the method.
+                    Some(r) if attempts < 2 => {
+                        attempts += 1;
+                        cluster.stats.upstream_rq_retry.inc();
+                        up_req = r;
+                    }
+                    _ => {
+                        cluster.stats.upstream_rq_total.inc();
+                        return Ok((lease, Err(e.into_error())));
+                    }
+                },
+            }
+        }
     };
     let st = &cluster.stats;
     let (lease, resp) = match tokio::time::timeout(ctx.request_timeout, exchange).await {

@@ -132,6 +132,7 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq_cancelled: Counter,
     pub upstream_rq_timeout: Counter,
+    pub upstream_rq_retry: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_rq_tx_reset: Counter,
     pub cb_cx_open: Gauge,
@@ -190,6 +191,7 @@ impl ClusterStats {
             ),
             ("upstream_rq_cancelled", &self.upstream_rq_cancelled),
             ("upstream_rq_timeout", &self.upstream_rq_timeout),
+            ("upstream_rq_retry", &self.upstream_rq_retry),
             ("upstream_rq_rx_reset", &self.upstream_rq_rx_reset),
             ("upstream_rq_tx_reset", &self.upstream_rq_tx_reset),
         ];
