@@ -65,10 +65,21 @@ impl Listener {
             access_log: proxy.access_log.clone(),
             drain: proxy.drain.clone(),
         });
-        let this = Arc::new(self);
+        // The socket is not shared with the connections: it closes as soon as draining starts.
+        let Listener {
+            proxy: _,
+            dir,
+            tcp,
+            fixed,
+        } = self;
+        let this = Arc::new(Conns {
+            proxy: proxy.clone(),
+            dir,
+            fixed,
+        });
         loop {
             let accepted = tokio::select! {
-                a = this.tcp.accept() => a,
+                a = tcp.accept() => a,
                 _ = proxy.drain.signaled() => return,
             };
             let (stream, peer) = match accepted {
@@ -89,7 +100,16 @@ impl Listener {
             });
         }
     }
+}
 
+/// What each accepted connection of a listener needs.
+struct Conns {
+    proxy: Arc<Proxy>,
+    dir: Direction,
+    fixed: Option<Arc<Cluster>>,
+}
+
+impl Conns {
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, http: Arc<HttpCtx>) {
         let _ = stream.set_nodelay(true);
         let p = &self.proxy;

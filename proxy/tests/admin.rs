@@ -190,6 +190,11 @@ async fn quitquitquit_drains_in_flight_then_exits_0() {
     let (s, body) = get(px.admin, "/ready").await.unwrap();
     assert_eq!((s, body.as_str()), (503, "DRAINING\n"));
     assert_eq!(px.stat("server.live").await, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(listen).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting while draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(slow.await.unwrap(), 200, "in-flight request finished");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
