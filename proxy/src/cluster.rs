@@ -448,6 +448,9 @@ impl Clusters {
     }
 }
 
+#[cfg(test)]
+mod tests;
+
 /// Envoy-style cluster names: `inbound_<port>`, outbound `<ip>:<port>` (`[v6]:port`).
 pub fn inbound_name(port: u16) -> String {
     format!("inbound_{port}")

@@ -155,6 +155,15 @@ impl Default for CodeCounters {
 }
 
 impl ClusterStats {
+    /// `(cx_open, rq_pending_open, rq_open)`.
+    pub fn circuit_breakers_snapshot(&self) -> (i64, i64, i64) {
+        (
+            self.cb_cx_open.get(),
+            self.cb_rq_pending_open.get(),
+            self.cb_rq_open.get(),
+        )
+    }
+
     /// Counts a response code from upstream (`upstream_rq_<code>` and `upstream_rq_<N>xx`).
     pub fn count_code(&self, code: u16) {
         if let Some(c) = self.codes.0.get(code as usize) {
