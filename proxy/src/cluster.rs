@@ -417,22 +417,62 @@ impl Drop for TcpSlot {
 }
 
 /// The clusters of a process, by name. Lookups take a read lock; a new destination a write lock.
-#[derive(Default)]
+/// Outbound destinations are unbounded (an app may call thousands of IPs), so once there are
+/// `sweep_at` clusters, creating another first forgets the idle ones (no connection, no request,
+/// nothing queued) and their stats; a destination seen again starts afresh.
 pub struct Clusters {
     map: RwLock<std::collections::HashMap<String, Arc<Cluster>>>,
+    sweep_at: std::sync::atomic::AtomicUsize,
+}
+
+/// How many clusters may exist before idle ones are forgotten.
+pub const MAX_IDLE_CLUSTERS: usize = 1024;
+
+impl Default for Clusters {
+    fn default() -> Self {
+        Clusters {
+            map: RwLock::default(),
+            sweep_at: std::sync::atomic::AtomicUsize::new(MAX_IDLE_CLUSTERS),
+        }
+    }
 }
 
 impl Clusters {
-    pub fn get_or_create(&self, name: &str, make: impl FnOnce() -> Arc<Cluster>) -> Arc<Cluster> {
+    pub fn get_or_create(
+        &self,
+        name: &str,
+        registry: &Registry,
+        make: impl FnOnce() -> Arc<Cluster>,
+    ) -> Arc<Cluster> {
         if let Some(c) = self.map.read().expect("clusters lock").get(name) {
             return c.clone();
         }
-        self.map
-            .write()
-            .expect("clusters lock")
-            .entry(name.to_string())
-            .or_insert_with(make)
-            .clone()
+        let mut map = self.map.write().expect("clusters lock");
+        if let Some(c) = map.get(name) {
+            return c.clone();
+        }
+        if map.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            map.retain(|n, c| {
+                let idle =
+                    c.pool.lock().expect("pool lock").state() == crate::pool::PoolState::default();
+                if idle {
+                    registry.remove_cluster(n);
+                }
+                !idle
+            });
+            // Busy clusters are kept; sweep again only once as many more have come.
+            self.sweep_at
+                .store((map.len() * 2).max(MAX_IDLE_CLUSTERS), Ordering::Relaxed);
+        }
+        map.entry(name.to_string()).or_insert_with(make).clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().expect("clusters lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn all(&self) -> Vec<Arc<Cluster>> {

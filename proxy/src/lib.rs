@@ -149,7 +149,9 @@ pub async fn run(
                 proxy.timeouts(),
                 &proxy.registry,
             );
-            proxy.clusters.get_or_create(upstream, || cluster.clone());
+            proxy
+                .clusters
+                .get_or_create(upstream, &proxy.registry, || cluster.clone());
             let tcp = bind(*listen).with_context(|| format!("binding --listen {listen}"))?;
             tracing::info!(listen = %tcp.local_addr()?, %upstream, "gateway listener");
             listeners.push(Listener {

@@ -170,7 +170,7 @@ impl Proxy {
             Direction::Inbound => (inbound_name(dst.port()), self.config.inbound_limits()),
             _ => (outbound_name(dst), self.config.outbound_limits()),
         };
-        self.clusters.get_or_create(&name, || {
+        self.clusters.get_or_create(&name, &self.registry, || {
             Cluster::new(name.clone(), dst, limits, self.timeouts(), &self.registry)
         })
     }

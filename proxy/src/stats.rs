@@ -316,6 +316,10 @@ impl Registry {
             .clone()
     }
 
+    pub fn remove_cluster(&self, name: &str) {
+        self.clusters.write().expect("stats lock").remove(name);
+    }
+
     pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
         self.listeners
             .write()

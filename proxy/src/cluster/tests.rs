@@ -102,3 +102,40 @@ async fn connect_failure_frees_the_slot() {
     assert_eq!(c.stats.upstream_cx_connect_fail.get(), 1);
     assert_eq!(state(&c), crate::pool::PoolState::default());
 }
+
+#[tokio::test]
+async fn idle_clusters_are_forgotten_past_the_cap() {
+    let registry = Registry::default();
+    let clusters = Clusters::default();
+    let addr = upstream().await;
+    let make = |name: String| {
+        let r = &registry;
+        move || {
+            Cluster::new(
+                name,
+                addr,
+                Limits::default(),
+                Timeouts {
+                    connect: Duration::from_secs(5),
+                    idle: Duration::from_secs(60),
+                },
+                r,
+            )
+        }
+    };
+    let busy = clusters.get_or_create("busy", &registry, make("busy".into()));
+    let lease = busy.acquire().await.unwrap();
+    for i in 1..MAX_IDLE_CLUSTERS {
+        let n = format!("idle{i}");
+        clusters.get_or_create(&n, &registry, make(n.clone()));
+    }
+    assert_eq!(clusters.len(), MAX_IDLE_CLUSTERS);
+    clusters.get_or_create("new", &registry, make("new".into()));
+    // Only the busy one and the new one are left, in the map and in the stats.
+    assert_eq!(clusters.len(), 2);
+    assert_eq!(
+        registry.cluster_names(),
+        vec!["busy".to_string(), "new".to_string()]
+    );
+    drop(lease);
+}
