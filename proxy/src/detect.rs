@@ -47,24 +47,35 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     }
 }
 
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> Protocol {
+/// What the first bytes (or their absence) said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Is(Protocol),
+    /// Nothing (or only part of a method) arrived before the timeout.
+    Silent,
+    /// The client closed (or failed) before sending anything.
+    Closed,
+}
+
+pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 16];
     let mut last = 0;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return Protocol::Opaque,
+            Ok(Err(_)) => return Detected::Closed,
+            Err(_) => return Detected::Silent,
         };
         if n == 0 {
-            return Protocol::Opaque;
+            return Detected::Closed;
         }
         if let Some(p) = classify(&buf[..n]) {
-            return p;
+            return Detected::Is(p);
         }
         // A partial method token: wait a little for more (peek returns at once while data waits).
         if n == last && Instant::now() >= deadline {
-            return Protocol::Opaque;
+            return Detected::Silent;
         }
         last = n;
         tokio::time::sleep(Duration::from_millis(2)).await;

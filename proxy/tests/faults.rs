@@ -327,3 +327,29 @@ async fn opaque_tcp_respects_max_connections() {
     third.read_exact(&mut b5).await.unwrap();
     assert_eq!(&b5, b"again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_hold_no_upstream_connection_in_gateway_mode() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--max-connections=1"]).await;
+    // A pre-dialled spare connection (HTTP clients do this) says nothing for a while.
+    let mut silent = TcpStream::connect(px.listen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        px.stat(&format!("cluster.{app}.upstream_cx_total")).await,
+        0
+    );
+    assert_eq!(px.stat("tcp.gateway.downstream_cx_total").await, 0);
+    // So the only upstream connection slot is free for real requests.
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+    drop(c);
+    // And the silent one may still speak HTTP later.
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    silent.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
