@@ -61,6 +61,7 @@ impl Listener {
         let http = Arc::new(HttpCtx {
             listener: proxy.registry.listener(self.dir.name()),
             request_timeout: proxy.config.request_timeout,
+            idle_timeout: proxy.config.idle_timeout,
             add_forwarded_for: self.dir != Direction::Outbound,
             access_log: proxy.access_log.clone(),
             drain: proxy.drain.clone(),
