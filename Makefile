@@ -27,13 +27,15 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-unit:
+unit: $(PY)
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
 
-$(PY):
+# The test venv (kubernetes-validate, prometheus-client), refreshed when the requirements change.
+$(PY): scripts/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements.txt
+	touch $(PY)
 
 ## schema: every manifest and every injected pod checked against the Kubernetes OpenAPI schema.
 schema: $(PY)

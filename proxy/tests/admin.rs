@@ -279,9 +279,8 @@ fn invalid_configuration_exits_2_naming_flag_and_value() {
     }
 }
 
-/// Cross-check with the reference parser (Python's `prometheus_client`) where it is installed:
-/// `$TRELLIS_TEST_PYTHON`, the repo's `target/venv`, or `python3`. Skipped (with a message) if none
-/// has it.
+/// Cross-check with the reference parser (Python's `prometheus_client`): `$TRELLIS_TEST_PYTHON`,
+/// the repo's `target/venv` (which `make test` sets up), or `python3`. Fails if none has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_output_parses_with_prometheus_client() {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/venv/bin/python");
@@ -296,8 +295,10 @@ async fn prometheus_output_parses_with_prometheus_client() {
             .output()
             .is_ok_and(|o| o.status.success())
     }) else {
-        eprintln!("skipping: no python with prometheus_client");
-        return;
+        panic!(
+            "no python with prometheus_client: run `make test` (it creates target/venv from \
+             scripts/requirements.txt) or `pip install prometheus-client`"
+        );
     };
     let app = start_app().await;
     let px = ProxyProc::gateway(app, &["--max-connections=2"]).await;
