@@ -27,18 +27,18 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-unit: $(PY)
+unit: $(VENV)/.installed
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) test --workspace --release
 
 # The test venv (kubernetes-validate, prometheus-client), refreshed when the requirements change.
-$(PY): scripts/requirements.txt
+$(VENV)/.installed: scripts/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements.txt
-	touch $(PY)
+	touch $@
 
 ## schema: every manifest and every injected pod checked against the Kubernetes OpenAPI schema.
-schema: $(PY)
+schema: $(VENV)/.installed
 	$(CARGO) build -p webhook --release
 	K8S_VERSION=$(K8S_VERSION) PY=$(PY) scripts/validate-schemas.sh
 
