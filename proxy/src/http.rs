@@ -3,9 +3,12 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::body::Body as _;
@@ -51,8 +54,15 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
     let svc_ctx = ctx.clone();
     // The client's address as `x-forwarded-for` wants it, formatted once per connection.
     let client_ip = ctx.add_forwarded_for.then(|| ip_header_value(peer));
+    let timer = Arc::new(RequestTimer::default());
     let svc = hyper::service::service_fn(move |req| {
-        handle(svc_ctx.clone(), cluster.clone(), client_ip.clone(), req)
+        handle(
+            svc_ctx.clone(),
+            cluster.clone(),
+            client_ip.clone(),
+            timer.clone(),
+            req,
+        )
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -90,6 +100,7 @@ async fn handle(
     ctx: Arc<HttpCtx>,
     cluster: Arc<Cluster>,
     client_ip: Option<HeaderValue>,
+    timer: Arc<RequestTimer>,
     mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
@@ -173,7 +184,8 @@ async fn handle(
         }
     };
     let st = &cluster.stats;
-    let (lease, resp) = match tokio::time::timeout(ctx.request_timeout, exchange).await {
+    let deadline = tokio::time::Instant::from_std(start) + ctx.request_timeout;
+    let (lease, resp) = match timer.run(deadline, exchange).await {
         Err(_) => {
             st.upstream_rq_timeout.inc();
             st.count_code(504);
@@ -243,6 +255,50 @@ async fn handle(
             tail: Some(tail),
         },
     ))
+}
+
+/// The `--request-timeout` of one downstream connection's requests (HTTP/1: one at a time).
+///
+/// One timer per connection, re-armed for each request, rather than a new one per request: a
+/// new timer is registered earlier than the idle timers the runtime sleeps on, so each request
+/// would wake the runtime's driver (an eventfd write and an extra `epoll_wait`). A re-armed timer
+/// only moves later, which needs no wake-up.
+#[derive(Default)]
+pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+/// The deadline passed.
+pub struct Elapsed;
+
+impl RequestTimer {
+    pub async fn run<F: Future>(
+        &self,
+        deadline: tokio::time::Instant,
+        f: F,
+    ) -> Result<F::Output, Elapsed> {
+        let taken = self.0.lock().map(|mut t| t.take()).unwrap_or(None);
+        let mut sleep = match taken {
+            Some(mut s) => {
+                s.as_mut().reset(deadline);
+                s
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut f = std::pin::pin!(f);
+        let r = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if let Ok(mut t) = self.0.lock() {
+            *t = Some(sleep);
+        }
+        r
+    }
 }
 
 /// The end of one request: releases its connection, counts, logs. Dropped before `complete`
