@@ -183,7 +183,8 @@ for c in $CONTENDERS; do
         load_rss=$(rss_kib "${procs[@]}")
         coproc IDLEC { python3 bench/idle_conns.py 127.0.0.1 "${FRONT[$c]}" "$IDLE"; }
         read -r ready _ <&"${IDLEC[0]}"
-        [ "$ready" = ready ] && idle_conn_rss=$(rss_kib "${procs[@]}")
+        # The front proxy holds the idle client connections: its own RSS, not the pair's mean.
+        [ "$ready" = ready ] && idle_conn_rss=$(rss_kib "${procs[0]}")
         echo >&"${IDLEC[1]}"
         wait "$IDLEC_PID" 2>/dev/null || true
     fi
@@ -193,7 +194,8 @@ for c in $CONTENDERS; do
     for p in "${procs[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 0.5
 done
-echo "(RSS and CPU per proxy, averaged over the pair; p50/p99 at $RATE rps over $RATE_CONNS connections; req/s: wrk -t1 -c$CONNS -d$DURATION)"
+echo "(CPU and RSS idle/load per proxy, averaged over the pair; rss_${IDLE}c: the front proxy, which holds them;"
+echo " p50/p99 at $RATE rps over $RATE_CONNS connections; req/s: wrk -t1 -c$CONNS -d$DURATION)"
 
 # --- the goals of issue 6, against the best peer ---
 if [ -n "${RPS[trellis]:-}" ]; then
