@@ -3,9 +3,12 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::body::Body as _;
@@ -28,6 +31,11 @@ pub const RESET_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 pub const TIMEOUT_BODY: &str = "upstream request timeout";
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Settings shared by the connections of one listener.
 pub struct HttpCtx {
     pub listener: Arc<ListenerStats>,
@@ -44,8 +52,18 @@ pub struct HttpCtx {
 pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: Arc<HttpCtx>) {
     let drain = ctx.drain.clone();
     let svc_ctx = ctx.clone();
-    let svc =
-        hyper::service::service_fn(move |req| handle(svc_ctx.clone(), cluster.clone(), peer, req));
+    // The client's address as `x-forwarded-for` wants it, formatted once per connection.
+    let client_ip = ctx.add_forwarded_for.then(|| ip_header_value(peer));
+    let timer = Arc::new(RequestTimer::default());
+    let svc = hyper::service::service_fn(move |req| {
+        handle(
+            svc_ctx.clone(),
+            cluster.clone(),
+            client_ip.clone(),
+            timer.clone(),
+            req,
+        )
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         // Bounds both slow request heads and idle keep-alive connections.
@@ -81,7 +99,8 @@ fn local_reply(status: StatusCode, body: &'static str, overloaded: bool) -> Resp
 async fn handle(
     ctx: Arc<HttpCtx>,
     cluster: Arc<Cluster>,
-    peer: SocketAddr,
+    client_ip: Option<HeaderValue>,
+    timer: Arc<RequestTimer>,
     mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
@@ -89,11 +108,11 @@ async fn handle(
     ctx.listener.downstream_rq_active.inc();
 
     let headers = req.headers_mut();
-    if !headers.contains_key("x-request-id") {
-        headers.insert(HeaderName::from_static("x-request-id"), request_id());
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id());
     }
-    if ctx.add_forwarded_for {
-        append_forwarded_for(headers, peer);
+    if let Some(ip) = &client_ip {
+        append_forwarded_for(headers, ip);
     }
     let upgrade = is_upgrade(headers);
     if !upgrade {
@@ -122,9 +141,9 @@ async fn handle(
                 .path_and_query()
                 .map_or_else(|| req.uri().to_string(), |p| p.to_string()),
             protocol: version_str(req.version()),
-            xff: req.headers().get("x-forwarded-for").cloned(),
+            xff: req.headers().get(X_FORWARDED_FOR).cloned(),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
-            request_id: req.headers().get("x-request-id").cloned(),
+            request_id: req.headers().get(X_REQUEST_ID).cloned(),
             authority: req.headers().get(header::HOST).cloned(),
             upstream_host: Some(cluster.addr),
             ..Entry::default()
@@ -165,7 +184,8 @@ async fn handle(
         }
     };
     let st = &cluster.stats;
-    let (lease, resp) = match tokio::time::timeout(ctx.request_timeout, exchange).await {
+    let deadline = tokio::time::Instant::from_std(start) + ctx.request_timeout;
+    let (lease, resp) = match timer.run(deadline, exchange).await {
         Err(_) => {
             st.upstream_rq_timeout.inc();
             st.count_code(504);
@@ -235,6 +255,50 @@ async fn handle(
             tail: Some(tail),
         },
     ))
+}
+
+/// The `--request-timeout` of one downstream connection's requests (HTTP/1: one at a time).
+///
+/// One timer per connection, re-armed for each request, rather than a new one per request: a
+/// new timer is registered earlier than the idle timers the runtime sleeps on, so each request
+/// would wake the runtime's driver (an eventfd write and an extra `epoll_wait`). A re-armed timer
+/// only moves later, which needs no wake-up.
+#[derive(Default)]
+pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+/// The deadline passed.
+pub struct Elapsed;
+
+impl RequestTimer {
+    pub async fn run<F: Future>(
+        &self,
+        deadline: tokio::time::Instant,
+        f: F,
+    ) -> Result<F::Output, Elapsed> {
+        let taken = self.0.lock().map(|mut t| t.take()).unwrap_or(None);
+        let mut sleep = match taken {
+            Some(mut s) => {
+                s.as_mut().reset(deadline);
+                s
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut f = std::pin::pin!(f);
+        let r = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if let Ok(mut t) = self.0.lock() {
+            *t = Some(sleep);
+        }
+        r
+    }
 }
 
 /// The end of one request: releases its connection, counts, logs. Dropped before `complete`
@@ -340,42 +404,81 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// Removes connection-scoped headers (RFC 9110 §7.6.1): each side manages its own connection.
+/// One pass over the names finds what is there; a request with none (the usual case) costs no
+/// lookups, and a response's `Connection: keep-alive` costs one removal.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(c) = h.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = c
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            if n != header::TRANSFER_ENCODING && n != header::CONTENT_LENGTH {
-                h.remove(n);
-            }
-        }
-    }
-    for n in [
+    static HOP: [HeaderName; 7] = [
         header::CONNECTION,
         header::PROXY_AUTHORIZATION,
         header::TE,
         header::TRAILER,
         header::UPGRADE,
-    ] {
-        h.remove(n);
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ];
+    let mut present = [false; HOP.len()];
+    let mut any = false;
+    for k in h.keys() {
+        if let Some(i) = HOP.iter().position(|n| n == k) {
+            present[i] = true;
+            any = true;
+        }
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+    if !any {
+        return;
+    }
+    if present[0] {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            for t in v.to_str().unwrap_or("").split(',') {
+                let t = t.trim();
+                // `close` / `keep-alive` name no header to remove (keep-alive goes below anyway).
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    if n != header::TRANSFER_ENCODING && n != header::CONTENT_LENGTH {
+                        named.push(n);
+                    }
+                }
+            }
+        }
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for (n, p) in HOP.iter().zip(present) {
+        if p {
+            h.remove(n);
+        }
+    }
 }
 
-fn append_forwarded_for(h: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical().to_string();
-    let v = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+/// `ip` appended to `x-forwarded-for`, or set as it when there is none.
+fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
+    let v = match h.get(X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            match HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        _ => ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
+    h.insert(X_FORWARDED_FOR, v);
+}
+
+/// A client address as an `x-forwarded-for` entry (IPv4-mapped IPv6 shown as IPv4).
+fn ip_header_value(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+        .expect("an IP is a valid header value")
 }
 
 thread_local! {
@@ -399,20 +502,25 @@ fn next_u64() -> u64 {
     })
 }
 
-/// A random UUID (version 4 layout) for `x-request-id`.
+/// A random UUID (version 4 layout) for `x-request-id`, hex-encoded by hand (no formatter).
 pub fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b) = (next_u64(), next_u64());
     let a = (a & !0xf000) | 0x4000;
     let b = (b & !(0xc << 60)) | (0x8 << 60);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).expect("hex is a valid header value")
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for nibble in 0..32 {
+        if matches!(nibble, 8 | 12 | 16 | 20) {
+            out[o] = b'-';
+            o += 1;
+        }
+        let word = if nibble < 16 { a } else { b };
+        let shift = 60 - 4 * (nibble % 16);
+        out[o] = HEX[((word >> shift) & 0xf) as usize];
+        o += 1;
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -444,8 +552,11 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
-        append_forwarded_for(&mut h, "[::ffff:10.0.0.2]:5".parse().unwrap());
+        append_forwarded_for(&mut h, &ip_header_value("10.0.0.1:5".parse().unwrap()));
+        append_forwarded_for(
+            &mut h,
+            &ip_header_value("[::ffff:10.0.0.2]:5".parse().unwrap()),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
     }
 

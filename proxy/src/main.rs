@@ -76,11 +76,16 @@ fn main() -> ExitCode {
     });
 
     let threads = proxy::worker_threads(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    // One worker means one thread, like the peers' single worker: a current-thread runtime has
+    // no cross-thread hand-offs (no worker thread beside the main one, no atomics in the scheduler).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("proxy: cannot start the runtime: {e}");
