@@ -2,7 +2,7 @@
 # `make demo` and `make test` are the two commands the README promises work on a fresh machine.
 
 CARGO      ?= cargo
-IMAGE      ?= ghcr.io/trellis-mesh/trellis:dev
+IMAGE      ?= ghcr.io/trellis-mesh/trellis:0.1.0
 VENV       ?= target/venv
 PY         := $(VENV)/bin/python
 K8S_VERSION ?= 1.33.0
