@@ -51,6 +51,9 @@ pub struct Config {
     /// Time allowed for a whole upstream request/response (e.g. `15s`); 504 UT after it.
     #[arg(long, env = "TRELLIS_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// An idle pooled upstream connection is closed after this long.
+    #[arg(long, env = "TRELLIS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// On SIGTERM or `/quitquitquit`, how long in-flight requests may take to finish.
     #[arg(long, env = "TRELLIS_DRAIN_TIME", default_value = "5s", value_parser = parse_duration)]
     pub drain_time: Duration,
@@ -88,6 +91,7 @@ impl Default for Config {
             outbound_max_requests_per_connection: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
             drain_time: Duration::from_secs(5),
             opaque_ports: Vec::new(),
             access_log: false,
@@ -174,6 +178,7 @@ impl Config {
         for (flag, v, dv) in [
             ("connect-timeout", self.connect_timeout, d.connect_timeout),
             ("request-timeout", self.request_timeout, d.request_timeout),
+            ("idle-timeout", self.idle_timeout, d.idle_timeout),
             ("drain-time", self.drain_time, d.drain_time),
         ] {
             if v != dv {
@@ -271,6 +276,7 @@ mod tests {
             outbound_max_requests_per_connection: Some(1),
             connect_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(2),
             opaque_ports: vec![3306, 6379],
             access_log: true,
             concurrency: Some(2),

@@ -4,7 +4,218 @@
 //! reads their original destination, and forwards them through per-destination clusters whose
 //! connection pools enforce Envoy's circuit-breaker limits. [`Config`] is shared with the webhook,
 //! which renders the sidecar's args from it.
+//!
+//! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
+//! [`http`] / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
+//! [`access_log`], [`drain`] beside them.
 
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod cluster;
 pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod listener;
+pub mod orig_dst;
+pub mod pool;
+pub mod prevent_loop;
+pub mod stats;
+pub mod tcp;
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
 
 pub use config::{Config, Limits};
+
+use crate::access_log::AccessLog;
+use crate::cluster::{Cluster, Clusters};
+use crate::drain::Drain;
+use crate::listener::{bind, Direction, Listener};
+use crate::stats::Registry;
+
+/// What this process serves.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Transparent inbound + outbound capture listeners.
+    Sidecar,
+    /// One explicit listener in front of one upstream (`HOST:PORT`).
+    Gateway {
+        listen: SocketAddr,
+        upstream: String,
+    },
+}
+
+/// Changes the log filter at run time (`POST /logging`).
+pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The state shared by every listener and the admin API.
+pub struct Proxy {
+    pub config: Config,
+    pub mode: &'static str,
+    pub gateway: Option<(SocketAddr, String)>,
+    pub registry: Registry,
+    pub clusters: Clusters,
+    pub drain: Drain,
+    pub access_log: Option<AccessLog>,
+    pub started: Instant,
+    log_control: Option<LogControl>,
+    log_level: Mutex<String>,
+}
+
+impl Proxy {
+    pub fn log_level(&self) -> String {
+        self.log_level.lock().expect("log level lock").clone()
+    }
+
+    pub fn set_log_level(&self, level: &str) -> Result<(), String> {
+        let level = config::parse_log_level(level)?;
+        if let Some(f) = &self.log_control {
+            f(&level)?;
+        }
+        *self.log_level.lock().expect("log level lock") = level;
+        Ok(())
+    }
+
+    pub fn timeouts(&self) -> cluster::Timeouts {
+        cluster::Timeouts {
+            connect: self.config.connect_timeout,
+            idle: self.config.idle_timeout,
+        }
+    }
+
+    pub fn begin_drain(&self) {
+        self.registry.live.set(0);
+        self.drain.start();
+    }
+}
+
+/// Worker threads: `--concurrency`, else the CPUs this process may use (cgroup quota aware).
+pub fn worker_threads(config: &Config) -> usize {
+    config
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+/// Runs until drained (SIGTERM or `/quitquitquit`); returns once in-flight work finished or the
+/// drain time ran out.
+pub async fn run(
+    config: Config,
+    mode: Mode,
+    log_control: Option<LogControl>,
+) -> anyhow::Result<()> {
+    let gateway = match &mode {
+        Mode::Gateway { listen, upstream } => Some((*listen, upstream.clone())),
+        Mode::Sidecar => None,
+    };
+    let proxy = Arc::new(Proxy {
+        mode: if gateway.is_some() {
+            "gateway"
+        } else {
+            "sidecar"
+        },
+        gateway,
+        registry: Registry::default(),
+        clusters: Clusters::default(),
+        drain: Drain::default(),
+        access_log: config.access_log.then(AccessLog::spawn),
+        started: Instant::now(),
+        log_level: Mutex::new(config.log_level.clone()),
+        log_control,
+        config,
+    });
+    proxy
+        .registry
+        .concurrency
+        .set(worker_threads(&proxy.config) as i64);
+
+    let mut listeners = Vec::new();
+    match &mode {
+        Mode::Gateway { listen, upstream } => {
+            let addr = tokio::net::lookup_host(upstream.as_str())
+                .await
+                .with_context(|| format!("resolving --upstream {upstream}"))?
+                .next()
+                .with_context(|| format!("--upstream {upstream} resolved to no address"))?;
+            let cluster = Cluster::new(
+                upstream.clone(),
+                addr,
+                proxy.config.inbound_limits(),
+                proxy.timeouts(),
+                &proxy.registry,
+            );
+            proxy
+                .clusters
+                .get_or_create(upstream, &proxy.registry, || cluster.clone());
+            let tcp = bind(*listen).with_context(|| format!("binding --listen {listen}"))?;
+            tracing::info!(listen = %tcp.local_addr()?, %upstream, "gateway listener");
+            listeners.push(Listener {
+                proxy: proxy.clone(),
+                dir: Direction::Gateway,
+                tcp,
+                fixed: Some(cluster),
+            });
+        }
+        Mode::Sidecar => {
+            for (dir, port) in [
+                (Direction::Inbound, proxy.config.inbound_capture_port),
+                (Direction::Outbound, proxy.config.outbound_capture_port),
+            ] {
+                let v4: SocketAddr = ([0, 0, 0, 0], port).into();
+                let tcp = bind(v4)
+                    .with_context(|| format!("binding the {} listener {v4}", dir.name()))?;
+                tracing::info!(listen = %v4, "{} capture listener", dir.name());
+                listeners.push(Listener {
+                    proxy: proxy.clone(),
+                    dir,
+                    tcp,
+                    fixed: None,
+                });
+                // IPv6 when the pod has it; fine without.
+                let v6: SocketAddr = (Ipv6Addr::UNSPECIFIED, port).into();
+                match bind(v6) {
+                    Ok(tcp) => listeners.push(Listener {
+                        proxy: proxy.clone(),
+                        dir,
+                        tcp,
+                        fixed: None,
+                    }),
+                    Err(e) => tracing::debug!(error = %e, "no IPv6 {} listener", dir.name()),
+                }
+            }
+        }
+    }
+    let admin_addr = proxy.config.admin_listen;
+    let admin = bind(admin_addr).with_context(|| format!("binding --admin-listen {admin_addr}"))?;
+    tracing::info!(listen = %admin.local_addr()?, "admin listener");
+    for l in listeners {
+        tokio::spawn(l.run());
+    }
+    tokio::spawn(admin::serve(proxy.clone(), admin));
+    proxy.registry.live.set(1);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("draining: SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("draining: SIGINT"),
+        _ = proxy.drain.signaled() => {}
+    }
+    proxy.begin_drain();
+    let drain_time = proxy.config.drain_time;
+    if tokio::time::timeout(drain_time, proxy.drain.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = proxy.drain.active(),
+            "drain time ({}) over: closing the connections left",
+            config::format_duration(drain_time)
+        );
+    }
+    Ok(())
+}

@@ -1,16 +1,153 @@
 //! `proxy` binary: sidecar (default), `gateway`, or `wait-ready`.
 
-use clap::Parser;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
 #[derive(Parser)]
 #[command(name = "proxy", version, about = "Trellis sidecar proxy")]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     config: proxy::Config,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
+enum Command {
+    /// An explicit listener in front of one upstream (App Mesh's VirtualGateway).
+    Gateway {
+        /// Address to accept clients on.
+        #[arg(long, env = "TRELLIS_LISTEN")]
+        listen: SocketAddr,
+        /// The upstream service, `HOST:PORT` (resolved once at start).
+        #[arg(long, env = "TRELLIS_UPSTREAM", value_parser = parse_host_port)]
+        upstream: String,
+        #[command(flatten)]
+        config: proxy::Config,
+    },
+    /// Exit 0 once the local admin API answers `/ready` with 200 (the postStart hook).
+    WaitReady {
+        #[arg(long, env = "TRELLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+        admin_listen: SocketAddr,
+        /// Give up after this long (e.g. `60s`).
+        #[arg(long, default_value = "60s", value_parser = proxy::config::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(s.to_string()),
+        _ => Err(format!(
+            "`{s}` is not HOST:PORT: expected e.g. backend:8080 or 10.0.0.7:80"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = cli.config;
-    anyhow::bail!("proxy: the data plane is not implemented yet (issue 4)")
+    let (config, mode) = match cli.command {
+        Some(Command::WaitReady {
+            admin_listen,
+            timeout,
+        }) => return wait_ready(admin_listen, timeout),
+        Some(Command::Gateway {
+            listen,
+            upstream,
+            config,
+        }) => (config, proxy::Mode::Gateway { listen, upstream }),
+        None => (cli.config, proxy::Mode::Sidecar),
+    };
+
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(filter_for(&config.log_level)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let control: proxy::LogControl = Box::new(move |level: &str| {
+        handle
+            .reload(EnvFilter::new(filter_for(level)))
+            .map_err(|e| e.to_string())
+    });
+
+    let threads = proxy::worker_threads(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(proxy::run(config, mode, Some(control))) {
+        Ok(()) => {
+            rt.shutdown_timeout(Duration::from_millis(100));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Our own crates at `level`; dependencies no chattier than `warn`.
+fn filter_for(level: &str) -> String {
+    match level {
+        "trace" | "debug" => format!("warn,proxy={level}"),
+        l => l.to_string(),
+    }
+}
+
+fn wait_ready(admin: SocketAddr, timeout: Duration) -> ExitCode {
+    let ip = match admin.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let target = SocketAddr::new(ip, admin.port());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe(target) {
+            Ok(200) => return ExitCode::SUCCESS,
+            Ok(code) => format!("/ready answered {code}"),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            eprintln!(
+                "proxy wait-ready: http://{target}/ready not ready after {} (last: {last})",
+                proxy::config::format_duration(timeout)
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn probe(target: SocketAddr) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let m = s.read(&mut buf[n..])?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    let head = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    head.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {head:?}")))
 }

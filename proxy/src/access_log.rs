@@ -1,0 +1,165 @@
+//! Envoy's default access log format, written to stdout by a background task so that the request
+//! path only does a non-blocking channel send (entries are dropped, and counted, if it is full).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::header::HeaderValue;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// One finished request.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub start: Option<SystemTime>,
+    pub method: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub code: u16,
+    pub flags: &'static str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration_ms: u64,
+    pub upstream_time_ms: Option<u64>,
+    pub xff: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    pub authority: Option<HeaderValue>,
+    pub upstream_host: Option<SocketAddr>,
+}
+
+/// `[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS BYTES_RECEIVED BYTES_SENT DURATION UPSTREAM_TIME
+/// "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" "AUTHORITY" "UPSTREAM_HOST"`, `-` for missing.
+pub fn format(e: &Entry, out: &mut String) {
+    let hv = |v: &Option<HeaderValue>| {
+        v.as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let _ = write!(out, "[");
+    write_time(e.start.unwrap_or(UNIX_EPOCH), out);
+    let _ = writeln!(
+        out,
+        "] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\"",
+        e.method,
+        e.path,
+        e.protocol,
+        e.code,
+        e.flags,
+        e.bytes_received,
+        e.bytes_sent,
+        e.duration_ms,
+        e.upstream_time_ms
+            .map_or_else(|| "-".to_string(), |t| t.to_string()),
+        hv(&e.xff),
+        hv(&e.user_agent),
+        hv(&e.request_id),
+        hv(&e.authority),
+        e.upstream_host
+            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+    );
+}
+
+/// RFC 3339 UTC with milliseconds, like Envoy: `2026-11-22T03:24:08.123Z`.
+fn write_time(t: SystemTime, out: &mut String) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Entry>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer task (on the current runtime).
+    pub fn spawn() -> AccessLog {
+        let (tx, mut rx) = mpsc::channel::<Entry>(16 * 1024);
+        tokio::spawn(async move {
+            let mut out = tokio::io::stdout();
+            let mut buf = String::new();
+            while let Some(e) = rx.recv().await {
+                buf.clear();
+                format(&e, &mut buf);
+                // Batch whatever else is already queued into one write.
+                while buf.len() < 64 * 1024 {
+                    match rx.try_recv() {
+                        Ok(e) => format(&e, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                if out.write_all(buf.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = out.flush().await;
+            }
+        });
+        AccessLog {
+            tx,
+            dropped: Arc::default(),
+        }
+    }
+
+    pub fn log(&self, e: Entry) {
+        if self.tx.try_send(e).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn envoy_default_format() {
+        let e = Entry {
+            start: Some(UNIX_EPOCH + Duration::from_millis(1_763_781_848_123)),
+            method: "GET".into(),
+            path: "/hello?x=1".into(),
+            protocol: "HTTP/1.1",
+            code: 503,
+            flags: "UO",
+            bytes_received: 0,
+            bytes_sent: 81,
+            duration_ms: 0,
+            upstream_time_ms: None,
+            xff: None,
+            user_agent: Some(HeaderValue::from_static("curl/8.0")),
+            request_id: Some(HeaderValue::from_static("abc")),
+            authority: Some(HeaderValue::from_static("svc:8080")),
+            upstream_host: Some("10.0.0.1:8080".parse().unwrap()),
+        };
+        let mut s = String::new();
+        format(&e, &mut s);
+        assert_eq!(
+            s,
+            "[2025-11-22T03:24:08.123Z] \"GET /hello?x=1 HTTP/1.1\" 503 UO 0 81 0 - \"-\" \"curl/8.0\" \"abc\" \"svc:8080\" \"10.0.0.1:8080\"\n"
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! Listeners: accept, find the destination (gateway: fixed upstream; sidecar: `SO_ORIGINAL_DST`),
+//! refuse loops, pick the cluster, detect the protocol, and hand the connection to HTTP or TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cluster::{inbound_name, outbound_name, Cluster};
+use crate::detect::{detect, Protocol};
+use crate::http::HttpCtx;
+use crate::Proxy;
+
+/// How long to wait for a client's first bytes before treating it as server-speaks-first TCP.
+pub const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Gateway,
+}
+
+impl Direction {
+    /// Listener stat prefix: `http.<name>.*`, `tcp.<name>.*`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::Gateway => "gateway",
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR and a deep backlog; IPv6 sockets are v6-only (v4 has its own).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+pub struct Listener {
+    pub proxy: Arc<Proxy>,
+    pub dir: Direction,
+    pub tcp: TcpListener,
+    /// Gateway mode: the one cluster.
+    pub fixed: Option<Arc<Cluster>>,
+}
+
+impl Listener {
+    pub async fn run(self) {
+        let proxy = self.proxy.clone();
+        let http = Arc::new(HttpCtx {
+            listener: proxy.registry.listener(self.dir.name()),
+            request_timeout: proxy.config.request_timeout,
+            add_forwarded_for: self.dir != Direction::Outbound,
+            access_log: proxy.access_log.clone(),
+            drain: proxy.drain.clone(),
+        });
+        // The socket is not shared with the connections: it closes as soon as draining starts.
+        let Listener {
+            proxy: _,
+            dir,
+            tcp,
+            fixed,
+        } = self;
+        let this = Arc::new(Conns {
+            proxy: proxy.clone(),
+            dir,
+            fixed,
+        });
+        loop {
+            let accepted = tokio::select! {
+                a = tcp.accept() => a,
+                _ = proxy.drain.signaled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = this.clone();
+            let http = http.clone();
+            let tracked = proxy.drain.track();
+            tokio::spawn(async move {
+                this.connection(stream, peer, http).await;
+                drop(tracked);
+            });
+        }
+    }
+}
+
+/// What each accepted connection of a listener needs.
+struct Conns {
+    proxy: Arc<Proxy>,
+    dir: Direction,
+    fixed: Option<Arc<Cluster>>,
+}
+
+impl Conns {
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, http: Arc<HttpCtx>) {
+        let _ = stream.set_nodelay(true);
+        let p = &self.proxy;
+        let cluster = match &self.fixed {
+            Some(c) => c.clone(),
+            None => {
+                let Ok(local) = stream.local_addr() else {
+                    return;
+                };
+                let dst = crate::orig_dst::original_dst(&stream).unwrap_or(local);
+                if crate::prevent_loop::is_loop(dst, local, &p.own_ports()) {
+                    tracing::debug!(%dst, %peer, "refusing a connection to the proxy itself");
+                    http.listener.downstream_cx_loop_refused.inc();
+                    return;
+                }
+                p.cluster_for(self.dir, dst)
+            }
+        };
+        let opaque = p.config.opaque_ports.contains(&cluster.addr.port());
+        let proto = if opaque {
+            Protocol::Opaque
+        } else {
+            detect(&stream, DETECT_TIMEOUT).await
+        };
+        match proto {
+            Protocol::Http1 => {
+                let l = &http.listener;
+                l.downstream_cx_total.inc();
+                l.downstream_cx_active.inc();
+                crate::http::serve(stream, peer, cluster, http.clone()).await;
+                http.listener.downstream_cx_active.dec();
+            }
+            Protocol::Opaque => {
+                crate::tcp::proxy(
+                    stream,
+                    cluster,
+                    http.listener.clone(),
+                    p.config.connect_timeout,
+                )
+                .await
+            }
+        }
+    }
+}
+
+impl Proxy {
+    fn own_ports(&self) -> [u16; 3] {
+        [
+            self.config.inbound_capture_port,
+            self.config.outbound_capture_port,
+            self.config.admin_listen.port(),
+        ]
+    }
+
+    /// The cluster of a sidecar destination, created on first use.
+    pub fn cluster_for(&self, dir: Direction, dst: SocketAddr) -> Arc<Cluster> {
+        let (name, limits) = match dir {
+            Direction::Inbound => (inbound_name(dst.port()), self.config.inbound_limits()),
+            _ => (outbound_name(dst), self.config.outbound_limits()),
+        };
+        self.clusters.get_or_create(&name, &self.registry, || {
+            Cluster::new(name.clone(), dst, limits, self.timeouts(), &self.registry)
+        })
+    }
+}

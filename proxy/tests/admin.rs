@@ -1,0 +1,280 @@
+//! The admin API, `wait-ready`, configuration errors, and draining.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{free_addr, get, post, start_app, Client, ProxyProc};
+
+/// Checks the text exposition format strictly enough to catch what Prometheus rejects: metric
+/// and label names, quoting, numeric values, one `# TYPE` per family before its samples, and
+/// no family split in two.
+fn check_exposition(text: &str) -> usize {
+    fn name_ok(n: &str) -> bool {
+        let mut cs = n.chars();
+        cs.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut declared: HashSet<String> = HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    let mut samples = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (fam, ty) = rest.split_once(' ').expect("TYPE line");
+            assert!(name_ok(fam), "bad family name {fam}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                "{line}"
+            );
+            assert!(
+                declared.insert(fam.to_string()),
+                "family {fam} declared twice"
+            );
+            current = Some((fam.to_string(), ty.to_string()));
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value in {line}"
+        );
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').expect("closing brace"))),
+            None => (series, None),
+        };
+        assert!(name_ok(name), "bad metric name in {line}");
+        let (fam, ty) = current.as_ref().expect("sample before any TYPE");
+        let base = if ty == "histogram" {
+            name.strip_suffix("_bucket")
+                .or_else(|| name.strip_suffix("_sum"))
+                .or_else(|| name.strip_suffix("_count"))
+                .unwrap_or(name)
+        } else {
+            name
+        };
+        assert_eq!(base, fam, "sample {line} outside its family");
+        if let Some(labels) = labels {
+            // name="value" pairs, values escaped.
+            let mut rest = labels;
+            while !rest.is_empty() {
+                let (k, v) = rest.split_once("=\"").expect("label =\"");
+                assert!(name_ok(k), "bad label name {k} in {line}");
+                let mut end = None;
+                let mut esc = false;
+                for (i, c) in v.char_indices() {
+                    match (esc, c) {
+                        (true, _) => esc = false,
+                        (false, '\\') => esc = true,
+                        (false, '"') => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let end = end.expect("closing quote");
+                rest = v[end + 1..].strip_prefix(',').unwrap_or(&v[end + 1..]);
+            }
+        }
+        samples += 1;
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--max-connections=4", "--max-pending-requests=2"]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+
+    assert_eq!(
+        get(px.admin, "/ready").await.unwrap(),
+        (200, "LIVE\n".into())
+    );
+    let (s, info) = get(px.admin, "/server_info").await.unwrap();
+    assert_eq!(s, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["state"], "LIVE");
+
+    let stats = px.stats().await;
+    for k in [
+        "upstream_cx_active",
+        "upstream_cx_total",
+        "upstream_cx_http1_total",
+        "upstream_cx_overflow",
+        "upstream_cx_connect_fail",
+        "upstream_rq_total",
+        "upstream_rq_active",
+        "upstream_rq_pending_active",
+        "upstream_rq_pending_overflow",
+        "upstream_rq_timeout",
+        "upstream_rq_200",
+        "upstream_rq_2xx",
+        "circuit_breakers.default.cx_open",
+        "circuit_breakers.default.rq_pending_open",
+        "circuit_breakers.default.rq_open",
+        "circuit_breakers.default.remaining_cx",
+        "circuit_breakers.default.remaining_pending",
+    ] {
+        assert!(stats.contains_key(&format!("cluster.{app}.{k}")), "no {k}");
+    }
+    assert_eq!(stats["server.live"], "1");
+    assert_eq!(stats["http.gateway.downstream_cx_active"], "1");
+    assert_eq!(
+        stats[&format!("cluster.{app}.circuit_breakers.default.remaining_cx")],
+        "3"
+    );
+
+    let (s, prom) = get(px.admin, "/stats/prometheus").await.unwrap();
+    assert_eq!(s, 200);
+    assert!(check_exposition(&prom) > 20);
+    for want in [
+        format!("envoy_cluster_upstream_cx_active{{envoy_cluster_name=\"{app}\"}} 1\n"),
+        format!(
+            "envoy_cluster_circuit_breakers_default_cx_open{{envoy_cluster_name=\"{app}\"}} 0\n"
+        ),
+        "envoy_server_live 1\n".to_string(),
+        "# TYPE envoy_cluster_upstream_rq_time histogram\n".to_string(),
+    ] {
+        assert!(prom.contains(&want), "missing {want} in\n{prom}");
+    }
+
+    let (_, clusters) = get(px.admin, "/clusters").await.unwrap();
+    assert!(clusters.contains(&format!("{app}::default_priority::max_connections::4")));
+    let (_, dump) = get(px.admin, "/config_dump").await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["inbound_limits"]["max_connections"], 4);
+    assert_eq!(dump["gateway"]["upstream"], app.to_string());
+
+    assert_eq!(post(px.admin, "/logging?level=debug").await.unwrap().0, 200);
+    assert_eq!(post(px.admin, "/logging?level=loud").await.unwrap().0, 400);
+    assert_eq!(get(px.admin, "/nope").await.unwrap().0, 404);
+}
+
+#[test]
+fn prometheus_checker_rejects_bad_text() {
+    for bad in [
+        "x 1\n",                                 // no TYPE
+        "# TYPE a gauge\na{b=\"c} 1\n",          // unterminated label
+        "# TYPE a gauge\na 1\n# TYPE a gauge\n", // family twice
+        "# TYPE a gauge\nb 1\n",                 // outside family
+        "# TYPE a gauge\na one\n",               // bad value
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| check_exposition(bad)).is_err(),
+            "accepted {bad:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quitquitquit_drains_in_flight_then_exits_0() {
+    let app = start_app().await;
+    let mut px = ProxyProc::gateway(app, &["--drain-time=10s"]).await;
+    let listen = px.listen;
+    let slow = tokio::spawn(async move {
+        let mut c = Client::connect(listen).await.unwrap();
+        c.get("/?delay_ms=1500").await.unwrap().status
+    });
+    px.wait_stat(&format!("cluster.{app}.upstream_rq_active"), 1)
+        .await;
+    assert_eq!(post(px.admin, "/quitquitquit").await.unwrap().0, 200);
+    // Draining: not ready, not live, no new connections.
+    let (s, body) = get(px.admin, "/ready").await.unwrap();
+    assert_eq!((s, body.as_str()), (503, "DRAINING\n"));
+    assert_eq!(px.stat("server.live").await, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(listen).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting while draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(slow.await.unwrap(), 200, "in-flight request finished");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = px.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0() {
+    let app = start_app().await;
+    let mut px = ProxyProc::gateway(app, &[]).await;
+    nix_kill(px.child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = px.child.try_wait().unwrap() {
+            assert!(s.success(), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn nix_kill(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_succeeds_when_ready_and_times_out_otherwise() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &[]).await;
+    let ok = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args(["wait-ready", &format!("--admin-listen={}", px.admin)])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let nobody = free_addr();
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args([
+            "wait-ready",
+            &format!("--admin-listen={nobody}"),
+            "--timeout=300ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not ready after 300ms"), "{err}");
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_flag_and_value() {
+    for (args, flag, value) in [
+        (vec!["--max-connections=lots"], "--max-connections", "lots"),
+        (
+            vec!["gateway", "--listen=127.0.0.1:0", "--upstream=nohost"],
+            "--upstream",
+            "nohost",
+        ),
+        (vec!["--request-timeout=soon"], "--request-timeout", "soon"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(value), "{err}");
+    }
+}

@@ -1,0 +1,329 @@
+//! Faults: upstream refuses (UF), too slow (UT), client gone (DC, pending or in flight), upstream
+//! resets (UC), a 1 GiB streamed body with flat memory; and HTTP/1.1 details.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{free_addr, start_app, start_resetter, Client, ProxyProc, Zeros};
+
+async fn wait_log(px: &ProxyProc, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = px.access_log();
+        if let Some(l) = log.lines().find(|l| l.contains(needle)) {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line with {needle:?} in:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_refusing_is_503_uf() {
+    let dead = free_addr();
+    let px = ProxyProc::gateway(dead, &["--access-log"]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let a = c.get("/").await.unwrap();
+    assert_eq!(a.status, 503);
+    assert!(a.body.contains("connection failure"), "{}", a.body);
+    assert!(a.headers.get("x-envoy-overloaded").is_none());
+    assert_eq!(
+        px.stat(&format!("cluster.{dead}.upstream_cx_connect_fail"))
+            .await,
+        1
+    );
+    // The failed connect gave its slot back.
+    assert_eq!(
+        px.stat(&format!("cluster.{dead}.upstream_cx_active")).await,
+        0
+    );
+    wait_log(&px, "\" 503 UF ").await;
+    // The client connection is still usable.
+    assert_eq!(c.get("/").await.unwrap().status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504_ut() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--request-timeout=300ms", "--access-log"]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let a = c.get("/?delay_ms=3000").await.unwrap();
+    assert_eq!(a.status, 504);
+    assert_eq!(a.body, "upstream request timeout");
+    assert_eq!(
+        px.stat(&format!("cluster.{app}.upstream_rq_timeout")).await,
+        1
+    );
+    assert_eq!(px.stat(&format!("cluster.{app}.upstream_rq_504")).await, 1);
+    wait_log(&px, "\" 504 UT ").await;
+    // The timed-out connection was closed, not reused mid-response; next request is fine.
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+    px.wait_stat(&format!("cluster.{app}.upstream_rq_active"), 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_mid_request_is_dc_and_releases_everything() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(
+        app,
+        &[
+            "--max-connections=1",
+            "--max-pending-requests=5",
+            "--access-log",
+        ],
+    )
+    .await;
+    let c = format!("cluster.{app}");
+    // A holds the only connection; B waits in the queue.
+    let mut a = TcpStream::connect(px.listen).await.unwrap();
+    a.write_all(b"GET /?delay_ms=1500 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    px.wait_stat(&format!("{c}.upstream_rq_active"), 1).await;
+    let mut b = TcpStream::connect(px.listen).await.unwrap();
+    b.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    px.wait_stat(&format!("{c}.upstream_rq_pending_active"), 1)
+        .await;
+    assert_eq!(
+        px.stat(&format!("{c}.circuit_breakers.default.cx_open"))
+            .await,
+        1
+    );
+    // Both clients go away.
+    drop(b);
+    px.wait_stat(&format!("{c}.upstream_rq_pending_active"), 0)
+        .await;
+    assert_eq!(px.stat(&format!("{c}.upstream_rq_cancelled")).await, 1);
+    drop(a);
+    px.wait_stat(&format!("{c}.upstream_rq_active"), 0).await;
+    px.wait_stat("http.gateway.downstream_rq_active", 0).await;
+    wait_log(&px, "\" 0 DC ").await;
+    // Nothing leaked: the pool serves again.
+    let mut client = Client::connect(px.listen).await.unwrap();
+    assert_eq!(client.get("/").await.unwrap().status, 200);
+    assert_eq!(
+        px.stat(&format!("{c}.upstream_rq_pending_overflow")).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_before_headers_is_503_uc() {
+    let up = start_resetter().await;
+    let px = ProxyProc::gateway(up, &["--access-log"]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let a = c.get("/").await.unwrap();
+    assert_eq!(a.status, 503);
+    assert!(
+        a.body.contains("disconnect/reset before headers"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        px.stat(&format!("cluster.{up}.upstream_rq_rx_reset")).await,
+        1
+    );
+    wait_log(&px, "\" 503 UC ").await;
+    px.wait_stat(&format!("cluster.{up}.upstream_cx_active"), 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_streams_both_ways_with_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &[]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let req = Request::post("/sink")
+        .header("host", "app")
+        .body(Either::Right(Zeros(GIB)))
+        .unwrap();
+    let a = c.send(req).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, GIB.to_string());
+
+    // And down: count without keeping.
+    let s = TcpStream::connect(px.listen).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get(format!("/big?bytes={GIB}"))
+                .header("host", "app")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    use http_body_util::BodyExt;
+    while let Some(f) = body.frame().await {
+        n += f.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(n, GIB);
+    let rss = support::peak_rss_kib(px.child.id());
+    eprintln!("proxy peak RSS after 2 GiB streamed: {rss} KiB");
+    assert!(rss > 0 && rss < 128 * 1024, "peak RSS {rss} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_details() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &[]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+
+    // x-request-id added, x-forwarded-for set, hop-by-hop headers not forwarded.
+    let req = Request::get("/")
+        .header("host", "app")
+        .header("keep-alive", "timeout=5")
+        .body(Either::Left(Empty::new()))
+        .unwrap();
+    let a = c.send(req).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["x-seen-x-request-id"].len(), 36);
+    assert_eq!(a.headers["x-seen-x-forwarded-for"], "127.0.0.1");
+    assert!(a.headers.get("x-seen-keep-alive").is_none());
+    // A client's own request id is kept.
+    let req = Request::get("/")
+        .header("host", "app")
+        .header("x-request-id", "mine")
+        .body(Either::Left(Empty::new()))
+        .unwrap();
+    assert_eq!(
+        c.send(req).await.unwrap().headers["x-seen-x-request-id"],
+        "mine"
+    );
+
+    // HEAD, then the same connection still works.
+    let req = Request::head("/")
+        .header("host", "app")
+        .body(Either::Left(Empty::new()))
+        .unwrap();
+    let a = c.send(req).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "");
+    assert_eq!(c.get("/").await.unwrap().body, "ok");
+
+    // Expect: 100-continue gets its interim response, then the body flows.
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(
+        b"POST /sink HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n5") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+
+    // Malformed request: 400 on that connection, everyone else unaffected.
+    let mut bad = TcpStream::connect(px.listen).await.unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n")
+        .await
+        .unwrap();
+    let n = bad.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+
+    // Upgrade (WebSocket-style) is tunnelled: bytes echo through.
+    let mut ws = TcpStream::connect(px.listen).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = ws.read(&mut buf[..1]).await.unwrap();
+        assert!(n > 0);
+        head.push(buf[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    ws.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    ws.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_respects_max_connections() {
+    // An echo upstream on a port declared opaque: no detection, plain bytes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let opaque = format!("--opaque-ports={}", up.port());
+    let px = ProxyProc::gateway(up, &["--max-connections=1", &opaque]).await;
+    let mut first = TcpStream::connect(px.listen).await.unwrap();
+    first.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    first.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"PRI * HTTP/2.0\r\n");
+    // The second connection overflows: closed at once, counted.
+    let mut second = TcpStream::connect(px.listen).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("overflowing connection closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(
+        px.stat(&format!("cluster.{up}.upstream_cx_overflow")).await,
+        1
+    );
+    assert_eq!(px.stat("tcp.gateway.upstream_cx_overflow").await, 1);
+    assert_eq!(
+        px.stat(&format!("cluster.{up}.circuit_breakers.default.cx_open"))
+            .await,
+        1
+    );
+    drop(first);
+    px.wait_stat(&format!("cluster.{up}.upstream_cx_active"), 0)
+        .await;
+    let mut third = TcpStream::connect(px.listen).await.unwrap();
+    third.write_all(b"again").await.unwrap();
+    let mut b5 = [0u8; 5];
+    third.read_exact(&mut b5).await.unwrap();
+    assert_eq!(&b5, b"again");
+}

@@ -1,0 +1,334 @@
+//! Test utilities: a slow-able HTTP app, the real `proxy` binary as a child process, an HTTP/1.1
+//! client, and `/stats` readers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A free loopback port (bound then released; the race is acceptable in tests).
+pub fn free_addr() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Body of `n` zero bytes, streamed in 64 KiB chunks, never held whole.
+pub struct Zeros(pub u64);
+static ZEROS: [u8; 65536] = [0; 65536];
+impl Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.0.min(ZEROS.len() as u64);
+        self.0 -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &ZEROS[..n as usize],
+        )))))
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0)
+    }
+}
+
+type AppBody = http_body_util::Either<Full<Bytes>, Zeros>;
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+    if let Some(ms) = query(&req, "delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let full = |s: String| http_body_util::Either::Left(Full::new(Bytes::from(s)));
+    match req.uri().path() {
+        "/sink" => {
+            let mut n = 0u64;
+            let mut body = req.into_body();
+            while let Some(f) = body.frame().await {
+                match f {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => return Ok(Response::new(full("error".into()))),
+                }
+            }
+            Ok(Response::new(full(n.to_string())))
+        }
+        "/big" => Ok(Response::new(http_body_util::Either::Right(Zeros(
+            query(&req, "bytes").unwrap_or(0),
+        )))),
+        "/ws" => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(u) = on.await {
+                    let mut io = TokioIo::new(u);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut r = Response::new(full(String::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            Ok(r)
+        }
+        _ => {
+            // Echo what the proxy added, so tests can see it.
+            let mut r = Response::new(full("ok".into()));
+            for h in [
+                "x-request-id",
+                "x-forwarded-for",
+                "connection",
+                "keep-alive",
+            ] {
+                if let Some(v) = req.headers().get(h) {
+                    r.headers_mut().insert(
+                        format!("x-seen-{h}")
+                            .parse::<hyper::header::HeaderName>()
+                            .unwrap(),
+                        v.clone(),
+                    );
+                }
+            }
+            Ok(r)
+        }
+    }
+}
+
+/// Starts the test app on an ephemeral port (on the current runtime).
+pub async fn start_app() -> SocketAddr {
+    start_app_on("127.0.0.1:0").await
+}
+
+pub async fn start_app_on(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(app))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that reads a request and closes the connection with a TCP reset.
+pub async fn start_resetter() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut s = s;
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+/// The real `proxy` binary; killed on drop.
+pub struct ProxyProc {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub stdout: PathBuf,
+}
+
+impl ProxyProc {
+    /// `proxy gateway` in front of `upstream`, plus `args`; waits for `/ready`.
+    pub async fn gateway(upstream: SocketAddr, args: &[&str]) -> ProxyProc {
+        let listen = free_addr();
+        let admin = free_addr();
+        let stdout = std::env::temp_dir().join(format!(
+            "trellis-proxy-test-{}-{}.log",
+            std::process::id(),
+            listen.port()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .arg("gateway")
+            .arg(format!("--listen={listen}"))
+            .arg(format!("--upstream={upstream}"))
+            .arg(format!("--admin-listen={admin}"))
+            .args(args)
+            .env_remove("TRELLIS_LOG_LEVEL")
+            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn proxy");
+        let p = ProxyProc {
+            child,
+            listen,
+            admin,
+            stdout,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((s, _)) = get(self.admin, "/ready").await {
+                if s == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "proxy never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stats(&self) -> HashMap<String, String> {
+        let (s, body) = get(self.admin, "/stats").await.expect("admin /stats");
+        assert_eq!(s, 200);
+        body.lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A numeric stat; a missing one is a test failure.
+    pub async fn stat(&self, name: &str) -> i64 {
+        let s = self.stats().await;
+        s.get(name)
+            .unwrap_or_else(|| panic!("no stat {name}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Polls until `stat == want`, or fails after a generous timeout.
+    pub async fn wait_stat(&self, name: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.stat(name).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} stayed {v}, wanted {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stdout);
+    }
+}
+
+/// One keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Either<Empty<Bytes>, Zeros>>,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let s = TcpStream::connect(addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Client { sender })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
+        let req = Request::get(path)
+            .header("host", "app.test")
+            .body(http_body_util::Either::Left(Empty::new()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn send(
+        &mut self,
+        req: Request<http_body_util::Either<Empty<Bytes>, Zeros>>,
+    ) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut c = Client::connect(addr).await?;
+    let a = c.get(path).await.map_err(std::io::Error::other)?;
+    Ok((a.status, a.body))
+}
+
+pub async fn post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut c = Client::connect(addr).await?;
+    let req = Request::post(path)
+        .header("host", "admin")
+        .body(http_body_util::Either::Left(Empty::new()))
+        .unwrap();
+    let a = c.send(req).await.map_err(std::io::Error::other)?;
+    Ok((a.status, a.body))
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
