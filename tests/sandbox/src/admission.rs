@@ -1,0 +1,94 @@
+//! The API server's side of admission: an AdmissionReview (`admission.k8s.io/v1`) for a pod
+//! CREATE, sent to the webhook over HTTPS, and its answer applied (a base64 JSON patch).
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// What the webhook answered for one pod.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub allowed: bool,
+    /// `response.status.message` of a refusal.
+    pub message: Option<String>,
+    pub warnings: Vec<String>,
+    /// The JSON patch, when there was one.
+    pub patch: Option<Value>,
+    /// The pod after the patch (the pod as sent when there was none).
+    pub pod: Value,
+}
+
+impl Admission {
+    pub fn injected(&self) -> bool {
+        self.pod["metadata"]["annotations"]["trellis.dev/status"].is_string()
+    }
+}
+
+/// The AdmissionReview the API server sends for `pod` created in `namespace`.
+pub fn review(uid: &str, namespace: &str, pod: &Value) -> Value {
+    let gvk = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let gvr = json!({"group": "", "version": "v1", "resource": "pods"});
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "groups": ["system:serviceaccounts", "system:authenticated"]
+            },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+/// Reads the webhook's AdmissionReview answer to `uid` and applies its patch to `pod`.
+pub fn apply_response(uid: &str, pod: &Value, body: &str) -> anyhow::Result<Admission> {
+    let v: Value = serde_json::from_str(body)
+        .with_context(|| format!("the webhook's answer is not JSON: {body}"))?;
+    let resp = &v["response"];
+    if v["kind"] != "AdmissionReview" || resp.is_null() {
+        bail!("the webhook's answer is not an AdmissionReview response: {body}");
+    }
+    if resp["uid"] != uid {
+        bail!("the webhook answered uid {} for review {uid}", resp["uid"]);
+    }
+    let allowed = resp["allowed"].as_bool().unwrap_or(false);
+    let message = resp["status"]["message"].as_str().map(str::to_string);
+    let warnings = resp["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = pod.clone();
+    let mut patch = None;
+    if let Some(b64) = resp["patch"].as_str() {
+        if resp["patchType"] != "JSONPatch" {
+            bail!("patchType {} (only JSONPatch exists)", resp["patchType"]);
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("patch is not base64")?;
+        let p: Value = serde_json::from_slice(&bytes).context("patch is not JSON")?;
+        let ops: json_patch::Patch =
+            serde_json::from_value(p.clone()).context("patch is not an RFC 6902 JSON patch")?;
+        json_patch::patch(&mut out, &ops).context("applying the webhook's patch")?;
+        patch = Some(p);
+    }
+    Ok(Admission {
+        allowed,
+        message,
+        warnings,
+        patch,
+        pod: out,
+    })
+}
