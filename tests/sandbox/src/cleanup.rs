@@ -31,8 +31,13 @@ pub fn stopping() -> bool {
 
 /// Kills every process in the namespace `name`, then deletes it. Safe to call twice.
 pub fn delete_netns(name: &str) {
-    kill_netns_pids(name);
-    let _ = Command::new("ip").args(["netns", "del", name]).status();
+    if std::path::Path::new("/run/netns").join(name).exists() {
+        kill_netns_pids(name);
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
     NETNS.lock().unwrap().remove(name);
 }
 

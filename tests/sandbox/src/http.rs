@@ -83,7 +83,10 @@ pub fn call_tls(
         .with_no_client_auth();
     let name = ServerName::try_from(server_name.to_string())?;
     let req = request_bytes(method, server_name, path, &body, "application/json");
-    let what = format!("{method} https://{server_name}{path} ({addr}) from {}", ns.name);
+    let what = format!(
+        "{method} https://{server_name}{path} ({addr}) from {}",
+        ns.name
+    );
     ns.enter(move || {
         let tcp = TcpStream::connect_timeout(&addr, TIMEOUT)?;
         tcp.set_read_timeout(Some(TIMEOUT))?;

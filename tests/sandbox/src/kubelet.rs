@@ -56,7 +56,10 @@ pub fn argv(c: &Value) -> anyhow::Result<Vec<String>> {
 pub fn env(c: &Value, pod: &PodInfo) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = vec![("HOSTNAME".to_string(), pod.name.to_string())];
     for e in c["env"].as_array().into_iter().flatten() {
-        let name = e["name"].as_str().context("env without a name")?.to_string();
+        let name = e["name"]
+            .as_str()
+            .context("env without a name")?
+            .to_string();
         let value = if let Some(v) = e["value"].as_str() {
             v.to_string()
         } else if let Some(path) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
@@ -175,7 +178,10 @@ pub fn run_pod(
     for c in all {
         if let Some(probe) = c.get("readinessProbe") {
             wait_probe(probe, c, info, node, Duration::from_secs(30)).with_context(|| {
-                format!("container {}: readiness probe", c["name"].as_str().unwrap_or(""))
+                format!(
+                    "container {}: readiness probe",
+                    c["name"].as_str().unwrap_or("")
+                )
             })?;
         }
     }

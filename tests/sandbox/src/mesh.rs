@@ -256,7 +256,10 @@ impl Mesh {
             app: app.to_string(),
             name,
             ip,
-            admitted: Admission { pod: obj, ..admitted },
+            admitted: Admission {
+                pod: obj,
+                ..admitted
+            },
             procs,
             logs,
             ns,

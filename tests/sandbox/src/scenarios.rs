@@ -71,6 +71,11 @@ impl Report {
         self.stats.push(format!("{pod:<7} {}", s.line(name)));
     }
 
+    fn stat_under_load(&mut self, pod: &str, s: &Stats, name: &str) {
+        self.stats
+            .push(format!("{pod:<7} {:<72} (under load)", s.line(name)));
+    }
+
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
     }
@@ -82,14 +87,17 @@ impl fmt::Display for Report {
         for c in &self.checks {
             let mark = if c.ok { "ok  " } else { "FAIL" };
             writeln!(f, "  {mark} {}", c.what)?;
-            if !c.ok || !c.detail.is_empty() {
-                for l in c.detail.lines() {
+            let lines: Vec<&str> = c.detail.lines().collect();
+            if c.ok && lines.len() == 1 && lines[0].len() <= 120 {
+                writeln!(f, "         ({})", lines[0])?;
+            } else if !c.ok {
+                for l in &lines[lines.len().saturating_sub(60)..] {
                     writeln!(f, "         {l}")?;
                 }
             }
         }
         if !self.stats.is_empty() {
-            writeln!(f, "  stats:")?;
+            writeln!(f, "  stats, as the sidecars' /stats show them:")?;
             for s in &self.stats {
                 writeln!(f, "    {s}")?;
             }
@@ -238,6 +246,19 @@ pub fn transparency(mesh: &Mesh) -> anyhow::Result<Report> {
     Ok(rep)
 }
 
+/// The busiest sample with the cluster's `cx_open` at 1, if any.
+fn peak<'a>(samples: &'a [Stats], cluster: &str, listener: &str) -> Option<&'a Stats> {
+    samples
+        .iter()
+        .filter(|s| s.num(&format!("{cluster}.circuit_breakers.default.cx_open")) == 1)
+        .max_by_key(|s| {
+            (
+                s.num(&format!("{cluster}.upstream_cx_active")),
+                s.num(&format!("{listener}.downstream_cx_active")),
+            )
+        })
+}
+
 /// Samples `/stats` of `pod` while `run` goes on; returns every sample.
 fn sample_during(
     mesh: &Mesh,
@@ -295,9 +316,7 @@ pub fn inbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
         max_cx == 10,
         format!("highest of {} samples: {max_cx}", samples.len()),
     );
-    let peak = samples
-        .iter()
-        .find(|s| s.num(&format!("{c}.circuit_breakers.default.cx_open")) == 1);
+    let peak = peak(&samples, c, "http.inbound");
     rep.check(
         format!("{c}.circuit_breakers.default.cx_open reads 1 under load"),
         peak.is_some(),
@@ -313,7 +332,6 @@ pub fn inbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
         rep.notes.push(format!("green access log: {l}"));
     }
     if let Some(p) = peak.or(samples.last()) {
-        rep.notes.push("under load:".into());
         for n in [
             "http.inbound.downstream_cx_active".to_string(),
             format!("{c}.upstream_cx_active"),
@@ -321,7 +339,7 @@ pub fn inbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
             format!("{c}.circuit_breakers.default.cx_open"),
             format!("{c}.circuit_breakers.default.rq_pending_open"),
         ] {
-            rep.stat("green", p, &n);
+            rep.stat_under_load("green", p, &n);
         }
     }
     rep.stat(
@@ -375,7 +393,11 @@ pub fn outbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
         overflow == r.code(503),
         format!("grew by {overflow}, clients saw {} x 503", r.code(503)),
     );
-    let at_red = delta(&r_after, &r_before, "cluster.inbound_8080.upstream_rq_total");
+    let at_red = delta(
+        &r_after,
+        &r_before,
+        "cluster.inbound_8080.upstream_rq_total",
+    );
     rep.check(
         "only the admitted requests reached red (cluster.inbound_8080.upstream_rq_total)",
         at_red == r.code(200),
@@ -406,14 +428,10 @@ pub fn outbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
     if let Some(l) = uo.first() {
         rep.notes.push(format!("client access log: {l}"));
     }
-    if let Some(p) = samples
-        .iter()
-        .find(|s| s.num(&format!("{c}.circuit_breakers.default.cx_open")) == 1)
-    {
-        rep.notes.push("under load:".into());
-        rep.stat("client", p, "http.outbound.downstream_cx_active");
-        rep.stat("client", p, &format!("{c}.upstream_cx_active"));
-        rep.stat(
+    if let Some(p) = peak(&samples, &c, "http.outbound") {
+        rep.stat_under_load("client", p, "http.outbound.downstream_cx_active");
+        rep.stat_under_load("client", p, &format!("{c}.upstream_cx_active"));
+        rep.stat_under_load(
             "client",
             p,
             &format!("{c}.circuit_breakers.default.cx_open"),
@@ -472,7 +490,10 @@ pub fn opt_out_and_bad_annotation(mesh: &Mesh) -> anyhow::Result<Report> {
     rep.check(
         "blue has no proxy admin port",
         admin.is_err(),
-        format!("{admin:?}"),
+        match &admin {
+            Ok(r) => format!("answered {}", r.status),
+            Err(e) => format!("{:#}", e.root_cause()),
+        },
     );
 
     let (ns, mut pod) = manifests::pod_from(&manifests::deployment("green")?)?;
@@ -528,7 +549,10 @@ pub fn shutdown(mesh: &mut Mesh) -> anyhow::Result<Report> {
     rep.check(
         "/ready answers 503 while draining (or the admin port is already closed)",
         ready.as_ref().map_or(true, |r| r.status == 503),
-        format!("{:?}", ready.map(|r| (r.status, r.body))),
+        match &ready {
+            Ok(r) => format!("{} {}", r.status, r.body.trim()),
+            Err(e) => format!("{:#}", e.root_cause()),
+        },
     );
     let r = run.finish()?;
     rep.count(&r);
@@ -543,7 +567,10 @@ pub fn shutdown(mesh: &mut Mesh) -> anyhow::Result<Report> {
     rep.check(
         "the proxy exits with status 0",
         status.is_some_and(|s| s.success()),
-        format!("{status:?}\n{}", proxy.logs()),
+        match status {
+            Some(s) => format!("{s}"),
+            None => format!("still running after 15 s\n{}", proxy.logs()),
+        },
     );
     rep.notes.push(format!(
         "red proxy exited: {}",

@@ -52,6 +52,10 @@ impl Stats {
 
     /// Stat names containing `part`.
     pub fn names_with(&self, part: &str) -> Vec<String> {
-        self.0.keys().filter(|k| k.contains(part)).cloned().collect()
+        self.0
+            .keys()
+            .filter(|k| k.contains(part))
+            .cloned()
+            .collect()
     }
 }

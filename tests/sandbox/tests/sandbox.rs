@@ -33,16 +33,28 @@ fn injected_pods_run_as_the_kubelet_would_run_them() {
         // proxyinit left its rules in the pod's namespace.
         let nat = pod.exec(0, &["iptables-save", "-t", "nat"]).unwrap();
         let nat = String::from_utf8_lossy(&nat.stdout).into_owned()
-            + &String::from_utf8_lossy(&pod.exec(0, &["iptables-legacy-save", "-t", "nat"]).unwrap().stdout);
+            + &String::from_utf8_lossy(
+                &pod.exec(0, &["iptables-legacy-save", "-t", "nat"])
+                    .unwrap()
+                    .stdout,
+            );
         assert!(nat.contains("TRELLIS_OUTPUT"), "{app}: {nat}");
         // The proxy runs as 1337 with the env the kubelet filled in.
         let proxy = pod.container("proxy").unwrap();
         let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
-        assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("1337")), "{status}");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains("1337")),
+            "{status}"
+        );
         let environ = std::fs::read(format!("/proc/{}/environ", proxy.child.id())).unwrap();
         let environ = String::from_utf8_lossy(&environ);
         assert!(environ.contains(&format!("POD_IP={}", pod.ip)), "{environ}");
-        assert!(environ.contains(&format!("POD_NAME={}", pod.name)), "{environ}");
+        assert!(
+            environ.contains(&format!("POD_NAME={}", pod.name)),
+            "{environ}"
+        );
         assert!(environ.contains("POD_NAMESPACE=demo"), "{environ}");
     }
     // green's annotations arrived as the proxy's flags.

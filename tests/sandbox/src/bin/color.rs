@@ -14,7 +14,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "color", about = "Answers its colour over HTTP (the Trellis demo app)")]
+#[command(
+    name = "color",
+    about = "Answers its colour over HTTP (the Trellis demo app)"
+)]
 struct Args {
     /// The colour to answer.
     #[arg(long, env = "COLOR")]

@@ -101,10 +101,18 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
     };
     println!("\ngreen as injected:");
     for c in green["initContainers"].as_array().into_iter().flatten() {
-        println!("  init container {:<10} {}", c["name"].as_str().unwrap_or(""), show(c));
+        println!(
+            "  init container {:<10} {}",
+            c["name"].as_str().unwrap_or(""),
+            show(c)
+        );
     }
     for c in green["containers"].as_array().into_iter().flatten() {
-        println!("  container      {:<10} {}", c["name"].as_str().unwrap_or(""), show(c));
+        println!(
+            "  container      {:<10} {}",
+            c["name"].as_str().unwrap_or(""),
+            show(c)
+        );
     }
 
     let mut reports: Vec<Report> = Vec::new();
@@ -138,7 +146,10 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
     }
 
     println!("\nWhat the clients saw");
-    println!("  {:<24} {:>5} {:>5} {:>6}  result", "scenario", "200", "503", "other");
+    println!(
+        "  {:<24} {:>5} {:>5} {:>6}  result",
+        "scenario", "200", "503", "other"
+    );
     let mut all_ok = true;
     for (r, (name, _)) in reports.iter().zip(all.iter()) {
         let ok = r.passed();

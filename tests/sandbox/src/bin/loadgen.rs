@@ -15,7 +15,10 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "HTTP/1.1 load: C connections, N requests, a JSON summary")]
+#[command(
+    name = "loadgen",
+    about = "HTTP/1.1 load: C connections, N requests, a JSON summary"
+)]
 struct Args {
     /// `http://IP:PORT/path?query`
     url: String,
@@ -106,7 +109,8 @@ async fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout_s);
     let mut workers = Vec::new();
     for _ in 0..args.c.max(1) {
-        let (left, summary, host, path) = (left.clone(), summary.clone(), host.clone(), path.clone());
+        let (left, summary, host, path) =
+            (left.clone(), summary.clone(), host.clone(), path.clone());
         workers.push(tokio::spawn(async move {
             let mut sender: Option<Sender> = None;
             while left.fetch_sub(1, Ordering::SeqCst) > 0 {
