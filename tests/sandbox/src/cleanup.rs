@@ -67,6 +67,19 @@ pub fn all() {
     for dir in dirs {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // Output files of commands that were still running (`process::Spec::run`, `load::start`).
+    let pid = std::process::id();
+    let ours = [
+        format!("trellis-run-{pid}-"),
+        format!("trellis-loadgen-{pid}-"),
+    ];
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ours.iter().any(|p| name.starts_with(p.as_str())) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Deletes namespaces left by an earlier run that was killed outright (`kill -9`): every

@@ -224,7 +224,17 @@ impl Mesh {
 
     /// Creates one pod of the demo Deployment `app`: admission, then the kubelet.
     pub fn deploy(&mut self, app: &str) -> anyhow::Result<&Pod> {
-        let (namespace, pod) = manifests::pod_from(&manifests::deployment(app)?)?;
+        self.deploy_with(app, |_| {})
+    }
+
+    /// [`deploy`](Self::deploy) with the pod changed by `edit` before admission (e.g. an annotation).
+    pub fn deploy_with(
+        &mut self,
+        app: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> anyhow::Result<&Pod> {
+        let (namespace, mut pod) = manifests::pod_from(&manifests::deployment(app)?)?;
+        edit(&mut pod);
         let admitted = self.admit(&namespace, &pod)?;
         if !admitted.allowed {
             bail!(

@@ -92,3 +92,28 @@ fn shutdown_drains_and_exits_0() {
     let mut m = mesh("quit", scenarios::SHUTDOWN);
     assert_passed(scenarios::shutdown(&mut m));
 }
+
+#[test]
+fn native_sidecar_starts_before_the_app_and_carries_traffic() {
+    let mut m = mesh("native", &["client"]);
+    m.deploy_with("green", |pod| {
+        pod["metadata"]["annotations"]["trellis.dev/native-sidecar"] = "enabled".into();
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let green = m.pod("green");
+    assert_eq!(
+        green.container_names("initContainers"),
+        ["proxyinit", "proxy"]
+    );
+    assert_eq!(green.container_names("containers"), ["app"]);
+    let r = sandbox::load::run(m.pod("client"), &format!("http://{}:8080/", green.ip), 1, 1)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.code(200), 1, "{r:?}");
+    let stats = sandbox::stats::Stats::fetch(&m, green).unwrap();
+    assert_eq!(
+        stats.num("cluster.inbound_8080.upstream_rq_total"),
+        1,
+        "{}",
+        stats.line("cluster.inbound_8080.upstream_rq_total")
+    );
+}

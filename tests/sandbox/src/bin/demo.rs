@@ -30,8 +30,13 @@ fn main() -> ExitCode {
                 _ = term.recv() => {}
             }
         });
+        // Hold the terminal so the main thread, failing as things vanish, prints nothing more.
+        let _out = std::io::stdout().lock();
+        let _err = std::io::stderr().lock();
         eprintln!("\ndemo: interrupted: removing the namespaces and processes it made");
         cleanup::all();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(PREFIX));
+        eprintln!("demo: done");
         std::process::exit(130);
     });
     let stale = cleanup::stale(PREFIX);
