@@ -51,7 +51,8 @@ pub struct Config {
     /// Time allowed for a whole upstream request/response (e.g. `15s`); 504 UT after it.
     #[arg(long, env = "TRELLIS_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// An idle pooled upstream connection is closed after this long.
+    /// An idle pooled upstream connection, or a client connection waiting this long for (the rest
+    /// of) a request head, is closed.
     #[arg(long, env = "TRELLIS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// On SIGTERM or `/quitquitquit`, how long in-flight requests may take to finish.

@@ -32,6 +32,8 @@ pub const TIMEOUT_BODY: &str = "upstream request timeout";
 pub struct HttpCtx {
     pub listener: Arc<ListenerStats>,
     pub request_timeout: Duration,
+    /// A client connection waiting for a request head longer than this is closed.
+    pub idle_timeout: Duration,
     /// Append the client address to `x-forwarded-for` (inbound and gateway).
     pub add_forwarded_for: bool,
     pub access_log: Option<AccessLog>,
@@ -46,6 +48,9 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
         hyper::service::service_fn(move |req| handle(svc_ctx.clone(), cluster.clone(), peer, req));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        // Bounds both slow request heads and idle keep-alive connections.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ctx.idle_timeout)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);

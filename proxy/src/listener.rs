@@ -9,7 +9,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cluster::{inbound_name, outbound_name, Cluster};
-use crate::detect::{detect, Protocol};
+use crate::detect::{detect, Detected, Protocol};
 use crate::http::HttpCtx;
 use crate::Proxy;
 
@@ -61,6 +61,7 @@ impl Listener {
         let http = Arc::new(HttpCtx {
             listener: proxy.registry.listener(self.dir.name()),
             request_timeout: proxy.config.request_timeout,
+            idle_timeout: proxy.config.idle_timeout,
             add_forwarded_for: self.dir != Direction::Outbound,
             access_log: proxy.access_log.clone(),
             drain: proxy.drain.clone(),
@@ -131,8 +132,20 @@ impl Conns {
         let opaque = p.config.opaque_ports.contains(&cluster.addr.port());
         let proto = if opaque {
             Protocol::Opaque
+        } else if self.dir == Direction::Gateway {
+            // An explicit listener expects HTTP: a silent client (a pre-dialled spare connection)
+            // must not hold an upstream connection. It may stay silent up to the idle timeout.
+            match detect(&stream, p.config.idle_timeout).await {
+                Detected::Is(proto) => proto,
+                Detected::Silent | Detected::Closed => return,
+            }
         } else {
-            detect(&stream, DETECT_TIMEOUT).await
+            // Transparent capture: silence may mean the server speaks first, so go opaque.
+            match detect(&stream, DETECT_TIMEOUT).await {
+                Detected::Is(proto) => proto,
+                Detected::Silent => Protocol::Opaque,
+                Detected::Closed => return,
+            }
         };
         match proto {
             Protocol::Http1 => {

@@ -278,3 +278,52 @@ fn invalid_configuration_exits_2_naming_flag_and_value() {
         assert!(err.contains(flag) && err.contains(value), "{err}");
     }
 }
+
+/// Cross-check with the reference parser (Python's `prometheus_client`) where it is installed:
+/// `$TRELLIS_TEST_PYTHON`, the repo's `target/venv`, or `python3`. Skipped (with a message) if none
+/// has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_output_parses_with_prometheus_client() {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/venv/bin/python");
+    let candidates = [
+        std::env::var("TRELLIS_TEST_PYTHON").unwrap_or_default(),
+        venv.to_string(),
+        "python3".to_string(),
+    ];
+    let Some(py) = candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
+        Command::new(p)
+            .args(["-c", "import prometheus_client.parser"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("skipping: no python with prometheus_client");
+        return;
+    };
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--max-connections=2"]).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+    let (_, prom) = get(px.admin, "/stats/prometheus").await.unwrap();
+    let mut child = Command::new(py)
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+             fams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), prom.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the output: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = String::from_utf8_lossy(&out.stdout);
+    let samples: usize = counts.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(samples > 20, "{counts}");
+}

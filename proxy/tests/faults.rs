@@ -327,3 +327,62 @@ async fn opaque_tcp_respects_max_connections() {
     third.read_exact(&mut b5).await.unwrap();
     assert_eq!(&b5, b"again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_hold_no_upstream_connection_in_gateway_mode() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--max-connections=1"]).await;
+    // A pre-dialled spare connection (HTTP clients do this) says nothing for a while.
+    let mut silent = TcpStream::connect(px.listen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        px.stat(&format!("cluster.{app}.upstream_cx_total")).await,
+        0
+    );
+    assert_eq!(px.stat("tcp.gateway.downstream_cx_total").await, 0);
+    // So the only upstream connection slot is free for real requests.
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+    drop(c);
+    // And the silent one may still speak HTTP later.
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    silent.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_closed_after_the_idle_timeout() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--idle-timeout=1s"]).await;
+    // Keep-alive client that goes quiet after one request.
+    let mut idle = TcpStream::connect(px.listen).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Slowloris: half a request head, then nothing.
+    let mut slow = TcpStream::connect(px.listen).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    for (name, s) in [("idle", &mut idle), ("slow", &mut slow)] {
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{name} connection never closed");
+    }
+    px.wait_stat("http.gateway.downstream_cx_active", 0).await;
+    // A request that takes longer than the idle timeout is not cut: it is not idle.
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/?delay_ms=2500").await.unwrap().status, 200);
+}
