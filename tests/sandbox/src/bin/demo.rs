@@ -16,6 +16,21 @@ fn main() -> ExitCode {
         eprintln!("make demo: {e}");
         return ExitCode::from(1);
     }
+    // One demo at a time: a second one would take the first's namespaces for leftovers.
+    let _lock = match std::fs::File::create(std::env::temp_dir().join(format!("{PREFIX}.lock")))
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| e.to_string())
+        }) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!(
+                "make demo: another demo is running on this machine ({e}); wait for it to end"
+            );
+            return ExitCode::from(1);
+        }
+    };
     std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -44,6 +59,10 @@ fn main() -> ExitCode {
         println!("(removed {stale} namespaces left by an earlier demo run)");
     }
     match run() {
+        Ok(true) if cleanup::stale(PREFIX) > 0 => {
+            println!("\nAll checks passed, but namespaces were left behind (now removed).");
+            ExitCode::from(1)
+        }
         Ok(true) => {
             println!("\nAll checks passed. Every namespace and process the demo made is gone.");
             ExitCode::SUCCESS
