@@ -58,8 +58,11 @@ fn main() -> ExitCode {
     if stale > 0 {
         println!("(removed {stale} namespaces left by an earlier demo run)");
     }
-    match run() {
-        Ok(true) if cleanup::stale(PREFIX) > 0 => {
+    let result = run();
+    let left = cleanup::stale(PREFIX);
+    cleanup::all(); // staged binaries, temporary files
+    match result {
+        Ok(true) if left > 0 => {
             println!("\nAll checks passed, but namespaces were left behind (now removed).");
             ExitCode::from(1)
         }
