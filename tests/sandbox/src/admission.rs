@@ -92,3 +92,62 @@ pub fn apply_response(uid: &str, pod: &Value, body: &str) -> anyhow::Result<Admi
         pod: out,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(uid: &str, response: Value) -> String {
+        let mut r = response;
+        r["uid"] = json!(uid);
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": r})
+            .to_string()
+    }
+
+    #[test]
+    fn a_patch_is_decoded_and_applied() {
+        let pod =
+            json!({"metadata": {"generateName": "g-"}, "spec": {"containers": [{"name": "app"}]}});
+        let patch = json!([
+            {"op": "add", "path": "/spec/containers/0", "value": {"name": "proxy"}},
+            {"op": "add", "path": "/metadata/annotations", "value": {"trellis.dev/status": "{}"}}
+        ]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+        let body = answer(
+            "u1",
+            json!({"allowed": true, "patchType": "JSONPatch", "patch": b64}),
+        );
+        let a = apply_response("u1", &pod, &body).unwrap();
+        assert!(a.allowed && a.injected());
+        assert_eq!(a.pod["spec"]["containers"][0]["name"], "proxy");
+        assert_eq!(a.pod["spec"]["containers"][1]["name"], "app");
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_message_and_the_pod() {
+        let pod = json!({"spec": {}});
+        let body = answer(
+            "u2",
+            json!({"allowed": false, "status": {"code": 400, "message": "bad value"}}),
+        );
+        let a = apply_response("u2", &pod, &body).unwrap();
+        assert!(!a.allowed && a.patch.is_none());
+        assert_eq!(a.message.as_deref(), Some("bad value"));
+        assert_eq!(a.pod, pod);
+    }
+
+    #[test]
+    fn a_wrong_uid_or_body_is_an_error() {
+        let pod = json!({});
+        assert!(apply_response("u3", &pod, &answer("other", json!({"allowed": true}))).is_err());
+        assert!(apply_response("u3", &pod, "not json").is_err());
+    }
+
+    #[test]
+    fn the_review_carries_the_namespace_outside_the_object() {
+        let r = review("u4", "demo", &json!({"metadata": {"generateName": "g-"}}));
+        assert_eq!(r["request"]["namespace"], "demo");
+        assert_eq!(r["request"]["operation"], "CREATE");
+        assert!(r["request"]["object"]["metadata"]["namespace"].is_null());
+    }
+}

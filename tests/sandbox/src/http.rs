@@ -183,3 +183,24 @@ fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
         data = data.get(size + 2..).unwrap_or_default();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_by_length_chunks_or_eof() {
+        let mut r: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhelloEXTRA";
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!((resp.status, resp.body.as_str()), (200, "hello"));
+        assert_eq!(resp.header("x-a"), Some("b"));
+        let mut r: &[u8] =
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!((resp.status, resp.body.as_str()), (503, "abcde"));
+        let mut r: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nto the end";
+        assert_eq!(read_response(&mut r).unwrap().body, "to the end");
+        let mut r: &[u8] = b"HTTP/1.1 200";
+        assert!(read_response(&mut r).is_err());
+    }
+}

@@ -77,3 +77,51 @@ pub fn pod_from(deployment: &Value) -> anyhow::Result<(String, Value)> {
     });
     Ok((namespace, pod))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_pods_arrive_as_a_replicaset_makes_them() {
+        for app in ["green", "red", "blue", "client"] {
+            let (ns, pod) = pod_from(&deployment(app).unwrap()).unwrap();
+            assert_eq!(ns, "demo");
+            assert!(pod["metadata"]["name"].is_null(), "{app}");
+            assert!(pod["metadata"]["namespace"].is_null(), "{app}");
+            assert!(pod["metadata"]["generateName"]
+                .as_str()
+                .unwrap()
+                .starts_with(app));
+            assert!(pod["spec"]["containers"].is_array(), "{app}");
+        }
+    }
+
+    #[test]
+    fn the_demo_annotations_are_the_walkthroughs() {
+        let a = |app: &str, k: &str| {
+            deployment(app).unwrap()["spec"]["template"]["metadata"]["annotations"][k].clone()
+        };
+        assert_eq!(a("green", "trellis.dev/max-connections"), "10");
+        assert_eq!(a("green", "trellis.dev/max-pending-requests"), "10");
+        assert_eq!(a("client", "trellis.dev/outbound-max-connections"), "3");
+        assert_eq!(
+            a("client", "trellis.dev/outbound-max-pending-requests"),
+            "1"
+        );
+        assert_eq!(
+            a("client", "trellis.dev/outbound-max-requests-per-connection"),
+            "1"
+        );
+        assert_eq!(a("blue", "trellis.dev/inject"), "disabled");
+        let ns = demo_objects()
+            .unwrap()
+            .into_iter()
+            .find(|o| o["kind"] == "Namespace")
+            .unwrap();
+        assert_eq!(
+            ns["metadata"]["labels"]["sidecarInjectorWebhook"],
+            "enabled"
+        );
+    }
+}

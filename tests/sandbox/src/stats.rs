@@ -59,3 +59,27 @@ impl Stats {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_text_is_read_line_by_line() {
+        let s = Stats::parse(
+            "cluster.10.214.0.11:8080.upstream_cx_active: 3\n\
+             cluster.inbound_8080.circuit_breakers.default.cx_open: 1\n\
+             cluster.inbound_8080.upstream_rq_time: P0(nan,0) P25(nan,1)\n",
+        );
+        assert_eq!(s.num("cluster.10.214.0.11:8080.upstream_cx_active"), 3);
+        assert_eq!(
+            s.num("cluster.inbound_8080.circuit_breakers.default.cx_open"),
+            1
+        );
+        assert_eq!(s.num("cluster.inbound_8080.upstream_rq_time"), 0);
+        assert_eq!(s.num("absent"), 0);
+        assert!(!s.has("absent"));
+        assert_eq!(s.line("absent"), "absent: (absent)");
+        assert_eq!(s.names_with("10.214.0.11:8080").len(), 1);
+    }
+}
