@@ -2,12 +2,12 @@
 # `make demo` and `make test` are the two commands the README promises work on a fresh machine.
 
 CARGO      ?= cargo
-IMAGE      ?= ghcr.io/trellis-mesh/trellis:dev
+IMAGE      ?= ghcr.io/trellis-mesh/trellis:0.1.0
 VENV       ?= target/venv
 PY         := $(VENV)/bin/python
 K8S_VERSION ?= 1.33.0
 
-.PHONY: all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook clean
+.PHONY: deps all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook clean
 
 all: build
 
@@ -18,7 +18,10 @@ release:
 	$(CARGO) build --workspace --release
 
 ## test: everything CI runs (lint, unit + integration tests, schema checks, shellcheck).
-test: lint unit schema shellcheck
+test: deps lint unit schema shellcheck
+
+deps:
+	scripts/install-deps.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -45,9 +48,10 @@ schema: $(VENV)/.installed
 shellcheck:
 	shellcheck -x .ci/run scripts/*.sh bench/*.sh $(wildcard tests/kind/*.sh) $(wildcard certs/*.sh)
 
-demo:
-	@echo "make demo: the whole-mesh demo in network namespaces arrives with issue 5 (end to end)." >&2
-	@exit 1
+## demo: the whole mesh on this machine in network namespaces (root; iproute2, iptables, openssl).
+demo: deps
+	$(CARGO) build --workspace --release --bins
+	$(CARGO) run -q --release -p sandbox --bin demo
 
 certs:
 	certs/make-certs.sh certs/out

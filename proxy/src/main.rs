@@ -67,7 +67,11 @@ fn main() -> ExitCode {
     let (filter, handle) = reload::Layer::new(EnvFilter::new(filter_for(&config.log_level)));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let control: proxy::LogControl = Box::new(move |level: &str| {
         handle

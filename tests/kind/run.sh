@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# make e2e-kind: Trellis on a real cluster, from namespace label to 503.
+# Needs docker, kind and kubectl (see README.md here). Creates the kind cluster $CLUSTER, builds and
+# loads the image, installs Trellis, deploys the demo and a fortio client, checks the injection and
+# the inbound/outbound pools, and deletes the cluster on exit (KEEP=1 keeps it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CLUSTER=${CLUSTER:-trellis-e2e}
+IMAGE=${IMAGE:-ghcr.io/trellis-mesh/trellis:0.1.0}
+FORTIO_IMAGE=${FORTIO_IMAGE:-fortio/fortio:1.69.4}
+KEEP=${KEEP:-0}
+NS=demo
+
+for tool in docker kind kubectl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "e2e-kind: needs $tool on PATH (see tests/kind/README.md)" >&2
+        exit 2
+    fi
+done
+
+k() { kubectl --context "kind-$CLUSTER" "$@"; }
+step() { printf '\n== %s\n' "$*"; }
+fail() {
+    echo "e2e-kind: FAIL: $*" >&2
+    exit 1
+}
+
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+        echo "--- state at failure" >&2
+        k get pods -A -o wide >&2 || true
+        k -n trellis-system logs deploy/trellis-webhook --tail=50 >&2 || true
+        k -n "$NS" get events --sort-by=.lastTimestamp >&2 || true
+    fi
+    if [ "$KEEP" = 1 ]; then
+        echo "e2e-kind: keeping cluster $CLUSTER (kind delete cluster --name $CLUSTER)"
+    else
+        kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+
+step "kind cluster $CLUSTER"
+if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+    kind create cluster --name "$CLUSTER" --wait 180s
+fi
+
+step "image $IMAGE"
+docker build -t "$IMAGE" .
+kind load docker-image "$IMAGE" --name "$CLUSTER"
+docker pull -q "$FORTIO_IMAGE" >/dev/null
+kind load docker-image "$FORTIO_IMAGE" --name "$CLUSTER"
+
+step "install: kubectl apply -k manifests/"
+k apply -k manifests/
+k -n trellis-system rollout status deploy/trellis-webhook --timeout=180s
+# The webhook bootstraps its certificate and patches the caBundle; wait for it.
+ca=""
+for _ in $(seq 90); do
+    ca=$(k get mutatingwebhookconfiguration trellis-sidecar-injector \
+        -o jsonpath='{.webhooks[0].clientConfig.caBundle}' 2>/dev/null || true)
+    [ -n "$ca" ] && break
+    sleep 2
+done
+[ -n "$ca" ] || fail "the webhook never set the caBundle of trellis-sidecar-injector"
+
+step "demo: namespace $NS labelled sidecarInjectorWebhook=enabled, colour apps, client, fortio"
+k apply -f manifests/demo/namespace.yaml
+[ "$(k get ns "$NS" -o jsonpath='{.metadata.labels.sidecarInjectorWebhook}')" = enabled ] ||
+    fail "namespace $NS is not labelled sidecarInjectorWebhook=enabled"
+k apply -k manifests/demo/
+k apply -f tests/kind/fortio.yaml
+deployments=(green red blue client fortio)
+# Restart so that every pod is (re)created through the webhook, as a user adopting the mesh would.
+k -n "$NS" rollout restart deployment "${deployments[@]}"
+for d in "${deployments[@]}"; do
+    k -n "$NS" rollout status "deploy/$d" --timeout=180s
+done
+
+step "every meshed pod is 2/2 with init container proxyinit; blue (opted out) is 1/1"
+pods_ok=1
+while IFS='|' read -r name app deleted init containers ready; do
+    if [ -z "$name" ] || [ -n "$deleted" ]; then continue; fi
+    want_init=proxyinit want_ready="true true"
+    if [ "$app" = blue ]; then want_init="" want_ready="true"; fi
+    if [ "$init" != "$want_init" ] || [ "$ready" != "$want_ready" ]; then
+        echo "  $name: init [$init] containers [$containers] ready [$ready]: expected init [$want_init] ready [$want_ready]" >&2
+        pods_ok=0
+    else
+        echo "  $name: init [$init] containers [$containers] ready [$ready]"
+    fi
+done < <(k -n "$NS" get pods -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.metadata.labels.app}{"|"}{.metadata.deletionTimestamp}{"|"}{.spec.initContainers[*].name}{"|"}{.spec.containers[*].name}{"|"}{.status.containerStatuses[*].ready}{"\n"}{end}')
+[ "$pods_ok" = 1 ] || fail "some pods are not as injected"
+
+step "inbound pool: fortio load -c 30 -qps 0 -n 300 against green (max-connections 10, max-pending 10)"
+# fortio's exit status says nothing about response codes; the counts below do.
+out=$(k -n "$NS" exec deploy/fortio -c fortio -- \
+    fortio load -c 30 -qps 0 -n 300 -allow-initial-errors -loglevel Warning \
+    "http://green.$NS:8080/?delay_ms=500" 2>&1) || true
+echo "$out" | grep -E '^(Code|All done|Aggregated Function Time)' || true
+n503=$(echo "$out" | sed -n 's/^Code 503 : \([0-9]*\).*/\1/p')
+n200=$(echo "$out" | sed -n 's/^Code 200 : \([0-9]*\).*/\1/p')
+[ "${n503:-0}" -gt 0 ] || fail "no 503 from green's pool: $out"
+[ "${n200:-0}" -gt 0 ] || fail "no 200 from green: $out"
+
+# A 503 seen by curl while fortio holds green's pool full carries x-envoy-overloaded.
+k -n "$NS" exec deploy/fortio -c fortio -- \
+    fortio load -c 30 -qps 0 -t 20s -loglevel Error "http://green.$NS:8080/?delay_ms=1000" >/dev/null 2>&1 &
+hold=$!
+sleep 5
+overloaded=""
+for _ in $(seq 10); do
+    answer=$(k -n "$NS" exec deploy/fortio -c fortio -- \
+        fortio curl -loglevel Error "http://green.$NS:8080/" 2>&1) || true
+    if grep -i '^x-envoy-overloaded: true' <<<"$answer"; then
+        overloaded=yes
+        break
+    fi
+    sleep 1
+done
+wait "$hold" || true
+[ -n "$overloaded" ] || fail "no 503 with x-envoy-overloaded: true while green's pool was full"
+
+step "green's sidecar: kubectl exec deploy/green -c proxy -- curl -s localhost:9901/stats"
+stats=$(k -n "$NS" exec deploy/green -c proxy -- curl -s localhost:9901/stats)
+grep -E '^(cluster\.inbound_8080\.(upstream_cx_active|upstream_rq_pending_overflow|circuit_breakers\.default\.cx_open)|http\.inbound\.downstream_cx_active):' <<<"$stats" || true
+overflow=$(echo "$stats" | sed -n 's/^cluster\.inbound_8080\.upstream_rq_pending_overflow: //p')
+[ "${overflow:-0}" -gt 0 ] || fail "green's cluster.inbound_8080.upstream_rq_pending_overflow is ${overflow:-absent}"
+green_log=$(k -n "$NS" logs deploy/green -c proxy)
+grep -m1 '" 503 UO ' <<<"$green_log" || fail "no UO line in green's access log"
+
+step "outbound pool: the client (outbound max-connections 3, max-pending 1) sends 20 x 50 to red"
+res=$(k -n "$NS" exec deploy/client -c client -- loadgen "http://red.$NS:8080/?delay_ms=200" -c 20 -n 50)
+echo "  $res"
+c503=$(echo "$res" | sed -n 's/.*"503":\([0-9]*\).*/\1/p')
+[ "${c503:-0}" -gt 25 ] || fail "expected most of 50 requests to be 503, got ${c503:-0}"
+client_stats=$(k -n "$NS" exec deploy/client -c proxy -- curl -s localhost:9901/stats)
+grep -E 'upstream_rq_pending_overflow: [1-9]' <<<"$client_stats" ||
+    fail "no upstream_rq_pending_overflow on the client's sidecar"
+
+step "e2e-kind: all checks passed"

@@ -1,0 +1,93 @@
+//! `color`: the demo app of App Mesh's connection-pool walkthrough. It answers its colour on
+//! `--listen` (`GET /?delay_ms=N` waits N ms first, to hold connections open) and `ok` on
+//! `--health-listen` `/healthz`. It knows nothing about the mesh.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "color",
+    about = "Answers its colour over HTTP (the Trellis demo app)"
+)]
+struct Args {
+    /// The colour to answer.
+    #[arg(long, env = "COLOR")]
+    color: String,
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    health_listen: SocketAddr,
+}
+
+/// The longest delay a request may ask for.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+async fn answer(color: &'static str, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/healthz" {
+        return text(200, "ok\n".into());
+    }
+    let delay = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("delay_ms="))
+        .find_map(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await;
+    }
+    text(200, format!("{color}\n"))
+}
+
+fn text(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+async fn serve(listener: TcpListener, color: &'static str) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| async move {
+                Ok::<_, Infallible>(answer(color, req).await)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let color: &'static str = Box::leak(args.color.into_boxed_str());
+    let main = TcpListener::bind(args.listen).await?;
+    let health = TcpListener::bind(args.health_listen).await?;
+    eprintln!(
+        "color {color}: listening on {} (health on {})",
+        args.listen, args.health_listen
+    );
+    tokio::spawn(serve(health, color));
+    tokio::spawn(serve(main, color));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

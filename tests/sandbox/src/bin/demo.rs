@@ -1,0 +1,194 @@
+//! `make demo`: the whole mesh on this machine. Network namespaces play the pods of
+//! `manifests/demo/`, a real `webhook serve` injects them, and the scenarios of the tests run with
+//! a short narration, a table of what the clients saw, and the sidecars' key stat lines. Everything
+//! made is removed at the end, on failure and on Ctrl-C. Exit status 0 only if every check passed.
+
+use std::process::ExitCode;
+
+use sandbox::mesh::Mesh;
+use sandbox::scenarios::{self, Report};
+use sandbox::{cleanup, require_root};
+
+const PREFIX: &str = "trellis-demo";
+
+fn main() -> ExitCode {
+    if let Err(e) = require_root() {
+        eprintln!("make demo: {e}");
+        return ExitCode::from(1);
+    }
+    // One demo at a time: a second one would take the first's namespaces for leftovers.
+    let _lock = match std::fs::File::create(std::env::temp_dir().join(format!("{PREFIX}.lock")))
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| e.to_string())
+        }) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!(
+                "make demo: another demo is running on this machine ({e}); wait for it to end"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        // Hold the terminal so the main thread, failing as things vanish, prints nothing more.
+        let _out = std::io::stdout().lock();
+        let _err = std::io::stderr().lock();
+        eprintln!("\ndemo: interrupted: removing the namespaces and processes it made");
+        cleanup::all();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(PREFIX));
+        eprintln!("demo: done");
+        std::process::exit(130);
+    });
+    let stale = cleanup::stale(PREFIX);
+    if stale > 0 {
+        println!("(removed {stale} namespaces left by an earlier demo run)");
+    }
+    let result = run();
+    let left = cleanup::stale(PREFIX);
+    cleanup::all(); // staged binaries, temporary files
+    match result {
+        Ok(true) if left > 0 => {
+            println!("\nAll checks passed, but namespaces were left behind (now removed).");
+            ExitCode::from(1)
+        }
+        Ok(true) => {
+            println!("\nAll checks passed. Every namespace and process the demo made is gone.");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("\nSOME CHECKS FAILED (see FAIL above). Namespaces and processes removed.");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("\ndemo: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<bool> {
+    println!("Trellis demo: the mesh on one machine");
+    println!("=====================================");
+    println!(
+        "A node (network namespace with a bridge, 10.214.0.0/24) runs `webhook serve` with a \
+         certificate from certs/make-certs.sh.\nEach Deployment of manifests/demo/ becomes a pod: \
+         its template goes to the webhook as an AdmissionReview over HTTPS,\nthe JSON patch is \
+         applied, and the pod runs as the kubelet would run it: proxyinit (root), proxy (uid 1337,\n\
+         postStart `proxy wait-ready`), then the app.\n"
+    );
+    let mut mesh = Mesh::start(PREFIX)?;
+    let result = scenarios_on(&mut mesh);
+    if !matches!(result, Ok(true)) {
+        mesh.keep_logs = true;
+    }
+    drop(mesh);
+    result
+}
+
+fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
+    for app in scenarios::ALL_PODS {
+        let pod = mesh.deploy(app)?;
+        println!(
+            "pod {:<26} {:<12} init [{}]  containers [{}]",
+            pod.name,
+            pod.ip.to_string(),
+            pod.container_names("initContainers").join(", "),
+            pod.container_names("containers").join(", "),
+        );
+    }
+    let green = &mesh.pod("green").admitted.pod["spec"];
+    let show = |c: &serde_json::Value| {
+        let mut argv: Vec<String> = c["command"]
+            .as_array()
+            .into_iter()
+            .chain(c["args"].as_array())
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        if argv.len() > 6 {
+            argv.truncate(6);
+            argv.push("...".into());
+        }
+        argv.join(" ")
+    };
+    println!("\ngreen as injected:");
+    for c in green["initContainers"].as_array().into_iter().flatten() {
+        println!(
+            "  init container {:<10} {}",
+            c["name"].as_str().unwrap_or(""),
+            show(c)
+        );
+    }
+    for c in green["containers"].as_array().into_iter().flatten() {
+        println!(
+            "  container      {:<10} {}",
+            c["name"].as_str().unwrap_or(""),
+            show(c)
+        );
+    }
+
+    let mut reports: Vec<Report> = Vec::new();
+    type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
+    let all: [(&str, Scenario); 5] = [
+        ("transparency", |m| scenarios::transparency(m)),
+        ("inbound pool", |m| scenarios::inbound_pool(m)),
+        ("outbound pool", |m| scenarios::outbound_pool(m)),
+        ("opt-out and validation", |m| {
+            scenarios::opt_out_and_bad_annotation(m)
+        }),
+        ("shutdown", scenarios::shutdown),
+    ];
+    for (name, f) in all {
+        println!();
+        match f(mesh) {
+            Ok(r) => {
+                println!("{r}");
+                reports.push(r);
+            }
+            Err(e) => {
+                println!("== {name}: could not run: {e:#}");
+                let mut r = Report {
+                    name: "",
+                    ..Report::default()
+                };
+                r.notes.push(format!("{name}: error"));
+                reports.push(r);
+            }
+        }
+    }
+
+    println!("\nWhat the clients saw");
+    println!(
+        "  {:<24} {:>5} {:>5} {:>6}  result",
+        "scenario", "200", "503", "other"
+    );
+    let mut all_ok = true;
+    for (r, (name, _)) in reports.iter().zip(all.iter()) {
+        let ok = r.passed();
+        all_ok &= ok;
+        println!(
+            "  {:<24} {:>5} {:>5} {:>6}  {}",
+            name,
+            r.ok_200,
+            r.overflow_503,
+            r.other,
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+    Ok(all_ok)
+}

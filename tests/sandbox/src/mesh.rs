@@ -1,0 +1,330 @@
+//! One "node": a network namespace with a bridge (the pod network, 10.214.0.0/24, owned by the
+//! sandbox), the webhook running in its own pod, and the demo's pods. Each mesh has its own
+//! namespaces, so tests make one each and run in parallel; the address range repeats safely.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+use crate::admission::{self, Admission};
+use crate::kubelet::{self, PodInfo};
+use crate::netns::{sh, Netns};
+use crate::process::{Proc, Spec};
+use crate::{bins, cleanup, http, manifests, IMAGE_USER};
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
+pub const WEBHOOK_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 2);
+pub const WEBHOOK_HOST: &str = "trellis-webhook.trellis-system.svc";
+pub const WEBHOOK_PORT: u16 = 8443;
+/// The proxy's admin port (the injector's default).
+pub const ADMIN_PORT: u16 = 9901;
+
+/// A running pod. Fields drop in order: its processes, then its namespace.
+pub struct Pod {
+    /// The Deployment it belongs to (`green`).
+    pub app: String,
+    /// Its name (`green-7f9c6d5b8-x2k4q`).
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The pod as admitted (patched by the webhook when injected).
+    pub admitted: Admission,
+    pub procs: Vec<Proc>,
+    pub logs: PathBuf,
+    pub ns: Netns,
+}
+
+impl Pod {
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip, port))
+    }
+
+    pub fn container(&self, name: &str) -> Option<&Proc> {
+        self.procs.iter().find(|p| p.name == name)
+    }
+
+    pub fn container_mut(&mut self, name: &str) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|p| p.name == name)
+    }
+
+    /// `kubectl logs POD -c NAME`.
+    pub fn logs(&self, container: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{container}.log"))).unwrap_or_default()
+    }
+
+    /// Names of the init containers and containers, as `kubectl get pod -o yaml` would list them.
+    pub fn container_names(&self, key: &str) -> Vec<String> {
+        self.admitted.pod["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// `kubectl exec` into the pod as `uid` (the app's user unless told otherwise).
+    pub fn exec(&self, uid: u32, argv: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        argv[0] = bins::resolve(&argv[0])?;
+        Spec::new(argv, uid, uid).output(&self.ns)
+    }
+}
+
+pub struct Mesh {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub pods: Vec<Pod>,
+    webhook: Option<Proc>,
+    webhook_ns: Option<Netns>,
+    pub ca: Vec<u8>,
+    next_ip: u8,
+    reviews: AtomicU64,
+    /// Keep the logs directory when dropped (the demo, after a failure).
+    pub keep_logs: bool,
+    pub node: Netns,
+}
+
+static MESHES: AtomicU64 = AtomicU64::new(0);
+
+impl Mesh {
+    /// A name prefix unique to this process and call (tests run in parallel).
+    pub fn unique_prefix(tag: &str) -> String {
+        format!(
+            "trellis-{tag}-{}-{}",
+            std::process::id(),
+            MESHES.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+
+    /// The node, its bridge, and a running webhook.
+    pub fn start(prefix: &str) -> anyhow::Result<Mesh> {
+        crate::require_root()?;
+        let dir = std::env::temp_dir().join(prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        cleanup::add_dir(dir.clone());
+        let node = Netns::new(format!("{prefix}-node"))?;
+        node.ip(&["link", "add", "br0", "type", "bridge"])?;
+        node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
+        node.ip(&["link", "set", "br0", "up"])?;
+        let mut mesh = Mesh {
+            prefix: prefix.to_string(),
+            dir,
+            pods: Vec::new(),
+            webhook: None,
+            webhook_ns: None,
+            ca: Vec::new(),
+            next_ip: 10,
+            reviews: AtomicU64::new(0),
+            keep_logs: false,
+            node,
+        };
+        mesh.start_webhook()?;
+        Ok(mesh)
+    }
+
+    /// A namespace wired to the bridge with `ip`/24 on its `eth0`.
+    fn wire(&self, role: &str, ip: Ipv4Addr) -> anyhow::Result<Netns> {
+        let ns = Netns::new(format!("{}-{role}", self.prefix))?;
+        let veth = format!("veth{}", ip.octets()[3]);
+        self.node.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.node
+            .ip(&["link", "set", &veth, "master", "br0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
+        Ok(ns)
+    }
+
+    /// `certs/make-certs.sh`, then `webhook serve` as the image's user, in its own namespace.
+    fn start_webhook(&mut self) -> anyhow::Result<()> {
+        let certs = self.dir.join("certs");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../certs/make-certs.sh");
+        sh(&[
+            script.to_str().context("path")?,
+            certs.to_str().context("path")?,
+        ])
+        .context("making the webhook's certificate with certs/make-certs.sh (needs openssl)")?;
+        for f in ["tls.crt", "tls.key"] {
+            nix::unistd::chown(
+                &certs.join(f),
+                Some(nix::unistd::Uid::from_raw(IMAGE_USER)),
+                Some(nix::unistd::Gid::from_raw(IMAGE_USER)),
+            )?;
+        }
+        self.ca = std::fs::read(certs.join("ca.crt"))?;
+        let ns = self.wire("webhook", WEBHOOK_IP)?;
+        let argv = vec![
+            bins::path("webhook")?.display().to_string(),
+            "serve".into(),
+            format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
+            format!("--tls-cert={}", certs.join("tls.crt").display()),
+            format!("--tls-key={}", certs.join("tls.key").display()),
+        ];
+        let log = self.dir.join("logs").join("webhook.log");
+        let child = Spec::new(argv, IMAGE_USER, IMAGE_USER).spawn_to(&ns, &log)?;
+        let mut proc = Proc {
+            name: "webhook".into(),
+            child,
+            log,
+            exited: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = proc.try_status() {
+                bail!("webhook serve exited ({s}): {}", proc.logs());
+            }
+            match http::call_tls(
+                &self.node,
+                "GET",
+                SocketAddr::from((WEBHOOK_IP, WEBHOOK_PORT)),
+                WEBHOOK_HOST,
+                &self.ca,
+                "/readyz",
+                Vec::new(),
+            ) {
+                Ok(r) if r.status == 200 => break,
+                other if Instant::now() >= deadline => {
+                    bail!("webhook not ready after 30s: {other:?}\n{}", proc.logs())
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        self.webhook = Some(proc);
+        self.webhook_ns = Some(ns);
+        Ok(())
+    }
+
+    /// Sends `pod` (created in `namespace`) to the webhook, as the API server does.
+    pub fn admit(&self, namespace: &str, pod: &Value) -> anyhow::Result<Admission> {
+        let uid = format!(
+            "7e1115a0-0000-4000-8000-{:012}",
+            self.reviews.fetch_add(1, Ordering::SeqCst)
+        );
+        let review = admission::review(&uid, namespace, pod);
+        let resp = http::call_tls(
+            &self.node,
+            "POST",
+            SocketAddr::from((WEBHOOK_IP, WEBHOOK_PORT)),
+            WEBHOOK_HOST,
+            &self.ca,
+            "/mutate",
+            serde_json::to_vec(&review)?,
+        )?;
+        if resp.status != 200 {
+            bail!("POST /mutate answered {}: {}", resp.status, resp.body);
+        }
+        admission::apply_response(&uid, pod, &resp.body)
+    }
+
+    /// Creates one pod of the demo Deployment `app`: admission, then the kubelet.
+    pub fn deploy(&mut self, app: &str) -> anyhow::Result<&Pod> {
+        self.deploy_with(app, |_| {})
+    }
+
+    /// [`deploy`](Self::deploy) with the pod changed by `edit` before admission (e.g. an annotation).
+    pub fn deploy_with(
+        &mut self,
+        app: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> anyhow::Result<&Pod> {
+        let (namespace, mut pod) = manifests::pod_from(&manifests::deployment(app)?)?;
+        edit(&mut pod);
+        let admitted = self.admit(&namespace, &pod)?;
+        if !admitted.allowed {
+            bail!(
+                "the webhook refused pod {app}: {}",
+                admitted.message.clone().unwrap_or_default()
+            );
+        }
+        let mut obj = admitted.pod.clone();
+        let name = format!(
+            "{}{}",
+            obj["metadata"]["generateName"].as_str().unwrap_or("pod-"),
+            suffix()
+        );
+        obj["metadata"]["name"] = json!(name);
+        obj["metadata"]["namespace"] = json!(namespace);
+        let ip = Ipv4Addr::new(10, 214, 0, self.next_ip);
+        self.next_ip += 1;
+        let ns = self.wire(app, ip)?;
+        let logs = self.dir.join("logs").join(app);
+        let info = PodInfo {
+            name: &name,
+            namespace: &namespace,
+            ip,
+            node_ip: NODE_IP,
+        };
+        let procs = kubelet::run_pod(&obj, &info, &ns, &self.node, &logs)
+            .with_context(|| format!("starting pod {name} (logs in {})", logs.display()))?;
+        self.pods.push(Pod {
+            app: app.to_string(),
+            name,
+            ip,
+            admitted: Admission {
+                pod: obj,
+                ..admitted
+            },
+            procs,
+            logs,
+            ns,
+        });
+        Ok(self.pods.last().unwrap())
+    }
+
+    pub fn pod(&self, app: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.app == app)
+            .unwrap_or_else(|| panic!("no pod {app} in this mesh"))
+    }
+
+    pub fn pod_mut(&mut self, app: &str) -> &mut Pod {
+        self.pods
+            .iter_mut()
+            .find(|p| p.app == app)
+            .unwrap_or_else(|| panic!("no pod {app} in this mesh"))
+    }
+
+    pub fn webhook_logs(&self) -> String {
+        self.webhook.as_ref().map(Proc::logs).unwrap_or_default()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.pods.clear();
+        self.webhook = None;
+        self.webhook_ns = None;
+        if self.keep_logs || std::thread::panicking() {
+            eprintln!("sandbox: logs kept in {}", self.dir.display());
+            cleanup::forget_dir(&self.dir);
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            cleanup::forget_dir(&self.dir);
+        }
+    }
+}
+
+/// The 5 random characters a ReplicaSet's pods get after `generateName`.
+fn suffix() -> String {
+    let mut x = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ (u64::from(std::process::id()) << 32);
+    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % alphabet.len() as u64) as usize] as char
+        })
+        .collect()
+}

@@ -1,0 +1,119 @@
+//! The pod sandbox scenarios (root; iproute2, iptables and openssl installed): each test makes its
+//! own node, webhook and pods from `manifests/demo/`, so they run in parallel; everything is removed
+//! on drop, also when a test fails (its logs are kept and their directory printed).
+
+use sandbox::mesh::Mesh;
+use sandbox::scenarios::{self, Report};
+
+fn mesh(tag: &str, pods: &[&str]) -> Mesh {
+    if let Err(e) = sandbox::require_root() {
+        panic!("{e}");
+    }
+    let mut mesh = Mesh::start(&Mesh::unique_prefix(tag)).unwrap_or_else(|e| panic!("{e:#}"));
+    for app in pods {
+        mesh.deploy(app).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    mesh
+}
+
+fn assert_passed(r: anyhow::Result<Report>) {
+    let r = r.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.passed(), "{r}");
+    eprintln!("{r}");
+}
+
+#[test]
+fn injected_pods_run_as_the_kubelet_would_run_them() {
+    let m = mesh("inject", &["green", "client"]);
+    for app in ["green", "client"] {
+        let pod = m.pod(app);
+        assert!(pod.admitted.injected(), "{app} not injected");
+        assert_eq!(pod.container_names("initContainers"), ["proxyinit"]);
+        assert_eq!(pod.container_names("containers")[0], "proxy");
+        // proxyinit left its rules in the pod's namespace.
+        let nat = pod.exec(0, &["iptables-save", "-t", "nat"]).unwrap();
+        let nat = String::from_utf8_lossy(&nat.stdout).into_owned()
+            + &String::from_utf8_lossy(
+                &pod.exec(0, &["iptables-legacy-save", "-t", "nat"])
+                    .unwrap()
+                    .stdout,
+            );
+        assert!(nat.contains("TRELLIS_OUTPUT"), "{app}: {nat}");
+        // The proxy runs as 1337 with the env the kubelet filled in.
+        let proxy = pod.container("proxy").unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains("1337")),
+            "{status}"
+        );
+        let environ = std::fs::read(format!("/proc/{}/environ", proxy.child.id())).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(environ.contains(&format!("POD_IP={}", pod.ip)), "{environ}");
+        assert!(
+            environ.contains(&format!("POD_NAME={}", pod.name)),
+            "{environ}"
+        );
+        assert!(environ.contains("POD_NAMESPACE=demo"), "{environ}");
+    }
+    // green's annotations arrived as the proxy's flags.
+    let args = m.pod("green").admitted.pod["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--max-connections=10"), "{args}");
+    assert!(args.contains("--max-pending-requests=10"), "{args}");
+}
+
+#[test]
+fn transparency() {
+    let m = mesh("transp", scenarios::TRANSPARENCY);
+    assert_passed(scenarios::transparency(&m));
+}
+
+#[test]
+fn inbound_pool() {
+    let m = mesh("inpool", scenarios::INBOUND_POOL);
+    assert_passed(scenarios::inbound_pool(&m));
+}
+
+#[test]
+fn outbound_pool() {
+    let m = mesh("outpool", scenarios::OUTBOUND_POOL);
+    assert_passed(scenarios::outbound_pool(&m));
+}
+
+#[test]
+fn opt_out_and_bad_annotation() {
+    let m = mesh("optout", scenarios::OPT_OUT);
+    assert_passed(scenarios::opt_out_and_bad_annotation(&m));
+}
+
+#[test]
+fn shutdown_drains_and_exits_0() {
+    let mut m = mesh("quit", scenarios::SHUTDOWN);
+    assert_passed(scenarios::shutdown(&mut m));
+}
+
+#[test]
+fn native_sidecar_starts_before_the_app_and_carries_traffic() {
+    let mut m = mesh("native", &["client"]);
+    m.deploy_with("green", |pod| {
+        pod["metadata"]["annotations"]["trellis.dev/native-sidecar"] = "enabled".into();
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let green = m.pod("green");
+    assert_eq!(
+        green.container_names("initContainers"),
+        ["proxyinit", "proxy"]
+    );
+    assert_eq!(green.container_names("containers"), ["app"]);
+    let r = sandbox::load::run(m.pod("client"), &format!("http://{}:8080/", green.ip), 1, 1)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.code(200), 1, "{r:?}");
+    let stats = sandbox::stats::Stats::fetch(&m, green).unwrap();
+    assert_eq!(
+        stats.num("cluster.inbound_8080.upstream_rq_total"),
+        1,
+        "{}",
+        stats.line("cluster.inbound_8080.upstream_rq_total")
+    );
+}
