@@ -301,39 +301,34 @@ impl Cluster {
         use std::fmt::Write;
         let l = self.limits();
         let n = &self.name;
-        let show = |v: Option<u32>| v.map_or("unlimited".to_string(), |v| v.to_string());
-        let _ = writeln!(
-            out,
-            "{n}::default_priority::max_connections::{}",
-            show(l.max_connections)
-        );
-        let _ = writeln!(
-            out,
-            "{n}::default_priority::max_pending_requests::{}",
-            show(l.max_pending_requests)
-        );
-        let _ = writeln!(
-            out,
-            "{n}::default_priority::max_requests::{}",
-            show(l.max_requests)
-        );
-        let _ = writeln!(
-            out,
-            "{n}::max_requests_per_connection::{}",
-            show(l.max_requests_per_connection)
-        );
+        for (key, limit) in [
+            ("default_priority::max_connections", l.max_connections),
+            (
+                "default_priority::max_pending_requests",
+                l.max_pending_requests,
+            ),
+            ("default_priority::max_requests", l.max_requests),
+            ("max_requests_per_connection", l.max_requests_per_connection),
+        ] {
+            match limit {
+                Some(v) => writeln!(out, "{n}::{key}::{v}"),
+                None => writeln!(out, "{n}::{key}::unlimited"),
+            }
+            .expect("writing to a String");
+        }
         let a = self.addr;
         let s = &self.stats;
-        let _ = writeln!(out, "{n}::{a}::cx_active::{}", s.upstream_cx_active.get());
-        let _ = writeln!(out, "{n}::{a}::cx_total::{}", s.upstream_cx_total.get());
-        let _ = writeln!(
-            out,
-            "{n}::{a}::cx_connect_fail::{}",
-            s.upstream_cx_connect_fail.get()
-        );
-        let _ = writeln!(out, "{n}::{a}::rq_active::{}", s.upstream_rq_active.get());
-        let _ = writeln!(out, "{n}::{a}::rq_total::{}", s.upstream_rq_total.get());
-        let _ = writeln!(out, "{n}::{a}::rq_timeout::{}", s.upstream_rq_timeout.get());
+        let values: [(&str, &dyn std::fmt::Display); 6] = [
+            ("cx_active", &s.upstream_cx_active.get()),
+            ("cx_total", &s.upstream_cx_total.get()),
+            ("cx_connect_fail", &s.upstream_cx_connect_fail.get()),
+            ("rq_active", &s.upstream_rq_active.get()),
+            ("rq_total", &s.upstream_rq_total.get()),
+            ("rq_timeout", &s.upstream_rq_timeout.get()),
+        ];
+        for (key, value) in values {
+            writeln!(out, "{n}::{a}::{key}::{value}").expect("writing to a String");
+        }
     }
 }
 

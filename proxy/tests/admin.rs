@@ -147,7 +147,16 @@ async fn endpoints() {
     }
 
     let (_, clusters) = get(px.admin, "/clusters").await.unwrap();
-    assert!(clusters.contains(&format!("{app}::default_priority::max_connections::4")));
+    for want in [
+        format!("{app}::default_priority::max_connections::4\n"),
+        format!("{app}::default_priority::max_pending_requests::2\n"),
+        format!("{app}::default_priority::max_requests::unlimited\n"),
+        format!("{app}::max_requests_per_connection::unlimited\n"),
+        format!("{app}::{app}::cx_active::1\n"),
+        format!("{app}::{app}::rq_timeout::0\n"),
+    ] {
+        assert!(clusters.contains(&want), "missing {want} in\n{clusters}");
+    }
     let (_, dump) = get(px.admin, "/config_dump").await.unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["inbound_limits"]["max_connections"], 4);
