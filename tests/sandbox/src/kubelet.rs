@@ -119,13 +119,7 @@ pub fn run_pod(
         let s = container_spec(c, spec, info)?;
         let log = logs.join(format!("{name}.log"));
         if c["restartPolicy"] == "Always" {
-            let child = s.spawn_to(ns, &log)?;
-            procs.push(Proc {
-                name: name.to_string(),
-                child,
-                log,
-                exited: None,
-            });
+            procs.push(Proc::spawn(name, &s, ns, log)?);
             if let Some(probe) = c.get("startupProbe").or(c.get("readinessProbe")) {
                 wait_probe(probe, c, info, node, Duration::from_secs(60))
                     .with_context(|| format!("native sidecar {name}: startup probe"))?;
@@ -145,13 +139,7 @@ pub fn run_pod(
         let name = c["name"].as_str().unwrap_or("app");
         let s = container_spec(c, spec, info)?;
         let log = logs.join(format!("{name}.log"));
-        let child = s.spawn_to(ns, &log)?;
-        procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log,
-            exited: None,
-        });
+        procs.push(Proc::spawn(name, &s, ns, log)?);
         if let Some(cmd) = c["lifecycle"]["postStart"]["exec"]["command"].as_array() {
             let mut hook = s.clone();
             hook.argv = cmd

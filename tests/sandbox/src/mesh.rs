@@ -167,13 +167,12 @@ impl Mesh {
             format!("--tls-key={}", certs.join("tls.key").display()),
         ];
         let log = self.dir.join("logs").join("webhook.log");
-        let child = Spec::new(argv, IMAGE_USER, IMAGE_USER).spawn_to(&ns, &log)?;
-        let mut proc = Proc {
-            name: "webhook".into(),
-            child,
+        let mut proc = Proc::spawn(
+            "webhook",
+            &Spec::new(argv, IMAGE_USER, IMAGE_USER),
+            &ns,
             log,
-            exited: None,
-        };
+        )?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = proc.try_status() {

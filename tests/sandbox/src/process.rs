@@ -118,6 +118,17 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `spec` in `ns` as the process called `name`, its output appended to `log`.
+    pub fn spawn(name: &str, spec: &Spec, ns: &Netns, log: PathBuf) -> anyhow::Result<Proc> {
+        let child = spec.spawn_to(ns, &log)?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+            exited: None,
+        })
+    }
+
     /// Exit status if it has exited (kept once seen).
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
