@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::header::HeaderValue;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -24,22 +23,17 @@ pub struct Entry {
     pub bytes_sent: u64,
     pub duration_ms: u64,
     pub upstream_time_ms: Option<u64>,
-    pub xff: Option<HeaderValue>,
-    pub user_agent: Option<HeaderValue>,
-    pub request_id: Option<HeaderValue>,
-    pub authority: Option<HeaderValue>,
+    pub xff: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub authority: Option<String>,
     pub upstream_host: Option<SocketAddr>,
 }
 
 /// `[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS BYTES_RECEIVED BYTES_SENT DURATION UPSTREAM_TIME
 /// "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" "AUTHORITY" "UPSTREAM_HOST"`, `-` for missing.
 pub fn format(e: &Entry, out: &mut String) {
-    let hv = |v: &Option<HeaderValue>| {
-        v.as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
-    };
+    let hv = |v: &Option<String>| v.as_deref().unwrap_or("-").to_string();
     let _ = write!(out, "[");
     write_time(e.start.unwrap_or(UNIX_EPOCH), out);
     let _ = writeln!(
@@ -150,9 +144,9 @@ mod tests {
             duration_ms: 0,
             upstream_time_ms: None,
             xff: None,
-            user_agent: Some(HeaderValue::from_static("curl/8.0")),
-            request_id: Some(HeaderValue::from_static("abc")),
-            authority: Some(HeaderValue::from_static("svc:8080")),
+            user_agent: Some("curl/8.0".to_string()),
+            request_id: Some("abc".to_string()),
+            authority: Some("svc:8080".to_string()),
             upstream_host: Some("10.0.0.1:8080".parse().unwrap()),
         };
         let mut s = String::new();

@@ -10,7 +10,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::body::ResponseBody;
+/// Admin replies are small and whole.
+type ResponseBody = http_body_util::Full<bytes::Bytes>;
 use crate::Proxy;
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
@@ -33,7 +34,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<ResponseBody> {
-    let mut r = Response::new(ResponseBody::full(body));
+    let mut r = Response::new(ResponseBody::from(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));

@@ -1,29 +1,68 @@
 //! A cluster: one upstream address, its pool (the [`crate::pool`] state machine behind a small
 //! per-cluster mutex), its stats, and the connector that opens HTTP/1.1 client connections.
+//!
+//! A pooled connection is a plain socket and its read buffer: the request that leases it drives
+//! it from its own task (see [`crate::http`]). While idle in the pool nothing polls it; a sweeper
+//! task per cluster, running only while the cluster has idle connections, closes those the peer
+//! closed and those idle past the idle timeout.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::body::UpstreamBody;
 use crate::config::Limits;
+use crate::iobuf::Buf;
 use crate::pool::{Admit, Grant, Overflow, Pool};
 use crate::stats::{ClusterStats, Registry};
 
 /// A pooled HTTP/1.1 client connection.
 pub struct Conn {
-    id: u64,
-    pub sender: SendRequest<UpstreamBody>,
+    pub io: TcpStream,
+    /// Bytes read and not yet consumed (empty, and holding no memory, while idle).
+    pub buf: Buf,
     /// Requests sent on it so far.
     uses: u32,
     /// When it last went idle (ms since process start), for the idle timeout.
-    last_used: Arc<AtomicU64>,
+    last_used: u64,
+    stats: Arc<ClusterStats>,
+}
+
+impl Conn {
+    /// Still open, as far as can be told without blocking: nothing (no EOF, no stray bytes) has
+    /// arrived while it sat idle. Usually answered from the runtime's readiness state, without
+    /// a system call.
+    fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readable: EOF or unsolicited bytes, or stale readiness from the last read.
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Open and not idle for `idle` or longer (that one is counted as an idle timeout).
+    fn usable(&self, now: u64, idle: Duration) -> bool {
+        if Duration::from_millis(now.saturating_sub(self.last_used)) >= idle {
+            self.stats.upstream_cx_idle_timeout.inc();
+            return false;
+        }
+        self.is_open()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stats.upstream_cx_destroy.inc();
+    }
 }
 
 fn now_ms() -> u64 {
@@ -44,7 +83,8 @@ pub struct Cluster {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_requests_per_connection: Option<u32>,
-    next_conn: AtomicU64,
+    /// A sweeper task is watching the idle connections.
+    sweeping: AtomicBool,
 }
 
 /// Connection timeouts of a cluster.
@@ -81,7 +121,7 @@ impl Cluster {
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.idle,
             max_requests_per_connection: limits.max_requests_per_connection,
-            next_conn: AtomicU64::new(0),
+            sweeping: AtomicBool::new(false),
         };
         c.sync(&c.pool.lock().expect("pool lock"));
         Arc::new(c)
@@ -134,63 +174,54 @@ impl Cluster {
     /// Gets a connection for one request, waiting in the pending queue if the pool says so.
     /// Dropping the future while queued leaves the queue cleanly.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
-        // A pooled connection may turn out dead when we try it: then try again.
-        for _ in 0..4 {
-            // The channel is only made for a request that must wait.
-            let mut rx = None;
-            let (admit, notes) = self.with_pool(|p| {
-                p.admit(
-                    |c| !c.sender.is_closed(),
-                    || {
-                        let (tx, r) = oneshot::channel();
-                        rx = Some(r);
-                        tx
-                    },
-                )
-            });
-            if notes.cx_overflow {
-                self.stats.upstream_cx_overflow.inc();
-            }
-            let grant = match admit {
-                Admit::Use(c) => Grant::Use(c),
-                Admit::Connect => Grant::Connect,
-                Admit::Overflow(o) => {
-                    self.stats.upstream_rq_pending_overflow.inc();
-                    if o == Overflow::Requests {
-                        tracing::debug!(cluster = %self.name, "max requests reached");
-                    }
-                    return Err(AcquireError::Overflow);
-                }
-                Admit::Queued(id) => {
-                    self.stats.upstream_rq_pending_total.inc();
-                    let guard = PendingGuard {
-                        cluster: self,
-                        id,
-                        rx,
-                    };
-                    guard.wait().await
-                }
-            };
-            match grant {
-                Grant::Use(c) => {
-                    // The lease owns the connection from here: a drop releases it.
-                    let mut lease = Lease {
-                        cluster: self.clone(),
-                        conn: Some(c),
-                        reusable: false,
-                    };
-                    if lease.sender().ready().await.is_ok() {
-                        if let Some(c) = lease.conn.as_mut() {
-                            c.uses += 1;
-                        }
-                        return Ok(lease);
-                    }
-                    // Dead: dropping the lease closes it and frees its slot; try again.
-                }
-                Grant::Connect => return self.connect().await,
-            }
+        // Idle connections the peer closed (or idled out) are dropped by `admit` itself.
+        // The oneshot channel is only made for a request that must wait.
+        let mut rx = None;
+        let now = now_ms();
+        let (admit, notes) = self.with_pool(|p| {
+            p.admit(
+                |c| c.usable(now, self.idle_timeout),
+                || {
+                    let (tx, r) = oneshot::channel();
+                    rx = Some(r);
+                    tx
+                },
+            )
+        });
+        if notes.cx_overflow {
+            self.stats.upstream_cx_overflow.inc();
         }
-        Err(AcquireError::ConnectFailed)
+        let grant = match admit {
+            Admit::Use(c) => Grant::Use(c),
+            Admit::Connect => Grant::Connect,
+            Admit::Overflow(o) => {
+                self.stats.upstream_rq_pending_overflow.inc();
+                if o == Overflow::Requests {
+                    tracing::debug!(cluster = %self.name, "max requests reached");
+                }
+                return Err(AcquireError::Overflow);
+            }
+            Admit::Queued(id) => {
+                self.stats.upstream_rq_pending_total.inc();
+                let guard = PendingGuard {
+                    cluster: self,
+                    id,
+                    rx,
+                };
+                guard.wait().await
+            }
+        };
+        match grant {
+            Grant::Use(mut c) => {
+                c.uses += 1;
+                Ok(Lease {
+                    cluster: self.clone(),
+                    conn: Some(c),
+                    reusable: false,
+                })
+            }
+            Grant::Connect => self.connect().await,
+        }
     }
 
     /// Opens a new connection in a slot the pool reserved.
@@ -223,66 +254,41 @@ impl Cluster {
                 }
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = match hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-        {
-            Ok(x) => x,
-            Err(_) => {
-                st.upstream_cx_connect_fail.inc();
-                return Err(AcquireError::ConnectFailed);
-            }
-        };
         st.upstream_cx_http1_total.inc();
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let me = self.clone();
-        let last_used = Arc::new(AtomicU64::new(now_ms()));
-        let used = last_used.clone();
-        tokio::spawn(async move {
-            let conn = conn.with_upgrades();
-            tokio::pin!(conn);
-            // Closes the connection once it has sat idle for the idle timeout.
-            loop {
-                let since = now_ms().saturating_sub(used.load(Ordering::Relaxed));
-                let wait = me.idle_timeout.saturating_sub(Duration::from_millis(since));
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    _ = tokio::time::sleep(wait) => {
-                        let since = now_ms().saturating_sub(used.load(Ordering::Relaxed));
-                        if Duration::from_millis(since) < me.idle_timeout {
-                            continue;
-                        }
-                        match me.with_pool(|p| p.remove_idle(|c| c.id == id)) {
-                            Some((c, next)) => {
-                                drop(c);
-                                me.dispatch(next);
-                                let _ = conn.as_mut().await;
-                                me.stats.upstream_cx_idle_timeout.inc();
-                                me.stats.upstream_cx_destroy.inc();
-                                return;
-                            }
-                            // Busy: look again one idle timeout after its last use.
-                            None => used.store(now_ms(), Ordering::Relaxed),
-                        }
-                    }
-                }
-            }
-            me.stats.upstream_cx_destroy.inc();
-            if let Some((_, next)) = me.with_pool(|p| p.remove_idle(|c| c.id == id)) {
-                me.dispatch(next);
-            }
-        });
         slot.0 = None;
         Ok(Lease {
             cluster: self.clone(),
             conn: Some(Conn {
-                id,
-                sender,
+                io: stream,
+                buf: Buf::new(),
                 uses: 1,
-                last_used,
+                last_used: now_ms(),
+                stats: self.stats.clone(),
             }),
             reusable: false,
         })
+    }
+
+    /// Closes idle connections that the peer closed or that idled too long, every second
+    /// (or every idle timeout, if shorter) while there are idle connections; then exits.
+    async fn sweep(self: Arc<Self>) {
+        let every = self.idle_timeout.min(Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = now_ms();
+            let idle = self.idle_timeout;
+            while let Some((c, next)) = self.with_pool(|p| p.remove_idle(|c| !c.usable(now, idle)))
+            {
+                drop(c);
+                self.dispatch(next);
+            }
+            self.sweeping.store(false, Ordering::Release);
+            // Exit when nothing is idle; a connection going idle later starts a new sweeper.
+            if self.with_pool(|p| p.state().idle) == 0 || self.sweeping.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+        }
     }
 
     /// Opaque TCP: takes a connection slot, or `None` on overflow (counted).
@@ -373,31 +379,43 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn sender(&mut self) -> &mut SendRequest<UpstreamBody> {
-        &mut self.conn.as_mut().expect("leased connection").sender
+    /// The leased connection.
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("leased connection")
+    }
+
+    /// Requests this connection has carried, this one included.
+    pub fn uses(&self) -> u32 {
+        self.conn.as_ref().map_or(0, |c| c.uses)
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
     }
 
-    /// The exchange completed cleanly: keep the connection unless it has served its quota.
-    pub fn done(&mut self) {
+    /// The exchange completed cleanly: keep the connection if the response allowed it and it
+    /// has not served its quota.
+    pub fn done(&mut self, upstream_reusable: bool) {
         let max = self.cluster.max_requests_per_connection;
-        let uses = self.conn.as_ref().map_or(0, |c| c.uses);
-        self.reusable = max.is_none_or(|m| uses < m);
+        self.reusable = upstream_reusable && max.is_none_or(|m| self.uses() < m);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            let reusable = self.reusable && !c.sender.is_closed();
+        if let Some(mut c) = self.conn.take() {
+            // Stray bytes after a response mean the connection is out of step: close it.
+            let reusable = self.reusable && c.buf.is_empty();
             if reusable {
-                c.last_used.store(now_ms(), Ordering::Relaxed);
+                c.last_used = now_ms();
+                c.buf.release();
             }
             let next = self.cluster.with_pool(|p| p.release(c, reusable));
+            let went_idle = reusable && next.is_none();
             self.cluster.dispatch(next);
+            if went_idle && !self.cluster.sweeping.swap(true, Ordering::AcqRel) {
+                tokio::spawn(self.cluster.clone().sweep());
+            }
         }
     }
 }

@@ -1,26 +1,30 @@
-//! The HTTP/1.1 path: one hyper server connection per downstream connection; each request goes
-//! through its cluster's pool to a pooled hyper client connection, bodies streamed both ways.
+//! The HTTP/1.x forwarding path: one task per downstream connection drives both its socket and,
+//! for each request, the pooled upstream connection its cluster leases to it.
+//!
+//! Heads are parsed in place and re-emitted by [`crate::h1`]; bodies are forwarded as they
+//! arrive, their framing followed so each connection can be reused at the right byte. Nothing is
+//! buffered whole and nothing is copied between tasks: a request costs one read and one write on
+//! each side when its head and body fit in a segment. While it waits for upstream, the task keeps
+//! reading the client's side, so a client that goes away cancels its request (`DC`), queued or in
+//! flight. Idle connections hold no buffers (see [`crate::iobuf`]).
 
-use std::cell::Cell;
-use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper::body::Body as _;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::body::{ResponseBody, UpstreamBody};
 use crate::cluster::{AcquireError, Cluster, Lease};
 use crate::drain::Drain;
+use crate::h1::{self, Body, Framing, HeadError, Request, RequestOpts, ResponseOpts};
+use crate::iobuf::Buf;
 use crate::stats::{ClusterStats, ListenerStats};
 
 pub const OVERFLOW_BODY: &str =
@@ -29,12 +33,9 @@ pub const CONNECT_FAIL_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
 pub const RESET_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+pub const PROTOCOL_ERROR_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
 pub const TIMEOUT_BODY: &str = "upstream request timeout";
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Settings shared by the connections of one listener.
 pub struct HttpCtx {
@@ -50,310 +51,654 @@ pub struct HttpCtx {
 
 /// Serves one downstream connection until it closes, or until drain asks it to finish.
 pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: Arc<HttpCtx>) {
-    let drain = ctx.drain.clone();
-    let svc_ctx = ctx.clone();
     // The client's address as `x-forwarded-for` wants it, formatted once per connection.
-    let client_ip = ctx.add_forwarded_for.then(|| ip_header_value(peer));
-    let timer = Arc::new(RequestTimer::default());
-    let svc = hyper::service::service_fn(move |req| {
-        handle(
-            svc_ctx.clone(),
-            cluster.clone(),
-            client_ip.clone(),
-            timer.clone(),
-            req,
-        )
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        // Bounds both slow request heads and idle keep-alive connections.
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(ctx.idle_timeout)
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "downstream connection error") } }
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-fn local_reply(status: StatusCode, body: &'static str, overloaded: bool) -> Response<ResponseBody> {
-    let mut r = Response::new(ResponseBody::full(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if overloaded {
-        h.insert(
-            HeaderName::from_static("x-envoy-overloaded"),
-            HeaderValue::from_static("true"),
-        );
-    }
-    r
-}
-
-async fn handle(
-    ctx: Arc<HttpCtx>,
-    cluster: Arc<Cluster>,
-    client_ip: Option<HeaderValue>,
-    timer: Arc<RequestTimer>,
-    mut req: Request<hyper::body::Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let start = Instant::now();
-    ctx.listener.downstream_rq_total.inc();
-    ctx.listener.downstream_rq_active.inc();
-
-    let headers = req.headers_mut();
-    if !headers.contains_key(X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID, request_id());
-    }
-    if let Some(ip) = &client_ip {
-        append_forwarded_for(headers, ip);
-    }
-    let upgrade = is_upgrade(headers);
-    if !upgrade {
-        strip_hop_by_hop(headers);
-    }
-
-    let received = ctx.access_log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
-    let mut tail = Tail {
-        ctx: ctx.clone(),
-        stats: cluster.stats.clone(),
-        start,
-        log: None,
-        received: received.clone(),
-        lease: None,
-        code: 0,
-        sent: 0,
-        upstream_ms: None,
-        done: false,
+    let client_ip = ctx
+        .add_forwarded_for
+        .then(|| peer.ip().to_canonical().to_string().into_bytes());
+    let mut d = Downstream {
+        io,
+        buf: Buf::new(),
     };
-    if ctx.access_log.is_some() {
-        tail.log = Some(Box::new(Entry {
-            start: Some(SystemTime::now()),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().to_string(), |p| p.to_string()),
-            protocol: version_str(req.version()),
-            xff: req.headers().get(X_FORWARDED_FOR).cloned(),
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
-            request_id: req.headers().get(X_REQUEST_ID).cloned(),
-            authority: req.headers().get(header::HOST).cloned(),
-            upstream_host: Some(cluster.addr),
-            ..Entry::default()
-        }));
+    // One timer per connection, re-armed for the idle wait and for each request: re-arming
+    // moves it later, which needs no wake-up of the runtime's driver, unlike a new timer.
+    let mut timer = Box::pin(tokio::time::sleep(ctx.idle_timeout));
+    let drain = ctx.drain.clone();
+    let mut drained = pin!(drain.signaled());
+    loop {
+        let mut up_head = Vec::new();
+        let opts = RequestOpts {
+            forwarded_for: client_ip.as_deref(),
+            log: ctx.access_log.is_some(),
+        };
+        let next = tokio::select! {
+            biased;
+            r = d.read_head(&opts, &mut up_head) => r,
+            _ = timer.as_mut() => return, // idle (or a head too slow): close
+            _ = drained.as_mut(), if d.buf.is_empty() => return,
+        };
+        let req = match next {
+            Ok(Some(req)) => req,
+            Ok(None) => return, // closed between requests
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "refusing a malformed request");
+                let (code, reason) = match e {
+                    HeadError::Bad(_) => (400, "Bad Request"),
+                    HeadError::TooLarge => (431, "Request Header Fields Too Large"),
+                    HeadError::Unsupported(_) => (405, "Method Not Allowed"),
+                };
+                let mut out = Vec::new();
+                h1::local_reply(&mut out, code, reason, "", false, true);
+                let _ = d.io.write_all(&out).await;
+                return;
+            }
+        };
+        let keep = Exchange {
+            ctx: &ctx,
+            cluster: &cluster,
+            timer: &mut timer,
+        }
+        .run(&mut d, req, up_head)
+        .await;
+        if !keep || ctx.drain.is_draining() {
+            return;
+        }
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + ctx.idle_timeout);
     }
+}
 
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let up_req = Request::from_parts(
-        parts,
-        UpstreamBody::new(body, cluster.stats.clone(), received),
-    );
+struct Downstream {
+    io: TcpStream,
+    buf: Buf,
+}
 
-    let exchange = async {
-        let mut up_req = up_req;
-        let mut attempts = 0;
+impl Downstream {
+    /// The next request head; `Ok(None)` if the client closed first. Between requests the
+    /// connection holds no buffer.
+    async fn read_head(
+        &mut self,
+        opts: &RequestOpts<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Request>, HeadError> {
         loop {
-            let mut lease = cluster.acquire().await?;
-            match lease.sender().try_send_request(up_req).await {
-                Ok(r) => {
-                    cluster.stats.upstream_rq_total.inc();
-                    return Ok::<_, AcquireError>((lease, Ok(r)));
+            if !self.buf.is_empty() {
+                out.clear();
+                if let Some(r) = h1::parse_request(self.buf.data(), opts, out)? {
+                    return Ok(Some(r));
                 }
-                Err(mut e) => match e.take_message() {
-                    // Not written at all (the pooled connection closed under us): safe to
-                    // send again on another connection, whatever the method.
-                    Some(r) if attempts < 2 => {
-                        attempts += 1;
-                        cluster.stats.upstream_rq_retry.inc();
-                        up_req = r;
-                    }
-                    _ => {
-                        cluster.stats.upstream_rq_total.inc();
-                        return Ok((lease, Err(e.into_error())));
-                    }
-                },
+            } else {
+                self.buf.release();
+                if self.io.readable().await.is_err() {
+                    return Ok(None);
+                }
+            }
+            match self.buf.read_from(&mut self.io).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
             }
         }
-    };
-    let st = &cluster.stats;
-    let deadline = tokio::time::Instant::from_std(start) + ctx.request_timeout;
-    let (lease, resp) = match timer.run(deadline, exchange).await {
-        Err(_) => {
-            st.upstream_rq_timeout.inc();
-            st.count_code(504);
-            return Ok(tail.local(
-                local_reply(StatusCode::GATEWAY_TIMEOUT, TIMEOUT_BODY, false),
-                "UT",
-            ));
-        }
-        Ok(Err(AcquireError::Overflow)) => {
-            return Ok(tail.local(
-                local_reply(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_BODY, true),
-                "UO",
-            ));
-        }
-        Ok(Err(AcquireError::ConnectFailed)) => {
-            st.count_code(503);
-            return Ok(tail.local(
-                local_reply(StatusCode::SERVICE_UNAVAILABLE, CONNECT_FAIL_BODY, false),
-                "UF",
-            ));
-        }
-        Ok(Ok((_lease, Err(e)))) => {
-            tracing::debug!(cluster = %cluster.name, error = %e, "upstream reset before headers");
-            st.upstream_rq_rx_reset.inc();
-            st.count_code(503);
-            return Ok(tail.local(
-                local_reply(StatusCode::SERVICE_UNAVAILABLE, RESET_BODY, false),
-                "UC",
-            ));
-        }
-        Ok(Ok((lease, Ok(resp)))) => (lease, resp),
-    };
-    let mut resp = resp;
-    let status = resp.status();
-    st.count_code(status.as_u16());
-    tail.code = status.as_u16();
-    tail.upstream_ms = Some(start.elapsed().as_millis() as u64);
+    }
+}
 
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = downstream_upgrade {
-            let up = hyper::upgrade::on(&mut resp);
-            let (parts, _) = resp.into_parts();
-            tokio::spawn(async move {
-                let _lease = lease; // the tunnel holds its connection until it ends
-                if let (Ok(d), Ok(u)) = (down.await, up.await) {
-                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        tail.received_add(a);
-                        tail.sent(b);
-                    }
+/// One request's trip: everything it needs from its connection.
+struct Exchange<'a> {
+    ctx: &'a Arc<HttpCtx>,
+    cluster: &'a Arc<Cluster>,
+    timer: &'a mut Pin<Box<Sleep>>,
+}
+
+/// How the exchange with upstream ended before anything of a final response reached the client.
+enum Early {
+    Timeout,
+    /// Closed or reset before a response head; `silent` if not one byte came back.
+    Reset {
+        silent: bool,
+    },
+    Protocol(HeadError),
+    /// The client went away.
+    ClientGone,
+}
+
+/// How a response that reached the client ended.
+enum Delivered {
+    /// In full; `keep_alive` if the client's connection can carry another request.
+    Complete { keep_alive: bool },
+    /// `101 Switching Protocols` was sent on: the connections become a tunnel.
+    Upgrade,
+    /// Upstream closed or broke mid-body (`UR`).
+    UpstreamReset,
+    /// The client went away mid-body (`DC`).
+    ClientGone,
+}
+
+/// How the request body's side ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pump {
+    /// The client closed, or sent a malformed chunked body.
+    ClientGone,
+    /// Upstream stopped taking the body (it may still answer).
+    UpstreamStopped,
+}
+
+impl Exchange<'_> {
+    /// Forwards one request and its response. True if the client's connection can be reused.
+    async fn run(self, d: &mut Downstream, mut req: Request, up_head: Vec<u8>) -> bool {
+        let Exchange {
+            ctx,
+            cluster,
+            timer,
+        } = self;
+        let start = Instant::now();
+        ctx.listener.downstream_rq_total.inc();
+        ctx.listener.downstream_rq_active.inc();
+        let st = &cluster.stats;
+        let mut rq = Finish {
+            ctx,
+            stats: st,
+            start,
+            log: req.log.take().map(|f| {
+                Box::new(Entry {
+                    start: Some(SystemTime::now()),
+                    method: f.method,
+                    path: f.path,
+                    protocol: f.protocol,
+                    xff: f.xff,
+                    user_agent: f.user_agent,
+                    request_id: f.request_id,
+                    authority: f.authority,
+                    upstream_host: Some(cluster.addr),
+                    ..Entry::default()
+                })
+            }),
+            code: 0,
+            received: Count::default(),
+            sent: Count::default(),
+            code_sent: AtomicU16::new(0),
+            upstream_ms: Count::default(),
+            done: false,
+        };
+        d.buf.consume(req.head_len);
+        let mut body = Body::new(req.body);
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(start) + ctx.request_timeout);
+
+        let mut attempts = 0;
+        let (mut lease, ended) = loop {
+            let acquired = tokio::select! {
+                biased;
+                r = cluster.acquire() => r,
+                _ = timer.as_mut() => {
+                    st.upstream_rq_timeout.inc();
+                    st.count_code(504);
+                    return rq.local(d, &body, &req, 504, "Gateway Timeout", TIMEOUT_BODY, false, "UT").await;
                 }
-                tail.complete();
-            });
-            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+                _ = watch(&mut d.io, &mut d.buf) => {
+                    rq.client_gone(false);
+                    return false;
+                }
+            };
+            let mut lease = match acquired {
+                Ok(l) => l,
+                Err(AcquireError::Overflow) => {
+                    return rq
+                        .local(
+                            d,
+                            &body,
+                            &req,
+                            503,
+                            "Service Unavailable",
+                            OVERFLOW_BODY,
+                            true,
+                            "UO",
+                        )
+                        .await;
+                }
+                Err(AcquireError::ConnectFailed) => {
+                    st.count_code(503);
+                    return rq
+                        .local(
+                            d,
+                            &body,
+                            &req,
+                            503,
+                            "Service Unavailable",
+                            CONNECT_FAIL_BODY,
+                            false,
+                            "UF",
+                        )
+                        .await;
+                }
+            };
+            let reused = lease.uses() > 1;
+            let ended = forward(&mut lease, d, &req, &up_head, &mut body, timer, &rq).await;
+            match ended {
+                // The pooled connection had closed under us and nothing was answered: safe to
+                // send again on another connection (no body, idempotent method).
+                Err(Early::Reset { silent: true }) if reused && req.replayable && attempts < 2 => {
+                    attempts += 1;
+                    st.upstream_rq_retry.inc();
+                    continue;
+                }
+                ended => break (lease, ended),
+            }
+        };
+        st.upstream_rq_total.inc();
+        match ended {
+            Err(Early::Timeout) => {
+                st.upstream_rq_timeout.inc();
+                st.count_code(504);
+                rq.local(
+                    d,
+                    &body,
+                    &req,
+                    504,
+                    "Gateway Timeout",
+                    TIMEOUT_BODY,
+                    false,
+                    "UT",
+                )
+                .await
+            }
+            Err(Early::Reset { .. }) => {
+                tracing::debug!(cluster = %cluster.name, "upstream reset before headers");
+                st.upstream_rq_rx_reset.inc();
+                st.count_code(503);
+                rq.local(
+                    d,
+                    &body,
+                    &req,
+                    503,
+                    "Service Unavailable",
+                    RESET_BODY,
+                    false,
+                    "UC",
+                )
+                .await
+            }
+            Err(Early::Protocol(e)) => {
+                tracing::debug!(cluster = %cluster.name, error = %e, "upstream protocol error");
+                st.upstream_rq_rx_reset.inc();
+                st.count_code(503);
+                rq.local(
+                    d,
+                    &body,
+                    &req,
+                    503,
+                    "Service Unavailable",
+                    PROTOCOL_ERROR_BODY,
+                    false,
+                    "UPE",
+                )
+                .await
+            }
+            Err(Early::ClientGone) => {
+                rq.client_gone(true);
+                false
+            }
+            Ok((code, Delivered::Complete { keep_alive }, reusable)) => {
+                rq.code = code;
+                lease.done(reusable);
+                drop(lease);
+                rq.complete();
+                keep_alive && body.is_done()
+            }
+            Ok((code, Delivered::Upgrade, _)) => {
+                rq.code = code;
+                tunnel(d, lease.conn(), &rq).await;
+                rq.complete();
+                false
+            }
+            Ok((code, Delivered::UpstreamReset, _)) => {
+                rq.code = code;
+                st.upstream_rq_rx_reset.inc();
+                rq.finish("UR");
+                false
+            }
+            Ok((code, Delivered::ClientGone, _)) => {
+                rq.code = code;
+                rq.client_gone(true);
+                false
+            }
+        }
+    }
+}
+
+/// Sends the request on `lease`'s connection and relays the response, the rest of the request
+/// body flowing upstream meanwhile. The request timeout runs until the response head arrives.
+async fn forward(
+    lease: &mut Lease,
+    d: &mut Downstream,
+    req: &Request,
+    up_head: &[u8],
+    body: &mut Body,
+    timer: &mut Pin<Box<Sleep>>,
+    rq: &Finish<'_>,
+) -> Result<(u16, Delivered, bool), Early> {
+    let st = rq.stats;
+    let up = lease.conn();
+    // The head and what has arrived of the body, in one write.
+    let mut first = Vec::with_capacity(up_head.len() + d.buf.data().len());
+    first.extend_from_slice(up_head);
+    let (n, payload) = body
+        .take(d.buf.data(), None)
+        .map_err(|_| Early::ClientGone)?;
+    first.extend_from_slice(&d.buf.data()[..n]);
+    d.buf.consume(n);
+    rq.received.add(payload);
+    if up.io.write_all(&first).await.is_err() {
+        return Err(Early::Reset { silent: true });
+    }
+    st.upstream_cx_tx_bytes_total.add(first.len() as u64);
+    drop(first);
+    if req.expect_continue && !body.is_done() {
+        // The expectation was not forwarded: answer it now that upstream is ready.
+        if d.io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Err(Early::ClientGone);
         }
     }
 
-    strip_hop_by_hop(resp.headers_mut());
-    tail.lease = Some(lease);
-    let (mut parts, body) = resp.into_parts();
-    // Like Envoy: the client hears HTTP/1.1 whatever the upstream spoke.
-    parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::Upstream {
-            inner: body,
-            tail: Some(tail),
+    let (mut dr, mut dw) = d.io.split();
+    let (mut ur, mut uw) = up.io.split();
+    let ubuf = &mut up.buf;
+    let opts = ResponseOpts {
+        head_method: req.head_method,
+        upgrade: req.upgrade,
+        http10_client: req.http10,
+        keep_alive: req.keep_alive && !rq.ctx.drain.is_draining(),
+    };
+    let mut pump_done = body.is_done();
+    let mut pump = pin!(pump_body(&mut dr, &mut d.buf, &mut uw, body, rq));
+    let mut resp = pin!(async {
+        let head = tokio::select! {
+            biased;
+            r = read_response(&mut ur, ubuf, &mut dw, &opts, st) => r?,
+            _ = timer.as_mut() => return Err(Early::Timeout),
+        };
+        rq.stats.count_code(head.0.status);
+        relay_response(&mut ur, ubuf, &mut dw, head, rq).await
+    });
+    let r = poll_fn(|cx| {
+        if !pump_done {
+            match pump.as_mut().poll(cx) {
+                Poll::Ready(Pump::ClientGone) => return Poll::Ready(Err(Early::ClientGone)),
+                Poll::Ready(Pump::UpstreamStopped) => pump_done = true,
+                Poll::Pending => {}
+            }
+        }
+        resp.as_mut().poll(cx)
+    })
+    .await;
+    match r {
+        // The client left after the response head: that is a cut-off response.
+        Err(Early::ClientGone) if rq.code_sent.load(Relaxed) != 0 => {
+            Ok((rq.code_sent.load(Relaxed), Delivered::ClientGone, false))
+        }
+        r => r,
+    }
+}
+
+/// Reads until a final response head, forwarding interim (1xx) ones. Returns the head (already
+/// re-encoded for the client in the second field).
+async fn read_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    ur: &mut R,
+    ubuf: &mut Buf,
+    dw: &mut W,
+    opts: &ResponseOpts,
+    st: &ClusterStats,
+) -> Result<(h1::Response, Vec<u8>), Early> {
+    let mut got_any = false;
+    loop {
+        if !ubuf.is_empty() {
+            let mut out = Vec::new();
+            match h1::parse_response(ubuf.data(), opts, &mut out) {
+                Ok(Some(r)) if r.interim => {
+                    ubuf.consume(r.head_len);
+                    st.upstream_cx_rx_bytes_total.add(r.head_len as u64);
+                    if !out.is_empty() && dw.write_all(&out).await.is_err() {
+                        return Err(Early::ClientGone);
+                    }
+                    continue;
+                }
+                Ok(Some(r)) => return Ok((r, out)),
+                Ok(None) => {}
+                Err(e) => return Err(Early::Protocol(e)),
+            }
+        }
+        match ubuf.read_from(ur).await {
+            Ok(0) | Err(_) => return Err(Early::Reset { silent: !got_any }),
+            Ok(_) => got_any = true,
+        }
+    }
+}
+
+/// Sends the response head and body on to the client. Returns the status, how it ended, and
+/// whether the upstream connection can be reused.
+async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    ur: &mut R,
+    ubuf: &mut Buf,
+    dw: &mut W,
+    (head, mut out): (h1::Response, Vec<u8>),
+    rq: &Finish<'_>,
+) -> Result<(u16, Delivered, bool), Early> {
+    let st = rq.stats;
+    let code = head.status;
+    rq.code_sent.store(code, Relaxed);
+    rq.upstream_ms
+        .add(rq.start.elapsed().as_millis() as u64 + 1);
+    ubuf.consume(head.head_len);
+    st.upstream_cx_rx_bytes_total.add(head.head_len as u64);
+    let mut body = Body::new(head.body);
+    let decode = head.decode_chunked;
+    if head.body == Framing::Upgrade {
+        if dw.write_all(&out).await.is_err() {
+            return Ok((code, Delivered::ClientGone, false));
+        }
+        return Ok((code, Delivered::Upgrade, false));
+    }
+    // The head and what has arrived of the body, in one write; then the rest as it comes.
+    let mut first = true;
+    loop {
+        if !ubuf.is_empty() {
+            let (n, payload) = if decode {
+                body.take(ubuf.data(), Some(&mut out))
+            } else {
+                let r = body.take(ubuf.data(), None);
+                if let Ok((n, _)) = r {
+                    if first {
+                        out.extend_from_slice(&ubuf.data()[..n]);
+                    }
+                }
+                r
+            }
+            .map_err(|e| {
+                tracing::debug!(error = e, "malformed chunked response body");
+            })
+            .unwrap_or((usize::MAX, 0));
+            if n == usize::MAX {
+                return Ok((code, Delivered::UpstreamReset, false));
+            }
+            let w = if first || decode {
+                dw.write_all(&out).await
+            } else {
+                dw.write_all(&ubuf.data()[..n]).await
+            };
+            out.clear();
+            first = false;
+            ubuf.consume(n);
+            st.upstream_cx_rx_bytes_total.add(n as u64);
+            rq.sent.add(payload);
+            if w.is_err() {
+                return Ok((code, Delivered::ClientGone, false));
+            }
+        } else if first {
+            // No body bytes yet (or none at all): the head goes alone.
+            if dw.write_all(&out).await.is_err() {
+                return Ok((code, Delivered::ClientGone, false));
+            }
+            out.clear();
+            first = false;
+        }
+        if body.is_done() {
+            break;
+        }
+        match ubuf.read_from(ur).await {
+            Ok(0) if matches!(body, Body::UntilClose) => break,
+            Ok(0) | Err(_) => return Ok((code, Delivered::UpstreamReset, false)),
+            Ok(_) => {}
+        }
+    }
+    if decode {
+        // The last chunk, for an HTTP/1.0 client, is the end of the connection.
+        let _ = dw.flush().await;
+    }
+    // Bytes past the end of the response: the connection is out of step (Lease drops it).
+    Ok((
+        code,
+        Delivered::Complete {
+            keep_alive: head.keep_alive,
         },
+        head.upstream_reusable,
     ))
 }
 
-/// The `--request-timeout` of one downstream connection's requests (HTTP/1: one at a time).
-///
-/// One timer per connection, re-armed for each request, rather than a new one per request: a
-/// new timer is registered earlier than the idle timers the runtime sleeps on, so each request
-/// would wake the runtime's driver (an eventfd write and an extra `epoll_wait`). A re-armed timer
-/// only moves later, which needs no wake-up.
-#[derive(Default)]
-pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
-
-/// The deadline passed.
-pub struct Elapsed;
-
-impl RequestTimer {
-    pub async fn run<F: Future>(
-        &self,
-        deadline: tokio::time::Instant,
-        f: F,
-    ) -> Result<F::Output, Elapsed> {
-        let taken = self.0.lock().map(|mut t| t.take()).unwrap_or(None);
-        let mut sleep = match taken {
-            Some(mut s) => {
-                s.as_mut().reset(deadline);
-                s
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        let mut f = std::pin::pin!(f);
-        let r = std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = f.as_mut().poll(cx) {
-                return Poll::Ready(Ok(v));
-            }
-            match sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        if let Ok(mut t) = self.0.lock() {
-            *t = Some(sleep);
+/// Forwards what is left of the request body, then watches the client's side: returns only if
+/// the client goes away (or upstream stops taking the body).
+async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    dr: &mut R,
+    dbuf: &mut Buf,
+    uw: &mut W,
+    body: &mut Body,
+    rq: &Finish<'_>,
+) -> Pump {
+    while !body.is_done() {
+        match dbuf.read_from(dr).await {
+            Ok(0) | Err(_) => return Pump::ClientGone,
+            Ok(_) => {}
         }
-        r
+        let Ok((n, payload)) = body.take(dbuf.data(), None) else {
+            tracing::debug!("malformed chunked request body");
+            return Pump::ClientGone;
+        };
+        let w = uw.write_all(&dbuf.data()[..n]).await;
+        dbuf.consume(n);
+        if w.is_err() {
+            return Pump::UpstreamStopped;
+        }
+        rq.stats.upstream_cx_tx_bytes_total.add(n as u64);
+        rq.received.add(payload);
+    }
+    watch(dr, dbuf).await;
+    Pump::ClientGone
+}
+
+/// Resolves when the client closes its side. Bytes it sends meanwhile (a pipelined request) are
+/// kept; once the buffer is full, nothing more is read.
+async fn watch<R: AsyncRead + Unpin>(dr: &mut R, dbuf: &mut Buf) {
+    loop {
+        if dbuf.is_full() {
+            return std::future::pending().await;
+        }
+        match dbuf.read_from(dr).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
 
-/// The end of one request: releases its connection, counts, logs. Dropped before `complete`
-/// means the client went away (`DC`).
-pub struct Tail {
-    ctx: Arc<HttpCtx>,
-    stats: Arc<ClusterStats>,
+/// After a `101`: bytes flow both ways until either side closes.
+async fn tunnel(d: &mut Downstream, up: &mut crate::cluster::Conn, rq: &Finish<'_>) {
+    let st = rq.stats;
+    // Whatever arrived early on either side goes first.
+    if !d.buf.is_empty() {
+        let n = d.buf.data().len();
+        if up.io.write_all(d.buf.data()).await.is_err() {
+            return;
+        }
+        d.buf.consume(n);
+        rq.received.add(n as u64);
+        st.upstream_cx_tx_bytes_total.add(n as u64);
+    }
+    if !up.buf.is_empty() {
+        let n = up.buf.data().len();
+        if d.io.write_all(up.buf.data()).await.is_err() {
+            return;
+        }
+        up.buf.consume(n);
+        rq.sent.add(n as u64);
+        st.upstream_cx_rx_bytes_total.add(n as u64);
+    }
+    d.buf.release();
+    up.buf.release();
+    if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut d.io, &mut up.io).await {
+        rq.received.add(a);
+        rq.sent.add(b);
+        st.upstream_cx_tx_bytes_total.add(a);
+        st.upstream_cx_rx_bytes_total.add(b);
+    }
+}
+
+/// The end of one request: counts, logs, releases the request slot. Dropped before `finish`
+/// means the exchange was abandoned (`DC`).
+struct Finish<'a> {
+    ctx: &'a HttpCtx,
+    stats: &'a ClusterStats,
     start: Instant,
     log: Option<Box<Entry>>,
-    received: Option<Arc<AtomicU64>>,
-    lease: Option<Lease>,
     code: u16,
-    sent: u64,
-    upstream_ms: Option<u64>,
+    /// Request body payload bytes received from the client.
+    received: Count,
+    /// Response body payload bytes sent to the client.
+    sent: Count,
+    /// The status of the response head sent on to the client (0: none yet).
+    code_sent: AtomicU16,
+    /// Milliseconds to the response head, plus one (0: none).
+    upstream_ms: Count,
     done: bool,
 }
 
-impl Tail {
-    pub fn sent(&mut self, n: u64) {
-        self.sent += n;
-        self.stats.upstream_cx_rx_bytes_total.add(n);
-    }
-
-    fn received_add(&mut self, n: u64) {
-        if let Some(r) = &self.received {
-            r.fetch_add(n, Relaxed);
-        }
-    }
-
-    fn local(mut self, r: Response<ResponseBody>, flags: &'static str) -> Response<ResponseBody> {
-        self.code = r.status().as_u16();
-        self.sent = r.body().size_hint().exact().unwrap_or(0);
+impl Finish<'_> {
+    /// Answers the client locally. The connection is kept only if the client wants it and no
+    /// part of its request body is left unread.
+    #[allow(clippy::too_many_arguments)]
+    async fn local(
+        mut self,
+        d: &mut Downstream,
+        body: &Body,
+        req: &Request,
+        code: u16,
+        reason: &str,
+        text: &'static str,
+        overloaded: bool,
+        flags: &'static str,
+    ) -> bool {
+        let keep = req.keep_alive && body.is_done() && !self.ctx.drain.is_draining();
+        let mut out = Vec::with_capacity(160 + text.len());
+        h1::local_reply(&mut out, code, reason, text, overloaded, !keep);
+        let ok = d.io.write_all(&out).await.is_ok();
+        self.code = code;
+        self.sent.add(text.len() as u64);
         self.finish(flags);
-        r
+        ok && keep
     }
 
-    /// The response was delivered in full: the connection may be reused.
-    pub fn complete(mut self) {
-        if let Some(l) = self.lease.as_mut() {
-            l.done();
-        }
+    /// The response was delivered in full.
+    fn complete(mut self) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         self.stats.upstream_rq_time.record_ms(ms);
         self.finish("-");
     }
 
-    /// The upstream reset mid-response.
-    pub fn upstream_reset(mut self) {
-        self.stats.upstream_rq_rx_reset.inc();
-        self.finish("UR");
-    }
-
-    /// The client went away mid-response.
-    pub fn downstream_gone(mut self) {
-        self.stats.upstream_rq_tx_reset.inc();
+    /// The client went away; `upstream` if its request had reached upstream.
+    fn client_gone(mut self, upstream: bool) {
+        if upstream {
+            self.stats.upstream_rq_tx_reset.inc();
+        }
         self.finish("DC");
     }
 
@@ -362,213 +707,36 @@ impl Tail {
             return;
         }
         self.done = true;
-        self.lease = None;
         self.ctx.listener.downstream_rq_active.dec();
         if let (Some(log), Some(mut e)) = (&self.ctx.access_log, self.log.take()) {
             e.code = self.code;
             e.flags = flags;
-            e.bytes_sent = self.sent;
-            e.bytes_received = self.received.as_ref().map_or(0, |r| r.load(Relaxed));
+            e.bytes_sent = self.sent.get();
+            e.bytes_received = self.received.get();
             e.duration_ms = self.start.elapsed().as_millis() as u64;
-            e.upstream_time_ms = self.upstream_ms;
+            e.upstream_time_ms = self.upstream_ms.get().checked_sub(1);
             log.log(*e);
         }
     }
 }
 
-impl Drop for Tail {
+/// A byte count written by one task (and read by it at the end): plain loads and stores.
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Count {
+    fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+impl Drop for Finish<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.finish("DC");
         }
-    }
-}
-
-fn version_str(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        _ => "HTTP/?",
-    }
-}
-
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
-/// Removes connection-scoped headers (RFC 9110 §7.6.1): each side manages its own connection.
-/// One pass over the names finds what is there; a request with none (the usual case) costs no
-/// lookups, and a response's `Connection: keep-alive` costs one removal.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    static HOP: [HeaderName; 7] = [
-        header::CONNECTION,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::UPGRADE,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ];
-    let mut present = [false; HOP.len()];
-    let mut any = false;
-    for k in h.keys() {
-        if let Some(i) = HOP.iter().position(|n| n == k) {
-            present[i] = true;
-            any = true;
-        }
-    }
-    if !any {
-        return;
-    }
-    if present[0] {
-        let mut named: Vec<HeaderName> = Vec::new();
-        for v in h.get_all(header::CONNECTION) {
-            for t in v.to_str().unwrap_or("").split(',') {
-                let t = t.trim();
-                // `close` / `keep-alive` name no header to remove (keep-alive goes below anyway).
-                if t.is_empty()
-                    || t.eq_ignore_ascii_case("close")
-                    || t.eq_ignore_ascii_case("keep-alive")
-                {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                    if n != header::TRANSFER_ENCODING && n != header::CONTENT_LENGTH {
-                        named.push(n);
-                    }
-                }
-            }
-        }
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for (n, p) in HOP.iter().zip(present) {
-        if p {
-            h.remove(n);
-        }
-    }
-}
-
-/// `ip` appended to `x-forwarded-for`, or set as it when there is none.
-fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
-    let v = match h.get(X_FORWARDED_FOR) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            match HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
-                Ok(v) => v,
-                Err(_) => return,
-            }
-        }
-        _ => ip.clone(),
-    };
-    h.insert(X_FORWARDED_FOR, v);
-}
-
-/// A client address as an `x-forwarded-for` entry (IPv4-mapped IPv6 shown as IPv4).
-fn ip_header_value(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.ip().to_canonical().to_string())
-        .expect("an IP is a valid header value")
-}
-
-thread_local! {
-    static RNG: Cell<u64> = Cell::new({
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0x5eed);
-        h.finish() | 1
-    });
-}
-
-fn next_u64() -> u64 {
-    RNG.with(|r| {
-        // xorshift64*: fast, good enough for request ids (not for secrets).
-        let mut x = r.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        r.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
-}
-
-/// A random UUID (version 4 layout) for `x-request-id`, hex-encoded by hand (no formatter).
-pub fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (a, b) = (next_u64(), next_u64());
-    let a = (a & !0xf000) | 0x4000;
-    let b = (b & !(0xc << 60)) | (0x8 << 60);
-    let mut out = [0u8; 36];
-    let mut o = 0;
-    for nibble in 0..32 {
-        if matches!(nibble, 8 | 12 | 16 | 20) {
-            out[o] = b'-';
-            o += 1;
-        }
-        let word = if nibble < 16 { a } else { b };
-        let shift = 60 - 4 * (nibble % 16);
-        out[o] = HEX[((word >> shift) & 0xf) as usize];
-        o += 1;
-    }
-    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_uuid_shaped_and_distinct() {
-        let a = request_id();
-        let b = request_id();
-        assert_ne!(a, b);
-        let s = a.to_str().unwrap();
-        assert_eq!(s.len(), 36);
-        assert_eq!(&s[14..15], "4");
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-foo"));
-        h.insert("x-foo", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-bar", HeaderValue::from_static("2"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-bar"));
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &ip_header_value("10.0.0.1:5".parse().unwrap()));
-        append_forwarded_for(
-            &mut h,
-            &ip_header_value("[::ffff:10.0.0.2]:5".parse().unwrap()),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
-    }
-
-    #[test]
-    fn upgrade_detection() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(!is_upgrade(&h));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        assert!(is_upgrade(&h));
     }
 }

@@ -6,17 +6,18 @@
 //! which renders the sidecar's args from it.
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
-//! [`http`] / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
+//! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
 //! [`access_log`], [`drain`] beside them.
 
 pub mod access_log;
 pub mod admin;
-pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod drain;
+pub mod h1;
 pub mod http;
+pub mod iobuf;
 pub mod listener;
 pub mod orig_dst;
 pub mod pool;

@@ -70,7 +70,7 @@ async fn waiter_dropped_after_its_grant_gives_it_back() {
     let mut b = Box::pin(c.acquire());
     assert!(poll_once(b.as_mut()).is_pending());
     // A finishes cleanly: its connection is handed to B's channel...
-    a.done();
+    a.done(true);
     drop(a);
     assert_eq!(state(&c).pending, 0);
     assert_eq!(state(&c).requests, 1);
