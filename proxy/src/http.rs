@@ -88,7 +88,9 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
                 };
                 let mut out = Vec::new();
                 h1::local_reply(&mut out, code, reason, "", false, true);
-                let _ = d.io.write_all(&out).await;
+                if d.io.write_all(&out).await.is_ok() {
+                    linger_close(&mut d.io).await;
+                }
                 return;
             }
         };
@@ -643,6 +645,25 @@ async fn tunnel(d: &mut Downstream, up: &mut crate::cluster::Conn, rq: &Finish<'
     }
 }
 
+/// Closes a connection whose client may still be sending (an unread body, a refused head):
+/// stop writing, then read and discard for a moment. Closing with unread bytes would make the
+/// kernel reset the connection, which can destroy the answer before the client reads it.
+async fn linger_close(io: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
 /// The end of one request: counts, logs, releases the request slot. Dropped before `finish`
 /// means the exchange was abandoned (`DC`).
 struct Finish<'a> {
@@ -684,6 +705,9 @@ impl Finish<'_> {
         self.code = code;
         self.sent.add(text.len() as u64);
         self.finish(flags);
+        if ok && !body.is_done() {
+            linger_close(&mut d.io).await;
+        }
         ok && keep
     }
 

@@ -172,34 +172,48 @@ pub struct ProxyProc {
 }
 
 impl ProxyProc {
-    /// `proxy gateway` in front of `upstream`, plus `args`; waits for `/ready`.
+    /// `proxy gateway` in front of `upstream`, plus `args`; waits for `/ready`. A port picked by
+    /// [`free_addr`] can be taken (as an ephemeral port) before the proxy binds it: then the
+    /// proxy exits at once, and is started again on other ports.
     pub async fn gateway(upstream: SocketAddr, args: &[&str]) -> ProxyProc {
-        let listen = free_addr();
-        let admin = free_addr();
-        let stdout = std::env::temp_dir().join(format!(
-            "trellis-proxy-test-{}-{}.log",
-            std::process::id(),
-            listen.port()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-            .arg("gateway")
-            .arg(format!("--listen={listen}"))
-            .arg(format!("--upstream={upstream}"))
-            .arg(format!("--admin-listen={admin}"))
-            .args(args)
-            .env_remove("TRELLIS_LOG_LEVEL")
-            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn proxy");
-        let p = ProxyProc {
-            child,
-            listen,
-            admin,
-            stdout,
-        };
-        p.wait_ready().await;
-        p
+        for _ in 0..5 {
+            let listen = free_addr();
+            let admin = free_addr();
+            let stdout = std::env::temp_dir().join(format!(
+                "trellis-proxy-test-{}-{}.log",
+                std::process::id(),
+                listen.port()
+            ));
+            let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+                .arg("gateway")
+                .arg(format!("--listen={listen}"))
+                .arg(format!("--upstream={upstream}"))
+                .arg(format!("--admin-listen={admin}"))
+                .args(args)
+                .env_remove("TRELLIS_LOG_LEVEL")
+                .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn proxy");
+            let mut p = ProxyProc {
+                child,
+                listen,
+                admin,
+                stdout,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok((200, _)) = get(p.admin, "/ready").await {
+                    return p;
+                }
+                if p.child.try_wait().unwrap().is_some() {
+                    break; // exited (a port was taken): try other ports
+                }
+                assert!(Instant::now() < deadline, "proxy never became ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("proxy exited at start five times");
     }
 
     pub async fn wait_ready(&self) {

@@ -1,0 +1,293 @@
+//! HTTP/1.x on the wire through the proxy, against a scripted upstream that answers exactly the
+//! bytes each case needs: pipelining, chunked and close-delimited bodies, HTTP/1.0 clients,
+//! upstream connections that close between requests, refused heads, connection reuse and the
+//! idle sweeper.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::{start_app, ProxyProc};
+
+/// Reads one request head (these tests send no request bodies to it).
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buf.drain(..i + 4).collect();
+            return Some(String::from_utf8(head).unwrap());
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The scripted upstream. By path: `/chunked` answers a chunked body; `/close` a body delimited
+/// by closing the connection; `/once` a normal answer, then it closes the connection (without
+/// saying so); anything else echoes the request head it received as a content-length body.
+async fn scripted() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(head) = read_head(&mut s, &mut buf).await {
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let out = match path.as_str() {
+                        "/chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                                       5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n"
+                            .to_string(),
+                        "/close" => "HTTP/1.1 200 OK\r\n\r\nuntil the end".to_string(),
+                        "/once" => "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce".to_string(),
+                        _ => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                            head.len()
+                        ),
+                    };
+                    if s.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if path == "/close" || path == "/once" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads until the peer closes; returns everything.
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("the proxy closed the connection")
+        .unwrap();
+    String::from_utf8(all).unwrap()
+}
+
+/// Reads one response with a content-length body.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
+    let head = read_head(s, buf).await.expect("a response head");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    while buf.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body: Vec<u8> = buf.drain(..len).collect();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &[]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\nGET /c HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    for path in ["/a", "/b", "/c"] {
+        let (head, body) = read_response(&mut s, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            body.starts_with(&format!("GET {path} HTTP/1.1\r\n")),
+            "{body}"
+        );
+        // What upstream received: the proxy's additions, the client's headers untouched.
+        assert!(body.contains("\r\nhost: x\r\n"), "{body}");
+        assert!(body.contains("\r\nx-request-id: "), "{body}");
+        assert!(
+            body.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{body}"
+        );
+    }
+    assert_eq!(px.stat(&format!("cluster.{up}.upstream_cx_total")).await, 1);
+    assert_eq!(px.stat(&format!("cluster.{up}.upstream_rq_total")).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_and_close_delimited_responses() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &[]).await;
+
+    // Chunked passes through byte for byte (extensions and trailers included), and the
+    // connection then carries the next request.
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let want_body = "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+    let mut got = Vec::new();
+    while !got.ends_with(want_body.as_bytes()) {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let got = String::from_utf8(got).unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+        "{got}"
+    );
+    s.write_all(b"GET /again HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, body) = read_response(&mut s, &mut Vec::new()).await;
+    assert!(body.starts_with("GET /again "), "{body}");
+
+    // An HTTP/1.0 client cannot take chunked: it gets the payload, ended by the close.
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET /chunked HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let all = read_to_close(&mut s).await;
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(!all.contains("chunked"), "{all}");
+    assert!(all.ends_with("\r\n\r\nhello world"), "{all}");
+
+    // A body delimited by the upstream closing ends the client's connection the same way,
+    // and the client is told.
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET /close HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let all = read_to_close(&mut s).await;
+    assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\nuntil the end"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_request_bodies_reach_upstream() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--access-log"]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    // Sent in pieces, split inside the framing.
+    for part in [
+        &b"POST /sink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r"[..],
+        b"\nhel",
+        b"lo\r\n3\r\nabc\r\n0\r\n",
+        b"\r\n",
+    ] {
+        s.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut buf = Vec::new();
+    let (_, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(body, "8");
+    // The access log counts payload, not framing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = px.access_log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("\"POST /sink HTTP/1.1\" 200 - 8 1 "))
+        {
+            assert!(l.contains(&format!("\"{app}\"")), "{l}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_its_connection_between_requests_costs_the_client_nothing() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &[]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        s.write_all(b"GET /once HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert_eq!(body, "once");
+        // Right after the close, or some time later: either way the dead connection is not used.
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let c = format!("cluster.{up}");
+    assert_eq!(px.stat(&format!("{c}.upstream_rq_200")).await, 5);
+    assert_eq!(px.stat(&format!("{c}.upstream_cx_total")).await, 5);
+    assert_eq!(px.stat(&format!("{c}.upstream_rq_rx_reset")).await, 0);
+    // The last closed connection is noticed while idle, without a request to trip over it.
+    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
+    px.wait_stat(&format!("{c}.upstream_cx_destroy"), 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &["--idle-timeout=1s"]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut s, &mut Vec::new()).await;
+    let c = format!("cluster.{up}");
+    assert_eq!(px.stat(&format!("{c}.upstream_cx_active")).await, 1);
+    px.wait_stat(&format!("{c}.upstream_cx_idle_timeout"), 1)
+        .await;
+    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
+    assert_eq!(px.stat(&format!("{c}.upstream_cx_destroy")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &[]).await;
+    let huge = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let cases: [(&[u8], &str); 4] = [
+        (huge.as_bytes(), "HTTP/1.1 431 "),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com\r\n\r\n",
+            "HTTP/1.1 405 ",
+        ),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+            "HTTP/1.1 400 ",
+        ),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+    ];
+    for (raw, want) in cases {
+        let mut s = TcpStream::connect(px.listen).await.unwrap();
+        // A refused client may be cut off mid-send: that is fine.
+        let _ = s.write_all(raw).await;
+        let all = read_to_close(&mut s).await;
+        assert!(all.starts_with(want), "{want}: {all}");
+        assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+    }
+    assert_eq!(px.stat(&format!("cluster.{up}.upstream_rq_total")).await, 0);
+    // Nobody else noticed.
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
