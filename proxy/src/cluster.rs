@@ -177,10 +177,15 @@ impl Cluster {
         // Idle connections the peer closed (or idled out) are dropped by `admit` itself.
         // The oneshot channel is only made for a request that must wait.
         let mut rx = None;
-        let now = now_ms();
+        // The clock is read only if there is an idle connection to judge.
+        let now = std::cell::Cell::new(None);
         let (admit, notes) = self.with_pool(|p| {
             p.admit(
-                |c| c.usable(now, self.idle_timeout),
+                |c| {
+                    let t = now.get().unwrap_or_else(now_ms);
+                    now.set(Some(t));
+                    c.usable(t, self.idle_timeout)
+                },
                 || {
                     let (tx, r) = oneshot::channel();
                     rx = Some(r);

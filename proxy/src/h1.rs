@@ -112,21 +112,25 @@ enum Known {
 }
 
 fn known(name: &str) -> Known {
+    let b = name.as_bytes();
+    let Some(&first) = b.first() else {
+        return Known::Other;
+    };
     let is = |s: &str| name.eq_ignore_ascii_case(s);
-    // Dispatch on length first: most names are compared with nothing.
-    match name.len() {
-        2 if is("te") => Known::Te,
-        4 if is("host") => Known::Host,
-        6 if is("expect") => Known::Expect,
-        7 if is("upgrade") => Known::Upgrade,
-        10 if is("connection") => Known::Connection,
-        10 if is("keep-alive") => Known::KeepAlive,
-        10 if is("user-agent") => Known::UserAgent,
-        12 if is("x-request-id") => Known::XRequestId,
-        14 if is("content-length") => Known::ContentLength,
-        15 if is("x-forwarded-for") => Known::XForwardedFor,
-        16 if is("proxy-connection") => Known::ProxyConnection,
-        17 if is("transfer-encoding") => Known::TransferEncoding,
+    // Length and first letter pick at most two candidates; most names stop there.
+    match (b.len(), first | 0x20) {
+        (2, b't') if is("te") => Known::Te,
+        (4, b'h') if is("host") => Known::Host,
+        (6, b'e') if is("expect") => Known::Expect,
+        (7, b'u') if is("upgrade") => Known::Upgrade,
+        (10, b'c') if is("connection") => Known::Connection,
+        (10, b'k') if is("keep-alive") => Known::KeepAlive,
+        (10, b'u') if is("user-agent") => Known::UserAgent,
+        (12, b'x') if is("x-request-id") => Known::XRequestId,
+        (14, b'c') if is("content-length") => Known::ContentLength,
+        (15, b'x') if is("x-forwarded-for") => Known::XForwardedFor,
+        (16, b'p') if is("proxy-connection") => Known::ProxyConnection,
+        (17, b't') if is("transfer-encoding") => Known::TransferEncoding,
         _ => Known::Other,
     }
 }
@@ -255,8 +259,11 @@ pub fn parse_request(
     let mut conn = ConnectionTokens::default();
     let mut framing = FramingHeaders::default();
     let (mut has_upgrade, mut expect_continue, mut has_request_id) = (false, false, false);
-    for h in req.headers.iter() {
-        match known(h.name) {
+    // Each name is classified once; the second pass reads the kinds back.
+    let mut kinds = [Known::Other; MAX_HEADERS];
+    for (h, kind) in req.headers.iter().zip(kinds.iter_mut()) {
+        *kind = known(h.name);
+        match *kind {
             Known::Connection => conn.add(h.value),
             Known::ContentLength => framing.content_length(h.value)?,
             Known::TransferEncoding => framing.transfer_encoding(h.value),
@@ -306,8 +313,7 @@ pub fn parse_request(
         })
     });
     let mut xff: Vec<&[u8]> = Vec::new();
-    for h in req.headers.iter() {
-        let k = known(h.name);
+    for (h, &k) in req.headers.iter().zip(kinds.iter()) {
         let keep = match k {
             Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::Te => false,
             Known::Upgrade => upgrade,
@@ -441,8 +447,10 @@ pub fn parse_response(
     let http10 = resp.version == Some(0);
     let mut conn = ConnectionTokens::default();
     let mut framing = FramingHeaders::default();
-    for h in resp.headers.iter() {
-        match known(h.name) {
+    let mut kinds = [Known::Other; MAX_HEADERS];
+    for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
+        *kind = known(h.name);
+        match *kind {
             Known::Connection => conn.add(h.value),
             Known::ContentLength => framing.content_length(h.value)?,
             Known::TransferEncoding => framing.transfer_encoding(h.value),
@@ -504,8 +512,7 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let k = known(h.name);
+    for (h, &k) in resp.headers.iter().zip(kinds.iter()) {
         let keep = match k {
             Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::Te => false,
             Known::Upgrade => body == Framing::Upgrade,
@@ -779,20 +786,17 @@ fn next_u64() -> u64 {
 /// A random UUID (version 4 layout) for `x-request-id`, hex-encoded by hand.
 pub fn request_id() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (a, b) = (next_u64(), next_u64());
-    let a = (a & !0xf000) | 0x4000;
-    let b = (b & !(0xc << 60)) | (0x8 << 60);
-    let mut out = [0u8; 36];
-    let mut o = 0;
-    for nibble in 0..32 {
-        if matches!(nibble, 8 | 12 | 16 | 20) {
-            out[o] = b'-';
-            o += 1;
-        }
-        let word = if nibble < 16 { a } else { b };
-        let shift = 60 - 4 * (nibble % 16);
-        out[o] = HEX[((word >> shift) & 0xf) as usize];
-        o += 1;
+    let a = (next_u64() & !0xf000) | 0x4000;
+    let b = (next_u64() & !(0xc << 60)) | (0x8 << 60);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    let mut out = [b'-'; 36];
+    // Where each byte's two digits go: 8-4-4-4-12.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (byte, at) in bytes.iter().zip(AT) {
+        out[at] = HEX[(byte >> 4) as usize];
+        out[at + 1] = HEX[(byte & 0xf) as usize];
     }
     out
 }

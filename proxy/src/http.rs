@@ -185,7 +185,7 @@ enum Pump {
 
 impl Exchange<'_> {
     /// Forwards one request and its response. True if the client's connection can be reused.
-    async fn run(self, d: &mut Downstream, mut req: Request, up_head: Vec<u8>) -> bool {
+    async fn run(self, d: &mut Downstream, mut req: Request, mut up_head: Vec<u8>) -> bool {
         let Exchange {
             ctx,
             cluster,
@@ -274,7 +274,7 @@ impl Exchange<'_> {
                 }
             };
             let reused = lease.uses() > 1;
-            let ended = forward(&mut lease, d, &req, &up_head, &mut body, timer, &rq).await;
+            let ended = forward(&mut lease, d, &req, &mut up_head, &mut body, timer, &rq).await;
             match ended {
                 // The pooled connection had closed under us and nothing was answered: safe to
                 // send again on another connection (no body, idempotent method).
@@ -373,7 +373,7 @@ async fn forward(
     lease: &mut Lease,
     d: &mut Downstream,
     req: &Request,
-    up_head: &[u8],
+    up_head: &mut Vec<u8>,
     body: &mut Body,
     timer: &mut Pin<Box<Sleep>>,
     rq: &Finish<'_>,
@@ -381,19 +381,17 @@ async fn forward(
     let st = rq.stats;
     let up = lease.conn();
     // The head and what has arrived of the body, in one write.
-    let mut first = Vec::with_capacity(up_head.len() + d.buf.data().len());
-    first.extend_from_slice(up_head);
+    // (A request sent again had no body: the head is all there is.)
     let (n, payload) = body
         .take(d.buf.data(), None)
         .map_err(|_| Early::ClientGone)?;
-    first.extend_from_slice(&d.buf.data()[..n]);
+    up_head.extend_from_slice(&d.buf.data()[..n]);
     d.buf.consume(n);
     rq.received.add(payload);
-    if up.io.write_all(&first).await.is_err() {
+    if up.io.write_all(up_head).await.is_err() {
         return Err(Early::Reset { silent: true });
     }
-    st.upstream_cx_tx_bytes_total.add(first.len() as u64);
-    drop(first);
+    st.upstream_cx_tx_bytes_total.add(up_head.len() as u64);
     if req.expect_continue && !body.is_done() {
         // The expectation was not forwarded: answer it now that upstream is ready.
         if d.io

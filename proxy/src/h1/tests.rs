@@ -60,8 +60,19 @@ fn request_id_is_added_and_forwarded_for_set_when_absent() {
 }
 
 #[test]
-fn request_ids_are_distinct() {
+fn request_ids_are_distinct_version_4_uuids() {
     assert_ne!(request_id(), request_id());
+    for _ in 0..100 {
+        let id = request_id();
+        for (i, &c) in id.iter().enumerate() {
+            match i {
+                8 | 13 | 18 | 23 => assert_eq!(c, b'-'),
+                14 => assert_eq!(c, b'4'),
+                19 => assert!(b"89ab".contains(&c)),
+                _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            }
+        }
+    }
 }
 
 #[test]
