@@ -7,7 +7,7 @@ VENV       ?= target/venv
 PY         := $(VENV)/bin/python
 K8S_VERSION ?= 1.33.0
 
-.PHONY: deps all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook clean
+.PHONY: deps all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook bench-instructions clean
 
 all: build
 
@@ -68,6 +68,10 @@ e2e-kind:
 ## bench: the Trellis proxy pair against HAProxy and nginx pairs (installs them when missing).
 bench:
 	bench/run.sh
+
+## bench-instructions: instructions per proxied request (callgrind; immune to machine load).
+bench-instructions:
+	bench/callgrind.sh
 
 bench-webhook:
 	$(CARGO) build -p webhook --release

@@ -341,9 +341,15 @@ impl Exchange<'_> {
             }
             Ok((code, Delivered::Complete { keep_alive }, reusable)) => {
                 rq.code = code;
-                lease.done(reusable);
+                // Answered before the request body was all sent (an early 413, say): upstream
+                // is mid-request on that connection, so it cannot be reused.
+                lease.done(reusable && body.is_done());
                 drop(lease);
                 rq.complete();
+                if !body.is_done() {
+                    // The client may still be sending the body nobody will read.
+                    linger_close(&mut d.io).await;
+                }
                 keep_alive && body.is_done()
             }
             Ok((code, Delivered::Upgrade, _)) => {

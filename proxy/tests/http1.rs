@@ -31,7 +31,7 @@ async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
 
 /// The scripted upstream. By path: `/chunked` answers a chunked body; `/close` a body delimited
 /// by closing the connection; `/once` a normal answer, then it closes the connection (without
-/// saying so); anything else echoes the request head it received as a content-length body.
+/// saying so); `/early` a 413 before the request body, then it closes; anything else echoes the request head it received as a content-length body.
 async fn scripted() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -48,6 +48,15 @@ async fn scripted() -> SocketAddr {
                             .to_string(),
                         "/close" => "HTTP/1.1 200 OK\r\n\r\nuntil the end".to_string(),
                         "/once" => "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce".to_string(),
+                        "/early" => {
+                            // Refuses the body without reading it, then hangs up.
+                            let _ = s
+                                .write_all(
+                                    b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+                                )
+                                .await;
+                            return;
+                        }
                         _ => format!(
                             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
                             head.len()
@@ -290,4 +299,25 @@ async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
         .unwrap();
     let (head, _) = read_response(&mut s, &mut Vec::new()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_body_reaches_the_client_and_nothing_is_reused() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &[]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'x'; 30000]).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, _) = read_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    // The rest of the body has nowhere to go: the client's connection ends (after the answer).
+    let _ = s.write_all(&[b'x'; 30000]).await;
+    read_to_close(&mut s).await;
+    let c = format!("cluster.{up}");
+    assert_eq!(px.stat(&format!("{c}.upstream_rq_413")).await, 1);
+    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
+    px.wait_stat("http.gateway.downstream_rq_active", 0).await;
 }
