@@ -14,8 +14,9 @@
 # explicitly, and through real sidecars (proxyinit's iptables REDIRECT rules, proxy as uid 1337)
 # on both ends. The last two rows differ only by the redirection.
 #
-# The machine may be shared: req/s is measured in ROUNDS rounds, the contenders interleaved, so
-# a burst of outside load hits all of them alike; the best round is shown, and the spread.
+# The machine may be shared: req/s, latency and CPU are measured in ROUNDS rounds, the contenders
+# interleaved, so a burst of outside load hits all of them alike; req/s shows the best round,
+# latency and CPU the median round, each with the spread.
 # Knobs: ROUNDS (3), DURATION (10s), CONNS (50), RATE (1000), RATE_SECONDS (10), RATE_CONNS (10),
 # CONTENDERS ("direct trellis haproxy nginx"), IDLE (1000), TRANSPARENT (1; 0 skips table 2).
 set -euo pipefail
@@ -168,17 +169,33 @@ saturate() { # url [netns] -> req/s
 
 stop() { local p; for p in "$@"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; }
 
-# req/s at saturation, ROUNDS rounds with the contenders interleaved: best and spread.
-declare -A BEST SPREAD LOADRSS
+median() { tr ' ' '\n' <<<"$1" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# ROUNDS rounds with the contenders interleaved, so outside load hits them alike. Each round:
+# req/s at saturation (the best round is reported, with the spread), then the fixed-rate run for
+# latency and CPU (the median round is reported).
+declare -A BEST SPREAD LOADRSS P50S P99S CPUS
 for _ in $(seq "$ROUNDS"); do
     for c in $CONTENDERS; do
         launch "$c"
         read -r -a procs <<<"${PROC[$c]}"
-        r=$(saturate "http://127.0.0.1:${FRONT[$c]}/")
+        url="http://127.0.0.1:${FRONT[$c]}/"
+        r=$(saturate "$url")
         BEST[$c]=$(awk -v a="${BEST[$c]:-0}" -v b="$r" 'BEGIN { print (b > a ? b : a) }')
         SPREAD[$c]="${SPREAD[$c]:-}${SPREAD[$c]:+ }$r"
         # RSS after the load: right after saturation, the largest over the rounds.
         [ ${#procs[@]} -gt 0 ] && LOADRSS[$c]=$(awk -v a="${LOADRSS[$c]:-0}" -v b="$(rss_kib "${procs[@]}")" 'BEGIN { print (b > a ? b : a) }')
+        [ ${#procs[@]} -gt 0 ] && t0=$(cpu_ns "${procs[@]}")
+        out=$(rate_run "$url")
+        if [ ${#procs[@]} -gt 0 ]; then
+            t1=$(cpu_ns "${procs[@]}")
+            # per proxy, per 1000 rps actually served
+            cpu=$(awk -v d=$((t1 - t0)) -v n=${#procs[@]} -v s="$RATE_SECONDS" -v r="$(field rps "$out")" \
+                'BEGIN { printf "%.4f", (d / 1e9 / s / n) / (r / 1000) }')
+            CPUS[$c]="${CPUS[$c]:-}${CPUS[$c]:+ }$cpu"
+        fi
+        P50S[$c]="${P50S[$c]:-}${P50S[$c]:+ }$(field p50_ms "$out")"
+        P99S[$c]="${P99S[$c]:-}${P99S[$c]:+ }$(field p99_ms "$out")"
         stop "${procs[@]}"
     done
 done
@@ -188,18 +205,11 @@ line1 contender "req/s" "p50_ms" "p99_ms" "vCPU/krps/px" "rss_idle" "rss_load" "
 declare -A RPS P50 P99 CPU RIDLE RCONN
 for c in $CONTENDERS; do
     launch "$c"
-    url="http://127.0.0.1:${FRONT[$c]}/"
     read -r -a procs <<<"${PROC[$c]}"
     idle_rss="-" load_rss="-" idle_conn_rss="-" cpu="-"
-    [ ${#procs[@]} -gt 0 ] && idle_rss=$(rss_kib "${procs[@]}")
-    rps=${BEST[$c]}
-    [ ${#procs[@]} -gt 0 ] && t0=$(cpu_ns "${procs[@]}")
-    out=$(rate_run "$url")
     if [ ${#procs[@]} -gt 0 ]; then
-        t1=$(cpu_ns "${procs[@]}")
-        # per proxy, per 1000 rps actually served
-        cpu=$(awk -v d=$((t1 - t0)) -v n=${#procs[@]} -v s="$RATE_SECONDS" -v r="$(field rps "$out")" \
-            'BEGIN { printf "%.4f", (d / 1e9 / s / n) / (r / 1000) }')
+        idle_rss=$(rss_kib "${procs[@]}")
+        cpu=$(median "${CPUS[$c]}")
         load_rss=${LOADRSS[$c]}
         coproc IDLEC { python3 bench/idle_conns.py 127.0.0.1 "${FRONT[$c]}" "$IDLE"; }
         read -r ready _ <&"${IDLEC[0]}"
@@ -208,14 +218,17 @@ for c in $CONTENDERS; do
         echo >&"${IDLEC[1]}"
         wait "$IDLEC_PID" 2>/dev/null || true
     fi
-    RPS[$c]=$rps P50[$c]=$(field p50_ms "$out") P99[$c]=$(field p99_ms "$out") CPU[$c]=$cpu
+    RPS[$c]=${BEST[$c]} P50[$c]=$(median "${P50S[$c]}") P99[$c]=$(median "${P99S[$c]}") CPU[$c]=$cpu
     RIDLE[$c]=$idle_rss RCONN[$c]=$idle_conn_rss
-    line1 "$c" "$rps" "${P50[$c]}" "${P99[$c]}" "$cpu" "$(mib "$idle_rss")" "$(mib "$load_rss")" "$(mib "$idle_conn_rss")"
+    line1 "$c" "${RPS[$c]}" "${P50[$c]}" "${P99[$c]}" "$cpu" "$(mib "$idle_rss")" "$(mib "$load_rss")" "$(mib "$idle_conn_rss")"
     stop "${procs[@]}"
 done
-for c in $CONTENDERS; do echo "  req/s $c, $ROUNDS rounds: ${SPREAD[$c]}"; done
+for c in $CONTENDERS; do
+    echo "  $c, $ROUNDS rounds: req/s ${SPREAD[$c]}; p99_ms ${P99S[$c]}${CPUS[$c]:+; vCPU/krps/px ${CPUS[$c]}}"
+done
 echo "(CPU and RSS idle/load per proxy, averaged over the pair; rss_${IDLE}c: the front proxy, which holds them;"
-echo " p50/p99 at $RATE rps over $RATE_CONNS connections; req/s: wrk -t1 -c$CONNS -d$DURATION, best round)"
+echo " req/s: wrk -t1 -c$CONNS -d$DURATION, best round; p50/p99 at $RATE rps over $RATE_CONNS connections"
+echo " and CPU during that run: median round)"
 
 # --- the goals of issue 6, against the best peer ---
 if [ -n "${RPS[trellis]:-}" ]; then
