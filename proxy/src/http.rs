@@ -162,6 +162,21 @@ enum Early {
     ClientGone,
 }
 
+/// The answers the proxy makes itself (Envoy's texts and response flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    /// A pool limit refused the request: 503 with `x-envoy-overloaded: true` (`UO`).
+    Overflow,
+    /// No connection to upstream (`UF`).
+    ConnectFailed,
+    /// No response head within `--request-timeout` (`UT`).
+    Timeout,
+    /// Upstream closed or reset before a response head (`UC`).
+    Reset,
+    /// Upstream answered something that is not HTTP/1.x (`UPE`).
+    ProtocolError,
+}
+
 /// How a response that reached the client ended.
 enum Delivered {
     /// In full; `keep_alive` if the client's connection can carry another request.
@@ -232,9 +247,7 @@ impl Exchange<'_> {
                 biased;
                 r = cluster.acquire() => r,
                 _ = timer.as_mut() => {
-                    st.upstream_rq_timeout.inc();
-                    st.count_code(504);
-                    return rq.local(d, &body, &req, 504, "Gateway Timeout", TIMEOUT_BODY, false, "UT").await;
+                    return rq.local(d, &body, &req, Local::Timeout).await;
                 }
                 _ = watch(&mut d.io, &mut d.buf) => {
                     rq.client_gone(false);
@@ -244,33 +257,10 @@ impl Exchange<'_> {
             let mut lease = match acquired {
                 Ok(l) => l,
                 Err(AcquireError::Overflow) => {
-                    return rq
-                        .local(
-                            d,
-                            &body,
-                            &req,
-                            503,
-                            "Service Unavailable",
-                            OVERFLOW_BODY,
-                            true,
-                            "UO",
-                        )
-                        .await;
+                    return rq.local(d, &body, &req, Local::Overflow).await;
                 }
                 Err(AcquireError::ConnectFailed) => {
-                    st.count_code(503);
-                    return rq
-                        .local(
-                            d,
-                            &body,
-                            &req,
-                            503,
-                            "Service Unavailable",
-                            CONNECT_FAIL_BODY,
-                            false,
-                            "UF",
-                        )
-                        .await;
+                    return rq.local(d, &body, &req, Local::ConnectFailed).await;
                 }
             };
             let reused = lease.uses() > 1;
@@ -287,60 +277,31 @@ impl Exchange<'_> {
             }
         };
         st.upstream_rq_total.inc();
-        match ended {
-            Err(Early::Timeout) => {
-                st.upstream_rq_timeout.inc();
-                st.count_code(504);
-                rq.local(
-                    d,
-                    &body,
-                    &req,
-                    504,
-                    "Gateway Timeout",
-                    TIMEOUT_BODY,
-                    false,
-                    "UT",
-                )
-                .await
+        let (code, delivered, reusable) = match ended {
+            Ok(d) => d,
+            Err(early) => {
+                // Nothing more will pass on that connection: free its pool slot before answering.
+                drop(lease);
+                return match early {
+                    Early::Timeout => rq.local(d, &body, &req, Local::Timeout).await,
+                    Early::Reset { .. } => {
+                        tracing::debug!(cluster = %cluster.name, "upstream reset before headers");
+                        rq.local(d, &body, &req, Local::Reset).await
+                    }
+                    Early::Protocol(e) => {
+                        tracing::debug!(cluster = %cluster.name, error = %e, "upstream protocol error");
+                        rq.local(d, &body, &req, Local::ProtocolError).await
+                    }
+                    Early::ClientGone => {
+                        rq.client_gone(true);
+                        false
+                    }
+                };
             }
-            Err(Early::Reset { .. }) => {
-                tracing::debug!(cluster = %cluster.name, "upstream reset before headers");
-                st.upstream_rq_rx_reset.inc();
-                st.count_code(503);
-                rq.local(
-                    d,
-                    &body,
-                    &req,
-                    503,
-                    "Service Unavailable",
-                    RESET_BODY,
-                    false,
-                    "UC",
-                )
-                .await
-            }
-            Err(Early::Protocol(e)) => {
-                tracing::debug!(cluster = %cluster.name, error = %e, "upstream protocol error");
-                st.upstream_rq_rx_reset.inc();
-                st.count_code(503);
-                rq.local(
-                    d,
-                    &body,
-                    &req,
-                    503,
-                    "Service Unavailable",
-                    PROTOCOL_ERROR_BODY,
-                    false,
-                    "UPE",
-                )
-                .await
-            }
-            Err(Early::ClientGone) => {
-                rq.client_gone(true);
-                false
-            }
-            Ok((code, Delivered::Complete { keep_alive }, reusable)) => {
-                rq.code = code;
+        };
+        rq.code = code;
+        match delivered {
+            Delivered::Complete { keep_alive } => {
                 // Answered before the request body was all sent (an early 413, say): upstream
                 // is mid-request on that connection, so it cannot be reused.
                 lease.done(reusable && body.is_done());
@@ -352,20 +313,17 @@ impl Exchange<'_> {
                 }
                 keep_alive && body.is_done()
             }
-            Ok((code, Delivered::Upgrade, _)) => {
-                rq.code = code;
+            Delivered::Upgrade => {
                 tunnel(d, lease.conn(), &rq).await;
                 rq.complete();
                 false
             }
-            Ok((code, Delivered::UpstreamReset, _)) => {
-                rq.code = code;
+            Delivered::UpstreamReset => {
                 st.upstream_rq_rx_reset.inc();
                 rq.finish("UR");
                 false
             }
-            Ok((code, Delivered::ClientGone, _)) => {
-                rq.code = code;
+            Delivered::ClientGone => {
                 rq.client_gone(true);
                 false
             }
@@ -688,23 +646,33 @@ struct Finish<'a> {
 }
 
 impl Finish<'_> {
-    /// Answers the client locally. The connection is kept only if the client wants it and no
-    /// part of its request body is left unread.
-    #[allow(clippy::too_many_arguments)]
-    async fn local(
-        mut self,
-        d: &mut Downstream,
-        body: &Body,
-        req: &Request,
-        code: u16,
-        reason: &str,
-        text: &'static str,
-        overloaded: bool,
-        flags: &'static str,
-    ) -> bool {
+    /// Answers the client locally, counting it as Envoy does. The connection is kept only if
+    /// the client wants it and no part of its request body is left unread.
+    async fn local(mut self, d: &mut Downstream, body: &Body, req: &Request, what: Local) -> bool {
+        let st = self.stats;
+        let (code, reason, text, flags) = match what {
+            // Never reached upstream: not an upstream response code.
+            Local::Overflow => (503, "Service Unavailable", OVERFLOW_BODY, "UO"),
+            Local::ConnectFailed => (503, "Service Unavailable", CONNECT_FAIL_BODY, "UF"),
+            Local::Timeout => (504, "Gateway Timeout", TIMEOUT_BODY, "UT"),
+            Local::Reset => (503, "Service Unavailable", RESET_BODY, "UC"),
+            Local::ProtocolError => (503, "Service Unavailable", PROTOCOL_ERROR_BODY, "UPE"),
+        };
+        match what {
+            Local::Overflow => {}
+            Local::ConnectFailed => st.count_code(code),
+            Local::Timeout => {
+                st.upstream_rq_timeout.inc();
+                st.count_code(code);
+            }
+            Local::Reset | Local::ProtocolError => {
+                st.upstream_rq_rx_reset.inc();
+                st.count_code(code);
+            }
+        }
         let keep = req.keep_alive && body.is_done() && !self.ctx.drain.is_draining();
         let mut out = Vec::with_capacity(160 + text.len());
-        h1::local_reply(&mut out, code, reason, text, overloaded, !keep);
+        h1::local_reply(&mut out, code, reason, text, what == Local::Overflow, !keep);
         let ok = d.io.write_all(&out).await.is_ok();
         self.code = code;
         self.sent.add(text.len() as u64);
