@@ -223,6 +223,57 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A complete head's length; `None` while incomplete.
+fn complete(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Bad(bad_reason(e))),
+    }
+}
+
+/// What the first pass over a head's headers found.
+struct Seen<'b> {
+    conn: ConnectionTokens<'b>,
+    framing: FramingHeaders,
+    upgrade: bool,
+    expect_continue: bool,
+    request_id: bool,
+}
+
+/// Classifies every header name into `kinds` and reads the ones that shape forwarding.
+fn first_pass<'b>(
+    headers: &[httparse::Header<'b>],
+    kinds: &mut [Known; MAX_HEADERS],
+) -> Result<Seen<'b>, HeadError> {
+    let mut seen = Seen {
+        conn: ConnectionTokens::default(),
+        framing: FramingHeaders::default(),
+        upgrade: false,
+        expect_continue: false,
+        request_id: false,
+    };
+    for (h, kind) in headers.iter().zip(kinds.iter_mut()) {
+        *kind = known(h.name);
+        match *kind {
+            Known::Connection => seen.conn.add(h.value),
+            Known::ContentLength => seen.framing.content_length(h.value)?,
+            Known::TransferEncoding => seen.framing.transfer_encoding(h.value),
+            Known::Upgrade => seen.upgrade = true,
+            Known::Expect => seen.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
+            Known::XRequestId => seen.request_id = true,
+            _ => {}
+        }
+    }
+    Ok(seen)
+}
+
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 
 /// Parses a request head at the start of `buf` and writes the head to send upstream to `out`.
@@ -234,20 +285,14 @@ pub fn parse_request(
 ) -> Result<Option<Request>, HeadError> {
     let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let head_len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut req,
         buf,
         &mut storage,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Bad(bad_reason(e))),
+    );
+    let Some(head_len) = complete(parsed, buf.len())? else {
+        return Ok(None);
     };
-    if head_len > MAX_HEAD {
-        return Err(HeadError::TooLarge);
-    }
     let method = req.method.unwrap_or("");
     let path = req.path.unwrap_or("");
     let http10 = req.version == Some(0);
@@ -255,24 +300,16 @@ pub fn parse_request(
         return Err(HeadError::Unsupported("CONNECT is not proxied"));
     }
 
-    // First pass: what the headers say.
-    let mut conn = ConnectionTokens::default();
-    let mut framing = FramingHeaders::default();
-    let (mut has_upgrade, mut expect_continue, mut has_request_id) = (false, false, false);
-    // Each name is classified once; the second pass reads the kinds back.
+    // First pass: what the headers say. Each name is classified once; the second pass reads
+    // the kinds back.
     let mut kinds = [Known::Other; MAX_HEADERS];
-    for (h, kind) in req.headers.iter().zip(kinds.iter_mut()) {
-        *kind = known(h.name);
-        match *kind {
-            Known::Connection => conn.add(h.value),
-            Known::ContentLength => framing.content_length(h.value)?,
-            Known::TransferEncoding => framing.transfer_encoding(h.value),
-            Known::Upgrade => has_upgrade = true,
-            Known::Expect => expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
-            Known::XRequestId => has_request_id = true,
-            _ => {}
-        }
-    }
+    let Seen {
+        conn,
+        framing,
+        upgrade: has_upgrade,
+        expect_continue,
+        request_id: has_request_id,
+    } = first_pass(req.headers, &mut kinds)?;
     let body = if framing.transfer_encoding {
         if framing.length.is_some() {
             return Err(HeadError::Bad(
@@ -432,31 +469,18 @@ pub fn parse_response(
 ) -> Result<Option<Response>, HeadError> {
     let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,
         buf,
         &mut storage,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Bad(bad_reason(e))),
+    );
+    let Some(head_len) = complete(parsed, buf.len())? else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
     let http10 = resp.version == Some(0);
-    let mut conn = ConnectionTokens::default();
-    let mut framing = FramingHeaders::default();
     let mut kinds = [Known::Other; MAX_HEADERS];
-    for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
-        *kind = known(h.name);
-        match *kind {
-            Known::Connection => conn.add(h.value),
-            Known::ContentLength => framing.content_length(h.value)?,
-            Known::TransferEncoding => framing.transfer_encoding(h.value),
-            _ => {}
-        }
-    }
+    let Seen { conn, framing, .. } = first_pass(resp.headers, &mut kinds)?;
     let interim = (100..200).contains(&status) && status != 101;
     let body = if status == 101 {
         if !opts.upgrade {

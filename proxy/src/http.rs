@@ -575,27 +575,33 @@ async fn watch<R: AsyncRead + Unpin>(dr: &mut R, dbuf: &mut Buf) {
     }
 }
 
+/// Writes out what `buf` holds; how many bytes that was.
+async fn early(buf: &mut Buf, to: &mut TcpStream) -> std::io::Result<u64> {
+    let n = buf.data().len();
+    if n > 0 {
+        to.write_all(buf.data()).await?;
+        buf.consume(n);
+    }
+    Ok(n as u64)
+}
+
 /// After a `101`: bytes flow both ways until either side closes.
 async fn tunnel(d: &mut Downstream, up: &mut crate::cluster::Conn, rq: &Finish<'_>) {
     let st = rq.stats;
     // Whatever arrived early on either side goes first.
-    if !d.buf.is_empty() {
-        let n = d.buf.data().len();
-        if up.io.write_all(d.buf.data()).await.is_err() {
-            return;
+    match early(&mut d.buf, &mut up.io).await {
+        Ok(n) => {
+            rq.received.add(n);
+            st.upstream_cx_tx_bytes_total.add(n);
         }
-        d.buf.consume(n);
-        rq.received.add(n as u64);
-        st.upstream_cx_tx_bytes_total.add(n as u64);
+        Err(_) => return,
     }
-    if !up.buf.is_empty() {
-        let n = up.buf.data().len();
-        if d.io.write_all(up.buf.data()).await.is_err() {
-            return;
+    match early(&mut up.buf, &mut d.io).await {
+        Ok(n) => {
+            rq.sent.add(n);
+            st.upstream_cx_rx_bytes_total.add(n);
         }
-        up.buf.consume(n);
-        rq.sent.add(n as u64);
-        st.upstream_cx_rx_bytes_total.add(n as u64);
+        Err(_) => return,
     }
     d.buf.release();
     up.buf.release();
