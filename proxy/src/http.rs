@@ -376,7 +376,8 @@ async fn forward(
         http10_client: req.http10,
         keep_alive: req.keep_alive && !rq.ctx.drain.is_draining(),
     };
-    let mut pump_done = body.is_done();
+    // Polled even when the body is all sent: it then watches for the client going away.
+    let mut pump_done = false;
     let mut pump = pin!(pump_body(&mut dr, &mut d.buf, &mut uw, body, rq));
     let mut resp = pin!(async {
         let head = tokio::select! {

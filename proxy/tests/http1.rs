@@ -321,3 +321,31 @@ async fn an_answer_before_the_request_body_reaches_the_client_and_nothing_is_reu
     px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
     px.wait_stat("http.gateway.downstream_rq_active", 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_upstream_thinks_cancels_at_once() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--access-log"]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET /?delay_ms=8000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let c = format!("cluster.{app}");
+    px.wait_stat(&format!("{c}.upstream_rq_active"), 1).await;
+    let left = std::time::Instant::now();
+    drop(s);
+    px.wait_stat(&format!("{c}.upstream_rq_active"), 0).await;
+    px.wait_stat("http.gateway.downstream_rq_active", 0).await;
+    // Noticed when the client left, not when the app finally answered.
+    assert!(
+        left.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        left.elapsed()
+    );
+    assert_eq!(px.stat(&format!("{c}.upstream_rq_tx_reset")).await, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !px.access_log().contains("\" 0 DC ") {
+        assert!(std::time::Instant::now() < deadline, "{}", px.access_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
