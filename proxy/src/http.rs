@@ -11,7 +11,7 @@
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -376,13 +376,18 @@ async fn forward(
         http10_client: req.http10,
         keep_alive: req.keep_alive && !rq.ctx.drain.is_draining(),
     };
+    // Whether the request body has all gone upstream, as the response head is written: if not,
+    // the client is told its connection will close.
+    let body_sent = AtomicBool::new(body.is_done());
     // Polled even when the body is all sent: it then watches for the client going away.
     let mut pump_done = false;
-    let mut pump = pin!(pump_body(&mut dr, &mut d.buf, &mut uw, body, rq));
+    let mut pump = pin!(pump_body(
+        &mut dr, &mut d.buf, &mut uw, body, &body_sent, rq
+    ));
     let mut resp = pin!(async {
         let head = tokio::select! {
             biased;
-            r = read_response(&mut ur, ubuf, &mut dw, &opts, st) => r?,
+            r = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st) => r?,
             _ = timer.as_mut() => return Err(Early::Timeout),
         };
         rq.stats.count_code(head.0.status);
@@ -415,13 +420,18 @@ async fn read_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ubuf: &mut Buf,
     dw: &mut W,
     opts: &ResponseOpts,
+    body_sent: &AtomicBool,
     st: &ClusterStats,
 ) -> Result<(h1::Response, Vec<u8>), Early> {
     let mut got_any = false;
     loop {
         if !ubuf.is_empty() {
             let mut out = Vec::new();
-            match h1::parse_response(ubuf.data(), opts, &mut out) {
+            let opts = ResponseOpts {
+                keep_alive: opts.keep_alive && body_sent.load(Relaxed),
+                ..*opts
+            };
+            match h1::parse_response(ubuf.data(), &opts, &mut out) {
                 Ok(Some(r)) if r.interim => {
                     ubuf.consume(r.head_len);
                     st.upstream_cx_rx_bytes_total.add(r.head_len as u64);
@@ -539,6 +549,7 @@ async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     dbuf: &mut Buf,
     uw: &mut W,
     body: &mut Body,
+    body_sent: &AtomicBool,
     rq: &Finish<'_>,
 ) -> Pump {
     while !body.is_done() {
@@ -558,6 +569,7 @@ async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         rq.stats.upstream_cx_tx_bytes_total.add(n as u64);
         rq.received.add(payload);
     }
+    body_sent.store(true, Relaxed);
     watch(dr, dbuf).await;
     Pump::ClientGone
 }

@@ -313,7 +313,9 @@ async fn an_answer_before_the_request_body_reaches_the_client_and_nothing_is_reu
     let mut buf = Vec::new();
     let (head, _) = read_response(&mut s, &mut buf).await;
     assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
-    // The rest of the body has nowhere to go: the client's connection ends (after the answer).
+    // The rest of the body has nowhere to go: the client's connection ends after the answer,
+    // and the answer says so.
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     let _ = s.write_all(&[b'x'; 30000]).await;
     read_to_close(&mut s).await;
     let c = format!("cluster.{up}");
