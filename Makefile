@@ -69,7 +69,7 @@ e2e-kind:
 bench:
 	bench/run.sh
 
-## bench-instructions: instructions per proxied request (callgrind; immune to machine load).
+## bench-instructions: user-space instructions per proxied request, Trellis vs nginx vs HAProxy (callgrind).
 bench-instructions:
 	bench/callgrind.sh
 

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # make bench-instructions: instructions per proxied request, counted by callgrind, which (unlike
-# time) does not drift with machine load. One proxy in gateway mode (--concurrency 1) in front of
-# the in-repo bench_upstream; hey sends N1, then (in a fresh proxy) N2 keep-alive requests over 10
-# connections; (Ir(N2) - Ir(N1)) / (N2 - N1) removes start-up and shutdown. Knobs: N1 (2000),
-# N2 (12000).
+# time) does not drift with machine load; for the Trellis proxy and, as peers in the same run,
+# nginx and HAProxy in the same position. Each is one process, one worker thread, in front of the
+# in-repo bench_upstream, keep-alive on both sides; hey sends N1, then (to a fresh process) N2
+# requests over 10 connections, and (Ir(N2) - Ir(N1)) / (N2 - N1) removes start-up and shutdown.
+# This counts user-space instructions only: the kernel's share (most of a proxy's CPU on
+# loopback) is what `make bench` measures. Knobs: N1 (2000), N2 (12000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-2000}
 N2=${N2:-12000}
 TARGET=${CARGO_TARGET_DIR:-target}
-for c in valgrind:valgrind hey:hey curl:curl; do
-    if ! command -v "${c%%:*}" >/dev/null; then
-        echo "bench: installing ${c#*:}" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${c#*:}" >/dev/null
-    fi
+missing=()
+for c in valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy; do
+    command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
 done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench: installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo build -q --release -p proxy --bin proxy --example bench_upstream
 work=$(mktemp -d)
+chmod 755 "$work"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -25,28 +30,74 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091 ADMIN=127.0.0.1:19991
+UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091
 "$TARGET/release/examples/bench_upstream" "$UP" >/dev/null 2>&1 &
 pids+=($!)
 
-count() { # requests -> total instructions of one proxy process serving them
-    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-        "$TARGET/release/proxy" gateway --listen "$LISTEN" --upstream "$UP" \
-        --admin-listen "$ADMIN" --concurrency 1 >/dev/null 2>"$work/valgrind.log" &
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1; daemon off; master_process off; pid $work/nginx.pid; error_log $work/nginx.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  upstream u { server $UP; keepalive 256; }
+  server { listen $LISTEN; location / { proxy_pass http://u; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_buffering off; } } }
+CONF
+cat > "$work/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+frontend f
+    bind $LISTEN
+    default_backend b
+backend b
+    server s $UP
+CONF
+
+command_of() { # contender -> the command line to run under callgrind
+    case $1 in
+    trellis) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream $UP --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
+    nginx) echo "nginx -c $work/nginx.conf" ;;
+    haproxy) echo "haproxy -db -f $work/haproxy.cfg" ;;
+    esac
+}
+
+count() { # contender requests -> total instructions of the process serving them
+    local cmd
+    read -r -a cmd <<<"$(command_of "$1")"
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "${cmd[@]}" \
+        >/dev/null 2>"$work/valgrind.log" &
     local vp=$!
     for _ in $(seq 1 150); do
-        curl -fso /dev/null "http://$ADMIN/ready" && break
+        curl -fso /dev/null "http://$LISTEN/" && break
         sleep 0.2
     done
-    hey -n "$1" -c 10 "http://$LISTEN/" > "$work/hey.txt"
-    grep -q '\[200\]' "$work/hey.txt" || { cat "$work/hey.txt" >&2; exit 1; }
-    kill -INT "$vp"
+    hey -n "$2" -c 10 "http://$LISTEN/" > "$work/hey.txt"
+    grep -q "\[200\].*$2 responses" "$work/hey.txt" || { cat "$work/hey.txt" >&2; exit 1; }
+    kill -TERM "$vp"
     wait "$vp" || true
     local ir
-    ir=$(grep -h '^summary:' "$work"/cg.* | awk '{print $2}')
+    ir=$(cat "$work"/cg.* | awk '/^summary:/ { s += $2 } END { printf "%.0f", s }')
     rm -f "$work"/cg.*
     echo "$ir"
 }
-a=$(count "$N1")
-b=$(count "$N2")
-echo "proxy instructions per request: $(( (b - a) / (N2 - N1) ))  (callgrind; $N1 requests: $a, $N2 requests: $b)"
+
+declare -A PER
+for c in trellis nginx haproxy; do
+    a=$(count "$c" "$N1")
+    b=$(count "$c" "$N2")
+    PER[$c]=$(( (b - a) / (N2 - N1) ))
+done
+echo "user-space instructions per proxied request (callgrind, one worker, keep-alive; $N1 vs $N2 requests):"
+for c in trellis nginx haproxy; do
+    printf '  %-8s %7s  %s\n' "$c" "${PER[$c]}" \
+        "$(awk -v t="${PER[trellis]}" -v p="${PER[$c]}" 'BEGIN { if (p > 0) printf "(trellis = %.2fx this)", t / p }')"
+done
