@@ -11,14 +11,9 @@ cd "$(dirname "$0")/.."
 N1=${N1:-2000}
 N2=${N2:-12000}
 TARGET=${CARGO_TARGET_DIR:-target}
-missing=()
-for c in valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy; do
-    command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "bench: installing ${missing[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_install valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy
 cargo build -q --release -p proxy --bin proxy --example bench_upstream
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -34,38 +29,14 @@ UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091
 "$TARGET/release/examples/bench_upstream" "$UP" >/dev/null 2>&1 &
 pids+=($!)
 
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1; daemon off; master_process off; pid $work/nginx.pid; error_log $work/nginx.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  upstream u { server $UP; keepalive 256; }
-  server { listen $LISTEN; location / { proxy_pass http://u; proxy_http_version 1.1;
-    proxy_set_header Connection ""; proxy_buffering off; } } }
-CONF
-cat > "$work/haproxy.cfg" <<CONF
-global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    option http-keep-alive
-    http-reuse always
-frontend f
-    bind $LISTEN
-    default_backend b
-backend b
-    server s $UP
-CONF
+# No master process: callgrind follows the one process that serves.
+NGINX_CONF=$(nginx_conf "$work/nginx" "$LISTEN" "$UP" "master_process off;")
+haproxy_cfg "$work/haproxy.cfg" "$LISTEN" "$UP"
 
 command_of() { # contender -> the command line to run under callgrind
     case $1 in
     trellis) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream $UP --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
-    nginx) echo "nginx -c $work/nginx.conf" ;;
+    nginx) echo "nginx -c $NGINX_CONF" ;;
     haproxy) echo "haproxy -db -f $work/haproxy.cfg" ;;
     esac
 }

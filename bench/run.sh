@@ -33,14 +33,9 @@ IDLE=${IDLE:-1000}
 TRANSPARENT=${TRANSPARENT:-1}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-missing=()
-for c in haproxy:haproxy nginx:nginx wrk:wrk hey:hey python3:python3; do
-    command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "bench: installing ${missing[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_install haproxy:haproxy nginx:nginx wrk:wrk hey:hey python3:python3
 cargo build -q --release -p proxy --bin proxy --example bench_rate
 PROXY=$TARGET/release/proxy
 RATER=$TARGET/release/examples/bench_rate
@@ -59,26 +54,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 UP=18080
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
 
-nginx_conf() { # name listen(addr:port) upstream(addr:port)|"" (upstream empty = serve the body)
-    local listen=$2 up=$3 dir="$work/$1"
-    mkdir -p "$dir"
-    {
-        echo "worker_processes 1; daemon off; pid $dir/nginx.pid; error_log $dir/error.log warn;"
-        echo "events { worker_connections 4096; }"
-        echo "http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
-        echo "  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;"
-        if [ -z "$up" ]; then
-            echo "  server { listen $listen; location / { default_type text/plain; return 200 '$body'; } } }"
-        else
-            echo "  upstream u { server $up; keepalive 256; }"
-            echo "  server { listen $listen; location / { proxy_pass http://u; proxy_http_version 1.1;"
-            echo "    proxy_set_header Connection \"\"; proxy_buffering off; } } }"
-        fi
-    } > "$dir/nginx.conf"
-    echo "$dir/nginx.conf"
-}
 # Starts a process in the background; its pid is left in $last.
 start() { "$@" >>"$work/procs.log" 2>&1 & last=$!; pids+=("$last"); }
 wait_url() { # url [netns]
@@ -92,7 +68,7 @@ wait_url() { # url [netns]
     return 1
 }
 
-start nginx -c "$(nginx_conf upstream 127.0.0.1:$UP "")"
+start nginx -c "$(nginx_conf "$work/upstream" 127.0.0.1:$UP "")"
 wait_url "http://127.0.0.1:$UP/"
 
 declare -A FRONT PROC
@@ -109,36 +85,17 @@ launch() { # contender -> sets FRONT[c] and PROC[c] ("pid pid")
     haproxy)
         local dir="$work/haproxy" b
         mkdir -p "$dir"
-        for spec in a:18201:18202 b:18202:$UP; do
-            IFS=: read -r hname hlisten hup <<<"$spec"
-            cat > "$dir/$hname.cfg" <<CFG
-global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    option http-keep-alive
-    http-reuse always
-frontend f
-    bind 127.0.0.1:$hlisten
-    default_backend b
-backend b
-    server s 127.0.0.1:$hup
-CFG
-        done
+        haproxy_cfg "$dir/a.cfg" 127.0.0.1:18201 127.0.0.1:18202
+        haproxy_cfg "$dir/b.cfg" 127.0.0.1:18202 127.0.0.1:$UP
         start haproxy -db -f "$dir/b.cfg"
         b=$last
         start haproxy -db -f "$dir/a.cfg"
         FRONT[haproxy]=18201 PROC[haproxy]="$last $b" ;;
     nginx)
         local b
-        start nginx -c "$(nginx_conf nginx-b 127.0.0.1:18302 127.0.0.1:$UP)"
+        start nginx -c "$(nginx_conf "$work/nginx-b" 127.0.0.1:18302 127.0.0.1:$UP)"
         b=$last
-        start nginx -c "$(nginx_conf nginx-a 127.0.0.1:18301 127.0.0.1:18302)"
+        start nginx -c "$(nginx_conf "$work/nginx-a" 127.0.0.1:18301 127.0.0.1:18302)"
         FRONT[nginx]=18301 PROC[nginx]="$last $b" ;;
     esac
     wait_url "http://127.0.0.1:${FRONT[$1]}/"

@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# Shared by the bench scripts (sourced): installing the peers, and the nginx and HAProxy set-ups
+# every benchmark gives them (one worker, keep-alive on both sides, upstream connections reused).
+
+# bench_install CMD:PACKAGE...: installs (apt) the packages whose command is missing.
+bench_install() {
+    local missing=() c
+    for c in "$@"; do
+        command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "bench: installing ${missing[*]}" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# nginx_conf DIR LISTEN UPSTREAM [GLOBAL]: writes DIR/nginx.conf and prints its path. An empty
+# UPSTREAM serves a 1 KiB body itself; otherwise it proxies to UPSTREAM with pooled keep-alive
+# connections. GLOBAL is added to the main context (e.g. "master_process off;").
+nginx_conf() {
+    local dir=$1 listen=$2 up=$3 global=${4:-} body
+    mkdir -p "$dir"
+    {
+        echo "worker_processes 1; daemon off; $global pid $dir/nginx.pid; error_log $dir/error.log warn;"
+        echo "events { worker_connections 4096; }"
+        echo "http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
+        echo "  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;"
+        if [ -z "$up" ]; then
+            body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+            echo "  server { listen $listen; location / { default_type text/plain; return 200 '$body'; } } }"
+        else
+            echo "  upstream u { server $up; keepalive 256; }"
+            echo "  server { listen $listen; location / { proxy_pass http://u; proxy_http_version 1.1;"
+            echo "    proxy_set_header Connection \"\"; proxy_buffering off; } } }"
+        fi
+    } > "$dir/nginx.conf"
+    echo "$dir/nginx.conf"
+}
+
+# haproxy_cfg FILE LISTEN UPSTREAM: an HTTP-mode HAProxy, one thread, keep-alive and reuse on.
+haproxy_cfg() {
+    cat > "$1" <<CFG
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+frontend f
+    bind $2
+    default_backend b
+backend b
+    server s $3
+CFG
+}
