@@ -306,11 +306,7 @@ pub fn inbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
         overflow == r.code(503),
         format!("grew by {overflow}, clients saw {} x 503", r.code(503)),
     );
-    let max_cx = samples
-        .iter()
-        .map(|s| s.num(&format!("{c}.upstream_cx_active")))
-        .max()
-        .unwrap_or(0);
+    let max_cx = Stats::highest(&samples, &format!("{c}.upstream_cx_active"));
     rep.check(
         format!("{c}.upstream_cx_active reaches 10 and no more"),
         max_cx == 10,
@@ -403,11 +399,7 @@ pub fn outbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {
         at_red == r.code(200),
         format!("red forwarded {at_red}, clients saw {} x 200", r.code(200)),
     );
-    let max_cx = samples
-        .iter()
-        .map(|s| s.num(&format!("{c}.upstream_cx_active")))
-        .max()
-        .unwrap_or(0);
+    let max_cx = Stats::highest(&samples, &format!("{c}.upstream_cx_active"));
     rep.check(
         format!("{c}.upstream_cx_active never above 3"),
         max_cx <= 3 && c_after.num(&format!("{c}.upstream_cx_active")) <= 3,

@@ -30,6 +30,11 @@ impl Stats {
         Ok(Stats::parse(&r.body))
     }
 
+    /// The highest value `name` took over `samples` (0 if none).
+    pub fn highest(samples: &[Stats], name: &str) -> u64 {
+        samples.iter().map(|s| s.num(name)).max().unwrap_or(0)
+    }
+
     /// A counter or gauge; 0 when absent (Envoy shows a cluster's stats only once it exists).
     pub fn num(&self, name: &str) -> u64 {
         self.0
