@@ -464,8 +464,11 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let st = rq.stats;
     let code = head.status;
     rq.code_sent.store(code, Relaxed);
-    rq.upstream_ms
-        .add(rq.start.elapsed().as_millis() as u64 + 1);
+    if rq.log.is_some() {
+        // Only the access log shows it.
+        rq.upstream_ms
+            .add(rq.start.elapsed().as_millis() as u64 + 1);
+    }
     ubuf.consume(head.head_len);
     st.upstream_cx_rx_bytes_total.add(head.head_len as u64);
     let mut body = Body::new(head.body);
@@ -476,48 +479,35 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         return Ok((code, Delivered::Upgrade, false));
     }
-    // The head and what has arrived of the body, in one write; then the rest as it comes.
-    let mut first = true;
+    // `out` holds the head: the body bytes already here join it, so a small response goes out in
+    // one write; the rest is written as it comes. Decoding (for an HTTP/1.0 client) appends only
+    // the payload to `out`, and `out` is what is written.
     loop {
-        if !ubuf.is_empty() {
-            let (n, payload) = if decode {
-                body.take(ubuf.data(), Some(&mut out))
-            } else {
-                let r = body.take(ubuf.data(), None);
-                if let Ok((n, _)) = r {
-                    if first {
-                        out.extend_from_slice(&ubuf.data()[..n]);
-                    }
-                }
-                r
+        let taken = if decode {
+            body.take(ubuf.data(), Some(&mut out))
+        } else {
+            body.take(ubuf.data(), None)
+        };
+        let Ok((n, payload)) = taken else {
+            tracing::debug!("malformed chunked response body");
+            return Ok((code, Delivered::UpstreamReset, false));
+        };
+        let data = &ubuf.data()[..n];
+        let w = if decode || !out.is_empty() {
+            if !decode {
+                out.extend_from_slice(data);
             }
-            .map_err(|e| {
-                tracing::debug!(error = e, "malformed chunked response body");
-            })
-            .unwrap_or((usize::MAX, 0));
-            if n == usize::MAX {
-                return Ok((code, Delivered::UpstreamReset, false));
-            }
-            let w = if first || decode {
-                dw.write_all(&out).await
-            } else {
-                dw.write_all(&ubuf.data()[..n]).await
-            };
+            let w = dw.write_all(&out).await;
             out.clear();
-            first = false;
-            ubuf.consume(n);
-            st.upstream_cx_rx_bytes_total.add(n as u64);
-            rq.sent.add(payload);
-            if w.is_err() {
-                return Ok((code, Delivered::ClientGone, false));
-            }
-        } else if first {
-            // No body bytes yet (or none at all): the head goes alone.
-            if dw.write_all(&out).await.is_err() {
-                return Ok((code, Delivered::ClientGone, false));
-            }
-            out.clear();
-            first = false;
+            w
+        } else {
+            dw.write_all(data).await
+        };
+        ubuf.consume(n);
+        st.upstream_cx_rx_bytes_total.add(n as u64);
+        rq.sent.add(payload);
+        if w.is_err() {
+            return Ok((code, Delivered::ClientGone, false));
         }
         if body.is_done() {
             break;
