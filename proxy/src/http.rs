@@ -87,7 +87,8 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
                     HeadError::Unsupported(_) => (405, "Method Not Allowed"),
                 };
                 let mut out = Vec::new();
-                h1::local_reply(&mut out, code, reason, "", false, true);
+                // The body says what was wrong with the head, and what is expected.
+                h1::local_reply(&mut out, code, reason, &e.to_string(), false, true);
                 if d.io.write_all(&out).await.is_ok() {
                     linger_close(&mut d.io).await;
                 }

@@ -268,27 +268,36 @@ async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
     let up = scripted().await;
     let px = ProxyProc::gateway(up, &[]).await;
     let huge = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
-    let cases: [(&[u8], &str); 4] = [
-        (huge.as_bytes(), "HTTP/1.1 431 "),
+    // Each answer names what was wrong.
+    let cases: [(&[u8], &str, &str); 4] = [
+        (
+            huge.as_bytes(),
+            "HTTP/1.1 431 ",
+            "HTTP/1 head over 61440 bytes or 100 header lines",
+        ),
         (
             b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com\r\n\r\n",
             "HTTP/1.1 405 ",
+            "CONNECT is not proxied",
         ),
         (
             b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
             "HTTP/1.1 400 ",
+            "malformed HTTP/1 head: conflicting content-length values",
         ),
         (
             b"POST / HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 400 ",
+            "malformed HTTP/1 head: both transfer-encoding and content-length (a smuggling risk)",
         ),
     ];
-    for (raw, want) in cases {
+    for (raw, want, why) in cases {
         let mut s = TcpStream::connect(px.listen).await.unwrap();
         // A refused client may be cut off mid-send: that is fine.
         let _ = s.write_all(raw).await;
         let all = read_to_close(&mut s).await;
         assert!(all.starts_with(want), "{want}: {all}");
+        assert!(all.ends_with(&format!("\r\n\r\n{why}")), "{why}: {all}");
         assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
     }
     assert_eq!(px.stat(&format!("cluster.{up}.upstream_rq_total")).await, 0);
