@@ -72,7 +72,7 @@ pub fn route(p: &Proxy, req: Request<Incoming>) -> Response<ResponseBody> {
                 "uptime_current_epoch": format!("{}s", p.started.elapsed().as_secs()),
                 "command_line_options": {
                     "concurrency": p.registry.concurrency.get(),
-                    "drain_time": crate::config::format_duration(p.config.drain_time),
+                    "drain_time": config::format_duration(p.config.drain_time),
                     "log_level": p.log_level(),
                 },
             });
@@ -117,15 +117,15 @@ pub fn route(p: &Proxy, req: Request<Incoming>) -> Response<ResponseBody> {
                 .collect();
             let dump = serde_json::json!({
                 "mode": p.mode,
-                "args": c.to_args(),
+                "args": config::Render::to_args(c),
                 "admin_listen": c.admin_listen.to_string(),
                 "inbound_capture_port": c.inbound_capture_port,
                 "outbound_capture_port": c.outbound_capture_port,
-                "inbound_limits": c.inbound_limits(),
-                "outbound_limits": c.outbound_limits(),
-                "connect_timeout": crate::config::format_duration(c.connect_timeout),
-                "request_timeout": crate::config::format_duration(c.request_timeout),
-                "drain_time": crate::config::format_duration(c.drain_time),
+                "inbound_limits": c.pools.inbound,
+                "outbound_limits": c.pools.outbound,
+                "connect_timeout": config::format_duration(c.connect_timeout),
+                "request_timeout": config::format_duration(c.request_timeout),
+                "drain_time": config::format_duration(c.drain_time),
                 "opaque_ports": c.opaque_ports,
                 "access_log": c.access_log,
                 "gateway": p.gateway.as_ref().map(|(l, u)| serde_json::json!({"listen": l.to_string(), "upstream": u})),

@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::config::Limits;
 use crate::iobuf::Buf;
 use crate::pool::{Admit, Grant, Overflow, Pool};
 use crate::stats::{ClusterStats, Registry};
+use config::Limits;
 
 /// A pooled HTTP/1.1 client connection.
 pub struct Conn {

@@ -2,8 +2,8 @@
 //!
 //! Sidecar mode accepts connections redirected by `proxyinit` (outbound on 15001, inbound on 15006),
 //! reads their original destination, and forwards them through per-destination clusters whose
-//! connection pools enforce Envoy's circuit-breaker limits. [`Config`] is shared with the webhook,
-//! which renders the sidecar's args from it.
+//! connection pools enforce Envoy's circuit-breaker limits. [`Config`] lives in the `config` crate,
+//! from which the webhook renders the sidecar's args.
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
 //! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
@@ -12,7 +12,6 @@
 pub mod access_log;
 pub mod admin;
 pub mod cluster;
-pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod h1;
@@ -31,7 +30,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-pub use config::{Config, Limits};
+pub use config::proxy::Config;
+pub use config::Limits;
 
 use crate::access_log::AccessLog;
 use crate::cluster::{Cluster, Clusters};
@@ -74,7 +74,7 @@ impl Proxy {
     }
 
     pub fn set_log_level(&self, level: &str) -> Result<(), String> {
-        let level = config::parse_log_level(level)?;
+        let level = config::parse::parse_log_level(level).map_err(|e| e.to_string())?;
         if let Some(f) = &self.log_control {
             f(&level)?;
         }
@@ -146,7 +146,7 @@ pub async fn run(
             let cluster = Cluster::new(
                 upstream.clone(),
                 addr,
-                proxy.config.inbound_limits(),
+                proxy.config.pools.inbound,
                 proxy.timeouts(),
                 &proxy.registry,
             );

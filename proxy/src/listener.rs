@@ -180,8 +180,8 @@ impl Proxy {
     /// The cluster of a sidecar destination, created on first use.
     pub fn cluster_for(&self, dir: Direction, dst: SocketAddr) -> Arc<Cluster> {
         let (name, limits) = match dir {
-            Direction::Inbound => (inbound_name(dst.port()), self.config.inbound_limits()),
-            _ => (outbound_name(dst), self.config.outbound_limits()),
+            Direction::Inbound => (inbound_name(dst.port()), self.config.pools.inbound),
+            _ => (outbound_name(dst), self.config.pools.outbound),
         };
         self.clusters.get_or_create(&name, &self.registry, || {
             Cluster::new(name.clone(), dst, limits, self.timeouts(), &self.registry)

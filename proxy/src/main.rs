@@ -25,28 +25,19 @@ enum Command {
         #[arg(long, env = "TRELLIS_LISTEN")]
         listen: SocketAddr,
         /// The upstream service, `HOST:PORT` (resolved once at start).
-        #[arg(long, env = "TRELLIS_UPSTREAM", value_parser = parse_host_port)]
+        #[arg(long, env = "TRELLIS_UPSTREAM", value_parser = config::parse::parse_host_port)]
         upstream: String,
         #[command(flatten)]
         config: proxy::Config,
     },
     /// Exit 0 once the local admin API answers `/ready` with 200 (the postStart hook).
     WaitReady {
-        #[arg(long, env = "TRELLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+        #[arg(long, env = "TRELLIS_ADMIN_LISTEN", default_value_t = config::defaults::admin_listen())]
         admin_listen: SocketAddr,
         /// Give up after this long (e.g. `60s`).
-        #[arg(long, default_value = "60s", value_parser = proxy::config::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = config::parse::parse_duration)]
         timeout: Duration,
     },
-}
-
-fn parse_host_port(s: &str) -> Result<String, String> {
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(s.to_string()),
-        _ => Err(format!(
-            "`{s}` is not HOST:PORT: expected e.g. backend:8080 or 10.0.0.7:80"
-        )),
-    }
 }
 
 fn main() -> ExitCode {
@@ -133,7 +124,7 @@ fn wait_ready(admin: SocketAddr, timeout: Duration) -> ExitCode {
         if Instant::now() >= deadline {
             eprintln!(
                 "proxy wait-ready: http://{target}/ready not ready after {} (last: {last})",
-                proxy::config::format_duration(timeout)
+                config::format_duration(timeout)
             );
             return ExitCode::FAILURE;
         }

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::config::Limits;
+use config::Limits;
 
 /// What `admit` decided for a request.
 #[derive(Debug, PartialEq, Eq)]

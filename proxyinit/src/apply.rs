@@ -7,9 +7,9 @@ use std::io::{self, Write as _};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Instant;
 
-use crate::config::{IpTablesMode, Ipv6Mode};
 use crate::detect::{self, Backend, Choice};
 use crate::rules::{Family, NatState};
+use crate::{IpTablesMode, Ipv6Mode};
 
 /// Arguments of every restore: keep what is not ours, and wait for the xtables lock rather than
 /// fail when kube-proxy or a CNI plugin holds it.

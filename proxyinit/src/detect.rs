@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use crate::config::{IpTablesMode, Ipv6Mode};
 use crate::rules::Family;
+use crate::{IpTablesMode, Ipv6Mode};
 
 /// An iptables backend: the kernel's legacy x_tables or nf_tables. Both speak the same rule
 /// language, but rules written through one are invisible to the other, so a pod must use the one

@@ -11,7 +11,7 @@ use clap::{CommandFactory as _, Parser};
 use proxyinit::apply::{self, Saves};
 use proxyinit::detect::Choice;
 use proxyinit::rules::{self, Family, NatState};
-use proxyinit::{Backend, Config, Ipv6Mode};
+use proxyinit::{Backend, Config, Ipv6Mode, Render as _};
 use tracing::{info, warn};
 
 #[derive(Parser)]

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use crate::config::{Config, PortSpec};
+use crate::{Config, PortSpec};
 
 /// Every Trellis chain starts with this prefix; `--cleanup` removes exactly these chains.
 pub const CHAIN_PREFIX: &str = "TRELLIS_";

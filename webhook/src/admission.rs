@@ -9,8 +9,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 use serde::Serialize;
 
-use crate::config::InjectorConfig;
 use crate::inject::{self, Outcome};
+use crate::injector::InjectorConfig;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 

@@ -3,21 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use config::limits::{LimitField, Side};
+use config::parse::{parse_cidr, parse_log_level, parse_port_list, LOG_LEVELS};
+use config::{Limits, PoolLimits, PortSpec};
 use ipnet::IpNet;
-use proxyinit::config::{parse_cidr, parse_port_list, PortSpec};
 
 pub const PREFIX: &str = "trellis.dev/";
 pub const INJECT: &str = "trellis.dev/inject";
 pub const STATUS: &str = "trellis.dev/status";
-pub const MAX_CONNECTIONS: &str = "trellis.dev/max-connections";
-pub const MAX_PENDING_REQUESTS: &str = "trellis.dev/max-pending-requests";
-pub const MAX_REQUESTS: &str = "trellis.dev/max-requests";
-pub const MAX_REQUESTS_PER_CONNECTION: &str = "trellis.dev/max-requests-per-connection";
-pub const OUTBOUND_MAX_CONNECTIONS: &str = "trellis.dev/outbound-max-connections";
-pub const OUTBOUND_MAX_PENDING_REQUESTS: &str = "trellis.dev/outbound-max-pending-requests";
-pub const OUTBOUND_MAX_REQUESTS: &str = "trellis.dev/outbound-max-requests";
-pub const OUTBOUND_MAX_REQUESTS_PER_CONNECTION: &str =
-    "trellis.dev/outbound-max-requests-per-connection";
 pub const INBOUND_PORTS: &str = "trellis.dev/inbound-ports";
 pub const EXCLUDE_INBOUND_PORTS: &str = "trellis.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
@@ -31,18 +24,31 @@ pub const LOG_LEVEL: &str = "trellis.dev/log-level";
 pub const ACCESS_LOG: &str = "trellis.dev/access-log";
 pub const NATIVE_SIDECAR: &str = "trellis.dev/native-sidecar";
 
+/// The pool-limit annotations (`trellis.dev/max-connections`, `trellis.dev/outbound-max-requests`,
+/// ...) are named after the proxy's flags, from the `config` crate's one table of limits.
+fn limit_annotations() -> impl Iterator<Item = (String, Side, &'static LimitField)> {
+    Side::ALL.into_iter().flat_map(|side| {
+        Limits::FIELDS
+            .iter()
+            .map(move |f| (format!("{PREFIX}{}", side.name(f)), side, f))
+    })
+}
+
 /// Every annotation Trellis understands; any other `trellis.dev/` key is a typo and is refused.
-pub const KNOWN: &[&str] = &[
+pub fn known() -> impl Iterator<Item = String> {
+    let (first, rest) = OTHERS.split_at(2);
+    first
+        .iter()
+        .map(|s| s.to_string())
+        .chain(limit_annotations().map(|(name, _, _)| name))
+        .chain(rest.iter().map(|s| s.to_string()))
+}
+
+/// The annotations that are not pool limits, in the order [`known`] lists them (the limits go
+/// after the first two).
+const OTHERS: &[&str] = &[
     INJECT,
     STATUS,
-    MAX_CONNECTIONS,
-    MAX_PENDING_REQUESTS,
-    MAX_REQUESTS,
-    MAX_REQUESTS_PER_CONNECTION,
-    OUTBOUND_MAX_CONNECTIONS,
-    OUTBOUND_MAX_PENDING_REQUESTS,
-    OUTBOUND_MAX_REQUESTS,
-    OUTBOUND_MAX_REQUESTS_PER_CONNECTION,
     INBOUND_PORTS,
     EXCLUDE_INBOUND_PORTS,
     EXCLUDE_OUTBOUND_PORTS,
@@ -70,14 +76,8 @@ pub struct AnnotationError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodSettings {
     pub inject: Option<bool>,
-    pub max_connections: Option<u32>,
-    pub max_pending_requests: Option<u32>,
-    pub max_requests: Option<u32>,
-    pub max_requests_per_connection: Option<u32>,
-    pub outbound_max_connections: Option<u32>,
-    pub outbound_max_pending_requests: Option<u32>,
-    pub outbound_max_requests: Option<u32>,
-    pub outbound_max_requests_per_connection: Option<u32>,
+    /// `trellis.dev/max-*` (inbound) and `trellis.dev/outbound-max-*`.
+    pub pools: PoolLimits,
     pub inbound_ports: Option<PortSpec>,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
@@ -106,34 +106,15 @@ impl PodSettings {
                 expected: expected.to_string(),
             };
             let v = value.trim();
+            if let Some((_, side, field)) = limit_annotations().find(|(n, _, _)| n == name) {
+                *(field.slot)(s.pools.side_mut(side)) =
+                    Some(parse_limit(v).ok_or_else(|| err(LIMIT))?);
+                continue;
+            }
             match name.as_str() {
                 INJECT => s.inject = Some(parse_switch(v).ok_or_else(|| err(SWITCH))?),
                 // Written by the injector; its presence alone marks the pod as injected.
                 STATUS => {}
-                MAX_CONNECTIONS => {
-                    s.max_connections = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
-                MAX_PENDING_REQUESTS => {
-                    s.max_pending_requests = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
-                MAX_REQUESTS => s.max_requests = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?),
-                MAX_REQUESTS_PER_CONNECTION => {
-                    s.max_requests_per_connection = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
-                OUTBOUND_MAX_CONNECTIONS => {
-                    s.outbound_max_connections = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
-                OUTBOUND_MAX_PENDING_REQUESTS => {
-                    s.outbound_max_pending_requests =
-                        Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
-                OUTBOUND_MAX_REQUESTS => {
-                    s.outbound_max_requests = Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
-                OUTBOUND_MAX_REQUESTS_PER_CONNECTION => {
-                    s.outbound_max_requests_per_connection =
-                        Some(parse_limit(v).ok_or_else(|| err(LIMIT))?)
-                }
                 INBOUND_PORTS => {
                     s.inbound_ports = Some(
                         v.parse::<PortSpec>()
@@ -170,9 +151,10 @@ impl PodSettings {
                     s.proxy_memory_limit = Some(parse_quantity(v).map_err(|e| err(&e))?)
                 }
                 LOG_LEVEL => {
-                    s.log_level = Some(proxy::config::parse_log_level(v).map_err(|_| {
-                        err(&format!("one of {}", proxy::config::LOG_LEVELS.join(", ")))
-                    })?)
+                    s.log_level = Some(
+                        parse_log_level(v)
+                            .map_err(|_| err(&format!("one of {}", LOG_LEVELS.join(", "))))?,
+                    )
                 }
                 ACCESS_LOG => s.access_log = parse_switch(v).ok_or_else(|| err(SWITCH))?,
                 NATIVE_SIDECAR => s.native_sidecar = parse_switch(v).ok_or_else(|| err(SWITCH))?,
@@ -181,7 +163,7 @@ impl PodSettings {
                         Some(known) => format!("no such Trellis annotation; did you mean {known}?"),
                         None => format!(
                             "no such Trellis annotation; known annotations: {}",
-                            KNOWN.join(", ")
+                            known().collect::<Vec<_>>().join(", ")
                         ),
                     };
                     return Err(err(&hint));
@@ -198,10 +180,9 @@ const PORTS_OR_STAR: &str =
     "`*` or a comma-separated list of ports from 1 to 65535, like 8080,9090";
 
 /// The known annotation nearest to a misspelt one, if it is close enough to be a typo.
-fn closest(name: &str) -> Option<&'static str> {
-    KNOWN
-        .iter()
-        .map(|k| (edit_distance(name, k), *k))
+fn closest(name: &str) -> Option<String> {
+    known()
+        .map(|k| (edit_distance(name, &k), k))
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, k)| k)

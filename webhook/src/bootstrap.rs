@@ -51,7 +51,7 @@ pub struct BootstrapConfig {
     )]
     pub webhook_configuration: String,
     /// How often the Secret and the caBundle are checked again.
-    #[arg(long, env = "TRELLIS_BOOTSTRAP_INTERVAL", default_value = "60s", value_parser = proxy::config::parse_duration)]
+    #[arg(long, env = "TRELLIS_BOOTSTRAP_INTERVAL", default_value = "60s", value_parser = config::parse::parse_duration)]
     pub bootstrap_interval: Duration,
 }
 

@@ -16,8 +16,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
+use config::{proxy, proxyinit, CidrList, PortSpec, Render as _};
+
 use crate::annotations::{self, AnnotationError, PodSettings};
-use crate::config::{InjectorConfig, OWN_POD_LABEL};
+use crate::injector::{InjectorConfig, OWN_POD_LABEL};
 
 pub const PROXY: &str = "proxy";
 pub const PROXYINIT: &str = "proxyinit";
@@ -128,7 +130,7 @@ pub fn proxyinit_config(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> pro
         let mut ports: Vec<u16> = app_container_ports(pod).collect();
         ports.sort_unstable();
         ports.dedup();
-        proxyinit::PortSpec::List(ports)
+        PortSpec::List(ports)
     });
     let mut c = proxyinit::Config {
         proxy_uid: cfg.proxy_uid,
@@ -142,7 +144,7 @@ pub fn proxyinit_config(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> pro
         ..proxyinit::Config::default()
     };
     if let Some(cidrs) = &s.exclude_outbound_ip_ranges {
-        c.exclude_outbound_cidrs = proxyinit::CidrList(cidrs.clone());
+        c.exclude_outbound_cidrs = CidrList(cidrs.clone());
     }
     c
 }
@@ -154,14 +156,7 @@ pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
         admin_listen: std::net::SocketAddr::new(d.admin_listen.ip(), cfg.proxy_admin_port),
         inbound_capture_port: cfg.inbound_capture_port,
         outbound_capture_port: cfg.outbound_capture_port,
-        max_connections: s.max_connections,
-        max_pending_requests: s.max_pending_requests,
-        max_requests: s.max_requests,
-        max_requests_per_connection: s.max_requests_per_connection,
-        outbound_max_connections: s.outbound_max_connections,
-        outbound_max_pending_requests: s.outbound_max_pending_requests,
-        outbound_max_requests: s.outbound_max_requests,
-        outbound_max_requests_per_connection: s.outbound_max_requests_per_connection,
+        pools: s.pools,
         opaque_ports: s.opaque_ports.clone(),
         access_log: s.access_log,
         log_level: s.log_level.clone().unwrap_or(d.log_level.clone()),
@@ -325,7 +320,7 @@ fn proxy_container(cfg: &InjectorConfig, s: &PodSettings) -> Container {
         ..Default::default()
     };
     let mut wait_ready = vec![PROXY.to_string(), "wait-ready".to_string()];
-    if pcfg.admin_listen != proxy::Config::default().admin_listen {
+    if pcfg.admin_listen != config::defaults::admin_listen() {
         wait_ready.push(format!("--admin-listen={}", pcfg.admin_listen));
     }
     let cpu_req = s

@@ -8,12 +8,12 @@
 pub mod admission;
 pub mod annotations;
 pub mod bootstrap;
-pub mod config;
 pub mod inject;
+pub mod injector;
 pub mod metrics;
 pub mod offline;
 pub mod server;
 pub mod tls;
 pub mod yaml;
 
-pub use config::InjectorConfig;
+pub use injector::InjectorConfig;

@@ -15,7 +15,7 @@ use webhook::InjectorConfig;
 #[command(name = "webhook", version, about = "Trellis sidecar injector")]
 struct Cli {
     /// Log level (trace, debug, info, warn, error).
-    #[arg(long, env = "TRELLIS_LOG_LEVEL", default_value = "info", global = true, value_parser = proxy::config::parse_log_level)]
+    #[arg(long, env = "TRELLIS_LOG_LEVEL", default_value = "info", global = true, value_parser = config::parse::parse_log_level)]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -41,7 +41,7 @@ struct ServeArgs {
     )]
     tls_key: PathBuf,
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = proxy::config::parse_duration)]
+    #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = config::parse::parse_duration)]
     cert_reload_interval: Duration,
     #[command(flatten)]
     injector: InjectorConfig,

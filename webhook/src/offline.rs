@@ -7,8 +7,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::InjectorConfig;
 use crate::inject::{self, Outcome};
+use crate::injector::InjectorConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {

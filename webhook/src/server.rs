@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission;
-use crate::config::InjectorConfig;
+use crate::injector::InjectorConfig;
 use crate::metrics::Metrics;
 use crate::tls::ReloadingCert;
 

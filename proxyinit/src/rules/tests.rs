@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::config::{CidrList, Config, PortSpec};
+use crate::{CidrList, Config, PortSpec};
 
 fn golden_cases() -> Vec<(&'static str, Config, Family)> {
     let every_exclusion = Config {

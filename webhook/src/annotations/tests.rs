@@ -23,14 +23,14 @@ fn no_annotations_is_all_defaults() {
 fn every_annotation_parses() {
     let s = parse(&[
         (INJECT, "enabled"),
-        (MAX_CONNECTIONS, "10"),
-        (MAX_PENDING_REQUESTS, " 10 "),
-        (MAX_REQUESTS, "100"),
-        (MAX_REQUESTS_PER_CONNECTION, "1"),
-        (OUTBOUND_MAX_CONNECTIONS, "3"),
-        (OUTBOUND_MAX_PENDING_REQUESTS, "1"),
-        (OUTBOUND_MAX_REQUESTS, "4294967295"),
-        (OUTBOUND_MAX_REQUESTS_PER_CONNECTION, "1"),
+        ("trellis.dev/max-connections", "10"),
+        ("trellis.dev/max-pending-requests", " 10 "),
+        ("trellis.dev/max-requests", "100"),
+        ("trellis.dev/max-requests-per-connection", "1"),
+        ("trellis.dev/outbound-max-connections", "3"),
+        ("trellis.dev/outbound-max-pending-requests", "1"),
+        ("trellis.dev/outbound-max-requests", "4294967295"),
+        ("trellis.dev/outbound-max-requests-per-connection", "1"),
         (INBOUND_PORTS, "8080,9090"),
         (EXCLUDE_INBOUND_PORTS, "22"),
         (EXCLUDE_OUTBOUND_PORTS, "3306,5432"),
@@ -47,9 +47,14 @@ fn every_annotation_parses() {
     ])
     .unwrap();
     assert_eq!(s.inject, Some(true));
-    assert_eq!(s.max_connections, Some(10));
-    assert_eq!(s.max_pending_requests, Some(10));
-    assert_eq!(s.outbound_max_requests, Some(u32::MAX));
+    assert_eq!(s.pools.inbound.max_connections, Some(10));
+    assert_eq!(s.pools.inbound.max_pending_requests, Some(10));
+    assert_eq!(s.pools.inbound.max_requests, Some(100));
+    assert_eq!(s.pools.inbound.max_requests_per_connection, Some(1));
+    assert_eq!(s.pools.outbound.max_connections, Some(3));
+    assert_eq!(s.pools.outbound.max_pending_requests, Some(1));
+    assert_eq!(s.pools.outbound.max_requests_per_connection, Some(1));
+    assert_eq!(s.pools.outbound.max_requests, Some(u32::MAX));
     assert_eq!(s.inbound_ports, Some(PortSpec::List(vec![8080, 9090])));
     assert_eq!(s.exclude_outbound_ports, vec![3306, 5432]);
     assert_eq!(s.exclude_outbound_ip_ranges.as_ref().unwrap().len(), 2);
@@ -71,10 +76,14 @@ fn every_annotation_parses() {
 fn bad_values_are_refused_naming_annotation_value_and_expectation() {
     let cases = [
         (INJECT, "false", "enabled"),
-        (MAX_CONNECTIONS, "ten", "whole number"),
-        (MAX_CONNECTIONS, "0", "whole number"),
-        (MAX_PENDING_REQUESTS, "-1", "whole number"),
-        (OUTBOUND_MAX_REQUESTS, "4294967296", "whole number"),
+        ("trellis.dev/max-connections", "ten", "whole number"),
+        ("trellis.dev/max-connections", "0", "whole number"),
+        ("trellis.dev/max-pending-requests", "-1", "whole number"),
+        (
+            "trellis.dev/outbound-max-requests",
+            "4294967296",
+            "whole number",
+        ),
         (INBOUND_PORTS, "8080,http", "comma-separated list of ports"),
         (EXCLUDE_INBOUND_PORTS, "*", "comma-separated list of ports"),
         (

@@ -290,12 +290,12 @@ fn rendered_args_parse_back_into_the_same_configs() {
     #[derive(Parser)]
     struct InitCli {
         #[command(flatten)]
-        c: proxyinit::Config,
+        c: config::proxyinit::Config,
     }
     #[derive(Parser)]
     struct ProxyCli {
         #[command(flatten)]
-        c: proxy::Config,
+        c: config::proxy::Config,
     }
     let v = with_annotations(
         basic(),
@@ -319,7 +319,7 @@ fn rendered_args_parse_back_into_the_same_configs() {
         .unwrap()
         .c;
     assert_eq!(parsed, proxy_config(&cfg, &settings));
-    assert_eq!(parsed.max_requests, Some(7));
+    assert_eq!(parsed.pools.inbound.max_requests, Some(7));
 }
 
 #[test]

@@ -1,6 +1,13 @@
 //! The injector's settings: which images to inject, the proxy's identity and ports, default resources.
 //!
 //! Shared by `webhook serve` and `webhook inject`; every flag is also read from `TRELLIS_<FLAG>`.
+//! Defaults and parsers come from the `config` crate, as the injected binaries' own do.
+
+use std::sync::OnceLock;
+
+use config::args::clap_defaults;
+use config::defaults;
+use config::parse::{parse_id, parse_port};
 
 /// The image holding all three Trellis binaries, tagged with this release.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/trellis-mesh/trellis:", env!("CARGO_PKG_VERSION"));
@@ -23,23 +30,23 @@ pub struct InjectorConfig {
     pub image_pull_policy: String,
 
     /// uid the proxy runs as (its traffic is never redirected).
-    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 1337)]
+    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = defaults::PROXY_UID, value_parser = parse_id)]
     pub proxy_uid: u32,
 
     /// gid the proxy runs as.
-    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = 1337)]
+    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = defaults::PROXY_GID, value_parser = parse_id)]
     pub proxy_gid: u32,
 
     /// Port of the proxy's inbound capture listener.
-    #[arg(long, env = "TRELLIS_INBOUND_CAPTURE_PORT", default_value = "15006", value_parser = proxyinit::config::parse_port)]
+    #[arg(long, env = "TRELLIS_INBOUND_CAPTURE_PORT", default_value_t = defaults::INBOUND_CAPTURE_PORT, value_parser = parse_port)]
     pub inbound_capture_port: u16,
 
     /// Port of the proxy's outbound capture listener.
-    #[arg(long, env = "TRELLIS_OUTBOUND_CAPTURE_PORT", default_value = "15001", value_parser = proxyinit::config::parse_port)]
+    #[arg(long, env = "TRELLIS_OUTBOUND_CAPTURE_PORT", default_value_t = defaults::OUTBOUND_CAPTURE_PORT, value_parser = parse_port)]
     pub outbound_capture_port: u16,
 
     /// Port of the proxy's admin API (readiness probe, stats, Prometheus scrape).
-    #[arg(long, env = "TRELLIS_PROXY_ADMIN_PORT", default_value = "9901", value_parser = proxyinit::config::parse_port)]
+    #[arg(long, env = "TRELLIS_PROXY_ADMIN_PORT", default_value_t = defaults::ADMIN_PORT, value_parser = parse_port)]
     pub proxy_admin_port: u16,
 
     /// Default CPU request of the sidecar (`trellis.dev/proxy-cpu-request` overrides).
@@ -61,33 +68,19 @@ pub struct InjectorConfig {
 
 impl Default for InjectorConfig {
     fn default() -> Self {
-        InjectorConfig {
-            proxy_image: DEFAULT_IMAGE.into(),
-            proxyinit_image: DEFAULT_IMAGE.into(),
-            image_pull_policy: "IfNotPresent".into(),
-            proxy_uid: 1337,
-            proxy_gid: 1337,
-            inbound_capture_port: 15006,
-            outbound_capture_port: 15001,
-            proxy_admin_port: 9901,
-            proxy_cpu_request: "10m".into(),
-            proxy_memory_request: "32Mi".into(),
-            proxy_cpu_limit: None,
-            proxy_memory_limit: None,
-        }
+        static DEFAULT: OnceLock<InjectorConfig> = OnceLock::new();
+        DEFAULT.get_or_init(clap_defaults).clone()
     }
 }
 
 impl InjectorConfig {
     /// Cross-flag checks: the proxy's three ports must differ (as `proxyinit` itself insists).
-    pub fn validate(&self) -> Result<(), String> {
-        proxyinit::Config {
-            inbound_capture_port: self.inbound_capture_port,
-            outbound_capture_port: self.outbound_capture_port,
-            proxy_admin_port: self.proxy_admin_port,
-            ..proxyinit::Config::default()
-        }
-        .validate()
+    pub fn validate(&self) -> Result<(), config::ConfigError> {
+        config::distinct_ports(&[
+            ("--inbound-capture-port", self.inbound_capture_port),
+            ("--outbound-capture-port", self.outbound_capture_port),
+            ("--proxy-admin-port", self.proxy_admin_port),
+        ])
     }
 }
 
@@ -119,7 +112,7 @@ mod tests {
         let c = Cli::try_parse_from(["webhook", "--proxy-admin-port=15001"])
             .unwrap()
             .c;
-        let msg = c.validate().unwrap_err();
+        let msg = c.validate().unwrap_err().to_string();
         assert!(
             msg.contains("--outbound-capture-port")
                 && msg.contains("--proxy-admin-port")
