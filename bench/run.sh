@@ -219,6 +219,9 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v iptables-re
 fi
 cargo build -q --release -p proxyinit
 C_IP=10.248.0.1 S_IP=10.248.0.2 APP=8080
+# Namespaces a killed run left behind would make `ip netns add` fail.
+ip netns del "$NS_C" 2>/dev/null || true
+ip netns del "$NS_S" 2>/dev/null || true
 ip netns add "$NS_C"
 ip netns add "$NS_S"
 ip link add tbench-c type veth peer name tbench-s
@@ -231,7 +234,7 @@ for ns in "$NS_C" "$NS_S"; do
 done
 ip -n "$NS_C" link set tbench-c up
 ip -n "$NS_S" link set tbench-s up
-start ip netns exec "$NS_S" nginx -c "$(nginx_conf app-netns "$S_IP:$APP" "")"
+start ip netns exec "$NS_S" nginx -c "$(nginx_conf "$work/app-netns" "$S_IP:$APP" "")"
 wait_url "http://$S_IP:$APP/" "$NS_C"
 
 echo
