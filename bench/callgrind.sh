@@ -19,7 +19,7 @@ N1=${N1:-$(knob 2000 100)}
 N2=${N2:-$(knob 12000 300)}
 TARGET=${CARGO_TARGET_DIR:-target}
 bench_install valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy
-cargo build -q --release -p proxy --bin proxy --example bench_upstream
+bench_build
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()

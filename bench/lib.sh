@@ -20,6 +20,13 @@ smoke_note() {
     if [ "$SMOKE" = 1 ]; then echo "(SMOKE=1: one short round, to show the tables are produced; not a measurement)"; fi
 }
 
+# bench_build: the release binaries and examples the benches run, built as `make test` builds them
+# (whole workspace, dev-dependencies in): building one package alone resolves the shared crates'
+# features differently and so rebuilds them, minutes of CI time for the smoke run.
+bench_build() {
+    cargo build -q --release --workspace --bins --examples
+}
+
 # bench_install CMD:PACKAGE...: installs (apt) the packages whose command is missing. The package
 # lists are refreshed first: a fresh machine may have none, or stale ones.
 bench_install() {

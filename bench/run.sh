@@ -50,7 +50,7 @@ CONTENDERS=${CONTENDERS:-"direct trellis haproxy nginx"}
 TRANSPARENT=${TRANSPARENT:-1}
 TARGET=${CARGO_TARGET_DIR:-target}
 bench_install haproxy:haproxy nginx:nginx wrk:wrk hey:hey python3:python3
-cargo build -q --release -p proxy --bin proxy --example bench_rate
+bench_build
 PROXY=$TARGET/release/proxy
 RATER=$TARGET/release/examples/bench_rate
 
@@ -232,7 +232,6 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v iptables-re
     smoke_note
     exit 0
 fi
-cargo build -q --release -p proxyinit
 C_IP=10.248.0.1 S_IP=10.248.0.2 APP=8080
 # Namespaces a killed run left behind would make `ip netns add` fail.
 ip netns del "$NS_C" 2>/dev/null || true

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 DURATION=${DURATION:-$(knob 10s 1s)}
 bench_install wrk:wrk curl:curl openssl:openssl
-cargo build -q --release -p webhook
+bench_build
 bin=${CARGO_TARGET_DIR:-target}/release/webhook
 work=$(mktemp -d)
 port=${PORT:-18443}
