@@ -7,7 +7,7 @@ VENV       ?= target/venv
 PY         := $(VENV)/bin/python
 K8S_VERSION ?= 1.33.0
 
-.PHONY: deps all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook bench-instructions clean
+.PHONY: deps all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook bench-instructions bench-smoke clean
 
 all: build
 
@@ -17,8 +17,9 @@ build:
 release:
 	$(CARGO) build --workspace --release
 
-## test: everything CI runs (lint, unit + integration tests, schema checks, shellcheck).
-test: deps lint unit schema shellcheck
+## test: everything CI runs (lint, unit + integration tests, schema checks, shellcheck, and every
+## bench script in smoke mode).
+test: deps lint unit schema shellcheck bench-smoke
 
 deps:
 	scripts/install-deps.sh
@@ -73,9 +74,14 @@ bench:
 bench-instructions:
 	bench/callgrind.sh
 
+## bench-webhook: AdmissionReviews per second and p50/p99 over TLS keep-alive.
 bench-webhook:
-	$(CARGO) build -p webhook --release
 	bench/webhook.sh
+
+## bench-smoke (part of test): every bench script with SMOKE=1 (one round, about a second a step),
+## checked only for producing its tables. Any bench target takes SMOKE=1 too: make bench SMOKE=1.
+bench-smoke:
+	bench/smoke.sh
 
 clean:
 	$(CARGO) clean

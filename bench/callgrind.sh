@@ -5,16 +5,21 @@
 # in-repo bench_upstream, keep-alive on both sides; hey sends N1, then (to a fresh process) N2
 # requests over 10 connections, and (Ir(N2) - Ir(N1)) / (N2 - N1) removes start-up and shutdown.
 # This counts user-space instructions only: the kernel's share (most of a proxy's CPU on
-# loopback) is what `make bench` measures. Knobs: N1 (2000), N2 (12000).
+# loopback) is what `make bench` measures. Knobs (full / SMOKE=1): N1 (2000 / 100), N2 (12000 / 300).
+#
+# smoke-expect: ^user-space instructions per proxied request
+# smoke-expect: ^  trellis +{n}  \(trellis = {n}x this\)$
+# smoke-expect: ^  nginx +{n}  \(trellis = {n}x this\)$
+# smoke-expect: ^  haproxy +{n}  \(trellis = {n}x this\)$
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N1=${N1:-2000}
-N2=${N2:-12000}
-TARGET=${CARGO_TARGET_DIR:-target}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+N1=${N1:-$(knob 2000 100)}
+N2=${N2:-$(knob 12000 300)}
+TARGET=${CARGO_TARGET_DIR:-target}
 bench_install valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy
-cargo build -q --release -p proxy --bin proxy --example bench_upstream
+bench_build
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
@@ -72,3 +77,4 @@ for c in trellis nginx haproxy; do
     printf '  %-8s %7s  %s\n' "$c" "${PER[$c]}" \
         "$(awk -v t="${PER[trellis]}" -v p="${PER[$c]}" 'BEGIN { if (p > 0) printf "(trellis = %.2fx this)", t / p }')"
 done
+smoke_note

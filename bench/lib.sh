@@ -1,8 +1,34 @@
 # shellcheck shell=bash
-# Shared by the bench scripts (sourced): installing the peers, and the nginx and HAProxy set-ups
-# every benchmark gives them (one worker, keep-alive on both sides, upstream connections reused).
+# Shared by the bench scripts (sourced): the smoke switch, installing the peers, and the nginx and
+# HAProxy set-ups every benchmark gives them (one worker, keep-alive on both sides, upstream
+# connections reused).
 
-# bench_install CMD:PACKAGE...: installs (apt) the packages whose command is missing.
+# SMOKE=1 is every bench script's smoke mode, which `make test` runs (bench/smoke.sh): one round,
+# about a second per step, small counts, so that a script that no longer produces its tables
+# fails CI. Its figures are not measurements. A script takes its knobs' defaults from `knob` and
+# lists the lines its tables must show in `# smoke-expect:` comments (see bench/smoke.sh).
+SMOKE=${SMOKE:-0}
+
+# knob FULL SMOKE: prints a knob's default, FULL, or SMOKE under SMOKE=1; a knob the caller set
+# wins either way: ROUNDS=${ROUNDS:-$(knob 3 1)}.
+knob() {
+    if [ "$SMOKE" = 1 ]; then echo "$2"; else echo "$1"; fi
+}
+
+# smoke_note: says, in a smoke run, that the figures above are not to be read.
+smoke_note() {
+    if [ "$SMOKE" = 1 ]; then echo "(SMOKE=1: one short round, to show the tables are produced; not a measurement)"; fi
+}
+
+# bench_build: the release binaries and examples the benches run, built as `make test` builds them
+# (whole workspace, dev-dependencies in): building one package alone resolves the shared crates'
+# features differently and so rebuilds them, minutes of CI time for the smoke run.
+bench_build() {
+    cargo build -q --release --workspace --bins --examples
+}
+
+# bench_install CMD:PACKAGE...: installs (apt) the packages whose command is missing. The package
+# lists are refreshed first: a fresh machine may have none, or stale ones.
 bench_install() {
     local missing=() c
     for c in "$@"; do
@@ -10,7 +36,9 @@ bench_install() {
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "bench: installing ${missing[*]}" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 }
 

@@ -17,26 +17,40 @@
 # The machine may be shared: req/s, latency and CPU are measured in ROUNDS rounds, the contenders
 # interleaved, so a burst of outside load hits all of them alike; req/s shows the best round,
 # latency and CPU the median round, each with the spread.
-# Knobs: ROUNDS (3), DURATION (10s), CONNS (50), RATE (1000), RATE_SECONDS (10), RATE_CONNS (10),
-# CONTENDERS ("direct trellis haproxy nginx"), IDLE (1000), TRANSPARENT (1; 0 skips table 2).
+# Knobs (full / SMOKE=1): ROUNDS (3 / 1), WARMUP (2s / 1s), DURATION (10s / 1s), CONNS (50),
+# RATE (1000), RATE_SECONDS (10 / 1), RATE_CONNS (10), CONTENDERS ("direct trellis haproxy nginx"),
+# IDLE (1000 / 100), TRANSPARENT (1; 0 skips table 2).
+#
+# smoke-expect: ^Table 1: the sidecar-pair position
+# smoke-expect: ^contender +req/s +p50_ms +p99_ms +vCPU/krps/px +rss_idle +rss_load +rss_[0-9]+c$
+# smoke-expect: ^direct +{n} +{n} +{n} +- +- +- +-$
+# smoke-expect: ^trellis +{n} +{n} +{n} +{n} +{n}M +{n}M +{n}M$
+# smoke-expect: ^haproxy +{n} +{n} +{n} +{n} +{n}M +{n}M +{n}M$
+# smoke-expect: ^nginx +{n} +{n} +{n} +{n} +{n}M +{n}M +{n}M$
+# smoke-expect: ^  throughput: {n}x the faster peer
+# smoke-expect: ^Table 2: the transparent path
+# smoke-expect: ^path +req/s +p50_ms +p99_ms +vCPU/krps/px$
+# smoke-expect: ^direct +{n} +{n} +{n} +-$
+# smoke-expect: ^trellis gateways +{n} +{n} +{n} +{n}$
+# smoke-expect: ^trellis sidecars +{n} +{n} +{n} +{n}$
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
-CONNS=${CONNS:-50}
-RATE=${RATE:-1000}
-RATE_SECONDS=${RATE_SECONDS:-10}
-RATE_CONNS=${RATE_CONNS:-10}
-CONTENDERS=${CONTENDERS:-"direct trellis haproxy nginx"}
-IDLE=${IDLE:-1000}
-TRANSPARENT=${TRANSPARENT:-1}
-TARGET=${CARGO_TARGET_DIR:-target}
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+ROUNDS=${ROUNDS:-$(knob 3 1)}
+WARMUP=${WARMUP:-$(knob 2s 1s)}
+DURATION=${DURATION:-$(knob 10s 1s)}
+RATE_SECONDS=${RATE_SECONDS:-$(knob 10 1)}
+IDLE=${IDLE:-$(knob 1000 100)}
+CONNS=${CONNS:-50}
+RATE=${RATE:-1000}
+RATE_CONNS=${RATE_CONNS:-10}
+CONTENDERS=${CONTENDERS:-"direct trellis haproxy nginx"}
+TRANSPARENT=${TRANSPARENT:-1}
+TARGET=${CARGO_TARGET_DIR:-target}
 bench_install haproxy:haproxy nginx:nginx wrk:wrk hey:hey python3:python3
-cargo build -q --release -p proxy --bin proxy --example bench_rate
+bench_build
 PROXY=$TARGET/release/proxy
 RATER=$TARGET/release/examples/bench_rate
 
@@ -120,7 +134,7 @@ rate_run() {
 saturate() { # url [netns] -> req/s
     local run=()
     [ -n "${2:-}" ] && run=(ip netns exec "$2")
-    "${run[@]}" wrk -t1 -c"$CONNS" -d2s "$1" >/dev/null # warm-up
+    "${run[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" "$1" >/dev/null
     "${run[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'
 }
 
@@ -212,13 +226,16 @@ if [ -n "${RPS[trellis]:-}" ]; then
 fi
 
 # --- table 2: the transparent path through real sidecars ---
-if [ "$TRANSPARENT" = 0 ]; then exit 0; fi
+if [ "$TRANSPARENT" = 0 ]; then smoke_note; exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v iptables-restore >/dev/null; then
     echo "Table 2 skipped: the transparent path needs root, iproute2 and iptables."
+    smoke_note
     exit 0
 fi
-cargo build -q --release -p proxyinit
 C_IP=10.248.0.1 S_IP=10.248.0.2 APP=8080
+# Namespaces a killed run left behind would make `ip netns add` fail.
+ip netns del "$NS_C" 2>/dev/null || true
+ip netns del "$NS_S" 2>/dev/null || true
 ip netns add "$NS_C"
 ip netns add "$NS_S"
 ip link add tbench-c type veth peer name tbench-s
@@ -231,7 +248,7 @@ for ns in "$NS_C" "$NS_S"; do
 done
 ip -n "$NS_C" link set tbench-c up
 ip -n "$NS_S" link set tbench-s up
-start ip netns exec "$NS_S" nginx -c "$(nginx_conf app-netns "$S_IP:$APP" "")"
+start ip netns exec "$NS_S" nginx -c "$(nginx_conf "$work/app-netns" "$S_IP:$APP" "")"
 wait_url "http://$S_IP:$APP/" "$NS_C"
 
 echo
@@ -277,3 +294,4 @@ wait_url "http://$S_IP:$APP/" "$NS_C"
 row "trellis sidecars" "http://$S_IP:$APP/" "$sc" "$ss"
 echo "(sidecars: iptables REDIRECT to 15001 on the client side and 15006 on the server side;"
 echo " the difference to the gateways row is what redirection and SO_ORIGINAL_DST cost)"
+smoke_note

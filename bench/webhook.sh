@@ -2,14 +2,24 @@
 # make bench-webhook: AdmissionReviews per second and latency percentiles over TLS keep-alive.
 # Starts a release `webhook serve` with a throwaway certificate and drives it with wrk posting the
 # plain-pod fixture (a full injection per request). Prints one summary line per connection count.
+# Knobs (full / SMOKE=1): DURATION (10s / 1s), PORT (18443).
+#
+# smoke-expect: ^webhook bench: {n} CPUs
+# smoke-expect: ^connections +reviews/s +p50_ms +p99_ms +errors$
+# smoke-expect: ^1 +{n} +{n} +{n} +{n}$
+# smoke-expect: ^8 +{n} +{n} +{n} +{n}$
+# smoke-expect: ^32 +{n} +{n} +{n} +{n}$
+# smoke-expect: ^webhook peak RSS: {n} MiB$
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v wrk >/dev/null || { echo "bench-webhook: wrk is missing (apt-get install wrk)" >&2; exit 1; }
-bin=target/release/webhook
-[ -x "$bin" ] || cargo build -p webhook --release
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+DURATION=${DURATION:-$(knob 10s 1s)}
+bench_install wrk:wrk curl:curl openssl:openssl
+bench_build
+bin=${CARGO_TARGET_DIR:-target}/release/webhook
 work=$(mktemp -d)
 port=${PORT:-18443}
-duration=${DURATION:-10s}
 cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -29,12 +39,13 @@ done = function(summary, latency, requests)
     summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 LUA
-echo "webhook bench: $(nproc) CPUs, wrk 1 thread, TLS keep-alive, POST /mutate (plain pod, full injection), $duration each"
+echo "webhook bench: $(nproc) CPUs, wrk 1 thread, TLS keep-alive, POST /mutate (plain pod, full injection), $DURATION each"
 printf '%-12s %10s %10s %10s %8s\n' connections reviews/s p50_ms p99_ms errors
 for c in 1 8 32; do
-    line=$(wrk -t1 -c"$c" -d"$duration" -s "$work/post.lua" "https://127.0.0.1:$port/mutate" | grep '^RESULT')
+    line=$(wrk -t1 -c"$c" -d"$DURATION" -s "$work/post.lua" "https://127.0.0.1:$port/mutate" | grep '^RESULT')
     read -r _ rps p50 p99 errors <<<"$line"
     printf '%-12s %10s %10s %10s %8s\n' "$c" "${rps#rps=}" "${p50#p50_ms=}" "${p99#p99_ms=}" "${errors#errors=}"
 done
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 echo "webhook peak RSS: $((rss / 1024)) MiB"
+smoke_note
