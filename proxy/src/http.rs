@@ -81,11 +81,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
             Ok(None) => return, // closed between requests
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "refusing a malformed request");
-                let (code, reason) = match e {
-                    HeadError::Bad(_) => (400, "Bad Request"),
-                    HeadError::TooLarge => (431, "Request Header Fields Too Large"),
-                    HeadError::Unsupported(_) => (405, "Method Not Allowed"),
-                };
+                let (code, reason) = e.status();
                 let mut out = Vec::new();
                 // The body says what was wrong with the head, and what is expected.
                 h1::local_reply(&mut out, code, reason, &e.to_string(), false, true);
@@ -215,19 +211,11 @@ impl Exchange<'_> {
             ctx,
             stats: st,
             start,
-            log: req.log.take().map(|f| {
-                Box::new(Entry {
-                    start: Some(SystemTime::now()),
-                    method: f.method,
-                    path: f.path,
-                    protocol: f.protocol,
-                    xff: f.xff,
-                    user_agent: f.user_agent,
-                    request_id: f.request_id,
-                    authority: f.authority,
-                    upstream_host: Some(cluster.addr),
-                    ..Entry::default()
-                })
+            // The codec filled in the request's fields; the rest are the exchange's.
+            log: req.log.take().map(|mut e| {
+                e.start = Some(SystemTime::now());
+                e.upstream_host = Some(cluster.addr);
+                e
             }),
             code: 0,
             received: Count::default(),

@@ -22,6 +22,7 @@ pub mod listener;
 pub mod orig_dst;
 pub mod pool;
 pub mod prevent_loop;
+pub mod request_id;
 pub mod stats;
 pub mod tcp;
 
