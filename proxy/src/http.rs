@@ -204,8 +204,8 @@ impl Exchange<'_> {
             timer,
         } = self;
         let start = Instant::now();
-        ctx.listener.downstream_rq_total.inc();
-        ctx.listener.downstream_rq_active.inc();
+        ctx.listener.http.downstream_rq_total.inc();
+        ctx.listener.http.downstream_rq_active.inc();
         let st = &cluster.stats;
         let mut rq = Finish {
             ctx,
@@ -701,7 +701,7 @@ impl Finish<'_> {
             return;
         }
         self.done = true;
-        self.ctx.listener.downstream_rq_active.dec();
+        self.ctx.listener.http.downstream_rq_active.dec();
         if let (Some(log), Some(mut e)) = (&self.ctx.access_log, self.log.take()) {
             e.code = self.code;
             e.flags = flags;
