@@ -7,7 +7,7 @@
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
 //! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
-//! [`access_log`], [`drain`] beside them.
+//! [`access_log`], [`drain`], [`request_id`] beside them.
 
 pub mod access_log;
 pub mod admin;

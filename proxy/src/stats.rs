@@ -2,7 +2,7 @@
 //! their two renderings (`/stats` text `name: value`, `/stats/prometheus` exposition format).
 //!
 //! A stats struct is declared with `stats!`, which writes each stat's Envoy name once, beside its
-//! field, and lets the renderers reach every field; a [`Scope`] (cluster, HTTP connection manager,
+//! field, and lets the renderers reach every field; a `Scope` (cluster, HTTP connection manager,
 //! TCP proxy) says where those names live in each rendering.
 
 use std::collections::BTreeMap;
