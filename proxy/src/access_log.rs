@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-/// One finished request.
+/// One finished request. The codec fills the request's fields as it forwards the head
+/// ([`crate::h1::Request::log`]); the exchange fills in the rest as it ends.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
     pub start: Option<SystemTime>,

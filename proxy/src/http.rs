@@ -7,11 +7,14 @@
 //! each side when its head and body fit in a segment. While it waits for upstream, the task keeps
 //! reading the client's side, so a client that goes away cancels its request (`DC`), queued or in
 //! flight. Idle connections hold no buffers (see [`crate::iobuf`]).
+//!
+//! Beside the exchange: `flags` (the answers the proxy makes itself and Envoy's response flags)
+//! and `accounting` (what one request counts and logs, however it ends).
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,22 +23,19 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::AccessLog;
 use crate::cluster::{AcquireError, Cluster, Lease};
 use crate::drain::Drain;
 use crate::h1::{self, Body, Framing, HeadError, Request, RequestOpts, ResponseOpts};
 use crate::iobuf::Buf;
 use crate::stats::{ClusterStats, ListenerStats};
 
-pub const OVERFLOW_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
-pub const CONNECT_FAIL_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
-pub const RESET_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
-pub const PROTOCOL_ERROR_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
-pub const TIMEOUT_BODY: &str = "upstream request timeout";
+mod accounting;
+mod flags;
+
+use accounting::Finish;
+use flags::{Local, ResponseFlag};
+pub use flags::{CONNECT_FAIL_BODY, OVERFLOW_BODY, PROTOCOL_ERROR_BODY, RESET_BODY, TIMEOUT_BODY};
 
 /// Settings shared by the connections of one listener.
 pub struct HttpCtx {
@@ -81,11 +81,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
             Ok(None) => return, // closed between requests
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "refusing a malformed request");
-                let (code, reason) = match e {
-                    HeadError::Bad(_) => (400, "Bad Request"),
-                    HeadError::TooLarge => (431, "Request Header Fields Too Large"),
-                    HeadError::Unsupported(_) => (405, "Method Not Allowed"),
-                };
+                let (code, reason) = e.status();
                 let mut out = Vec::new();
                 // The body says what was wrong with the head, and what is expected.
                 h1::local_reply(&mut out, code, reason, &e.to_string(), false, true);
@@ -163,21 +159,6 @@ enum Early {
     ClientGone,
 }
 
-/// The answers the proxy makes itself (Envoy's texts and response flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Local {
-    /// A pool limit refused the request: 503 with `x-envoy-overloaded: true` (`UO`).
-    Overflow,
-    /// No connection to upstream (`UF`).
-    ConnectFailed,
-    /// No response head within `--request-timeout` (`UT`).
-    Timeout,
-    /// Upstream closed or reset before a response head (`UC`).
-    Reset,
-    /// Upstream answered something that is not HTTP/1.x (`UPE`).
-    ProtocolError,
-}
-
 /// How a response that reached the client ended.
 enum Delivered {
     /// In full; `keep_alive` if the client's connection can carry another request.
@@ -208,34 +189,14 @@ impl Exchange<'_> {
             timer,
         } = self;
         let start = Instant::now();
-        ctx.listener.downstream_rq_total.inc();
-        ctx.listener.downstream_rq_active.inc();
         let st = &cluster.stats;
-        let mut rq = Finish {
-            ctx,
-            stats: st,
-            start,
-            log: req.log.take().map(|f| {
-                Box::new(Entry {
-                    start: Some(SystemTime::now()),
-                    method: f.method,
-                    path: f.path,
-                    protocol: f.protocol,
-                    xff: f.xff,
-                    user_agent: f.user_agent,
-                    request_id: f.request_id,
-                    authority: f.authority,
-                    upstream_host: Some(cluster.addr),
-                    ..Entry::default()
-                })
-            }),
-            code: 0,
-            received: Count::default(),
-            sent: Count::default(),
-            code_sent: AtomicU16::new(0),
-            upstream_ms: Count::default(),
-            done: false,
-        };
+        // The codec filled in the request's fields; the rest are the exchange's.
+        let log = req.log.take().map(|mut e| {
+            e.start = Some(SystemTime::now());
+            e.upstream_host = Some(cluster.addr);
+            e
+        });
+        let mut rq = Finish::start(ctx, st, start, log);
         d.buf.consume(req.head_len);
         let mut body = Body::new(req.body);
         timer
@@ -321,7 +282,7 @@ impl Exchange<'_> {
             }
             Delivered::UpstreamReset => {
                 st.upstream_rq_rx_reset.inc();
-                rq.finish("UR");
+                rq.finish(ResponseFlag::UpstreamRemoteReset);
                 false
             }
             Delivered::ClientGone => {
@@ -636,113 +597,31 @@ async fn linger_close(io: &mut TcpStream) {
     .await;
 }
 
-/// The end of one request: counts, logs, releases the request slot. Dropped before `finish`
-/// means the exchange was abandoned (`DC`).
-struct Finish<'a> {
-    ctx: &'a HttpCtx,
-    stats: &'a ClusterStats,
-    start: Instant,
-    log: Option<Box<Entry>>,
-    code: u16,
-    /// Request body payload bytes received from the client.
-    received: Count,
-    /// Response body payload bytes sent to the client.
-    sent: Count,
-    /// The status of the response head sent on to the client (0: none yet).
-    code_sent: AtomicU16,
-    /// Milliseconds to the response head, plus one (0: none).
-    upstream_ms: Count,
-    done: bool,
-}
-
+// Answering locally is the exchange's I/O, so it lives here; what it says and counts is the
+// `flags` table, and the rest of its accounting is `Finish`'s.
 impl Finish<'_> {
     /// Answers the client locally, counting it as Envoy does. The connection is kept only if
     /// the client wants it and no part of its request body is left unread.
     async fn local(mut self, d: &mut Downstream, body: &Body, req: &Request, what: Local) -> bool {
-        let st = self.stats;
-        let (code, reason, text, flags) = match what {
-            // Never reached upstream: not an upstream response code.
-            Local::Overflow => (503, "Service Unavailable", OVERFLOW_BODY, "UO"),
-            Local::ConnectFailed => (503, "Service Unavailable", CONNECT_FAIL_BODY, "UF"),
-            Local::Timeout => (504, "Gateway Timeout", TIMEOUT_BODY, "UT"),
-            Local::Reset => (503, "Service Unavailable", RESET_BODY, "UC"),
-            Local::ProtocolError => (503, "Service Unavailable", PROTOCOL_ERROR_BODY, "UPE"),
-        };
-        match what {
-            Local::Overflow => {}
-            Local::ConnectFailed => st.count_code(code),
-            Local::Timeout => {
-                st.upstream_rq_timeout.inc();
-                st.count_code(code);
-            }
-            Local::Reset | Local::ProtocolError => {
-                st.upstream_rq_rx_reset.inc();
-                st.count_code(code);
-            }
-        }
+        let reply = what.reply();
+        what.count(self.stats, reply.code);
         let keep = req.keep_alive && body.is_done() && !self.ctx.drain.is_draining();
-        let mut out = Vec::with_capacity(160 + text.len());
-        h1::local_reply(&mut out, code, reason, text, what == Local::Overflow, !keep);
+        let mut out = Vec::with_capacity(160 + reply.body.len());
+        h1::local_reply(
+            &mut out,
+            reply.code,
+            reply.reason,
+            reply.body,
+            reply.overloaded,
+            !keep,
+        );
         let ok = d.io.write_all(&out).await.is_ok();
-        self.code = code;
-        self.sent.add(text.len() as u64);
-        self.finish(flags);
+        self.code = reply.code;
+        self.sent.add(reply.body.len() as u64);
+        self.finish(reply.flag);
         if ok && !body.is_done() {
             linger_close(&mut d.io).await;
         }
         ok && keep
-    }
-
-    /// The response was delivered in full.
-    fn complete(mut self) {
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        self.stats.upstream_rq_time.record_ms(ms);
-        self.finish("-");
-    }
-
-    /// The client went away; `upstream` if its request had reached upstream.
-    fn client_gone(mut self, upstream: bool) {
-        if upstream {
-            self.stats.upstream_rq_tx_reset.inc();
-        }
-        self.finish("DC");
-    }
-
-    fn finish(&mut self, flags: &'static str) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.ctx.listener.downstream_rq_active.dec();
-        if let (Some(log), Some(mut e)) = (&self.ctx.access_log, self.log.take()) {
-            e.code = self.code;
-            e.flags = flags;
-            e.bytes_sent = self.sent.get();
-            e.bytes_received = self.received.get();
-            e.duration_ms = self.start.elapsed().as_millis() as u64;
-            e.upstream_time_ms = self.upstream_ms.get().checked_sub(1);
-            log.log(*e);
-        }
-    }
-}
-
-/// A byte count written by one task (and read by it at the end): plain loads and stores.
-#[derive(Default)]
-struct Count(AtomicU64);
-
-impl Count {
-    fn add(&self, n: u64) {
-        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
-    }
-    fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-}
-
-impl Drop for Finish<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.finish("DC");
-        }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
 //! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
-//! [`access_log`], [`drain`] beside them.
+//! [`access_log`], [`drain`], [`request_id`] beside them.
 
 pub mod access_log;
 pub mod admin;
@@ -21,6 +21,7 @@ pub mod listener;
 pub mod orig_dst;
 pub mod pool;
 pub mod prevent_loop;
+pub mod request_id;
 pub mod stats;
 pub mod tcp;
 

@@ -123,7 +123,7 @@ impl Conns {
                 let dst = crate::orig_dst::original_dst(&stream).unwrap_or(local);
                 if crate::prevent_loop::is_loop(dst, local, &p.own_ports()) {
                     tracing::debug!(%dst, %peer, "refusing a connection to the proxy itself");
-                    http.listener.downstream_cx_loop_refused.inc();
+                    http.listener.http.downstream_cx_loop_refused.inc();
                     return;
                 }
                 p.cluster_for(self.dir, dst)
@@ -150,10 +150,10 @@ impl Conns {
         match proto {
             Protocol::Http1 => {
                 let l = &http.listener;
-                l.downstream_cx_total.inc();
-                l.downstream_cx_active.inc();
+                l.http.downstream_cx_total.inc();
+                l.http.downstream_cx_active.inc();
                 crate::http::serve(stream, peer, cluster, http.clone()).await;
-                http.listener.downstream_cx_active.dec();
+                http.listener.http.downstream_cx_active.dec();
             }
             Protocol::Opaque => {
                 crate::tcp::proxy(

@@ -1,5 +1,9 @@
 //! Envoy-named statistics: lock-free counters, gauges and the `upstream_rq_time` histogram, and
 //! their two renderings (`/stats` text `name: value`, `/stats/prometheus` exposition format).
+//!
+//! A stats struct is declared with `stats!`, which writes each stat's Envoy name once, beside its
+//! field, and lets the renderers reach every field; a `Scope` (cluster, HTTP connection manager,
+//! TCP proxy) says where those names live in each rendering.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -112,45 +116,137 @@ impl Histogram {
     }
 }
 
-/// Stats of one cluster (`cluster.<name>.*`).
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    pub upstream_cx_total: Counter,
-    pub upstream_cx_http1_total: Counter,
-    pub upstream_cx_active: Gauge,
-    pub upstream_cx_overflow: Counter,
-    pub upstream_cx_connect_fail: Counter,
-    pub upstream_cx_connect_timeout: Counter,
-    pub upstream_cx_destroy: Counter,
-    pub upstream_cx_idle_timeout: Counter,
-    pub upstream_cx_rx_bytes_total: Counter,
-    pub upstream_cx_tx_bytes_total: Counter,
-    pub upstream_rq_total: Counter,
-    pub upstream_rq_active: Gauge,
-    pub upstream_rq_pending_total: Counter,
-    pub upstream_rq_pending_active: Gauge,
-    pub upstream_rq_pending_overflow: Counter,
-    pub upstream_rq_cancelled: Counter,
-    pub upstream_rq_timeout: Counter,
-    pub upstream_rq_retry: Counter,
-    pub upstream_rq_rx_reset: Counter,
-    pub upstream_rq_tx_reset: Counter,
-    pub cb_cx_open: Gauge,
-    pub cb_rq_pending_open: Gauge,
-    pub cb_rq_open: Gauge,
-    /// `-1` when the limit is unset (then the gauge is not shown, like Envoy without `track_remaining`).
-    pub cb_remaining_cx: Gauge,
-    pub cb_remaining_pending: Gauge,
-    pub cb_remaining_rq: Gauge,
-    codes: CodeCounters,
-    pub upstream_rq_time: Histogram,
+/// A stat as a stats struct holds it: how it reads out under its Envoy name.
+trait Stat {
+    fn visit(&self, name: &str, f: &mut dyn FnMut(&str, Value));
 }
 
+impl Stat for Counter {
+    fn visit(&self, name: &str, f: &mut dyn FnMut(&str, Value)) {
+        f(name, Value::Counter(self.get()));
+    }
+}
+
+impl Stat for Gauge {
+    fn visit(&self, name: &str, f: &mut dyn FnMut(&str, Value)) {
+        f(name, Value::Gauge(self.get()));
+    }
+}
+
+impl Stat for Histogram {
+    fn visit(&self, name: &str, f: &mut dyn FnMut(&str, Value)) {
+        f(name, Value::Histogram(self));
+    }
+}
+
+/// A gauge that may have no value: `-1` when unset, and then not shown (Envoy's remaining-capacity
+/// gauges of a limit that is not set, as without `track_remaining`).
+#[derive(Debug, Default)]
+pub struct OptionalGauge(Gauge);
+impl OptionalGauge {
+    pub fn set(&self, v: i64) {
+        self.0.set(v);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.get()
+    }
+}
+
+impl Stat for OptionalGauge {
+    fn visit(&self, name: &str, f: &mut dyn FnMut(&str, Value)) {
+        let v = self.get();
+        if v >= 0 {
+            f(name, Value::Gauge(v));
+        }
+    }
+}
+
+/// Declares a stats struct with each stat's Envoy name written once, beside its field: the
+/// field's own name, or the literal after `=` where Envoy's has dots. The generated `visit` hands
+/// every field to the renderers under that name, so no stat can be left out of `/stats`.
+macro_rules! stats {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $vis:vis $field:ident : $ty:ty $(= $stat:literal)? ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $( $(#[$fmeta])* $vis $field: $ty, )*
+        }
+
+        impl $name {
+            /// Every stat, under its Envoy name (relative to its scope).
+            fn visit(&self, f: &mut dyn FnMut(&str, Value)) {
+                $( Stat::visit(&self.$field, stats!(@name $field $($stat)?), f); )*
+            }
+        }
+    };
+    (@name $field:ident $stat:literal) => { $stat };
+    (@name $field:ident) => { stringify!($field) };
+}
+
+stats! {
+    /// Stats of one cluster (`cluster.<name>.*`).
+    pub struct ClusterStats {
+        pub upstream_cx_total: Counter,
+        pub upstream_cx_http1_total: Counter,
+        pub upstream_cx_active: Gauge,
+        pub upstream_cx_overflow: Counter,
+        pub upstream_cx_connect_fail: Counter,
+        pub upstream_cx_connect_timeout: Counter,
+        pub upstream_cx_destroy: Counter,
+        pub upstream_cx_idle_timeout: Counter,
+        pub upstream_cx_rx_bytes_total: Counter,
+        pub upstream_cx_tx_bytes_total: Counter,
+        pub upstream_rq_total: Counter,
+        pub upstream_rq_active: Gauge,
+        pub upstream_rq_pending_total: Counter,
+        pub upstream_rq_pending_active: Gauge,
+        pub upstream_rq_pending_overflow: Counter,
+        pub upstream_rq_cancelled: Counter,
+        pub upstream_rq_timeout: Counter,
+        pub upstream_rq_retry: Counter,
+        pub upstream_rq_rx_reset: Counter,
+        pub upstream_rq_tx_reset: Counter,
+        pub cb_cx_open: Gauge = "circuit_breakers.default.cx_open",
+        pub cb_rq_pending_open: Gauge = "circuit_breakers.default.rq_pending_open",
+        pub cb_rq_open: Gauge = "circuit_breakers.default.rq_open",
+        pub cb_remaining_cx: OptionalGauge = "circuit_breakers.default.remaining_cx",
+        pub cb_remaining_pending: OptionalGauge = "circuit_breakers.default.remaining_pending",
+        pub cb_remaining_rq: OptionalGauge = "circuit_breakers.default.remaining_rq",
+        /// `upstream_rq_<code>` and `upstream_rq_<N>xx`, through [`ClusterStats::count_code`].
+        codes: CodeCounters = "upstream_rq",
+        pub upstream_rq_time: Histogram,
+    }
+}
+
+/// A counter per response code: `<name>_<code>` for each code seen, and `<name>_<N>xx` per class.
 #[derive(Debug)]
 struct CodeCounters(Box<[AtomicU64; 600]>);
 impl Default for CodeCounters {
     fn default() -> Self {
         CodeCounters(Box::new(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+}
+
+impl Stat for CodeCounters {
+    fn visit(&self, name: &str, f: &mut dyn FnMut(&str, Value)) {
+        let mut class = [0u64; 6];
+        for (code, c) in self.0.iter().enumerate() {
+            let v = c.load(Relaxed);
+            if v > 0 {
+                class[code / 100] += v;
+                f(&format!("{name}_{code}"), Value::Code(code as u16, v));
+            }
+        }
+        for (k, v) in class.iter().enumerate().skip(1) {
+            if *v > 0 {
+                f(&format!("{name}_{k}xx"), Value::Class(k as u8, *v));
+            }
+        }
     }
 }
 
@@ -170,108 +266,60 @@ impl ClusterStats {
             c.fetch_add(1, Relaxed);
         }
     }
+}
 
-    fn visit(&self, f: &mut dyn FnMut(&str, Value)) {
-        use Value::{Counter as C, Gauge as G};
-        let counters = [
-            ("upstream_cx_total", &self.upstream_cx_total),
-            ("upstream_cx_http1_total", &self.upstream_cx_http1_total),
-            ("upstream_cx_overflow", &self.upstream_cx_overflow),
-            ("upstream_cx_connect_fail", &self.upstream_cx_connect_fail),
-            (
-                "upstream_cx_connect_timeout",
-                &self.upstream_cx_connect_timeout,
-            ),
-            ("upstream_cx_destroy", &self.upstream_cx_destroy),
-            ("upstream_cx_idle_timeout", &self.upstream_cx_idle_timeout),
-            (
-                "upstream_cx_rx_bytes_total",
-                &self.upstream_cx_rx_bytes_total,
-            ),
-            (
-                "upstream_cx_tx_bytes_total",
-                &self.upstream_cx_tx_bytes_total,
-            ),
-            ("upstream_rq_total", &self.upstream_rq_total),
-            ("upstream_rq_pending_total", &self.upstream_rq_pending_total),
-            (
-                "upstream_rq_pending_overflow",
-                &self.upstream_rq_pending_overflow,
-            ),
-            ("upstream_rq_cancelled", &self.upstream_rq_cancelled),
-            ("upstream_rq_timeout", &self.upstream_rq_timeout),
-            ("upstream_rq_retry", &self.upstream_rq_retry),
-            ("upstream_rq_rx_reset", &self.upstream_rq_rx_reset),
-            ("upstream_rq_tx_reset", &self.upstream_rq_tx_reset),
-        ];
-        for (n, c) in counters {
-            f(n, C(c.get()));
-        }
-        for (n, g) in [
-            ("upstream_cx_active", &self.upstream_cx_active),
-            ("upstream_rq_active", &self.upstream_rq_active),
-            (
-                "upstream_rq_pending_active",
-                &self.upstream_rq_pending_active,
-            ),
-            ("circuit_breakers.default.cx_open", &self.cb_cx_open),
-            (
-                "circuit_breakers.default.rq_pending_open",
-                &self.cb_rq_pending_open,
-            ),
-            ("circuit_breakers.default.rq_open", &self.cb_rq_open),
-        ] {
-            f(n, G(g.get()));
-        }
-        for (n, g) in [
-            (
-                "circuit_breakers.default.remaining_cx",
-                &self.cb_remaining_cx,
-            ),
-            (
-                "circuit_breakers.default.remaining_pending",
-                &self.cb_remaining_pending,
-            ),
-            (
-                "circuit_breakers.default.remaining_rq",
-                &self.cb_remaining_rq,
-            ),
-        ] {
-            let v = g.get();
-            if v >= 0 {
-                f(n, G(v));
-            }
-        }
-        let mut class = [0u64; 6];
-        for (code, c) in self.codes.0.iter().enumerate() {
-            let v = c.load(Relaxed);
-            if v > 0 {
-                class[code / 100] += v;
-                f(&format!("upstream_rq_{code}"), Value::Code(code as u16, v));
-            }
-        }
-        for (k, v) in class.iter().enumerate().skip(1) {
-            if *v > 0 {
-                f(&format!("upstream_rq_{k}xx"), Value::Class(k as u8, *v));
-            }
-        }
-        f("upstream_rq_time", Value::Histogram(&self.upstream_rq_time));
+/// Stats of one listener, in Envoy's two scopes: its HTTP connection manager's and, for the
+/// connections it proxies as opaque TCP, its TCP proxy's.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub http: HttpStats,
+    pub tcp: TcpStats,
+}
+
+stats! {
+    /// A listener's HTTP connection manager (`http.<listener>.*`).
+    pub struct HttpStats {
+        pub downstream_cx_total: Counter,
+        pub downstream_cx_active: Gauge,
+        pub downstream_rq_total: Counter,
+        pub downstream_rq_active: Gauge,
+        /// Connections refused because their original destination was the proxy itself.
+        pub downstream_cx_loop_refused: Counter,
     }
 }
 
-/// Stats of one listener (`http.<name>.*` for HTTP, `tcp.<name>.*` for opaque TCP).
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    pub downstream_cx_total: Counter,
-    pub downstream_cx_active: Gauge,
-    pub downstream_rq_total: Counter,
-    pub downstream_rq_active: Gauge,
-    /// Connections refused because their original destination was the proxy itself.
-    pub downstream_cx_loop_refused: Counter,
-    pub tcp_downstream_cx_total: Counter,
-    pub tcp_downstream_cx_active: Gauge,
-    pub tcp_upstream_cx_overflow: Counter,
+stats! {
+    /// A listener's opaque TCP proxy (`tcp.<listener>.*`).
+    pub struct TcpStats {
+        pub downstream_cx_total: Counter,
+        pub downstream_cx_active: Gauge,
+        pub upstream_cx_overflow: Counter,
+    }
 }
+
+/// Where a stats struct's names live: its `/stats` prefix, and its Prometheus family prefix and
+/// the tag that carries the cluster's or listener's name.
+struct Scope {
+    text: &'static str,
+    family: &'static str,
+    tag: &'static str,
+}
+
+const CLUSTER: Scope = Scope {
+    text: "cluster",
+    family: "envoy_cluster_",
+    tag: "envoy_cluster_name",
+};
+const HTTP: Scope = Scope {
+    text: "http",
+    family: "envoy_http_",
+    tag: "envoy_http_conn_manager_prefix",
+};
+const TCP: Scope = Scope {
+    text: "tcp",
+    family: "envoy_tcp_",
+    tag: "envoy_tcp_prefix",
+};
 
 pub enum Value<'a> {
     Counter(u64),
@@ -329,6 +377,17 @@ impl Registry {
             .clone()
     }
 
+    /// Every cluster's and listener's stats: `(scope, cluster or listener name, stat name, value)`.
+    fn visit_scoped(&self, f: &mut dyn FnMut(&Scope, &str, &str, Value)) {
+        for (name, c) in self.clusters.read().expect("stats lock").iter() {
+            c.visit(&mut |n, v| f(&CLUSTER, name, n, v));
+        }
+        for (name, l) in self.listeners.read().expect("stats lock").iter() {
+            l.http.visit(&mut |n, v| f(&HTTP, name, n, v));
+            l.tcp.visit(&mut |n, v| f(&TCP, name, n, v));
+        }
+    }
+
     fn server(&self, f: &mut dyn FnMut(&str, Value)) {
         f("live", Value::Gauge(self.live.get()));
         f("concurrency", Value::Gauge(self.concurrency.get()));
@@ -353,20 +412,7 @@ impl Registry {
             };
             lines.push(format!("{prefix}{n}: {value}"));
         };
-        for (name, c) in self.clusters.read().expect("stats lock").iter() {
-            let prefix = format!("cluster.{name}.");
-            c.visit(&mut |n, v| push(&prefix, n, v));
-        }
-        for (name, l) in self.listeners.read().expect("stats lock").iter() {
-            for (n, v) in listener_values(l) {
-                let kind = if n.starts_with("tcp.") { "" } else { "http." };
-                let (n, prefix) = match n.strip_prefix("tcp.") {
-                    Some(rest) => (rest, format!("tcp.{name}.")),
-                    None => (n, format!("{kind}{name}.")),
-                };
-                push(&prefix, n, v);
-            }
-        }
+        self.visit_scoped(&mut |scope, name, n, v| push(&format!("{}.{name}.", scope.text), n, v));
         self.server(&mut |n, v| push("server.", n, v));
         lines.sort();
         let mut out = lines.join("\n");
@@ -432,28 +478,10 @@ impl Registry {
                 }
             }
         }
-        for (name, c) in self.clusters.read().expect("stats lock").iter() {
-            let labels = format!("envoy_cluster_name=\"{}\"", escape_label(name));
-            c.visit(&mut |n, v| add(&mut fams, &format!("envoy_cluster_{n}"), &labels, v));
-        }
-        for (name, l) in self.listeners.read().expect("stats lock").iter() {
-            for (n, v) in listener_values(l) {
-                match n.strip_prefix("tcp.") {
-                    Some(rest) => add(
-                        &mut fams,
-                        &format!("envoy_tcp_{rest}"),
-                        &format!("envoy_tcp_prefix=\"{}\"", escape_label(name)),
-                        v,
-                    ),
-                    None => add(
-                        &mut fams,
-                        &format!("envoy_http_{n}"),
-                        &format!("envoy_http_conn_manager_prefix=\"{}\"", escape_label(name)),
-                        v,
-                    ),
-                }
-            }
-        }
+        self.visit_scoped(&mut |scope, name, n, v| {
+            let labels = format!("{}=\"{}\"", scope.tag, escape_label(name));
+            add(&mut fams, &format!("{}{n}", scope.family), &labels, v)
+        });
         let mut server = Vec::new();
         self.server(&mut |n, v| {
             if let Value::Gauge(g) = v {
@@ -484,43 +512,6 @@ impl Registry {
     }
 }
 
-fn listener_values(l: &ListenerStats) -> Vec<(&'static str, Value<'static>)> {
-    vec![
-        (
-            "downstream_cx_total",
-            Value::Counter(l.downstream_cx_total.get()),
-        ),
-        (
-            "downstream_cx_active",
-            Value::Gauge(l.downstream_cx_active.get()),
-        ),
-        (
-            "downstream_rq_total",
-            Value::Counter(l.downstream_rq_total.get()),
-        ),
-        (
-            "downstream_rq_active",
-            Value::Gauge(l.downstream_rq_active.get()),
-        ),
-        (
-            "downstream_cx_loop_refused",
-            Value::Counter(l.downstream_cx_loop_refused.get()),
-        ),
-        (
-            "tcp.downstream_cx_total",
-            Value::Counter(l.tcp_downstream_cx_total.get()),
-        ),
-        (
-            "tcp.downstream_cx_active",
-            Value::Gauge(l.tcp_downstream_cx_active.get()),
-        ),
-        (
-            "tcp.upstream_cx_overflow",
-            Value::Counter(l.tcp_upstream_cx_overflow.get()),
-        ),
-    ]
-}
-
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -540,7 +531,7 @@ mod tests {
         c.count_code(200);
         c.count_code(503);
         c.upstream_rq_time.record_ms(3.0);
-        r.listener("gateway").downstream_cx_active.inc();
+        r.listener("gateway").http.downstream_cx_active.inc();
         let t = r.render_text();
         for want in [
             "cluster.inbound_8080.upstream_cx_active: 3\n",

@@ -15,17 +15,17 @@ pub async fn proxy(
     listener: Arc<ListenerStats>,
     connect_timeout: Duration,
 ) {
-    listener.tcp_downstream_cx_total.inc();
-    listener.tcp_downstream_cx_active.inc();
+    listener.tcp.downstream_cx_total.inc();
+    listener.tcp.downstream_cx_active.inc();
     struct Active(Arc<ListenerStats>);
     impl Drop for Active {
         fn drop(&mut self) {
-            self.0.tcp_downstream_cx_active.dec();
+            self.0.tcp.downstream_cx_active.dec();
         }
     }
     let _active = Active(listener.clone());
     let Some(_slot) = cluster.open_tcp() else {
-        listener.tcp_upstream_cx_overflow.inc();
+        listener.tcp.upstream_cx_overflow.inc();
         return;
     };
     let st = &cluster.stats;
