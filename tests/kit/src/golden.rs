@@ -25,13 +25,13 @@ pub struct Mismatch {
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.want {
-            Ok(want) => write!(
+            Ok(want) => writeln!(
                 f,
-                "{} differs from the computed text\n--- golden\n{want}\n+++ computed\n{}\n",
+                "{} differs from the computed text\n--- golden\n{want}\n+++ computed\n{}",
                 self.path.display(),
                 self.got
             )?,
-            Err(e) => write!(f, "{}: {e}\n", self.path.display())?,
+            Err(e) => writeln!(f, "{}: {e}", self.path.display())?,
         }
         // Cargo sets the package name for the test binaries it runs.
         let package = std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "<crate>".into());
