@@ -8,6 +8,7 @@
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
 //! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
 //! [`access_log`], [`drain`], [`request_id`] beside them.
+#![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;

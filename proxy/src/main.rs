@@ -1,4 +1,5 @@
 //! `proxy` binary: sidecar (default), `gateway`, or `wait-ready`.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{free_addr, get, post, start_app, Client, ProxyProc};
+use kit::http::{get, post, Client};
+use support::{free_addr, start_app, ProxyProc};
 
 /// Checks the text exposition format strictly enough to catch what Prometheus rejects: metric
 /// and label names, quoting, numeric values, one `# TYPE` per family before its samples, and
@@ -94,16 +95,14 @@ async fn endpoints() {
     let mut c = Client::connect(px.listen).await.unwrap();
     assert_eq!(c.get("/").await.unwrap().status, 200);
 
-    assert_eq!(
-        get(px.admin, "/ready").await.unwrap(),
-        (200, "LIVE\n".into())
-    );
-    let (s, info) = get(px.admin, "/server_info").await.unwrap();
-    assert_eq!(s, 200);
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let ready = get(px.admin, "/ready").await.unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (200, "LIVE\n"));
+    let info = get(px.admin, "/server_info").await.unwrap();
+    assert_eq!(info.status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info.body).unwrap();
     assert_eq!(info["state"], "LIVE");
 
-    let stats = px.stats().await;
+    let stats = px.stats().snapshot().await;
     for k in [
         "upstream_cx_active",
         "upstream_cx_total",
@@ -123,17 +122,20 @@ async fn endpoints() {
         "circuit_breakers.default.remaining_cx",
         "circuit_breakers.default.remaining_pending",
     ] {
-        assert!(stats.contains_key(&format!("cluster.{app}.{k}")), "no {k}");
+        assert!(stats.has(&format!("cluster.{app}.{k}")), "no {k}");
     }
-    assert_eq!(stats["server.live"], "1");
-    assert_eq!(stats["http.gateway.downstream_cx_active"], "1");
+    assert_eq!(stats.get("server.live"), Some("1"));
+    assert_eq!(stats.get("http.gateway.downstream_cx_active"), Some("1"));
     assert_eq!(
-        stats[&format!("cluster.{app}.circuit_breakers.default.remaining_cx")],
-        "3"
+        stats.get(&format!(
+            "cluster.{app}.circuit_breakers.default.remaining_cx"
+        )),
+        Some("3")
     );
 
-    let (s, prom) = get(px.admin, "/stats/prometheus").await.unwrap();
-    assert_eq!(s, 200);
+    let prom = get(px.admin, "/stats/prometheus").await.unwrap();
+    assert_eq!(prom.status, 200);
+    let prom = prom.body;
     assert!(check_exposition(&prom) > 20);
     for want in [
         format!("envoy_cluster_upstream_cx_active{{envoy_cluster_name=\"{app}\"}} 1\n"),
@@ -146,7 +148,7 @@ async fn endpoints() {
         assert!(prom.contains(&want), "missing {want} in\n{prom}");
     }
 
-    let (_, clusters) = get(px.admin, "/clusters").await.unwrap();
+    let clusters = get(px.admin, "/clusters").await.unwrap().body;
     for want in [
         format!("{app}::default_priority::max_connections::4\n"),
         format!("{app}::default_priority::max_pending_requests::2\n"),
@@ -157,14 +159,20 @@ async fn endpoints() {
     ] {
         assert!(clusters.contains(&want), "missing {want} in\n{clusters}");
     }
-    let (_, dump) = get(px.admin, "/config_dump").await.unwrap();
+    let dump = get(px.admin, "/config_dump").await.unwrap().body;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["inbound_limits"]["max_connections"], 4);
     assert_eq!(dump["gateway"]["upstream"], app.to_string());
 
-    assert_eq!(post(px.admin, "/logging?level=debug").await.unwrap().0, 200);
-    assert_eq!(post(px.admin, "/logging?level=loud").await.unwrap().0, 400);
-    assert_eq!(get(px.admin, "/nope").await.unwrap().0, 404);
+    assert_eq!(
+        post(px.admin, "/logging?level=debug").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        post(px.admin, "/logging?level=loud").await.unwrap().status,
+        400
+    );
+    assert_eq!(get(px.admin, "/nope").await.unwrap().status, 404);
 }
 
 #[test]
@@ -192,13 +200,15 @@ async fn quitquitquit_drains_in_flight_then_exits_0() {
         let mut c = Client::connect(listen).await.unwrap();
         c.get("/?delay_ms=1500").await.unwrap().status
     });
-    px.wait_stat(&format!("cluster.{app}.upstream_rq_active"), 1)
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_active"))
+        .eventually_eq(1)
         .await;
-    assert_eq!(post(px.admin, "/quitquitquit").await.unwrap().0, 200);
+    assert_eq!(post(px.admin, "/quitquitquit").await.unwrap().status, 200);
     // Draining: not ready, not live, no new connections.
-    let (s, body) = get(px.admin, "/ready").await.unwrap();
-    assert_eq!((s, body.as_str()), (503, "DRAINING\n"));
-    assert_eq!(px.stat("server.live").await, 0);
+    let ready = get(px.admin, "/ready").await.unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (503, "DRAINING\n"));
+    px.stats().metric("server.live").now_eq(0).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(listen).await.is_ok() {
         assert!(Instant::now() < deadline, "still accepting while draining");
@@ -313,7 +323,7 @@ async fn prometheus_output_parses_with_prometheus_client() {
     let px = ProxyProc::gateway(app, &["--max-connections=2"]).await;
     let mut c = Client::connect(px.listen).await.unwrap();
     assert_eq!(c.get("/").await.unwrap().status, 200);
-    let (_, prom) = get(px.admin, "/stats/prometheus").await.unwrap();
+    let prom = get(px.admin, "/stats/prometheus").await.unwrap().body;
     let mut child = Command::new(py)
         .args([
             "-c",

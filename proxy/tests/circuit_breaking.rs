@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{start_app, Client, ProxyProc};
+use kit::http::{Client, Response};
+use support::{start_app, ProxyProc};
 
 const OVERFLOW_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
@@ -22,11 +23,11 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&self, a: &support::Answer) {
+    fn record(&self, a: &Response) {
         let _ = self.count(a);
     }
 
-    fn count(&self, a: &support::Answer) -> u32 {
+    fn count(&self, a: &Response) -> u32 {
         match a.status {
             200 => self.ok.fetch_add(1, SeqCst),
             503 => {
@@ -105,8 +106,12 @@ async fn limits_10_10_with_30_clients_overflow_with_503_uo() {
         tokio::spawn(async move {
             let (mut max_cx, mut saw_open, mut samples) = (0i64, false, 0);
             while running.load(SeqCst) {
-                let s = px.stats().await;
-                let n = |k: &str| s[&format!("{c}.{k}")].parse::<i64>().unwrap();
+                let s = px.stats().snapshot().await;
+                let n = |k: &str| {
+                    let name = format!("{c}.{k}");
+                    s.value(&name)
+                        .unwrap_or_else(|| panic!("no {name} in /stats:\n{s}"))
+                };
                 max_cx = max_cx.max(n("upstream_cx_active"));
                 saw_open |= n("circuit_breakers.default.cx_open") == 1;
                 assert!(n("upstream_rq_pending_active") <= 10);
@@ -138,29 +143,42 @@ async fn limits_10_10_with_30_clients_overflow_with_503_uo() {
     assert!(max_cx <= 10, "upstream_cx_active reached {max_cx}");
     assert!(saw_open, "cx_open never read 1 under load");
 
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_pending_overflow")).await,
-        i64::from(overflow)
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_overflow"))
+        .now_eq(i64::from(overflow))
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_200"))
+        .now_eq(i64::from(ok))
+        .await;
+    assert!(
+        px.stats()
+            .metric(format!("{c}.upstream_cx_overflow"))
+            .value()
+            .await
+            >= i64::from(overflow)
     );
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_200")).await,
-        i64::from(ok)
-    );
-    assert!(px.stat(&format!("{c}.upstream_cx_overflow")).await >= i64::from(overflow));
     // Idle connections time out, then the breaker closes.
-    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
-    assert_eq!(
-        px.stat(&format!("{c}.circuit_breakers.default.cx_open"))
-            .await,
-        0
-    );
-    assert_eq!(
-        px.stat(&format!("{c}.circuit_breakers.default.remaining_cx"))
-            .await,
-        10
-    );
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_pending_active")).await, 0);
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_active")).await, 0);
+    px.stats()
+        .metric(format!("{c}.upstream_cx_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.circuit_breakers.default.cx_open"))
+        .now_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.circuit_breakers.default.remaining_cx"))
+        .now_eq(10)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_active"))
+        .now_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_active"))
+        .now_eq(0)
+        .await;
     // The access log carries the UO flag (written off the request path, so allow it to lag).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -206,34 +224,35 @@ async fn one_request_per_connection_3_connections_1_pending_mostly_overflow() {
     assert_eq!(tally.other.load(SeqCst), 0);
     assert_eq!(ok + overflow, 50);
     assert!(overflow > ok, "most answers must be 503 ({ok} 200s)");
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_pending_overflow")).await,
-        i64::from(overflow)
-    );
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_200")).await,
-        i64::from(ok)
-    );
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_total")).await,
-        i64::from(ok)
-    );
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_overflow"))
+        .now_eq(i64::from(overflow))
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_200"))
+        .now_eq(i64::from(ok))
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_total"))
+        .now_eq(i64::from(ok))
+        .await;
     // One request per connection: every 200 had its own upstream connection.
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_cx_total")).await,
-        i64::from(ok)
-    );
-    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
-    assert_eq!(
-        px.stat(&format!("{c}.circuit_breakers.default.cx_open"))
-            .await,
-        0
-    );
-    assert_eq!(
-        px.stat(&format!("{c}.circuit_breakers.default.rq_pending_open"))
-            .await,
-        0
-    );
+    px.stats()
+        .metric(format!("{c}.upstream_cx_total"))
+        .now_eq(i64::from(ok))
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.circuit_breakers.default.cx_open"))
+        .now_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.circuit_breakers.default.rq_pending_open"))
+        .now_eq(0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -251,17 +270,26 @@ async fn no_limits_two_clients_all_succeed() {
     .await;
     assert_eq!(tally.ok.load(SeqCst), 20);
     assert_eq!(tally.overflow.load(SeqCst) + tally.other.load(SeqCst), 0);
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_200")).await, 20);
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_pending_overflow")).await,
-        0
-    );
+    px.stats()
+        .metric(format!("{c}.upstream_rq_200"))
+        .now_eq(20)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_overflow"))
+        .now_eq(0)
+        .await;
     // Keep-alive: two clients never need more than two upstream connections.
-    assert!(px.stat(&format!("{c}.upstream_cx_total")).await <= 2);
-    let s = px.stats().await;
     assert!(
-        !s.contains_key(&format!("{c}.circuit_breakers.default.remaining_cx")),
+        px.stats()
+            .metric(format!("{c}.upstream_cx_total"))
+            .value()
+            .await
+            <= 2
+    );
+    let s = px.stats().snapshot().await;
+    assert!(
+        !s.has(&format!("{c}.circuit_breakers.default.remaining_cx")),
         "no remaining_* gauge when unlimited"
     );
-    assert_eq!(s["http.gateway.downstream_rq_total"], "20");
+    assert_eq!(s.get("http.gateway.downstream_rq_total"), Some("20"));
 }

@@ -6,12 +6,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::Empty;
 use hyper::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{free_addr, start_app, start_resetter, Client, ProxyProc, Zeros};
+use kit::http::Client;
+use support::{free_addr, start_app, start_resetter, ProxyProc, Zeros};
 
 async fn wait_log(px: &ProxyProc, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -37,16 +38,15 @@ async fn upstream_refusing_is_503_uf() {
     assert_eq!(a.status, 503);
     assert!(a.body.contains("connection failure"), "{}", a.body);
     assert!(a.headers.get("x-envoy-overloaded").is_none());
-    assert_eq!(
-        px.stat(&format!("cluster.{dead}.upstream_cx_connect_fail"))
-            .await,
-        1
-    );
+    px.stats()
+        .metric(format!("cluster.{dead}.upstream_cx_connect_fail"))
+        .now_eq(1)
+        .await;
     // The failed connect gave its slot back.
-    assert_eq!(
-        px.stat(&format!("cluster.{dead}.upstream_cx_active")).await,
-        0
-    );
+    px.stats()
+        .metric(format!("cluster.{dead}.upstream_cx_active"))
+        .now_eq(0)
+        .await;
     wait_log(&px, "\" 503 UF ").await;
     // The client connection is still usable.
     assert_eq!(c.get("/").await.unwrap().status, 503);
@@ -60,15 +60,20 @@ async fn slow_upstream_is_504_ut() {
     let a = c.get("/?delay_ms=3000").await.unwrap();
     assert_eq!(a.status, 504);
     assert_eq!(a.body, "upstream request timeout");
-    assert_eq!(
-        px.stat(&format!("cluster.{app}.upstream_rq_timeout")).await,
-        1
-    );
-    assert_eq!(px.stat(&format!("cluster.{app}.upstream_rq_504")).await, 1);
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_timeout"))
+        .now_eq(1)
+        .await;
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_504"))
+        .now_eq(1)
+        .await;
     wait_log(&px, "\" 504 UT ").await;
     // The timed-out connection was closed, not reused mid-response; next request is fine.
     assert_eq!(c.get("/").await.unwrap().status, 200);
-    px.wait_stat(&format!("cluster.{app}.upstream_rq_active"), 0)
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_active"))
+        .eventually_eq(0)
         .await;
 }
 
@@ -90,34 +95,49 @@ async fn client_gone_mid_request_is_dc_and_releases_everything() {
     a.write_all(b"GET /?delay_ms=1500 HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    px.wait_stat(&format!("{c}.upstream_rq_active"), 1).await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_active"))
+        .eventually_eq(1)
+        .await;
     let mut b = TcpStream::connect(px.listen).await.unwrap();
     b.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    px.wait_stat(&format!("{c}.upstream_rq_pending_active"), 1)
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_active"))
+        .eventually_eq(1)
         .await;
-    assert_eq!(
-        px.stat(&format!("{c}.circuit_breakers.default.cx_open"))
-            .await,
-        1
-    );
+    px.stats()
+        .metric(format!("{c}.circuit_breakers.default.cx_open"))
+        .now_eq(1)
+        .await;
     // Both clients go away.
     drop(b);
-    px.wait_stat(&format!("{c}.upstream_rq_pending_active"), 0)
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_active"))
+        .eventually_eq(0)
         .await;
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_cancelled")).await, 1);
+    px.stats()
+        .metric(format!("{c}.upstream_rq_cancelled"))
+        .now_eq(1)
+        .await;
     drop(a);
-    px.wait_stat(&format!("{c}.upstream_rq_active"), 0).await;
-    px.wait_stat("http.gateway.downstream_rq_active", 0).await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric("http.gateway.downstream_rq_active")
+        .eventually_eq(0)
+        .await;
     wait_log(&px, "\" 0 DC ").await;
     // Nothing leaked: the pool serves again.
     let mut client = Client::connect(px.listen).await.unwrap();
     assert_eq!(client.get("/").await.unwrap().status, 200);
-    assert_eq!(
-        px.stat(&format!("{c}.upstream_rq_pending_overflow")).await,
-        0
-    );
+    px.stats()
+        .metric(format!("{c}.upstream_rq_pending_overflow"))
+        .now_eq(0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,12 +152,14 @@ async fn upstream_reset_before_headers_is_503_uc() {
         "{}",
         a.body
     );
-    assert_eq!(
-        px.stat(&format!("cluster.{up}.upstream_rq_rx_reset")).await,
-        1
-    );
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_rq_rx_reset"))
+        .now_eq(1)
+        .await;
     wait_log(&px, "\" 503 UC ").await;
-    px.wait_stat(&format!("cluster.{up}.upstream_cx_active"), 0)
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_cx_active"))
+        .eventually_eq(0)
         .await;
 }
 
@@ -149,24 +171,19 @@ async fn one_gib_streams_both_ways_with_flat_memory() {
     let mut c = Client::connect(px.listen).await.unwrap();
     let req = Request::post("/sink")
         .header("host", "app")
-        .body(Either::Right(Zeros(GIB)))
+        .body(Zeros(GIB))
         .unwrap();
     let a = c.send(req).await.unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.body, GIB.to_string());
 
-    // And down: count without keeping.
-    let s = TcpStream::connect(px.listen).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(s))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(
+    // And down, on a connection of its own: count without keeping.
+    let mut down = Client::connect(px.listen).await.unwrap();
+    let resp = down
+        .send_streaming(
             Request::get(format!("/big?bytes={GIB}"))
                 .header("host", "app")
-                .body(Empty::new())
+                .body(Empty::<Bytes>::new())
                 .unwrap(),
         )
         .await
@@ -193,7 +210,7 @@ async fn http11_details() {
     let req = Request::get("/")
         .header("host", "app")
         .header("keep-alive", "timeout=5")
-        .body(Either::Left(Empty::new()))
+        .body(Empty::<Bytes>::new())
         .unwrap();
     let a = c.send(req).await.unwrap();
     assert_eq!(a.status, 200);
@@ -204,7 +221,7 @@ async fn http11_details() {
     let req = Request::get("/")
         .header("host", "app")
         .header("x-request-id", "mine")
-        .body(Either::Left(Empty::new()))
+        .body(Empty::<Bytes>::new())
         .unwrap();
     assert_eq!(
         c.send(req).await.unwrap().headers["x-seen-x-request-id"],
@@ -214,7 +231,7 @@ async fn http11_details() {
     // HEAD, then the same connection still works.
     let req = Request::head("/")
         .header("host", "app")
-        .body(Either::Left(Empty::new()))
+        .body(Empty::<Bytes>::new())
         .unwrap();
     let a = c.send(req).await.unwrap();
     assert_eq!(a.status, 200);
@@ -308,18 +325,22 @@ async fn opaque_tcp_respects_max_connections() {
         .expect("overflowing connection closed")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert_eq!(
-        px.stat(&format!("cluster.{up}.upstream_cx_overflow")).await,
-        1
-    );
-    assert_eq!(px.stat("tcp.gateway.upstream_cx_overflow").await, 1);
-    assert_eq!(
-        px.stat(&format!("cluster.{up}.circuit_breakers.default.cx_open"))
-            .await,
-        1
-    );
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_cx_overflow"))
+        .now_eq(1)
+        .await;
+    px.stats()
+        .metric("tcp.gateway.upstream_cx_overflow")
+        .now_eq(1)
+        .await;
+    px.stats()
+        .metric(format!("cluster.{up}.circuit_breakers.default.cx_open"))
+        .now_eq(1)
+        .await;
     drop(first);
-    px.wait_stat(&format!("cluster.{up}.upstream_cx_active"), 0)
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_cx_active"))
+        .eventually_eq(0)
         .await;
     let mut third = TcpStream::connect(px.listen).await.unwrap();
     third.write_all(b"again").await.unwrap();
@@ -335,11 +356,14 @@ async fn silent_clients_hold_no_upstream_connection_in_gateway_mode() {
     // A pre-dialled spare connection (HTTP clients do this) says nothing for a while.
     let mut silent = TcpStream::connect(px.listen).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        px.stat(&format!("cluster.{app}.upstream_cx_total")).await,
-        0
-    );
-    assert_eq!(px.stat("tcp.gateway.downstream_cx_total").await, 0);
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_cx_total"))
+        .now_eq(0)
+        .await;
+    px.stats()
+        .metric("tcp.gateway.downstream_cx_total")
+        .now_eq(0)
+        .await;
     // So the only upstream connection slot is free for real requests.
     let mut c = Client::connect(px.listen).await.unwrap();
     assert_eq!(c.get("/").await.unwrap().status, 200);
@@ -381,7 +405,10 @@ async fn idle_and_slow_clients_are_closed_after_the_idle_timeout() {
         .await;
         assert!(closed.is_ok(), "{name} connection never closed");
     }
-    px.wait_stat("http.gateway.downstream_cx_active", 0).await;
+    px.stats()
+        .metric("http.gateway.downstream_cx_active")
+        .eventually_eq(0)
+        .await;
     // A request that takes longer than the idle timeout is not cut: it is not idle.
     let mut c = Client::connect(px.listen).await.unwrap();
     assert_eq!(c.get("/?delay_ms=2500").await.unwrap().status, 200);

@@ -130,8 +130,14 @@ async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
             "{body}"
         );
     }
-    assert_eq!(px.stat(&format!("cluster.{up}.upstream_cx_total")).await, 1);
-    assert_eq!(px.stat(&format!("cluster.{up}.upstream_rq_total")).await, 3);
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_cx_total"))
+        .now_eq(1)
+        .await;
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_rq_total"))
+        .now_eq(3)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,12 +244,27 @@ async fn upstream_closing_its_connection_between_requests_costs_the_client_nothi
         }
     }
     let c = format!("cluster.{up}");
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_200")).await, 5);
-    assert_eq!(px.stat(&format!("{c}.upstream_cx_total")).await, 5);
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_rx_reset")).await, 0);
+    px.stats()
+        .metric(format!("{c}.upstream_rq_200"))
+        .now_eq(5)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_total"))
+        .now_eq(5)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_rx_reset"))
+        .now_eq(0)
+        .await;
     // The last closed connection is noticed while idle, without a request to trip over it.
-    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
-    px.wait_stat(&format!("{c}.upstream_cx_destroy"), 5).await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_destroy"))
+        .eventually_eq(5)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,11 +277,22 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
         .unwrap();
     read_response(&mut s, &mut Vec::new()).await;
     let c = format!("cluster.{up}");
-    assert_eq!(px.stat(&format!("{c}.upstream_cx_active")).await, 1);
-    px.wait_stat(&format!("{c}.upstream_cx_idle_timeout"), 1)
+    px.stats()
+        .metric(format!("{c}.upstream_cx_active"))
+        .now_eq(1)
         .await;
-    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
-    assert_eq!(px.stat(&format!("{c}.upstream_cx_destroy")).await, 1);
+    px.stats()
+        .metric(format!("{c}.upstream_cx_idle_timeout"))
+        .eventually_eq(1)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_destroy"))
+        .now_eq(1)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +332,10 @@ async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
         assert!(all.ends_with(&format!("\r\n\r\n{why}")), "{why}: {all}");
         assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
     }
-    assert_eq!(px.stat(&format!("cluster.{up}.upstream_rq_total")).await, 0);
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_rq_total"))
+        .now_eq(0)
+        .await;
     // Nobody else noticed.
     let mut s = TcpStream::connect(px.listen).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -328,9 +363,18 @@ async fn an_answer_before_the_request_body_reaches_the_client_and_nothing_is_reu
     let _ = s.write_all(&[b'x'; 30000]).await;
     read_to_close(&mut s).await;
     let c = format!("cluster.{up}");
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_413")).await, 1);
-    px.wait_stat(&format!("{c}.upstream_cx_active"), 0).await;
-    px.wait_stat("http.gateway.downstream_rq_active", 0).await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_413"))
+        .now_eq(1)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric("http.gateway.downstream_rq_active")
+        .eventually_eq(0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,18 +386,30 @@ async fn a_client_leaving_while_upstream_thinks_cancels_at_once() {
         .await
         .unwrap();
     let c = format!("cluster.{app}");
-    px.wait_stat(&format!("{c}.upstream_rq_active"), 1).await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_active"))
+        .eventually_eq(1)
+        .await;
     let left = std::time::Instant::now();
     drop(s);
-    px.wait_stat(&format!("{c}.upstream_rq_active"), 0).await;
-    px.wait_stat("http.gateway.downstream_rq_active", 0).await;
+    px.stats()
+        .metric(format!("{c}.upstream_rq_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric("http.gateway.downstream_rq_active")
+        .eventually_eq(0)
+        .await;
     // Noticed when the client left, not when the app finally answered.
     assert!(
         left.elapsed() < Duration::from_secs(4),
         "{:?}",
         left.elapsed()
     );
-    assert_eq!(px.stat(&format!("{c}.upstream_rq_tx_reset")).await, 1);
+    px.stats()
+        .metric(format!("{c}.upstream_rq_tx_reset"))
+        .now_eq(1)
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !px.access_log().contains("\" 0 DC ") {
         assert!(std::time::Instant::now() < deadline, "{}", px.access_log());

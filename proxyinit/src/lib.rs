@@ -8,6 +8,7 @@
 //! - [`rules`]: the pure core, config + current nat table → `iptables-restore` text;
 //! - [`detect`]: pure decisions about the environment (legacy or nft, IPv6 or not);
 //! - [`apply`]: the thin shell that runs `*-save` / `*-restore`.
+#![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod detect;

@@ -1,6 +1,7 @@
 //! `proxyinit` binary: parse and check the config, pick the backend and families, compute the
 //! rules from the nat table as it is, then apply them (or print them with `--dry-run`, or remove
 //! them with `--cleanup`). Exit 2 on bad flags before touching anything, 1 when iptables fails.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

@@ -6,9 +6,11 @@ mod support;
 
 use std::net::SocketAddr;
 
+use kit::netns::Pair;
+use kit::root::require_root;
 use proxyinit::rules::{self, Family, NatState};
 use proxyinit::Config;
-use support::{dial, require_root, serve, Sandbox};
+use support::{dial, serve, PodExt as _};
 
 /// Trellis's rules grouped by chain (iptables-save lists chain by chain; order within a chain kept).
 fn by_chain(text: &str) -> Vec<String> {
@@ -25,7 +27,7 @@ fn stderr(out: &std::process::Output) -> String {
 fn applies_reads_back_reapplies_and_cleans_up_on_both_backends() {
     require_root();
     for backend in ["nft", "legacy"] {
-        let sb = Sandbox::new(true);
+        let sb = Pair::new(true).unwrap();
         let pod = &sb.pod;
         let before: Vec<String> = ["iptables", "ip6tables"]
             .iter()
@@ -103,9 +105,10 @@ fn applies_reads_back_reapplies_and_cleans_up_on_both_backends() {
 #[test]
 fn cleanup_leaves_other_rules_alone() {
     require_root();
-    let sb = Sandbox::new(false);
+    let sb = Pair::new(false).unwrap();
     let pod = &sb.pod;
-    pod.run(&["iptables-nft", "-t", "nat", "-N", "CNI-HOSTPORT"]);
+    pod.run(&["iptables-nft", "-t", "nat", "-N", "CNI-HOSTPORT"])
+        .unwrap();
     pod.run(&[
         "iptables-nft",
         "-t",
@@ -114,7 +117,8 @@ fn cleanup_leaves_other_rules_alone() {
         "OUTPUT",
         "-j",
         "CNI-HOSTPORT",
-    ]);
+    ])
+    .unwrap();
     pod.run(&[
         "iptables-nft",
         "-t",
@@ -129,7 +133,8 @@ fn cleanup_leaves_other_rules_alone() {
         "DNAT",
         "--to-destination",
         "10.213.0.9:7",
-    ]);
+    ])
+    .unwrap();
     let before = pod.nat("iptables", "nft");
     let out = pod.proxyinit(&["--ipv6=off"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -150,7 +155,7 @@ fn cleanup_leaves_other_rules_alone() {
 fn auto_mode_follows_the_backend_that_holds_rules() {
     require_root();
     // A fresh pod: no rules anywhere, nft is the default.
-    let fresh = Sandbox::new(false);
+    let fresh = Pair::new(false).unwrap();
     let out = fresh.pod.proxyinit(&["--ipv6=off"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -161,18 +166,21 @@ fn auto_mode_follows_the_backend_that_holds_rules() {
     assert!(fresh.pod.nat("iptables", "nft").contains("TRELLIS_OUTPUT"));
 
     // A pod whose namespace already has legacy rules: Trellis writes there, not to nft.
-    let legacy = Sandbox::new(false);
-    legacy.pod.run(&[
-        "iptables-legacy",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "1",
-        "-j",
-        "ACCEPT",
-    ]);
+    let legacy = Pair::new(false).unwrap();
+    legacy
+        .pod
+        .run(&[
+            "iptables-legacy",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "1",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
     let out = legacy.pod.proxyinit(&["--ipv6=off"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -190,7 +198,7 @@ fn auto_mode_follows_the_backend_that_holds_rules() {
 #[test]
 fn dry_run_prints_the_golden_input_and_touches_nothing() {
     require_root();
-    let sb = Sandbox::new(false);
+    let sb = Pair::new(false).unwrap();
     let before = sb.pod.nat("iptables", "nft");
     let out = sb.pod.proxyinit(&["--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -203,7 +211,7 @@ fn dry_run_prints_the_golden_input_and_touches_nothing() {
     assert_eq!(sb.pod.nat("iptables", "nft"), before);
 
     // With IPv6, both inputs, one after the other.
-    let sb6 = Sandbox::new(true);
+    let sb6 = Pair::new(true).unwrap();
     let out = sb6.pod.proxyinit(&["--dry-run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let golden6 = std::fs::read_to_string(concat!(
@@ -218,7 +226,7 @@ fn dry_run_prints_the_golden_input_and_touches_nothing() {
 #[test]
 fn bad_flags_exit_2_before_touching_anything() {
     require_root();
-    let sb = Sandbox::new(false);
+    let sb = Pair::new(false).unwrap();
     let before = sb.pod.nat("iptables", "nft");
     for (arg, named) in [
         ("--inbound-ports=80,http", "http"),
@@ -237,12 +245,13 @@ fn bad_flags_exit_2_before_touching_anything() {
 #[test]
 fn a_refused_rule_is_quoted_with_iptables_own_error() {
     require_root();
-    let sb = Sandbox::new(false);
+    let sb = Pair::new(false).unwrap();
     for command in ["iptables-nft-restore", "iptables-legacy-restore"] {
         let bad = "*nat\n:TRELLIS_T - [0:0]\n-A TRELLIS_T -p tcp -j NO_SUCH_CHAIN\nCOMMIT\n";
         let err = sb
             .pod
             .enter(move || proxyinit::apply::restore_with(command, bad))
+            .unwrap()
             .unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -268,10 +277,11 @@ fn a_refused_rule_is_quoted_with_iptables_own_error() {
 #[test]
 fn missing_iptables_fails_with_a_readable_error() {
     require_root();
-    let sb = Sandbox::new(false);
+    let sb = Pair::new(false).unwrap();
     let out = sb
         .pod
-        .exec(&["env", "PATH=/nonexistent", support::PROXYINIT]);
+        .exec(&["env", "PATH=/nonexistent", support::PROXYINIT])
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -283,7 +293,7 @@ fn missing_iptables_fails_with_a_readable_error() {
 #[test]
 fn connections_are_redirected_as_documented() {
     require_root();
-    let sb = Sandbox::new(false);
+    let sb = Pair::new(false).unwrap();
     let (pod, peer) = (&sb.pod, &sb.peer);
     let cidr = format!("--exclude-outbound-cidrs={}/25", sb.peer_ip2());
     let out = pod.proxyinit(&[
@@ -431,7 +441,7 @@ fn connections_are_redirected_as_documented() {
 #[test]
 fn ipv6_connections_are_redirected_too() {
     require_root();
-    let sb = Sandbox::new(true);
+    let sb = Pair::new(true).unwrap();
     let (pod, peer) = (&sb.pod, &sb.peer);
     // --ipv6=auto: the pod has a routable IPv6 address, so ip6tables rules are written.
     let out = pod.proxyinit(&[]);

@@ -4,6 +4,7 @@
 //! pods created in namespaces labelled `sidecarInjectorWebhook=enabled`. The decision and the patch
 //! are a pure function ([`inject`]); [`admission`] speaks AdmissionReview; [`server`] is the HTTPS
 //! shell; [`offline`] is `webhook inject -f`; [`bootstrap`] makes and publishes its certificate.
+#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod annotations;

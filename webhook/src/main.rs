@@ -1,4 +1,5 @@
 //! `webhook` binary: `serve` (the admission server) and `inject` (offline, like `istioctl kube-inject`).
+#![forbid(unsafe_code)]
 
 use std::io::{IsTerminal as _, Read as _};
 use std::net::SocketAddr;

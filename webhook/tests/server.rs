@@ -6,8 +6,9 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine as _;
+use kit::golden;
 use serde_json::{json, Value};
-use support::{start, testdata, Client};
+use support::{connect, start, testdata};
 
 /// What a golden file records of a response: the patch decoded, so diffs are readable.
 fn summarize(resp: &Value) -> Value {
@@ -31,10 +32,7 @@ fn summarize(resp: &Value) -> Value {
 #[tokio::test]
 async fn golden_reviews_over_tls() {
     let server = start("golden", Duration::from_secs(60)).await;
-    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
     let mut fixtures: Vec<_> = std::fs::read_dir(testdata("reviews"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -49,9 +47,9 @@ async fn golden_reviews_over_tls() {
         let name = input.file_stem().unwrap().to_string_lossy().to_string();
         let body = std::fs::read(&input).unwrap();
         let review: Value = serde_json::from_slice(&body).unwrap();
-        let (status, resp) = client.request("POST", "/mutate", body).await.unwrap();
-        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&resp));
-        let resp: Value = serde_json::from_slice(&resp).unwrap();
+        let resp = client.request("POST", "/mutate", body).await.unwrap();
+        assert_eq!(resp.status, 200, "{name}: {}", resp.body);
+        let resp: Value = serde_json::from_str(&resp.body).unwrap();
         assert_eq!(resp["apiVersion"], "admission.k8s.io/v1", "{name}");
         assert_eq!(resp["kind"], "AdmissionReview", "{name}");
         assert_eq!(
@@ -80,36 +78,23 @@ async fn golden_reviews_over_tls() {
             );
         }
 
-        let golden = testdata(&format!("reviews/{name}.out.json"));
         let pretty = serde_json::to_string_pretty(&summary).unwrap() + "\n";
-        if update {
-            std::fs::write(&golden, &pretty).unwrap();
-        }
-        let want = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|_| panic!("{}: missing; run with UPDATE_GOLDEN=1", golden.display()));
-        assert_eq!(
-            pretty,
-            want,
-            "{name}: response differs from {}",
-            golden.display()
-        );
+        golden::assert_golden(&testdata(&format!("reviews/{name}.out.json")), &pretty);
     }
 }
 
 #[tokio::test]
 async fn decisions_seen_by_the_api_server() {
     let server = start("decisions", Duration::from_secs(60)).await;
-    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
     let post = |name: &'static str| {
         let body = std::fs::read(testdata(&format!("reviews/{name}.json"))).unwrap();
         async move { body }
     };
     let mut send = async |body: Vec<u8>| -> Value {
-        let (status, resp) = client.request("POST", "/mutate", body).await.unwrap();
-        assert_eq!(status, 200);
-        serde_json::from_slice(&resp).unwrap()
+        let resp = client.request("POST", "/mutate", body).await.unwrap();
+        assert_eq!(resp.status, 200);
+        serde_json::from_str(&resp.body).unwrap()
     };
     let deny = send(post("deny-bad-annotation").await).await;
     assert_eq!(deny["response"]["allowed"], false);
@@ -156,9 +141,7 @@ async fn decisions_seen_by_the_api_server() {
 #[tokio::test]
 async fn bad_input_is_answered_never_panicked_on() {
     let server = start("bad-input", Duration::from_secs(60)).await;
-    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not json at all".to_vec(), "not an AdmissionReview"),
         (b"{}".to_vec(), "not an AdmissionReview"),
@@ -174,9 +157,9 @@ async fn bad_input_is_answered_never_panicked_on() {
         (vec![0xff, 0xfe, 0x00], "not an AdmissionReview"),
     ];
     for (body, want) in cases {
-        let (status, resp) = client.request("POST", "/mutate", body).await.unwrap();
-        let text = String::from_utf8_lossy(&resp);
-        assert_eq!(status, 400, "{text}");
+        let resp = client.request("POST", "/mutate", body).await.unwrap();
+        let text = &resp.body;
+        assert_eq!(resp.status, 400, "{text}");
         assert!(text.contains(want), "{want:?} not in {text:?}");
     }
     // A pod whose containers are not a list: 400 naming the problem.
@@ -184,34 +167,26 @@ async fn bad_input_is_answered_never_panicked_on() {
         serde_json::from_slice(&std::fs::read(testdata("reviews/plain-pod.json")).unwrap())
             .unwrap();
     review["request"]["object"]["spec"]["containers"] = json!("nope");
-    let (status, resp) = client
+    let resp = client
         .request("POST", "/mutate", serde_json::to_vec(&review).unwrap())
         .await
         .unwrap();
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&resp).contains("not a valid Pod"));
+    assert_eq!(resp.status, 400);
+    assert!(resp.body.contains("not a valid Pod"));
 
-    let (status, _) = client
+    let resp = client
         .request("POST", "/mutate", vec![b' '; 4 * 1024 * 1024])
         .await
         .unwrap();
-    assert_eq!(status, 413);
+    assert_eq!(resp.status, 413);
 
     // The same server still serves.
-    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
-    assert_eq!(
-        client.request("GET", "/healthz", vec![]).await.unwrap().0,
-        200
-    );
-    assert_eq!(
-        client.request("GET", "/readyz", vec![]).await.unwrap().0,
-        200
-    );
-    let (status, metrics) = client.request("GET", "/metrics", vec![]).await.unwrap();
-    assert_eq!(status, 200);
-    let metrics = String::from_utf8(metrics).unwrap();
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
+    assert_eq!(client.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(client.get("/readyz").await.unwrap().status, 200);
+    let metrics = client.get("/metrics").await.unwrap();
+    assert_eq!(metrics.status, 200);
+    let metrics = metrics.body;
     assert!(
         metrics.contains(r#"trellis_webhook_reviews_total{result="error",reason=""} 7"#),
         "{metrics}"
@@ -225,9 +200,7 @@ async fn bad_input_is_answered_never_panicked_on() {
 #[tokio::test]
 async fn metrics_count_reviews_by_result_and_reason() {
     let server = start("metrics", Duration::from_secs(60)).await;
-    let mut client = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
     for name in [
         "plain-pod",
         "plain-pod",
@@ -237,12 +210,15 @@ async fn metrics_count_reviews_by_result_and_reason() {
     ] {
         let body = std::fs::read(testdata(&format!("reviews/{name}.json"))).unwrap();
         assert_eq!(
-            client.request("POST", "/mutate", body).await.unwrap().0,
+            client
+                .request("POST", "/mutate", body)
+                .await
+                .unwrap()
+                .status,
             200
         );
     }
-    let (_, metrics) = client.request("GET", "/metrics", vec![]).await.unwrap();
-    let metrics = String::from_utf8(metrics).unwrap();
+    let metrics = client.get("/metrics").await.unwrap().body;
     for line in [
         r#"trellis_webhook_reviews_total{result="injected",reason=""} 2"#,
         r#"trellis_webhook_reviews_total{result="skipped",reason="host_network"} 1"#,
@@ -258,21 +234,19 @@ async fn metrics_count_reviews_by_result_and_reason() {
 async fn certificate_rotated_on_disk_while_clients_keep_calling() {
     let server = start("rotate", Duration::from_millis(100)).await;
     let body = std::fs::read(testdata("reviews/plain-pod.json")).unwrap();
-    let mut old_conn = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
-    let first_cert = old_conn.peer_cert.clone();
+    let mut old_conn = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
+    let first_cert = old_conn.peer_cert().map(<[u8]>::to_vec);
 
     // A steady caller on the old keep-alive connection, through the whole rotation.
     let caller_body = body.clone();
     let caller = tokio::spawn(async move {
         let mut ok = 0;
         for _ in 0..60 {
-            let (status, _) = old_conn
+            let resp = old_conn
                 .request("POST", "/mutate", caller_body.clone())
                 .await
                 .expect("no dropped connection");
-            assert_eq!(status, 200);
+            assert_eq!(resp.status, 200);
             ok += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -283,10 +257,8 @@ async fn certificate_rotated_on_disk_while_clients_keep_calling() {
     // A half-written or garbage file is ignored: the old certificate keeps serving.
     std::fs::write(server.dir.join("tls.crt"), "garbage").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let still_old = Client::connect(server.addr, &server.bundle.ca_pem)
-        .await
-        .unwrap();
-    assert_eq!(still_old.peer_cert, first_cert);
+    let still_old = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
+    assert_eq!(still_old.peer_cert(), first_cert.as_deref());
 
     // The rotated Secret: a new CA and serving pair.
     let rotated = webhook::bootstrap::generate(&webhook::bootstrap::dns_names(
@@ -303,21 +275,23 @@ async fn certificate_rotated_on_disk_while_clients_keep_calling() {
     let mut new_conn = None;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(c) = Client::connect(server.addr, &rotated.ca_pem).await {
+        if let Ok(c) = connect(server.addr, &rotated.ca_pem).await {
             new_conn = Some(c);
             break;
         }
     }
     let mut new_conn = new_conn.expect("new handshakes get the rotated certificate");
-    assert_ne!(new_conn.peer_cert, first_cert);
+    assert_ne!(new_conn.peer_cert(), first_cert.as_deref());
     assert_eq!(
-        new_conn.request("POST", "/mutate", body).await.unwrap().0,
+        new_conn
+            .request("POST", "/mutate", body)
+            .await
+            .unwrap()
+            .status,
         200
     );
     assert!(
-        Client::connect(server.addr, &server.bundle.ca_pem)
-            .await
-            .is_err(),
+        connect(server.addr, &server.bundle.ca_pem).await.is_err(),
         "the old CA no longer verifies new handshakes"
     );
     assert_eq!(

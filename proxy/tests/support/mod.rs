@@ -1,8 +1,7 @@
-//! Test utilities: a slow-able HTTP app, the real `proxy` binary as a child process, an HTTP/1.1
-//! client, and `/stats` readers.
+//! Test utilities: a slow-able HTTP app and the real `proxy` binary as a child process. The HTTP
+//! client and the `/stats` matcher are the kit's ([`kit::http`], [`kit::stats`]).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -12,11 +11,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use kit::http::get;
+use kit::stats::Matcher;
+use tokio::net::TcpListener;
 
 /// A free loopback port (bound then released; the race is acceptable in tests).
 pub fn free_addr() -> SocketAddr {
@@ -123,7 +124,11 @@ pub async fn start_app() -> SocketAddr {
 }
 
 pub async fn start_app_on(bind: &str) -> SocketAddr {
-    let l = TcpListener::bind(bind).await.unwrap();
+    start_app_with(TcpListener::bind(bind).await.unwrap())
+}
+
+/// Serves the test app on `l` (which may belong to another network namespace).
+pub fn start_app_with(l: TcpListener) -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -203,7 +208,7 @@ impl ProxyProc {
             };
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Ok((200, _)) = get(p.admin, "/ready").await {
+                if get(p.admin, "/ready").await.is_ok_and(|r| r.status == 200) {
                     return p;
                 }
                 if p.child.try_wait().unwrap().is_some() {
@@ -216,51 +221,9 @@ impl ProxyProc {
         panic!("proxy exited at start five times");
     }
 
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((s, _)) = get(self.admin, "/ready").await {
-                if s == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "proxy never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub async fn stats(&self) -> HashMap<String, String> {
-        let (s, body) = get(self.admin, "/stats").await.expect("admin /stats");
-        assert_eq!(s, 200);
-        body.lines()
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// A numeric stat; a missing one is a test failure.
-    pub async fn stat(&self, name: &str) -> i64 {
-        let s = self.stats().await;
-        s.get(name)
-            .unwrap_or_else(|| panic!("no stat {name}"))
-            .parse()
-            .unwrap()
-    }
-
-    /// Polls until `stat == want`, or fails after a generous timeout.
-    pub async fn wait_stat(&self, name: &str, want: i64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v = self.stat(name).await;
-            if v == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} stayed {v}, wanted {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Its `/stats`, to read and to match.
+    pub fn stats(&self) -> Matcher<'static> {
+        Matcher::new(self.admin)
     }
 
     pub fn access_log(&self) -> String {
@@ -274,68 +237,6 @@ impl Drop for ProxyProc {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.stdout);
     }
-}
-
-/// One keep-alive HTTP/1.1 client connection.
-pub struct Client {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Either<Empty<Bytes>, Zeros>>,
-}
-
-pub struct Answer {
-    pub status: u16,
-    pub headers: hyper::HeaderMap,
-    pub body: String,
-}
-
-impl Client {
-    pub async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
-        let s = TcpStream::connect(addr).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        Ok(Client { sender })
-    }
-
-    pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
-        let req = Request::get(path)
-            .header("host", "app.test")
-            .body(http_body_util::Either::Left(Empty::new()))
-            .unwrap();
-        self.send(req).await
-    }
-
-    pub async fn send(
-        &mut self,
-        req: Request<http_body_util::Either<Empty<Bytes>, Zeros>>,
-    ) -> Result<Answer, hyper::Error> {
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Answer {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    }
-}
-
-/// One GET on a fresh connection.
-pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut c = Client::connect(addr).await?;
-    let a = c.get(path).await.map_err(std::io::Error::other)?;
-    Ok((a.status, a.body))
-}
-
-pub async fn post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut c = Client::connect(addr).await?;
-    let req = Request::post(path)
-        .header("host", "admin")
-        .body(http_body_util::Either::Left(Empty::new()))
-        .unwrap();
-    let a = c.send(req).await.map_err(std::io::Error::other)?;
-    Ok((a.status, a.body))
 }
 
 /// Peak resident memory of a process, in KiB (`VmHWM`).

@@ -1,7 +1,7 @@
 //! Golden files (`testdata/*.rules`) and the properties of the rule text.
 //!
-//! `UPDATE_GOLDEN=1 cargo test -p proxyinit golden` rewrites the golden files from the code;
-//! review the diff before committing it.
+//! `UPDATE_GOLDEN=1 cargo test --release -p proxyinit golden` rewrites the golden files from the
+//! code ([`kit::golden`]); review the diff before committing it.
 
 use std::path::PathBuf;
 
@@ -71,31 +71,17 @@ fn golden_path(name: &str) -> PathBuf {
 
 #[test]
 fn golden_files_match() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
-    let mut mismatches = Vec::new();
-    for (name, config, family) in golden_cases() {
-        let got = apply_input(&config, family, &NatState::empty());
-        let path = golden_path(name);
-        if update {
-            std::fs::write(&path, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; run `UPDATE_GOLDEN=1 cargo test -p proxyinit golden` to create it",
-                path.display()
-            )
-        });
-        if got != want {
-            mismatches.push(format!(
-                "--- {} (golden)\n{want}+++ computed\n{got}",
-                path.display()
-            ));
-        }
-    }
+    let mismatches: Vec<String> = golden_cases()
+        .into_iter()
+        .filter_map(|(name, config, family)| {
+            let got = apply_input(&config, family, &NatState::empty());
+            kit::golden::compare(&golden_path(name), &got).err()
+        })
+        .map(|m| m.to_string())
+        .collect();
     assert!(
         mismatches.is_empty(),
-        "rule text differs from the golden files (UPDATE_GOLDEN=1 regenerates them; review the diff):\n{}",
+        "rule text differs from the golden files:\n{}",
         mismatches.join("\n")
     );
 }

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use crate::http;
-use crate::netns::Netns;
-use crate::process::{Proc, Spec};
+use kit::netns::Netns;
+use kit::process::{Proc, Spec};
+
 use crate::{bins, IMAGE_USER};
 
 /// What the kubelet knows about the pod besides its spec.
@@ -209,7 +209,7 @@ fn wait_probe(
     let addr = SocketAddr::from((info.ip, port));
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match http::get(node, addr, path) {
+        let last = match crate::get(node, addr, path) {
             Ok(r) if (200..400).contains(&r.status) => return Ok(()),
             Ok(r) => format!("{} {}", r.status, r.body.trim()),
             Err(e) => format!("{e:#}"),

@@ -11,32 +11,59 @@
 //!
 //! Everything made (namespaces, processes, temporary files) is removed on drop, so also when a test
 //! panics, and by [`cleanup::all`] when the demo is interrupted.
+#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod bins;
 pub mod cleanup;
-pub mod http;
 pub mod kubelet;
 pub mod load;
 pub mod manifests;
 pub mod mesh;
-pub mod netns;
-pub mod process;
 pub mod scenarios;
-pub mod stats;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kit::http::{Client, Response};
+use kit::netns::Netns;
 
 /// The uid/gid the Trellis image runs as when a container sets none (the Dockerfile's `USER`).
 pub const IMAGE_USER: u32 = 65532;
 
-/// Fails (never skips) when not root: namespaces, veths and iptables need it.
-pub fn require_root() -> anyhow::Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "the pod sandbox needs root (it creates network namespaces, veth pairs and iptables \
-             rules, and runs the proxy as uid 1337): run it as root, e.g. `sudo make demo` or \
-             `sudo -E cargo test --release -p sandbox`"
-        )
-    }
+/// How long the harness's own HTTP calls may take (probes, `/stats`, admin calls, reviews).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP exchange from inside `ns` (the node: the kubelet's probes, `curl` to a sidecar's
+/// admin port), on the kit's client; with `tls`, HTTPS to that server name trusting only that CA.
+pub fn call(
+    ns: &Netns,
+    tls: Option<(&str, &[u8])>,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Response> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let what = format!("{method} {scheme}://{addr}{path} from {}", ns.name);
+    kit::block_on(async {
+        let exchange = async {
+            let mut to = Client::to(addr).netns(ns);
+            if let Some((name, ca)) = tls {
+                to = to.tls(name, ca);
+            }
+            to.connect().await?.request(method, path, body).await
+        };
+        match tokio::time::timeout(HTTP_TIMEOUT, exchange).await {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("no answer within {HTTP_TIMEOUT:?}")),
+        }
+    })
+    .context(what)
+}
+
+/// `GET path` from inside `ns`.
+pub fn get(ns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
+    call(ns, None, "GET", addr, path, Vec::new())
 }

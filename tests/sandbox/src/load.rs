@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+use kit::process::{wait_timeout, Spec};
+
 use crate::mesh::Pod;
-use crate::process::{wait_timeout, Spec};
 use crate::{bins, IMAGE_USER};
 
 /// What `loadgen` reports (its last stdout line, JSON).
@@ -76,16 +77,7 @@ pub fn start(pod: &Pod, url: &str, c: u32, n: u32) -> anyhow::Result<Running> {
         format!("-c={c}"),
         format!("-n={n}"),
     ];
-    let out = std::env::temp_dir().join(format!(
-        "trellis-loadgen-{}-{}-{}",
-        std::process::id(),
-        pod.name,
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::write(&out, b"")?;
+    let out = kit::process::temp_file("loadgen")?;
     let child = Spec::new(argv, IMAGE_USER, IMAGE_USER).spawn_to(&pod.ns, &out)?;
     Ok(Running { child, out })
 }

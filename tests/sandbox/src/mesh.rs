@@ -10,18 +10,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
+use kit::netns::{sh, Netns};
+use kit::process::{Proc, Spec};
+use kit::stats::{Matcher, Stats};
+
 use crate::admission::{self, Admission};
 use crate::kubelet::{self, PodInfo};
-use crate::netns::{sh, Netns};
-use crate::process::{Proc, Spec};
-use crate::{bins, cleanup, http, manifests, IMAGE_USER};
+use crate::{bins, cleanup, manifests, IMAGE_USER};
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
 pub const WEBHOOK_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 2);
 pub const WEBHOOK_HOST: &str = "trellis-webhook.trellis-system.svc";
 pub const WEBHOOK_PORT: u16 = 8443;
 /// The proxy's admin port (the injector's default).
-pub const ADMIN_PORT: u16 = 9901;
+pub const ADMIN_PORT: u16 = config::defaults::ADMIN_PORT;
 
 /// A running pod. Fields drop in order: its processes, then its namespace.
 pub struct Pod {
@@ -69,7 +71,7 @@ impl Pod {
     pub fn exec(&self, uid: u32, argv: &[&str]) -> anyhow::Result<std::process::Output> {
         let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         argv[0] = bins::resolve(&argv[0])?;
-        Spec::new(argv, uid, uid).output(&self.ns)
+        Ok(Spec::new(argv, uid, uid).output(&self.ns)?)
     }
 }
 
@@ -87,21 +89,15 @@ pub struct Mesh {
     pub node: Netns,
 }
 
-static MESHES: AtomicU64 = AtomicU64::new(0);
-
 impl Mesh {
     /// A name prefix unique to this process and call (tests run in parallel).
     pub fn unique_prefix(tag: &str) -> String {
-        format!(
-            "trellis-{tag}-{}-{}",
-            std::process::id(),
-            MESHES.fetch_add(1, Ordering::SeqCst)
-        )
+        kit::netns::unique_name(tag)
     }
 
     /// The node, its bridge, and a running webhook.
     pub fn start(prefix: &str) -> anyhow::Result<Mesh> {
-        crate::require_root()?;
+        kit::root::check()?;
         let dir = std::env::temp_dir().join(prefix);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("logs"))?;
@@ -130,13 +126,11 @@ impl Mesh {
     fn wire(&self, role: &str, ip: Ipv4Addr) -> anyhow::Result<Netns> {
         let ns = Netns::new(format!("{}-{role}", self.prefix))?;
         let veth = format!("veth{}", ip.octets()[3]);
-        self.node.ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ])?;
+        self.node.veth(&veth, &ns, "eth0")?;
         self.node
             .ip(&["link", "set", &veth, "master", "br0", "up"])?;
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.add_addr("eth0", &format!("{ip}/24"))?;
+        ns.link_up("eth0")?;
         ns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
         Ok(ns)
     }
@@ -178,12 +172,11 @@ impl Mesh {
             if let Some(s) = proc.try_status() {
                 bail!("webhook serve exited ({s}): {}", proc.logs());
             }
-            match http::call_tls(
+            match crate::call(
                 &self.node,
+                Some((WEBHOOK_HOST, &self.ca)),
                 "GET",
                 SocketAddr::from((WEBHOOK_IP, WEBHOOK_PORT)),
-                WEBHOOK_HOST,
-                &self.ca,
                 "/readyz",
                 Vec::new(),
             ) {
@@ -206,12 +199,11 @@ impl Mesh {
             self.reviews.fetch_add(1, Ordering::SeqCst)
         );
         let review = admission::review(&uid, namespace, pod);
-        let resp = http::call_tls(
+        let resp = crate::call(
             &self.node,
+            Some((WEBHOOK_HOST, &self.ca)),
             "POST",
             SocketAddr::from((WEBHOOK_IP, WEBHOOK_PORT)),
-            WEBHOOK_HOST,
-            &self.ca,
             "/mutate",
             serde_json::to_vec(&review)?,
         )?;
@@ -288,6 +280,19 @@ impl Mesh {
             .iter_mut()
             .find(|p| p.app == app)
             .unwrap_or_else(|| panic!("no pod {app} in this mesh"))
+    }
+
+    /// `app`'s sidecar `/stats`, read from the node (`kubectl exec POD -c proxy -- curl -s
+    /// localhost:9901/stats` as an operator would).
+    pub fn stats_of(&self, app: &str) -> Matcher<'_> {
+        Matcher::new(self.pod(app).addr(ADMIN_PORT)).from_netns(&self.node)
+    }
+
+    /// One read of `app`'s sidecar `/stats`.
+    pub fn stats(&self, app: &str) -> anyhow::Result<Stats> {
+        let pod = self.pod(app);
+        kit::block_on(self.stats_of(app).fetch())
+            .with_context(|| format!("{}: reading /stats", pod.name))
     }
 
     pub fn webhook_logs(&self) -> String {

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
+use kit::stats::Stats;
+
 use crate::load::{self, LoadResult};
 use crate::manifests;
 use crate::mesh::{Mesh, ADMIN_PORT};
-use crate::stats::Stats;
 
 /// The demo pods every scenario needs, in creation order.
 pub const TRANSPARENCY: &[&str] = &["green", "client"];
@@ -133,7 +134,7 @@ fn access_log_lines(mesh: &Mesh, pod: &str, parts: &[&str]) -> Vec<String> {
 }
 
 fn stats(mesh: &Mesh, pod: &str) -> anyhow::Result<Stats> {
-    Stats::fetch(mesh, mesh.pod(pod))
+    mesh.stats(pod)
 }
 
 fn summary(r: &LoadResult) -> String {
@@ -478,7 +479,7 @@ pub fn opt_out_and_bad_annotation(mesh: &Mesh) -> anyhow::Result<Report> {
         r.code(200) == 1 && r.bodies.contains_key("blue"),
         summary(&r),
     );
-    let admin = crate::http::get(&mesh.node, blue.addr(ADMIN_PORT), "/ready");
+    let admin = crate::get(&mesh.node, blue.addr(ADMIN_PORT), "/ready");
     rep.check(
         "blue has no proxy admin port",
         admin.is_err(),
@@ -516,28 +517,26 @@ pub fn shutdown(mesh: &mut Mesh) -> anyhow::Result<Report> {
         1,
     )?;
     // Quit only once the request is in red's sidecar.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut inflight = 0;
-    while Instant::now() < deadline {
-        inflight = stats(mesh, "red")?.num("cluster.inbound_8080.upstream_rq_active");
-        if inflight > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let waited = kit::block_on(
+        mesh.stats_of("red")
+            .within(Duration::from_secs(10))
+            .metric("cluster.inbound_8080.upstream_rq_active")
+            .wait_until("> 0", |v| v > 0),
+    );
+    let inflight = waited.unwrap_or_else(|m| m.last.unwrap_or(0));
     rep.check(
         "a request is in flight through red's sidecar",
         inflight == 1,
         format!("cluster.inbound_8080.upstream_rq_active: {inflight}"),
     );
     let admin = mesh.pod("red").addr(ADMIN_PORT);
-    let q = crate::http::call(&mesh.node, "POST", admin, "/quitquitquit")?;
+    let q = crate::call(&mesh.node, None, "POST", admin, "/quitquitquit", Vec::new())?;
     rep.check(
         "POST /quitquitquit answers 200",
         q.status == 200,
         format!("{} {}", q.status, q.body.trim()),
     );
-    let ready = crate::http::get(&mesh.node, admin, "/ready");
+    let ready = crate::get(&mesh.node, admin, "/ready");
     rep.check(
         "/ready answers 503 while draining (or the admin port is already closed)",
         ready.as_ref().map_or(true, |r| r.status == 503),

@@ -6,9 +6,7 @@ use sandbox::mesh::Mesh;
 use sandbox::scenarios::{self, Report};
 
 fn mesh(tag: &str, pods: &[&str]) -> Mesh {
-    if let Err(e) = sandbox::require_root() {
-        panic!("{e}");
-    }
+    kit::root::require_root();
     let mut mesh = Mesh::start(&Mesh::unique_prefix(tag)).unwrap_or_else(|e| panic!("{e:#}"));
     for app in pods {
         mesh.deploy(app).unwrap_or_else(|e| panic!("{e:#}"));
@@ -109,7 +107,7 @@ fn native_sidecar_starts_before_the_app_and_carries_traffic() {
     let r = sandbox::load::run(m.pod("client"), &format!("http://{}:8080/", green.ip), 1, 1)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(r.code(200), 1, "{r:?}");
-    let stats = sandbox::stats::Stats::fetch(&m, green).unwrap();
+    let stats = m.stats("green").unwrap();
     assert_eq!(
         stats.num("cluster.inbound_8080.upstream_rq_total"),
         1,

@@ -1,4 +1,4 @@
-//! Test support: the real TLS webhook server on a random port, and a real HTTPS client.
+//! Test support: the real TLS webhook server on a random port, and the kit's HTTPS client to it.
 
 #![allow(dead_code)]
 
@@ -7,13 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use kit::http::Client;
 use webhook::bootstrap::{dns_names, generate, write_files, CertBundle};
 use webhook::server::{router, serve, AppState};
 use webhook::tls::ReloadingCert;
@@ -76,67 +70,12 @@ pub async fn start(tag: &str, reload: Duration) -> Server {
     }
 }
 
-/// One keep-alive HTTPS connection that trusts `ca_pem` only.
-pub struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-    pub peer_cert: Vec<u8>,
-}
-
-impl Client {
-    pub async fn connect(addr: SocketAddr, ca_pem: &str) -> Result<Client, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let tls = connector
-            .connect(ServerName::try_from(HOST).unwrap(), tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let peer_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-        let (sender, conn) = http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        Ok(Client { sender, peer_cert })
-    }
-
-    pub async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, Vec<u8>), String> {
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", HOST)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let resp = self
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
-        Ok((status, body))
-    }
+/// One keep-alive HTTPS connection to the server, trusting `ca_pem` only.
+pub async fn connect(addr: SocketAddr, ca_pem: &str) -> Result<Client, kit::Error> {
+    Client::to(addr)
+        .tls(HOST, ca_pem.as_bytes())
+        .connect()
+        .await
 }
 
 pub fn testdata(rel: &str) -> PathBuf {

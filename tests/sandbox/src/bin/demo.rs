@@ -5,14 +5,14 @@
 
 use std::process::ExitCode;
 
+use sandbox::cleanup;
 use sandbox::mesh::Mesh;
 use sandbox::scenarios::{self, Report};
-use sandbox::{cleanup, require_root};
 
 const PREFIX: &str = "trellis-demo";
 
 fn main() -> ExitCode {
-    if let Err(e) = require_root() {
+    if let Err(e) = kit::root::check() {
         eprintln!("make demo: {e}");
         return ExitCode::from(1);
     }
@@ -54,12 +54,12 @@ fn main() -> ExitCode {
         eprintln!("demo: done");
         std::process::exit(130);
     });
-    let stale = cleanup::stale(PREFIX);
+    let stale = kit::netns::remove_stale(PREFIX);
     if stale > 0 {
         println!("(removed {stale} namespaces left by an earlier demo run)");
     }
     let result = run();
-    let left = cleanup::stale(PREFIX);
+    let left = kit::netns::remove_stale(PREFIX);
     cleanup::all(); // staged binaries, temporary files
     match result {
         Ok(true) if left > 0 => {
