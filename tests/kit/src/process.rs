@@ -74,13 +74,13 @@ impl Spec {
     /// Runs to completion within `timeout`; returns the exit status and the combined output.
     pub fn run(&self, ns: &Netns, timeout: Duration) -> Result<(ExitStatus, String), Error> {
         let out = temp_file("run")?;
-        let result = self.spawn_to(ns, &out).and_then(|mut child| {
+        let result = self.spawn_to(ns, &out).map(|mut child| {
             let status = wait_timeout(&mut child, timeout);
             if status.is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Ok(status)
+            status
         });
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         let _ = std::fs::remove_file(&out);
