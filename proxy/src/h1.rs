@@ -19,8 +19,11 @@ mod request;
 mod response;
 
 pub use body::Body;
-pub use chunked::{Chunked, ChunkedError, Scanned};
-pub use head::{Framing, HeadError, MAX_HEAD, MAX_HEADERS};
+#[cfg(test)]
+use chunked::{Chunked, ChunkedError};
+pub use head::{Framing, HeadError};
+#[cfg(test)]
+use head::{MAX_HEAD, MAX_HEADERS};
 pub use local_reply::local_reply;
 pub use request::{parse_request, Request, RequestOpts};
 pub use response::{parse_response, Response, ResponseOpts};

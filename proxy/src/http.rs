@@ -35,7 +35,6 @@ mod flags;
 
 use accounting::Finish;
 use flags::{Local, ResponseFlag};
-pub use flags::{CONNECT_FAIL_BODY, OVERFLOW_BODY, PROTOCOL_ERROR_BODY, RESET_BODY, TIMEOUT_BODY};
 
 /// Settings shared by the connections of one listener.
 pub struct HttpCtx {

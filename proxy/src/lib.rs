@@ -10,21 +10,21 @@
 //! [`access_log`], [`drain`], [`request_id`] beside them.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod cluster;
-pub mod detect;
-pub mod drain;
-pub mod h1;
-pub mod http;
-pub mod iobuf;
-pub mod listener;
-pub mod orig_dst;
-pub mod pool;
-pub mod prevent_loop;
-pub mod request_id;
-pub mod stats;
-pub mod tcp;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod cluster;
+pub(crate) mod detect;
+pub(crate) mod drain;
+pub(crate) mod h1;
+pub(crate) mod http;
+pub(crate) mod iobuf;
+pub(crate) mod listener;
+pub(crate) mod orig_dst;
+pub(crate) mod pool;
+pub(crate) mod prevent_loop;
+pub(crate) mod request_id;
+pub(crate) mod stats;
+pub(crate) mod tcp;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};

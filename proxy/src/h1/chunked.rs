@@ -67,6 +67,7 @@ pub struct Scanned {
 }
 
 impl Chunked {
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
     }
