@@ -4,7 +4,7 @@
 //! what a proxy must change: hop-by-hop headers (RFC 9110 §7.6.1) dropped, `x-forwarded-for`
 //! appended, `x-request-id` added, the version set to HTTP/1.1, and `connection` set for the hop
 //! it is sent on. Everything else (names as the client spelled them, order, bodies and their
-//! framing) passes through unchanged. [`Chunked`] follows a chunked body byte by byte, so the
+//! framing) passes through unchanged. [`chunked::Chunked`] follows a chunked body byte by byte, so the
 //! proxy knows where a message ends without decoding it (or decodes it for an HTTP/1.0 client).
 //!
 //! Split by concern and role, as hyper's `proto/h1` and pingora's `http/v1` are: `head` (what

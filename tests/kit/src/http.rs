@@ -73,20 +73,7 @@ impl<'a> Connect<'a> {
         };
         let _ = tcp.set_nodelay(true);
         let Some((server_name, ca_pem)) = self.tls else {
-            let (sender, conn) = http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|source| Error::Http {
-                    addr,
-                    what: "handshake",
-                    source,
-                })?;
-            tokio::spawn(conn);
-            return Ok(Client {
-                sender,
-                addr,
-                host: addr.to_string(),
-                peer_cert: None,
-            });
+            return Client::handshake(tcp, addr, addr.to_string(), None).await;
         };
         let tls_err = |what: String| Error::Tls { addr, what };
         let mut roots = rustls::RootCertStore::empty();
@@ -113,20 +100,7 @@ impl<'a> Connect<'a> {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.to_vec());
-        let (sender, conn) = http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|source| Error::Http {
-                addr,
-                what: "handshake",
-                source,
-            })?;
-        tokio::spawn(conn);
-        Ok(Client {
-            sender,
-            addr,
-            host: server_name,
-            peer_cert,
-        })
+        Client::handshake(tls, addr, server_name, peer_cert).await
     }
 }
 
@@ -141,6 +115,32 @@ pub struct Client {
 }
 
 impl Client {
+    /// HTTP/1.1 over an established stream, plain or TLS; the connection's driver is spawned.
+    async fn handshake<T>(
+        stream: T,
+        addr: SocketAddr,
+        host: String,
+        peer_cert: Option<Vec<u8>>,
+    ) -> Result<Client, Error>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| Error::Http {
+                addr,
+                what: "handshake",
+                source,
+            })?;
+        tokio::spawn(conn);
+        Ok(Client {
+            sender,
+            addr,
+            host,
+            peer_cert,
+        })
+    }
+
     /// Where to connect; [`Connect::connect`] makes the connection.
     pub fn to<'a>(addr: SocketAddr) -> Connect<'a> {
         Connect {
