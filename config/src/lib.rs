@@ -39,6 +39,11 @@ pub enum ConfigError {
         second: &'static str,
         port: u16,
     },
+    #[error(
+        "--inbound-ports lists {port}, which is {flag}: the proxy listens there, so an app \
+         cannot be served on it; move the app or the proxy's port"
+    )]
+    AppPortIsProxyPort { flag: &'static str, port: u16 },
 }
 
 /// The proxy's three listening ports must differ; `proxyinit` and the webhook both insist on it.

@@ -20,9 +20,15 @@ pub enum ParseError {
     #[error("`{0}` is not a numeric uid/gid: expected a number from 0 to 4294967295, like 1337")]
     Id(String),
     #[error(
-        "`{0}` is not a CIDR: expected an address with a prefix length, like 10.0.0.0/8 or fd00::/8"
+        "`{0}` is not a CIDR: expected an address with a prefix length, like 10.0.0.0/8 or \
+         fd00::/8, or a single address such as 10.0.0.7 (taken as /32 or /128)"
     )]
     Cidr(String),
+    #[error(
+        "`0` is root's uid/gid: the proxy must run as its own id (like 1337), or every process \
+         running as root would bypass the capture"
+    )]
+    RootId,
     #[error("`{0}` is not a log level: expected one of {levels}", levels = LOG_LEVELS.join(", "))]
     LogLevel(String),
     #[error("`{0}` is not HOST:PORT: expected e.g. backend:8080 or 10.0.0.7:80")]
@@ -83,6 +89,15 @@ pub fn parse_id(s: &str) -> Result<u32, ParseError> {
     t.parse::<u32>().map_err(|_| ParseError::Id(t.to_string()))
 }
 
+/// The proxy's uid or gid: numeric, and not root's (traffic from that id is never captured, so 0
+/// would exempt every root process of the pod).
+pub fn parse_proxy_id(s: &str) -> Result<u32, ParseError> {
+    match parse_id(s)? {
+        0 => Err(ParseError::RootId),
+        id => Ok(id),
+    }
+}
+
 /// `HOST:PORT` with a non-empty host and a port from 1 to 65535 (the host is resolved later).
 pub fn parse_host_port(s: &str) -> Result<String, ParseError> {
     match s.rsplit_once(':') {
@@ -91,7 +106,8 @@ pub fn parse_host_port(s: &str) -> Result<String, ParseError> {
     }
 }
 
-/// A comma-separated port list, as written in an annotation (`*` is refused).
+/// A comma-separated port list, duplicates dropped; the empty string is the empty list (`*` is
+/// refused).
 pub fn parse_port_list(s: &str) -> Result<Vec<u16>, ParseError> {
     match s.parse::<PortSpec>()? {
         PortSpec::All => Err(ParseError::AllPorts),
@@ -99,11 +115,12 @@ pub fn parse_port_list(s: &str) -> Result<Vec<u16>, ParseError> {
     }
 }
 
-/// An IPv4 or IPv6 CIDR such as `10.0.0.0/8`; a bare address means a single host.
+/// An IPv4 or IPv6 CIDR such as `10.0.0.0/8`; a bare address means a single host. Host bits are
+/// cleared (`10.1.2.3/8` is `10.0.0.0/8`), as iptables would.
 pub fn parse_cidr(s: &str) -> Result<IpNet, ParseError> {
     let t = s.trim();
     if let Ok(net) = t.parse::<IpNet>() {
-        return Ok(net);
+        return Ok(net.trunc());
     }
     if let Ok(addr) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(addr));
@@ -159,9 +176,22 @@ impl FromStr for PortSpec {
     }
 }
 
-/// A comma-separated list of CIDRs; the empty string is the empty list.
+/// A comma-separated list of CIDRs, duplicates dropped; the empty string is the empty list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrList(pub Vec<IpNet>);
+
+impl CidrList {
+    /// The list with host bits cleared and duplicates dropped, in the given order.
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> CidrList {
+        let mut out: Vec<IpNet> = Vec::new();
+        for n in nets.into_iter().map(|n| n.trunc()) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        CidrList(out)
+    }
+}
 
 impl fmt::Display for CidrList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,8 +208,8 @@ impl FromStr for CidrList {
         }
         s.split(',')
             .map(parse_cidr)
-            .collect::<Result<_, _>>()
-            .map(CidrList)
+            .collect::<Result<Vec<_>, _>>()
+            .map(CidrList::new)
     }
 }
 
@@ -207,6 +237,26 @@ mod tests {
         assert_eq!("".parse::<PortSpec>().unwrap(), PortSpec::List(vec![]));
         assert!(parse_port_list("*").is_err());
         assert_eq!(parse_cidr("1.2.3.4").unwrap().to_string(), "1.2.3.4/32");
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_port_list("").unwrap(), Vec::<u16>::new());
+        assert_eq!(parse_port_list("22,22, 80").unwrap(), vec![22, 80]);
+    }
+
+    #[test]
+    fn cidr_lists_drop_duplicates() {
+        let l: CidrList = "10.0.0.0/8, 10.9.9.9/8,1.2.3.4,1.2.3.4/32,fd00::/8,fd00::1/8"
+            .parse()
+            .unwrap();
+        assert_eq!(l.to_string(), "10.0.0.0/8,1.2.3.4/32,fd00::/8");
+        assert_eq!("".parse::<CidrList>().unwrap(), CidrList::default());
+    }
+
+    #[test]
+    fn the_proxy_id_is_not_root() {
+        assert_eq!(parse_proxy_id("1337"), Ok(1337));
+        let msg = parse_proxy_id("0").unwrap_err().to_string();
+        assert!(msg.contains("root") && msg.contains("1337"), "{msg}");
+        assert!(parse_proxy_id("x").is_err());
     }
 
     #[test]

@@ -4,18 +4,18 @@ use std::sync::OnceLock;
 
 use crate::args::{clap_defaults, Flag, Render};
 use crate::defaults;
-use crate::parse::{join, parse_id, parse_port, CidrList, PortSpec};
+use crate::parse::{join, parse_port, parse_port_list, parse_proxy_id, CidrList, PortSpec};
 use crate::{distinct_ports, ConfigError};
 
 /// Everything `proxyinit` needs to compute its rules. Every flag is also read from `TRELLIS_<FLAG>`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Config {
     /// uid the proxy runs as; its own traffic is never redirected.
-    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = defaults::PROXY_UID, value_parser = parse_id)]
+    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = defaults::PROXY_UID, value_parser = parse_proxy_id)]
     pub proxy_uid: u32,
 
     /// gid the proxy runs as; its own traffic is never redirected.
-    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = defaults::PROXY_GID, value_parser = parse_id)]
+    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = defaults::PROXY_GID, value_parser = parse_proxy_id)]
     pub proxy_gid: u32,
 
     /// Port of the proxy's inbound capture listener.
@@ -34,13 +34,15 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_INBOUND_PORTS", default_value = "*")]
     pub inbound_ports: PortSpec,
 
-    /// Inbound ports never redirected (comma-separated).
-    #[arg(long, env = "TRELLIS_EXCLUDE_INBOUND_PORTS", value_delimiter = ',', value_parser = parse_port)]
-    pub exclude_inbound_ports: Vec<u16>,
+    // The lists below are one value each (`std::vec::Vec` tells clap so): an empty value is the
+    // empty list, as for `--inbound-ports` and `--exclude-outbound-cidrs`.
+    /// Inbound ports never redirected (comma-separated; empty: none).
+    #[arg(long, env = "TRELLIS_EXCLUDE_INBOUND_PORTS", default_value = "", value_parser = parse_port_list)]
+    pub exclude_inbound_ports: std::vec::Vec<u16>,
 
-    /// Outbound destination ports never redirected (comma-separated).
-    #[arg(long, env = "TRELLIS_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',', value_parser = parse_port)]
-    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destination ports never redirected (comma-separated; empty: none).
+    #[arg(long, env = "TRELLIS_EXCLUDE_OUTBOUND_PORTS", default_value = "", value_parser = parse_port_list)]
+    pub exclude_outbound_ports: std::vec::Vec<u16>,
 
     /// Outbound destination CIDRs never redirected (comma-separated).
     /// An empty value excludes nothing (the metadata endpoint default is dropped too).
@@ -92,11 +94,20 @@ impl Config {
     /// Cross-field checks that clap cannot express on one flag; the binary exits 2 on them before
     /// touching anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        distinct_ports(&[
+        let own = [
             ("--inbound-capture-port", self.inbound_capture_port),
             ("--outbound-capture-port", self.outbound_capture_port),
             ("--proxy-admin-port", self.proxy_admin_port),
-        ])
+        ];
+        distinct_ports(&own)?;
+        // An app port the proxy also listens on could not be served: one of the two would fail
+        // to bind, and the admin port is never captured.
+        if let PortSpec::List(ports) = &self.inbound_ports {
+            if let Some((flag, port)) = own.iter().find(|(_, p)| ports.contains(p)) {
+                return Err(ConfigError::AppPortIsProxyPort { flag, port: *port });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -250,5 +261,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--proxy-admin-port"));
+    }
+
+    #[test]
+    fn validate_refuses_an_app_port_the_proxy_listens_on() {
+        for port in [9901, 15006, 15001] {
+            let c = Config {
+                inbound_ports: PortSpec::List(vec![8080, port]),
+                ..Config::default()
+            };
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(
+                msg.contains("--inbound-ports") && msg.contains(&port.to_string()),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_lists_are_empty_for_every_list_flag() {
+        let c = parse(&[
+            "--exclude-inbound-ports=",
+            "--exclude-outbound-ports=",
+            "--inbound-ports=",
+            "--exclude-outbound-cidrs=",
+        ])
+        .unwrap();
+        assert!(c.exclude_inbound_ports.is_empty() && c.exclude_outbound_ports.is_empty());
+        assert_eq!(c.inbound_ports, PortSpec::List(vec![]));
+        assert!(c.exclude_outbound_cidrs.0.is_empty());
+        let c = parse(&["--exclude-outbound-ports=5432,5432,3306"]).unwrap();
+        assert_eq!(c.exclude_outbound_ports, vec![5432, 3306]);
+    }
+
+    #[test]
+    fn root_is_not_the_proxy_id() {
+        for flag in ["--proxy-uid=0", "--proxy-gid=0"] {
+            let msg = parse(&[flag]).unwrap_err().to_string();
+            assert!(msg.contains("root"), "{flag}: {msg}");
+        }
     }
 }

@@ -33,30 +33,54 @@ pub struct Entry {
 
 /// `[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS BYTES_RECEIVED BYTES_SENT DURATION UPSTREAM_TIME
 /// "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" "AUTHORITY" "UPSTREAM_HOST"`, `-` for missing.
+///
+/// What a client sent is escaped ([`escaped`]), so a `"` or a control byte in a header cannot add
+/// fields or lines to the log.
 pub fn format(e: &Entry, out: &mut String) {
-    let hv = |v: &Option<String>| v.as_deref().unwrap_or("-").to_string();
-    let _ = write!(out, "[");
+    out.push('[');
     write_time(e.start.unwrap_or(UNIX_EPOCH), out);
-    let _ = writeln!(
+    out.push_str("] \"");
+    escaped(&e.method, out);
+    out.push(' ');
+    escaped(&e.path, out);
+    let _ = write!(
         out,
-        "] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\"",
-        e.method,
-        e.path,
-        e.protocol,
-        e.code,
-        e.flags,
-        e.bytes_received,
-        e.bytes_sent,
-        e.duration_ms,
-        e.upstream_time_ms
-            .map_or_else(|| "-".to_string(), |t| t.to_string()),
-        hv(&e.xff),
-        hv(&e.user_agent),
-        hv(&e.request_id),
-        hv(&e.authority),
-        e.upstream_host
-            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+        " {}\" {} {} {} {} {} ",
+        e.protocol, e.code, e.flags, e.bytes_received, e.bytes_sent, e.duration_ms
     );
+    match e.upstream_time_ms {
+        Some(t) => {
+            let _ = write!(out, "{t}");
+        }
+        None => out.push('-'),
+    }
+    for v in [&e.xff, &e.user_agent, &e.request_id, &e.authority] {
+        out.push_str(" \"");
+        escaped(v.as_deref().unwrap_or("-"), out);
+        out.push('"');
+    }
+    match e.upstream_host {
+        Some(a) => {
+            let _ = write!(out, " \"{a}\"");
+        }
+        None => out.push_str(" \"-\""),
+    }
+    out.push('\n');
+}
+
+/// Appends `s` with `"` and `\` backslash-escaped and control characters as `\xNN`: one field stays
+/// one field, one entry one line.
+fn escaped(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, like Envoy: `2026-11-22T03:24:08.123Z`.
@@ -156,5 +180,32 @@ mod tests {
             s,
             "[2025-11-22T03:24:08.123Z] \"GET /hello?x=1 HTTP/1.1\" 503 UO 0 81 0 - \"-\" \"curl/8.0\" \"abc\" \"svc:8080\" \"10.0.0.1:8080\"\n"
         );
+    }
+
+    #[test]
+    fn client_text_cannot_add_fields_or_lines() {
+        let e = Entry {
+            method: "GET".into(),
+            path: "/a\"b".into(),
+            protocol: "HTTP/1.1",
+            user_agent: Some("x\" \"forged\" \"fields".into()),
+            request_id: Some("a\\b\r\nfake line\u{7f}".into()),
+            ..Entry::default()
+        };
+        let mut s = String::new();
+        format(&e, &mut s);
+        assert_eq!(s.lines().count(), 1, "{s}");
+        assert!(
+            s.contains(r#""GET /a\"b HTTP/1.1""#)
+                && s.contains(r#""x\" \"forged\" \"fields""#)
+                && s.contains(r#""a\\b\x0d\x0afake line\x7f""#),
+            "{s}"
+        );
+        // Unescaped quotes delimit exactly the 6 quoted fields.
+        let quotes = s
+            .match_indices('"')
+            .filter(|(i, _)| !s[..*i].ends_with('\\'))
+            .count();
+        assert_eq!(quotes, 12, "{s}");
     }
 }

@@ -1,7 +1,14 @@
 //! The admin API (Envoy's paths): `/ready`, `/server_info`, `/stats`, `/stats/prometheus`,
 //! `/clusters`, `/config_dump`, `POST /logging?level=`, `POST /quitquitquit`.
+//!
+//! The admin port is never captured, so every pod that can route to this one reaches it. What
+//! changes the proxy (every POST) or reveals its configuration (`/config_dump`) answers loopback
+//! clients only, the containers of the pod itself, as Istio (admin on localhost) and Linkerd
+//! (shutdown from localhost) do; anyone else gets 403. Reading health and stats stays open, so
+//! Prometheus scrapes the pod IP.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -16,7 +23,7 @@ use crate::Proxy;
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -24,7 +31,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let p = p.clone();
-                async move { Ok::<_, Infallible>(route(&p, req)) }
+                async move { Ok::<_, Infallible>(guarded(&p, peer, req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -52,7 +59,30 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     })
 }
 
-pub fn route(p: &Proxy, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Whether `peer` may use `method path`: every POST and `/config_dump` are for loopback only.
+pub fn allowed(peer: IpAddr, method: &Method, path: &str) -> bool {
+    let local_only = method == Method::POST || path == "/config_dump";
+    !local_only || peer.to_canonical().is_loopback()
+}
+
+fn guarded(p: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response<ResponseBody> {
+    if !allowed(peer.ip(), req.method(), req.uri().path()) {
+        tracing::warn!(%peer, method = %req.method(), path = req.uri().path(), "admin: refused a non-loopback client");
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {} is allowed from the pod itself only (127.0.0.1 or ::1), not from {}: \
+                 use kubectl exec, or kubectl port-forward to the admin port\n",
+                req.method(),
+                req.uri().path(),
+                peer.ip().to_canonical()
+            ),
+        );
+    }
+    route(p, req)
+}
+
+fn route(p: &Proxy, req: Request<Incoming>) -> Response<ResponseBody> {
     let live = !p.drain.is_draining();
     let state = if live { "LIVE" } else { "DRAINING" };
     match (req.method(), req.uri().path()) {
@@ -156,5 +186,38 @@ pub fn route(p: &Proxy, req: Request<Incoming>) -> Response<ResponseBody> {
             "/ready /server_info /stats /stats/prometheus /clusters /config_dump POST /logging?level= POST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutating_and_revealing_endpoints_are_loopback_only() {
+        let pod: IpAddr = "10.244.0.7".parse().unwrap();
+        let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let mapped_pod: IpAddr = "::ffff:10.244.0.7".parse().unwrap();
+        for path in ["/quitquitquit", "/logging", "/anything", "/stats"] {
+            assert!(!allowed(pod, &Method::POST, path), "POST {path}");
+            assert!(!allowed(mapped_pod, &Method::POST, path), "POST {path}");
+            for lo in [lo4, lo6, mapped] {
+                assert!(allowed(lo, &Method::POST, path), "POST {path} from {lo}");
+            }
+        }
+        assert!(!allowed(pod, &Method::GET, "/config_dump"));
+        assert!(allowed(lo4, &Method::GET, "/config_dump"));
+        for path in [
+            "/ready",
+            "/stats",
+            "/stats/prometheus",
+            "/server_info",
+            "/clusters",
+            "/",
+        ] {
+            assert!(allowed(pod, &Method::GET, path), "GET {path}");
+        }
     }
 }

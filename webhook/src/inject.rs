@@ -144,7 +144,7 @@ pub fn proxyinit_config(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> pro
         ..proxyinit::Config::default()
     };
     if let Some(cidrs) = &s.exclude_outbound_ip_ranges {
-        c.exclude_outbound_cidrs = CidrList(cidrs.clone());
+        c.exclude_outbound_cidrs = CidrList::new(cidrs.iter().copied());
     }
     c
 }

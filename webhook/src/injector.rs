@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use config::args::clap_defaults;
 use config::defaults;
-use config::parse::{parse_id, parse_port};
+use config::parse::{parse_port, parse_proxy_id};
 
 /// The image holding all three Trellis binaries, tagged with this release.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/trellis-mesh/trellis:", env!("CARGO_PKG_VERSION"));
@@ -30,11 +30,11 @@ pub struct InjectorConfig {
     pub image_pull_policy: String,
 
     /// uid the proxy runs as (its traffic is never redirected).
-    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = defaults::PROXY_UID, value_parser = parse_id)]
+    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = defaults::PROXY_UID, value_parser = parse_proxy_id)]
     pub proxy_uid: u32,
 
     /// gid the proxy runs as.
-    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = defaults::PROXY_GID, value_parser = parse_id)]
+    #[arg(long, env = "TRELLIS_PROXY_GID", default_value_t = defaults::PROXY_GID, value_parser = parse_proxy_id)]
     pub proxy_gid: u32,
 
     /// Port of the proxy's inbound capture listener.
