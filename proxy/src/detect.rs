@@ -1,6 +1,12 @@
-//! Protocol detection: peek (never consume) the first bytes. An HTTP/1.x request line gets the
-//! HTTP path; anything else, including HTTP/2's preface and protocols where the server speaks
-//! first (nothing arrives before the timeout), is proxied as opaque TCP.
+//! Protocol detection: peek (never consume) the first bytes. What starts like an HTTP/1 request
+//! line gets the HTTP path, where the codec judges it (a malformed line gets 400, never a raw
+//! tunnel past the proxy's checks). Anything else, including HTTP/2's preface, TLS, and protocols
+//! where the server speaks first (nothing arrives before the timeout), is proxied as opaque TCP.
+//!
+//! "Starts like a request line" (RFC 9112 §3): optional empty lines (§2.2), then a method token
+//! followed by a space. Upper-case tokens are methods whatever they are (`PROPFIND`, `PURGE`,
+//! `M-SEARCH`); a token with lower case is taken as a (wrong) method only when a request target
+//! follows (`/` or `*`), so that text protocols such as memcached's `get key` stay opaque.
 
 use std::time::Duration;
 
@@ -13,37 +19,47 @@ pub enum Protocol {
     Opaque,
 }
 
-const METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"TRACE ",
-    b"CONNECT ",
-];
+/// HTTP/2's prior-knowledge preface begins with a token and a space too.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// Longer than any registered method (`UPDATEREDIRECTREF` has 17 letters).
+const MAX_METHOD: usize = 24;
+/// Bytes peeked: room for a few stray empty lines before the method.
+const PEEK: usize = 64;
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
 /// Classifies a prefix: `Some` once decided, `None` if more bytes are needed.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
-    if buf.is_empty() {
-        return None;
+    let Some(start) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        // Only empty lines so far.
+        return (buf.len() >= PEEK).then_some(Protocol::Opaque);
+    };
+    let b = &buf[start..];
+    let n = b.len().min(H2_PREFACE.len());
+    if b[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Protocol::Opaque);
     }
-    let mut maybe = false;
-    for m in METHODS {
-        if buf.len() >= m.len() {
-            if buf.starts_with(m) {
-                return Some(Protocol::Http1);
-            }
-        } else if m.starts_with(buf) {
-            maybe = true;
-        }
+    let token = b.iter().take_while(|&&c| is_tchar(c)).count();
+    if token == b.len() {
+        return (token > MAX_METHOD).then_some(Protocol::Opaque);
     }
-    if maybe {
-        None
-    } else {
-        Some(Protocol::Opaque)
+    if token == 0 || token > MAX_METHOD {
+        return Some(Protocol::Opaque);
+    }
+    let method = &b[..token];
+    let upper = !method.iter().any(u8::is_ascii_lowercase);
+    match (b[token], upper) {
+        // `GET\t/`: a method, wrongly delimited; the codec refuses it.
+        (b' ' | b'\t', true) => Some(Protocol::Http1),
+        (b' ', false) => match b.get(token + 1) {
+            None => None,
+            Some(b'/' | b'*') => Some(Protocol::Http1),
+            Some(_) => Some(Protocol::Opaque),
+        },
+        _ => Some(Protocol::Opaque),
     }
 }
 
@@ -59,7 +75,7 @@ pub enum Detected {
 
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; PEEK];
     let mut last = 0;
     // Backs off, so that a client stalling mid-method costs little while it waits.
     let mut pause = Duration::from_millis(1);
@@ -91,14 +107,47 @@ mod tests {
 
     #[test]
     fn classifies_prefixes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"POST /x"), Some(Protocol::Http1));
-        assert_eq!(classify(b"PO"), None);
-        assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"GETX"), Some(Protocol::Opaque));
-        assert_eq!(classify(b""), None);
+        use Protocol::{Http1, Opaque};
+        for (input, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Some(Http1)),
+            (b"POST /x", Some(Http1)),
+            (b"PO", None),
+            (b"GE", None),
+            (b"", None),
+            // Any upper-case token is a method.
+            (b"PROPFIND /dav HTTP/1.1", Some(Http1)),
+            (b"PURGE /cache", Some(Http1)),
+            (b"M-SEARCH * HTTP/1.1", Some(Http1)),
+            (b"BREW ", Some(Http1)),
+            // Wrong request lines are HTTP, for the codec to refuse with 400.
+            (b"get / HTTP/1.1", Some(Http1)),
+            (b"Get /", Some(Http1)),
+            (b"get * HTTP/1.1", Some(Http1)),
+            (b"GET\t/ HTTP/1.1", Some(Http1)),
+            (b"get ", None),
+            // Empty lines before the request line are skipped (RFC 9112 §2.2).
+            (b"\r\n\r\nGET / HTTP/1.1", Some(Http1)),
+            (b"\r\n", None),
+            (&[b'\n'; PEEK], Some(Opaque)),
+            // Not HTTP/1.
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Opaque)),
+            (b"PRI * HTTP/2", None),
+            (b"\x16\x03\x01", Some(Opaque)),
+            (b"GETX", None),
+            (b"get key\r\n", Some(Opaque)),
+            (b"x\r\n", Some(Opaque)),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", Some(Opaque)),
+            (b"*1\r\n$4\r\nPING\r\n", Some(Opaque)),
+            (b"{\"json\": 1}", Some(Opaque)),
+            (&[b'A'; MAX_METHOD + 1], Some(Opaque)),
+        ] {
+            assert_eq!(
+                classify(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@ mod response;
 
 pub use body::Body;
 #[cfg(test)]
-use chunked::{Chunked, ChunkedError};
+use chunked::Chunked;
+pub use chunked::ChunkedError;
 pub use head::{Framing, HeadError};
 #[cfg(test)]
 use head::{MAX_HEAD, MAX_HEADERS};

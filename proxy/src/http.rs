@@ -23,10 +23,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Entry};
 use crate::cluster::{AcquireError, Cluster, Lease};
 use crate::drain::Drain;
-use crate::h1::{self, Body, Framing, HeadError, Request, RequestOpts, ResponseOpts};
+use crate::h1::{self, Body, ChunkedError, Framing, HeadError, Request, RequestOpts, ResponseOpts};
+use crate::idle::Ended;
 use crate::iobuf::Buf;
 use crate::stats::{ClusterStats, ListenerStats};
 
@@ -80,10 +81,25 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
             Ok(None) => return, // closed between requests
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "refusing a malformed request");
+                ctx.listener.http.downstream_cx_protocol_error.inc();
                 let (code, reason) = e.status();
                 let mut out = Vec::new();
                 // The body says what was wrong with the head, and what is expected.
-                h1::local_reply(&mut out, code, reason, &e.to_string(), false, true);
+                let text = e.to_string();
+                h1::local_reply(&mut out, code, reason, &text, false, true);
+                if let Some(log) = &ctx.access_log {
+                    // Envoy's line for a head it could not parse: `"- - -" 400 DPE`.
+                    log.log(Entry {
+                        start: Some(SystemTime::now()),
+                        method: "-".into(),
+                        path: "-".into(),
+                        protocol: "-",
+                        code,
+                        flags: ResponseFlag::DownstreamProtocolError.as_str(),
+                        bytes_sent: text.len() as u64,
+                        ..Entry::default()
+                    });
+                }
                 if d.io.write_all(&out).await.is_ok() {
                     linger_close(&mut d.io).await;
                 }
@@ -149,6 +165,11 @@ struct Exchange<'a> {
 /// How the exchange with upstream ended before anything of a final response reached the client.
 enum Early {
     Timeout,
+    /// No byte moved either way for the idle timeout (the request body stalled, or upstream
+    /// stopped taking it).
+    Idle,
+    /// The client's chunked body is malformed.
+    BadBody(ChunkedError),
     /// Closed or reset before a response head; `silent` if not one byte came back.
     Reset {
         silent: bool,
@@ -168,13 +189,19 @@ enum Delivered {
     UpstreamReset,
     /// The client went away mid-body (`DC`).
     ClientGone,
+    /// No byte moved either way for the idle timeout (`SI`).
+    Idle,
+    /// The client's chunked body turned out malformed after the response head (`DPE`).
+    BadBody,
 }
 
 /// How the request body's side ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pump {
-    /// The client closed, or sent a malformed chunked body.
+    /// The client closed.
     ClientGone,
+    /// The client's chunked body is malformed.
+    BadBody(ChunkedError),
     /// Upstream stopped taking the body (it may still answer).
     UpstreamStopped,
 }
@@ -257,6 +284,15 @@ impl Exchange<'_> {
                         rq.client_gone(true);
                         false
                     }
+                    Early::Idle => {
+                        ctx.listener.http.downstream_rq_idle_timeout.inc();
+                        rq.local(d, &body, &req, Local::StreamIdle).await
+                    }
+                    Early::BadBody(e) => {
+                        tracing::debug!(error = %e, "malformed chunked request body");
+                        ctx.listener.http.downstream_cx_protocol_error.inc();
+                        rq.local(d, &body, &req, Local::BadBody(e)).await
+                    }
                 };
             }
         };
@@ -275,8 +311,12 @@ impl Exchange<'_> {
                 keep_alive && body.is_done()
             }
             Delivered::Upgrade => {
-                tunnel(d, lease.conn(), &rq).await;
-                rq.complete();
+                if tunnel(d, lease.conn(), &rq).await == Ended::Idle {
+                    ctx.listener.http.downstream_rq_idle_timeout.inc();
+                    rq.finish(ResponseFlag::StreamIdleTimeout);
+                } else {
+                    rq.complete();
+                }
                 false
             }
             Delivered::UpstreamReset => {
@@ -288,12 +328,30 @@ impl Exchange<'_> {
                 rq.client_gone(true);
                 false
             }
+            Delivered::Idle => {
+                ctx.listener.http.downstream_rq_idle_timeout.inc();
+                st.upstream_rq_tx_reset.inc();
+                rq.finish(ResponseFlag::StreamIdleTimeout);
+                false
+            }
+            Delivered::BadBody => {
+                ctx.listener.http.downstream_cx_protocol_error.inc();
+                st.upstream_rq_tx_reset.inc();
+                rq.finish(ResponseFlag::DownstreamProtocolError);
+                false
+            }
         }
     }
 }
 
 /// Sends the request on `lease`'s connection and relays the response, the rest of the request
-/// body flowing upstream meanwhile. The request timeout runs until the response head arrives.
+/// body flowing upstream meanwhile.
+///
+/// Two clocks bound it. The request timeout runs from the end of the request (Envoy's route
+/// timeout: an upload is never cut for being slow) to the response head. The stream idle
+/// timeout ends the exchange once no body byte moved either way for `--idle-timeout`; it is
+/// armed only once a body is still moving after the first read, so a short exchange sets no
+/// timer.
 async fn forward(
     lease: &mut Lease,
     d: &mut Downstream,
@@ -307,9 +365,7 @@ async fn forward(
     let up = lease.conn();
     // The head and what has arrived of the body, in one write.
     // (A request sent again had no body: the head is all there is.)
-    let (n, payload) = body
-        .take(d.buf.data(), None)
-        .map_err(|_| Early::ClientGone)?;
+    let (n, payload) = body.take(d.buf.data(), None).map_err(Early::BadBody)?;
     up_head.extend_from_slice(&d.buf.data()[..n]);
     d.buf.consume(n);
     rq.received.add(payload);
@@ -340,37 +396,52 @@ async fn forward(
     // Whether the request body has all gone upstream, as the response head is written: if not,
     // the client is told its connection will close.
     let body_sent = AtomicBool::new(body.is_done());
+    // The request timeout (set at the exchange's start) counts only once the request is whole.
+    let mut armed = body.is_done();
     // Polled even when the body is all sent: it then watches for the client going away.
     let mut pump_done = false;
     let mut pump = pin!(pump_body(
         &mut dr, &mut d.buf, &mut uw, body, &body_sent, rq
     ));
     let mut resp = pin!(async {
-        let head = tokio::select! {
-            biased;
-            r = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st) => r?,
-            _ = timer.as_mut() => return Err(Early::Timeout),
-        };
+        let head = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st).await?;
         rq.stats.count_code(head.0.status);
         relay_response(&mut ur, ubuf, &mut dw, head, rq).await
     });
+    let mut idle = pin!(rq.activity.expired(rq.ctx.idle_timeout));
     let r = poll_fn(|cx| {
         if !pump_done {
             match pump.as_mut().poll(cx) {
                 Poll::Ready(Pump::ClientGone) => return Poll::Ready(Err(Early::ClientGone)),
+                Poll::Ready(Pump::BadBody(e)) => return Poll::Ready(Err(Early::BadBody(e))),
                 Poll::Ready(Pump::UpstreamStopped) => pump_done = true,
                 Poll::Pending => {}
             }
         }
-        resp.as_mut().poll(cx)
+        if !armed && body_sent.load(Relaxed) {
+            armed = true;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + rq.ctx.request_timeout);
+        }
+        if let Poll::Ready(r) = resp.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if armed && rq.code_sent.load(Relaxed) == 0 && timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Early::Timeout));
+        }
+        if rq.activity.touched() && idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Early::Idle));
+        }
+        Poll::Pending
     })
     .await;
-    match r {
-        // The client left after the response head: that is a cut-off response.
-        Err(Early::ClientGone) if rq.code_sent.load(Relaxed) != 0 => {
-            Ok((rq.code_sent.load(Relaxed), Delivered::ClientGone, false))
-        }
-        r => r,
+    // After the response head, an early end is a cut-off response.
+    match (r, rq.code_sent.load(Relaxed)) {
+        (Err(Early::ClientGone), sent) if sent != 0 => Ok((sent, Delivered::ClientGone, false)),
+        (Err(Early::Idle), sent) if sent != 0 => Ok((sent, Delivered::Idle, false)),
+        (Err(Early::BadBody(_)), sent) if sent != 0 => Ok((sent, Delivered::BadBody, false)),
+        (r, _) => r,
     }
 }
 
@@ -473,6 +544,7 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if body.is_done() {
             break;
         }
+        rq.activity.touch();
         match ubuf.read_from(ur).await {
             Ok(0) if matches!(body, Body::UntilClose) => break,
             Ok(0) | Err(_) => return Ok((code, Delivered::UpstreamReset, false)),
@@ -504,13 +576,14 @@ async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     rq: &Finish<'_>,
 ) -> Pump {
     while !body.is_done() {
+        rq.activity.touch();
         match dbuf.read_from(dr).await {
             Ok(0) | Err(_) => return Pump::ClientGone,
             Ok(_) => {}
         }
-        let Ok((n, payload)) = body.take(dbuf.data(), None) else {
-            tracing::debug!("malformed chunked request body");
-            return Pump::ClientGone;
+        let (n, payload) = match body.take(dbuf.data(), None) {
+            Ok(taken) => taken,
+            Err(e) => return Pump::BadBody(e),
         };
         let w = uw.write_all(&dbuf.data()[..n]).await;
         dbuf.consume(n);
@@ -549,8 +622,9 @@ async fn early(buf: &mut Buf, to: &mut TcpStream) -> std::io::Result<u64> {
     Ok(n as u64)
 }
 
-/// After a `101`: bytes flow both ways until either side closes.
-async fn tunnel(d: &mut Downstream, up: &mut crate::cluster::Conn, rq: &Finish<'_>) {
+/// After a `101`: bytes flow both ways until both sides close, or none moves for the idle
+/// timeout.
+async fn tunnel(d: &mut Downstream, up: &mut crate::cluster::Conn, rq: &Finish<'_>) -> Ended {
     let st = rq.stats;
     // Whatever arrived early on either side goes first.
     match early(&mut d.buf, &mut up.io).await {
@@ -558,23 +632,24 @@ async fn tunnel(d: &mut Downstream, up: &mut crate::cluster::Conn, rq: &Finish<'
             rq.received.add(n);
             st.upstream_cx_tx_bytes_total.add(n);
         }
-        Err(_) => return,
+        Err(_) => return Ended::Closed,
     }
     match early(&mut up.buf, &mut d.io).await {
         Ok(n) => {
             rq.sent.add(n);
             st.upstream_cx_rx_bytes_total.add(n);
         }
-        Err(_) => return,
+        Err(_) => return Ended::Closed,
     }
     d.buf.release();
     up.buf.release();
-    if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut d.io, &mut up.io).await {
-        rq.received.add(a);
-        rq.sent.add(b);
-        st.upstream_cx_tx_bytes_total.add(a);
-        st.upstream_cx_rx_bytes_total.add(b);
-    }
+    let (ended, a, b) =
+        crate::idle::copy_until_idle(&mut d.io, &mut up.io, rq.ctx.idle_timeout).await;
+    rq.received.add(a);
+    rq.sent.add(b);
+    st.upstream_cx_tx_bytes_total.add(a);
+    st.upstream_cx_rx_bytes_total.add(b);
+    ended
 }
 
 /// Closes a connection whose client may still be sending (an unread body, a refused head):
@@ -610,7 +685,7 @@ impl Finish<'_> {
             &mut out,
             reply.code,
             reply.reason,
-            reply.body,
+            &reply.body,
             reply.overloaded,
             !keep,
         );

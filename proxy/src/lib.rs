@@ -6,7 +6,7 @@
 //! from which the webhook renders the sidecar's args.
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
-//! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
+//! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] (both bounded by [`idle`]) → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
 //! [`access_log`], [`drain`], [`request_id`] beside them.
 #![forbid(unsafe_code)]
 
@@ -17,6 +17,7 @@ pub(crate) mod detect;
 pub(crate) mod drain;
 pub(crate) mod h1;
 pub(crate) mod http;
+pub(crate) mod idle;
 pub(crate) mod iobuf;
 pub(crate) mod listener;
 pub(crate) mod orig_dst;

@@ -161,6 +161,7 @@ impl Conns {
                     cluster,
                     http.listener.clone(),
                     p.config.connect_timeout,
+                    p.config.idle_timeout,
                 )
                 .await
             }

@@ -285,6 +285,10 @@ stats! {
         pub downstream_rq_active: Gauge,
         /// Connections refused because their original destination was the proxy itself.
         pub downstream_cx_loop_refused: Counter,
+        /// Requests refused as malformed (a bad head or chunked body): 400, 431, 501 (`DPE`).
+        pub downstream_cx_protocol_error: Counter,
+        /// Streams ended because no byte moved for `--idle-timeout` (`SI`).
+        pub downstream_rq_idle_timeout: Counter,
     }
 }
 
@@ -294,6 +298,8 @@ stats! {
         pub downstream_cx_total: Counter,
         pub downstream_cx_active: Gauge,
         pub upstream_cx_overflow: Counter,
+        /// Connections closed because no byte moved for `--idle-timeout`.
+        pub idle_timeout: Counter,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Opaque TCP: bytes copied both ways. The cluster's max connections applies: an overflowing
-//! connection is closed at once and counted (`upstream_cx_overflow`).
+//! connection is closed at once and counted (`upstream_cx_overflow`). A connection on which no
+//! byte moves for `--idle-timeout` is closed (`tcp.<listener>.idle_timeout`), as Envoy's
+//! tcp_proxy does, so quiet or garbage clients cannot hold the pool's slots.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
+use crate::idle::{copy_until_idle, Ended};
 use crate::stats::ListenerStats;
 
 pub async fn proxy(
@@ -14,6 +17,7 @@ pub async fn proxy(
     cluster: Arc<Cluster>,
     listener: Arc<ListenerStats>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
 ) {
     listener.tcp.downstream_cx_total.inc();
     listener.tcp.downstream_cx_active.inc();
@@ -39,12 +43,12 @@ pub async fn proxy(
     };
     let _ = up.set_nodelay(true);
     let _ = down.set_nodelay(true);
-    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        Ok((to_up, to_down)) => {
-            st.upstream_cx_tx_bytes_total.add(to_up);
-            st.upstream_cx_rx_bytes_total.add(to_down);
-        }
-        Err(e) => tracing::debug!(cluster = %cluster.name, error = %e, "tcp proxy ended"),
+    let (ended, to_up, to_down) = copy_until_idle(&mut down, &mut up, idle_timeout).await;
+    st.upstream_cx_tx_bytes_total.add(to_up);
+    st.upstream_cx_rx_bytes_total.add(to_down);
+    if ended == Ended::Idle {
+        tracing::debug!(cluster = %cluster.name, "tcp proxy: idle timeout");
+        listener.tcp.idle_timeout.inc();
     }
     st.upstream_cx_destroy.inc();
 }

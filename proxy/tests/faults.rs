@@ -413,3 +413,159 @@ async fn idle_and_slow_clients_are_closed_after_the_idle_timeout() {
     let mut c = Client::connect(px.listen).await.unwrap();
     assert_eq!(c.get("/?delay_ms=2500").await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_clients_hold_the_pool_no_longer_than_the_idle_timeout() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(
+        app,
+        &["--max-connections=2", "--idle-timeout=1s", "--access-log"],
+    )
+    .await;
+    // Not HTTP: proxied as opaque TCP, each holding one of the two connection slots.
+    let mut garbage = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(px.listen).await.unwrap();
+        s.write_all(b"x\r\n").await.unwrap();
+        garbage.push(s);
+    }
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_cx_active"))
+        .eventually_eq(2)
+        .await;
+    // Quiet for the idle timeout: closed, and the slots are free again.
+    for s in &mut garbage {
+        let mut b = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "an idle opaque connection was never closed");
+    }
+    px.stats()
+        .metric("tcp.gateway.idle_timeout")
+        .eventually_eq(2)
+        .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+}
+
+/// An upstream that answers every request with a head and 7 bytes of a 100-byte body, then
+/// stalls (holding the connection).
+async fn start_staller() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_ends_after_the_idle_timeout_si() {
+    // Upstream stalls mid-body: the client gets what came, then the stream ends.
+    let up = start_staller().await;
+    let px = ProxyProc::gateway(
+        up,
+        &["--max-connections=1", "--idle-timeout=1s", "--access-log"],
+    )
+    .await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("the stalled stream was never ended")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&all).ends_with("\r\n\r\npartial"));
+    wait_log(&px, " 200 SI ").await;
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_rq_active"))
+        .eventually_eq(0)
+        .await;
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_cx_active"))
+        .eventually_eq(0)
+        .await;
+
+    // The client stalls mid-upload: 408, and the app's pool slot is free again.
+    let app = start_app().await;
+    let px = ProxyProc::gateway(
+        app,
+        &["--max-connections=1", "--idle-timeout=1s", "--access-log"],
+    )
+    .await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("the stalled upload was never ended")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.1 408 "), "{all}");
+    assert!(all.ends_with("\r\n\r\nstream timeout"), "{all}");
+    wait_log(&px, " 408 SI ").await;
+    px.stats()
+        .metric("http.gateway.downstream_rq_idle_timeout")
+        .now_eq(1)
+        .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_starts_when_the_upload_is_complete() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--request-timeout=1s", "--idle-timeout=2s"]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    // 3 s of upload, three request timeouts long, but never idle.
+    s.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 30\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"abc").await.unwrap();
+    }
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&all).ends_with("\r\n\r\n30") {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .expect("an answer");
+    assert!(
+        all.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_timeout"))
+        .now_eq(0)
+        .await;
+}

@@ -301,7 +301,7 @@ async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
     let px = ProxyProc::gateway(up, &[]).await;
     let huge = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
     // Each answer names what was wrong.
-    let cases: [(&[u8], &str, &str); 4] = [
+    let cases: [(&[u8], &str, &str); 10] = [
         (
             huge.as_bytes(),
             "HTTP/1.1 431 ",
@@ -322,6 +322,37 @@ async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
             "HTTP/1.1 400 ",
             "malformed HTTP/1 head: both transfer-encoding and content-length (a smuggling risk)",
         ),
+        // A wrong request line is refused, never tunnelled past the proxy's checks.
+        (
+            b"get / HTTP/1.1\r\nhost: x\r\n\r\n",
+            "HTTP/1.1 400 ",
+            "malformed HTTP/1 head: the method has lower-case letters (methods are case-sensitive: GET, not get)",
+        ),
+        (
+            b"GET\t/ HTTP/1.1\r\nhost: x\r\n\r\n",
+            "HTTP/1.1 400 ",
+            "malformed HTTP/1 head: invalid method or token",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 501 ",
+            "transfer-encoding other than a single `chunked` is not implemented",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 501 ",
+            "transfer-encoding other than a single `chunked` is not implemented",
+        ),
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400 ",
+            "malformed HTTP/1 head: no host header",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            "HTTP/1.1 400 ",
+            "malformed HTTP/1 head: more than one host header",
+        ),
     ];
     for (raw, want, why) in cases {
         let mut s = TcpStream::connect(px.listen).await.unwrap();
@@ -335,6 +366,25 @@ async fn refused_heads_get_their_status_and_the_proxy_keeps_serving() {
     px.stats()
         .metric(format!("cluster.{up}.upstream_rq_total"))
         .now_eq(0)
+        .await;
+    px.stats()
+        .metric("http.gateway.downstream_cx_protocol_error")
+        .now_eq(cases.len() as i64)
+        .await;
+    // Other methods are HTTP whatever they are called, and empty lines before a request line
+    // are skipped (RFC 9112 §2.2).
+    for raw in [
+        &b"PROPFIND / HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+        b"\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(px.listen).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let (head, _) = read_response(&mut s, &mut Vec::new()).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    px.stats()
+        .metric(format!("cluster.{up}.upstream_rq_total"))
+        .now_eq(2)
         .await;
     // Nobody else noticed.
     let mut s = TcpStream::connect(px.listen).await.unwrap();
@@ -412,6 +462,84 @@ async fn a_client_leaving_while_upstream_thinks_cancels_at_once() {
         .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !px.access_log().contains("\" 0 DC ") {
+        assert!(std::time::Instant::now() < deadline, "{}", px.access_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_lengths_go_on_as_one_and_h2c_is_not_offered_upstream() {
+    let up = scripted().await;
+    let px = ProxyProc::gateway(up, &[]).await;
+    let mut s = TcpStream::connect(px.listen).await.unwrap();
+    let mut buf = Vec::new();
+    // The upstream echoes the head it received.
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0, 0\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, echoed) = read_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lower = echoed.to_ascii_lowercase();
+    assert_eq!(lower.matches("content-length").count(), 1, "{echoed}");
+    assert!(echoed.contains("\r\ncontent-length: 0\r\n"), "{echoed}");
+    s.write_all(
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n\
+          http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, echoed) = read_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lower = echoed.to_ascii_lowercase();
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("http2-settings"),
+        "{echoed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_bodies_get_400_naming_the_fault() {
+    let app = start_app().await;
+    let px = ProxyProc::gateway(app, &["--access-log"]).await;
+    let head = "POST /sink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    // The bad bytes with the head, or after a good chunk already went upstream.
+    let cases: [(&str, &str); 5] = [
+        ("ffffffffffffffffff\r\n", ""),
+        ("-5\r\n", ""),
+        ("0x5\r\n", ""),
+        ("5\r\nhelloXX", ""),
+        ("5\r\nhello\r\n", "zz\r\n"),
+    ];
+    for (first, later) in cases {
+        let mut s = TcpStream::connect(px.listen).await.unwrap();
+        s.write_all(format!("{head}{first}").as_bytes())
+            .await
+            .unwrap();
+        if !later.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.write_all(later.as_bytes()).await.unwrap();
+        }
+        let all = read_to_close(&mut s).await;
+        assert!(
+            all.starts_with("HTTP/1.1 400 "),
+            "{first:?} {later:?}: {all}"
+        );
+        assert!(
+            all.contains("\r\n\r\nmalformed chunked request body: "),
+            "{first:?} {later:?}: {all}"
+        );
+    }
+    px.stats()
+        .metric("http.gateway.downstream_cx_protocol_error")
+        .eventually_eq(cases.len() as i64)
+        .await;
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_active"))
+        .eventually_eq(0)
+        .await;
+    // The access log blames the client's protocol (DPE), not its going away (DC).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while px.access_log().matches(" 400 DPE ").count() < cases.len() {
         assert!(std::time::Instant::now() < deadline, "{}", px.access_log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -199,5 +199,39 @@ async fn sidecar_in_a_network_namespace_with_iptables_redirect() {
         .metric("http.outbound.downstream_cx_loop_refused")
         .now_eq(1)
         .await;
+
+    // 5. The admin port is reachable from other pods (it is never captured): they may read
+    // health and stats, never stop or reconfigure the proxy, nor read its configuration.
+    let pod_admin = SocketAddr::from((net.pod_ip(), 9901));
+    let from_peer = |method: &'static str, path: &'static str| async move {
+        let mut c = client(peer, pod_admin).await;
+        c.request(method, path, Vec::new()).await.unwrap()
+    };
+    for (method, path) in [
+        ("POST", "/quitquitquit"),
+        ("POST", "/logging?level=trace"),
+        ("GET", "/config_dump"),
+    ] {
+        let r = from_peer(method, path).await;
+        assert_eq!(
+            r.status, 403,
+            "{method} {path} from another pod: {}",
+            r.body
+        );
+        assert!(r.body.contains("from the pod itself"), "{}", r.body);
+    }
+    for path in ["/ready", "/stats", "/stats/prometheus"] {
+        assert_eq!(from_peer("GET", path).await.status, 200, "GET {path}");
+    }
+    let mut local = Client::to(admin).netns(pod).connect().await.unwrap();
+    let r = local
+        .request("POST", "/logging?level=debug", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 200,
+        "POST /logging from the pod itself: {}",
+        r.body
+    );
     let _ = std::fs::remove_file(&proxy.log);
 }

@@ -43,6 +43,20 @@ pub enum HeadError {
     /// its end could not be found (RFC 9112 §6.3).
     #[error("malformed HTTP/1 head: transfer-encoding must end in chunked")]
     TransferEncodingNotChunked,
+    /// A request with codings besides `chunked` (`gzip, chunked`), or `transfer-encoding` given
+    /// twice: only plain `chunked` is forwarded, as Envoy and nginx do (501, RFC 9112 §6.1).
+    #[error("transfer-encoding other than a single `chunked` is not implemented")]
+    TransferEncodingUnsupported,
+    /// An HTTP/1.1 request without `host` (RFC 9112 §3.2).
+    #[error("malformed HTTP/1 head: no host header")]
+    MissingHost,
+    /// More than one `host` header (RFC 9112 §3.2).
+    #[error("malformed HTTP/1 head: more than one host header")]
+    DuplicateHost,
+    /// A method with lower-case letters: methods are case-sensitive (RFC 9110 §9.1) and every
+    /// registered one is upper case, so `get` is a client bug, not `GET`.
+    #[error("malformed HTTP/1 head: the method has lower-case letters (methods are case-sensitive: GET, not get)")]
+    LowercaseMethod,
     /// A response with both `transfer-encoding` and `content-length`.
     #[error("malformed HTTP/1 head: both transfer-encoding and content-length")]
     ResponseLengthAndTransferEncoding,
@@ -63,6 +77,7 @@ impl HeadError {
         match self {
             HeadError::TooLarge => (431, "Request Header Fields Too Large"),
             HeadError::Connect => (405, "Method Not Allowed"),
+            HeadError::TransferEncodingUnsupported => (501, "Not Implemented"),
             _ => (400, "Bad Request"),
         }
     }
@@ -150,6 +165,8 @@ pub(super) enum Known {
     XRequestId,
     XForwardedFor,
     Host,
+    /// Sent with `upgrade: h2c`, which is never forwarded.
+    Http2Settings,
     UserAgent,
     Other,
 }
@@ -170,6 +187,7 @@ fn known(name: &str) -> Known {
         (10, b'k') if is("keep-alive") => Known::KeepAlive,
         (10, b'u') if is("user-agent") => Known::UserAgent,
         (12, b'x') if is("x-request-id") => Known::XRequestId,
+        (14, b'h') if is("http2-settings") => Known::Http2Settings,
         (14, b'c') if is("content-length") => Known::ContentLength,
         (15, b'x') if is("x-forwarded-for") => Known::XForwardedFor,
         (16, b'p') if is("proxy-connection") => Known::ProxyConnection,
@@ -238,14 +256,20 @@ impl<'b> ConnectionTokens<'b> {
 #[derive(Default)]
 pub(super) struct FramingHeaders {
     pub length: Option<u64>,
+    /// `content-length` came as a list (`3, 3`) or on several lines: the next hop gets one value.
+    pub length_repeated: bool,
     pub transfer_encoding: bool,
     /// The last transfer coding is `chunked`.
     pub chunked: bool,
+    /// More than one transfer coding, or more than one `transfer-encoding` line.
+    pub codings_besides_chunked: bool,
 }
 
 impl FramingHeaders {
     fn content_length(&mut self, v: &[u8]) -> Result<(), HeadError> {
-        // A list of identical values is allowed (RFC 9110 §8.6); anything else is refused.
+        // A list of identical values is allowed (RFC 9110 §8.6), and sent on as one value;
+        // anything else is refused.
+        self.length_repeated |= self.length.is_some() || v.contains(&b',');
         for t in v.split(|&b| b == b',') {
             let t = t.trim_ascii();
             if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
@@ -264,10 +288,13 @@ impl FramingHeaders {
     }
 
     fn transfer_encoding(&mut self, v: &[u8]) {
-        self.transfer_encoding = true;
-        if let Some(last) = tokens(v).last() {
-            self.chunked = last.eq_ignore_ascii_case(b"chunked");
+        let mut n = 0;
+        for t in tokens(v) {
+            n += 1;
+            self.chunked = t.eq_ignore_ascii_case(b"chunked");
         }
+        self.codings_besides_chunked |= self.transfer_encoding || n > 1;
+        self.transfer_encoding = true;
     }
 }
 
@@ -276,8 +303,12 @@ pub(super) struct Seen<'b> {
     pub conn: ConnectionTokens<'b>,
     pub framing: FramingHeaders,
     pub upgrade: bool,
+    /// `upgrade` offers `h2c`, which is never forwarded (Envoy strips it too).
+    pub upgrade_h2c: bool,
     pub expect_continue: bool,
     pub request_id: bool,
+    /// `host` lines.
+    pub hosts: u8,
 }
 
 /// The first pass: classifies every header name into `kinds` (so the second pass reads them
@@ -290,8 +321,10 @@ pub(super) fn first_pass<'b>(
         conn: ConnectionTokens::default(),
         framing: FramingHeaders::default(),
         upgrade: false,
+        upgrade_h2c: false,
         expect_continue: false,
         request_id: false,
+        hosts: 0,
     };
     for (h, kind) in headers.iter().zip(kinds.iter_mut()) {
         *kind = known(h.name);
@@ -299,7 +332,11 @@ pub(super) fn first_pass<'b>(
             Known::Connection => seen.conn.add(h.value),
             Known::ContentLength => seen.framing.content_length(h.value)?,
             Known::TransferEncoding => seen.framing.transfer_encoding(h.value),
-            Known::Upgrade => seen.upgrade = true,
+            Known::Upgrade => {
+                seen.upgrade = true;
+                seen.upgrade_h2c |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"h2c"));
+            }
+            Known::Host => seen.hosts = seen.hosts.saturating_add(1),
             Known::Expect => seen.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
             Known::XRequestId => seen.request_id = true,
             _ => {}
@@ -310,13 +347,15 @@ pub(super) fn first_pass<'b>(
 
 /// The second pass: writes the headers that go on to the next hop, then `connection: upgrade`
 /// if the hop is `upgrading`. `role` sees each header first and decides for the few its role
-/// treats differently (`Some(keep)`); the others follow the shared rule.
+/// treats differently (`Some(keep)`); the others follow the shared rule. A repeated
+/// `content-length` goes on as one value.
 #[inline]
 pub(super) fn write_headers<'b>(
     out: &mut Vec<u8>,
     headers: &[httparse::Header<'b>],
     kinds: &[Known; MAX_HEADERS],
     conn: &ConnectionTokens<'_>,
+    framing: &FramingHeaders,
     upgrading: bool,
     mut role: impl FnMut(&httparse::Header<'b>, Known) -> Option<bool>,
 ) {
@@ -325,9 +364,14 @@ pub(super) fn write_headers<'b>(
             Some(keep) => keep,
             None => conn.forwards(h.name, k, upgrading),
         };
-        if keep {
+        if keep && !(k == Known::ContentLength && framing.length_repeated) {
             push_header(out, h.name.as_bytes(), h.value);
         }
+    }
+    if let (true, Some(n)) = (framing.length_repeated, framing.length) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if upgrading {
         out.extend_from_slice(b"connection: upgrade\r\n");

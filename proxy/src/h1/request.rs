@@ -55,14 +55,19 @@ pub fn parse_request(
     if method == "CONNECT" {
         return Err(HeadError::Connect);
     }
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(HeadError::LowercaseMethod);
+    }
 
     let mut kinds = [Known::Other; MAX_HEADERS];
     let Seen {
         conn,
         framing,
         upgrade: has_upgrade,
+        upgrade_h2c,
         expect_continue,
         request_id: has_request_id,
+        hosts,
     } = head::first_pass(req.headers, &mut kinds)?;
     let body = if framing.transfer_encoding {
         if framing.length.is_some() {
@@ -71,6 +76,9 @@ pub fn parse_request(
         if http10 || !framing.chunked {
             return Err(HeadError::TransferEncodingNotChunked);
         }
+        if framing.codings_besides_chunked {
+            return Err(HeadError::TransferEncodingUnsupported);
+        }
         Framing::Chunked
     } else {
         match framing.length {
@@ -78,12 +86,18 @@ pub fn parse_request(
             Some(n) => Framing::Length(n),
         }
     };
+    match hosts {
+        0 if !http10 => return Err(HeadError::MissingHost),
+        0 | 1 => {}
+        _ => return Err(HeadError::DuplicateHost),
+    }
     let keep_alive = if http10 {
         conn.keep_alive && !conn.close
     } else {
         !conn.close
     };
-    let upgrade = has_upgrade && conn.upgrade && !http10;
+    // `h2c` is not offered on: the proxy speaks HTTP/1.1 upstream (Envoy strips it too).
+    let upgrade = has_upgrade && conn.upgrade && !http10 && !upgrade_h2c;
     let expect_continue = expect_continue && !http10;
 
     let start = out.len();
@@ -101,27 +115,36 @@ pub fn parse_request(
         })
     });
     let mut xff: Vec<&[u8]> = Vec::new();
-    head::write_headers(out, req.headers, &kinds, &conn, upgrade, |h, k| {
-        if let Some(l) = log.as_deref_mut() {
-            let v = || Some(String::from_utf8_lossy(h.value).into_owned());
+    head::write_headers(
+        out,
+        req.headers,
+        &kinds,
+        &conn,
+        &framing,
+        upgrade,
+        |h, k| {
+            if let Some(l) = log.as_deref_mut() {
+                let v = || Some(String::from_utf8_lossy(h.value).into_owned());
+                match k {
+                    Known::Host => l.authority = v(),
+                    Known::UserAgent => l.user_agent = v(),
+                    Known::XRequestId => l.request_id = v(),
+                    _ => {}
+                }
+            }
             match k {
-                Known::Host => l.authority = v(),
-                Known::UserAgent => l.user_agent = v(),
-                Known::XRequestId => l.request_id = v(),
-                _ => {}
+                // The proxy answers the expectation itself.
+                Known::Expect => Some(!expect_continue),
+                Known::Http2Settings => Some(false),
+                // Gathered to be written once, with the client's address appended (or for the log).
+                Known::XForwardedFor if opts.forwarded_for.is_some() || log.is_some() => {
+                    xff.push(h.value);
+                    Some(opts.forwarded_for.is_none())
+                }
+                _ => None,
             }
-        }
-        match k {
-            // The proxy answers the expectation itself.
-            Known::Expect => Some(!expect_continue),
-            // Gathered to be written once, with the client's address appended (or for the log).
-            Known::XForwardedFor if opts.forwarded_for.is_some() || log.is_some() => {
-                xff.push(h.value);
-                Some(opts.forwarded_for.is_none())
-            }
-            _ => None,
-        }
-    });
+        },
+    );
     if !has_request_id {
         let id = crate::request_id::generate();
         head::push_header(out, b"x-request-id", &id);

@@ -100,10 +100,18 @@ pub fn parse_response(
     out.reserve(head_len + 32);
     head::status_line(out, status, resp.reason.unwrap_or("").as_bytes());
     let upgrading = body == Framing::Upgrade;
-    head::write_headers(out, resp.headers, &kinds, &conn, upgrading, |_, k| {
-        // A chunked body decoded for an HTTP/1.0 client is no longer chunked.
-        (k == Known::TransferEncoding).then_some(!decode_chunked)
-    });
+    head::write_headers(
+        out,
+        resp.headers,
+        &kinds,
+        &conn,
+        &framing,
+        upgrading,
+        |_, k| {
+            // A chunked body decoded for an HTTP/1.0 client is no longer chunked.
+            (k == Known::TransferEncoding).then_some(!decode_chunked)
+        },
+    );
     if !upgrading && !interim {
         if !keep_alive && !opts.http10_client {
             out.extend_from_slice(b"connection: close\r\n");

@@ -52,26 +52,49 @@ fn request_id_is_added_and_forwarded_for_set_when_absent() {
     assert_eq!(r.log.unwrap().request_id.as_deref(), Some(id));
     assert!(out.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"));
     // Outbound (no client address added): x-forwarded-for passes as it came, or not at all.
-    let (_, out) = ok_req("GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1\r\n\r\n", None);
+    let (_, out) = ok_req(
+        "GET / HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 1.1.1.1\r\n\r\n",
+        None,
+    );
     assert_eq!(out.matches("x-forwarded-for").count(), 1);
     assert!(out.contains("x-forwarded-for: 1.1.1.1\r\n"));
-    let (_, out) = ok_req("GET / HTTP/1.1\r\n\r\n", None);
+    let (_, out) = ok_req("GET / HTTP/1.1\r\nhost: h\r\n\r\n", None);
     assert!(!out.contains("forwarded"));
 }
 
 #[test]
 fn upgrade_requests_keep_their_upgrade_headers() {
     let (r, out) = ok_req(
-        "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nx-request-id: i\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nhost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nx-request-id: i\r\n\r\n",
         None,
     );
     assert!(r.upgrade);
     assert_eq!(
         out,
-        "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nx-request-id: i\r\nconnection: upgrade\r\n\r\n"
+        "GET /ws HTTP/1.1\r\nhost: h\r\nUpgrade: websocket\r\nx-request-id: i\r\nconnection: upgrade\r\n\r\n"
+    );
+    // h2c is never offered upstream (the proxy speaks HTTP/1.1 there), nor its settings.
+    let (r, out) = ok_req(
+        "GET / HTTP/1.1\r\nhost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        None,
+    );
+    assert!(!r.upgrade);
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("http2-settings"),
+        "{out}"
+    );
+    let (_, out) = ok_req(
+        "GET / HTTP/1.1\r\nhost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n\r\n",
+        None,
+    );
+    assert!(
+        !out.to_ascii_lowercase().contains("http2-settings"),
+        "{out}"
     );
     // An Upgrade header without Connection: upgrade is just hop-by-hop noise.
-    let (r, out) = ok_req("GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n", None);
+    let (r, out) = ok_req("GET / HTTP/1.1\r\nhost: h\r\nUpgrade: h2c\r\n\r\n", None);
     assert!(!r.upgrade);
     assert!(!out.to_ascii_lowercase().contains("upgrade"));
 }
@@ -79,7 +102,7 @@ fn upgrade_requests_keep_their_upgrade_headers() {
 #[test]
 fn expect_100_continue_is_answered_by_the_proxy_not_forwarded() {
     let (r, out) = ok_req(
-        "POST /sink HTTP/1.1\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        "POST /sink HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
         None,
     );
     assert!(r.expect_continue);
@@ -92,41 +115,52 @@ fn expect_100_continue_is_answered_by_the_proxy_not_forwarded() {
 #[test]
 fn request_framing() {
     let (r, _) = ok_req(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: h\r\nTransfer-Encoding: Chunked\r\n\r\n",
         None,
     );
     assert_eq!(r.body, Framing::Chunked);
-    let (r, _) = ok_req("PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n", None);
+    let (r, _) = ok_req(
+        "PUT / HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n",
+        None,
+    );
     assert_eq!(r.body, Framing::Empty);
     assert!(r.replayable);
-    let (r, _) = ok_req(
-        "POST / HTTP/1.1\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n",
+    // Identical content-length values are allowed, and go on as one value.
+    let (r, out) = ok_req(
+        "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\nx: y\r\n\r\n",
         None,
     );
     assert_eq!(r.body, Framing::Length(7));
+    assert_eq!(out.matches("content-length").count(), 1, "{out}");
+    assert!(out.contains("\r\ncontent-length: 7\r\n"), "{out}");
+    let (_, out) = ok_req(
+        "POST / HTTP/1.1\r\nhost: h\r\nContent-Length: 7\r\n\r\n",
+        None,
+    );
+    assert!(out.contains("\r\nContent-Length: 7\r\n"), "{out}");
     let refused = [
         (
-            "POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
             HeadError::RequestLengthAndTransferEncoding,
             "both transfer-encoding and content-length (a smuggling risk)",
         ),
         (
-            "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             HeadError::ConflictingContentLengths,
             "conflicting content-length values",
         ),
         (
-            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: -1\r\n\r\n",
             HeadError::ContentLengthNotANumber,
             "content-length is not a number",
         ),
         (
-            "POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: +5\r\n\r\n",
             HeadError::ContentLengthNotANumber,
             "content-length is not a number",
         ),
         (
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
             HeadError::TransferEncodingNotChunked,
             "transfer-encoding must end in chunked",
         ),
@@ -136,7 +170,7 @@ fn request_framing() {
             "transfer-encoding must end in chunked",
         ),
         (
-            "GET / HTTP/1.1\r\nbad header line\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: h\r\nbad header line\r\n\r\n",
             HeadError::Syntax(httparse::Error::HeaderName),
             "invalid header name",
         ),
@@ -153,6 +187,64 @@ fn request_framing() {
         assert_eq!(e.status(), (400, "Bad Request"), "{raw:?}");
         assert_eq!(e.to_string(), format!("malformed HTTP/1 head: {why}"));
     }
+    // Codings besides chunked, or transfer-encoding twice: 501, as Envoy and nginx answer.
+    for raw in [
+        "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: identity, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        let e = req(raw, None).0.unwrap_err();
+        assert_eq!(e, HeadError::TransferEncodingUnsupported, "{raw:?}");
+        assert_eq!(e.status(), (501, "Not Implemented"), "{raw:?}");
+    }
+}
+
+#[test]
+fn request_lines_and_host() {
+    let refused = [
+        (
+            "GET / HTTP/1.1\r\n\r\n",
+            HeadError::MissingHost,
+            "no host header",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n",
+            HeadError::DuplicateHost,
+            "more than one host header",
+        ),
+        (
+            "GET / HTTP/1.0\r\nhost: a\r\nhost: a\r\n\r\n",
+            HeadError::DuplicateHost,
+            "more than one host header",
+        ),
+        (
+            "get / HTTP/1.1\r\nhost: a\r\n\r\n",
+            HeadError::LowercaseMethod,
+            "the method has lower-case letters (methods are case-sensitive: GET, not get)",
+        ),
+        (
+            "GET\t/ HTTP/1.1\r\nhost: a\r\n\r\n",
+            HeadError::Syntax(httparse::Error::Token),
+            "invalid method or token",
+        ),
+    ];
+    for (raw, refusal, why) in refused {
+        let e = req(raw, None).0.unwrap_err();
+        assert_eq!(e, refusal, "{raw:?}");
+        assert_eq!(e.status(), (400, "Bad Request"), "{raw:?}");
+        assert_eq!(e.to_string(), format!("malformed HTTP/1 head: {why}"));
+    }
+    // HTTP/1.0 may omit host; any upper-case token is a method; empty lines before the request
+    // line are skipped (RFC 9112 §2.2) and counted in the head.
+    ok_req("GET / HTTP/1.0\r\n\r\n", None);
+    let (_, out) = ok_req("PROPFIND /dav HTTP/1.1\r\nhost: a\r\n\r\n", None);
+    assert!(out.starts_with("PROPFIND /dav HTTP/1.1\r\n"));
+    let raw = "\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    let (r, out) = ok_req(raw, None);
+    assert_eq!(r.head_len, raw.len());
+    assert!(out.starts_with("GET / HTTP/1.1\r\nhost: a\r\n"));
 }
 
 #[test]
@@ -165,7 +257,10 @@ fn connection_persistence_by_version() {
     // Upstream always hears HTTP/1.1 (and keeps its pooled connection).
     assert!(out.starts_with("GET / HTTP/1.1\r\n"));
     assert!(!out.contains("onnection"));
-    let (r, _) = ok_req("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", None);
+    let (r, _) = ok_req(
+        "GET / HTTP/1.1\r\nhost: h\r\nConnection: close\r\n\r\n",
+        None,
+    );
     assert!(!r.keep_alive);
 }
 
@@ -175,13 +270,15 @@ fn partial_oversized_and_unsupported_heads() {
         .0
         .unwrap()
         .is_none());
-    let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD));
+    let long = format!("GET /{} HTTP/1.1\r\nhost: h\r\n", "a".repeat(MAX_HEAD));
     assert_eq!(req(&long, None).0.unwrap_err(), HeadError::TooLarge);
     assert_eq!(HeadError::TooLarge.status().0, 431);
     let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
-    let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    let raw = format!("GET / HTTP/1.1\r\nhost: h\r\n{many}\r\n");
     assert_eq!(req(&raw, None).0.unwrap_err(), HeadError::TooLarge);
-    let connect = req("CONNECT a:443 HTTP/1.1\r\n\r\n", None).0.unwrap_err();
+    let connect = req("CONNECT a:443 HTTP/1.1\r\nhost: h\r\n\r\n", None)
+        .0
+        .unwrap_err();
     assert_eq!(connect, HeadError::Connect);
     assert_eq!(connect.status().0, 405);
 }

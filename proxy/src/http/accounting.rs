@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::flags::ResponseFlag;
 use super::HttpCtx;
 use crate::access_log::Entry;
+use crate::idle::Activity;
 use crate::stats::ClusterStats;
 
 /// The end of one request: counts, logs, releases the request slot. Dropped before `finish`
@@ -25,6 +26,8 @@ pub(super) struct Finish<'a> {
     pub code_sent: AtomicU16,
     /// Milliseconds to the response head, plus one (0: none).
     pub upstream_ms: Count,
+    /// When body bytes last moved either way (the stream idle timeout).
+    pub activity: Activity,
     done: bool,
 }
 
@@ -48,6 +51,7 @@ impl<'a> Finish<'a> {
             sent: Count::default(),
             code_sent: AtomicU16::new(0),
             upstream_ms: Count::default(),
+            activity: Activity::since(start),
             done: false,
         }
     }

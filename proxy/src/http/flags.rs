@@ -2,6 +2,9 @@
 //! end early, the status, the text the client reads, the flag the access log shows, and the
 //! stats it counts, in one table.
 
+use std::borrow::Cow;
+
+use crate::h1::ChunkedError;
 use crate::stats::ClusterStats;
 
 pub const OVERFLOW_BODY: &str =
@@ -13,6 +16,7 @@ pub const RESET_BODY: &str =
 pub const PROTOCOL_ERROR_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
 pub const TIMEOUT_BODY: &str = "upstream request timeout";
+pub const STREAM_IDLE_BODY: &str = "stream timeout";
 
 /// Envoy's response flags, as the access log shows them (`-`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,10 @@ pub(super) enum ResponseFlag {
     UpstreamRemoteReset,
     /// `DC`: the client went away.
     DownstreamConnectionTermination,
+    /// `SI`: no byte moved either way for `--idle-timeout` (Envoy's stream idle timeout).
+    StreamIdleTimeout,
+    /// `DPE`: the client sent something that is not HTTP/1.x (a malformed chunked body).
+    DownstreamProtocolError,
 }
 
 impl ResponseFlag {
@@ -45,6 +53,8 @@ impl ResponseFlag {
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::UpstreamRemoteReset => "UR",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::StreamIdleTimeout => "SI",
+            ResponseFlag::DownstreamProtocolError => "DPE",
         }
     }
 }
@@ -62,13 +72,17 @@ pub(super) enum Local {
     Reset,
     /// Upstream answered something that is not HTTP/1.x (`UPE`).
     ProtocolError,
+    /// No byte moved either way for `--idle-timeout` before a response head: 408 (`SI`).
+    StreamIdle,
+    /// The client's chunked body is malformed: 400 naming the fault (`DPE`).
+    BadBody(ChunkedError),
 }
 
 /// What a [`Local`] answer says and how the access log marks it.
 pub(super) struct Reply {
     pub code: u16,
     pub reason: &'static str,
-    pub body: &'static str,
+    pub body: Cow<'static, str>,
     pub flag: ResponseFlag,
     /// `x-envoy-overloaded: true`.
     pub overloaded: bool,
@@ -107,11 +121,29 @@ impl Local {
                 PROTOCOL_ERROR_BODY,
                 ResponseFlag::UpstreamProtocolError,
             ),
+            Local::StreamIdle => (
+                408,
+                "Request Timeout",
+                STREAM_IDLE_BODY,
+                ResponseFlag::StreamIdleTimeout,
+            ),
+            Local::BadBody(e) => {
+                return Reply {
+                    code: 400,
+                    reason: "Bad Request",
+                    body: Cow::Owned(format!(
+                        "malformed chunked request body: {e} (expected hex chunk sizes, \
+                         each line ended by CRLF, RFC 9112 §7.1)"
+                    )),
+                    flag: ResponseFlag::DownstreamProtocolError,
+                    overloaded: false,
+                }
+            }
         };
         Reply {
             code,
             reason,
-            body,
+            body: Cow::Borrowed(body),
             flag,
             overloaded: self == Local::Overflow,
         }
@@ -131,6 +163,8 @@ impl Local {
                 st.upstream_rq_rx_reset.inc();
                 st.count_code(code);
             }
+            // The request may have reached upstream, cut short: its connection is closed.
+            Local::StreamIdle | Local::BadBody(_) => st.upstream_rq_tx_reset.inc(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the key stat lines as the sidecars' `/stats` shows them, and checks that pass or fail.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -502,12 +503,13 @@ pub fn opt_out_and_bad_annotation(mesh: &Mesh) -> anyhow::Result<Report> {
     Ok(rep)
 }
 
-/// `POST /quitquitquit` on red's sidecar while a request is in flight: the request finishes, new
-/// work is refused, `/ready` turns 503, and the proxy exits 0.
+/// `POST /quitquitquit` on red's sidecar while a request is in flight: refused from another pod
+/// (403), accepted from red's own loopback; the request finishes, new work is refused, `/ready`
+/// turns 503, and the proxy exits 0.
 pub fn shutdown(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let mut rep = Report::new(
         "shutdown",
-        "POST /quitquitquit on red's sidecar with a 1.5 s request in flight: it drains and exits 0",
+        "POST /quitquitquit on red's sidecar with a 1.5 s request in flight: 403 from another pod; from red itself it drains and exits 0",
     );
     let red_ip = mesh.pod("red").ip;
     let run = load::start(
@@ -530,9 +532,35 @@ pub fn shutdown(mesh: &mut Mesh) -> anyhow::Result<Report> {
         format!("cluster.inbound_8080.upstream_rq_active: {inflight}"),
     );
     let admin = mesh.pod("red").addr(ADMIN_PORT);
-    let q = crate::call(&mesh.node, None, "POST", admin, "/quitquitquit", Vec::new())?;
+    // Another pod may read red's stats, never stop its proxy.
+    let client = &mesh.pod("client").ns;
+    let stranger = crate::call(client, None, "POST", admin, "/quitquitquit", Vec::new())?;
     rep.check(
-        "POST /quitquitquit answers 200",
+        "POST /quitquitquit from the client pod is refused with 403",
+        stranger.status == 403,
+        format!("{} {}", stranger.status, stranger.body.trim()),
+    );
+    let dump = crate::get(client, admin, "/config_dump")?;
+    let stats = crate::get(client, admin, "/stats/prometheus")?;
+    rep.check(
+        "from the client pod, /config_dump is 403 and /stats/prometheus 200",
+        dump.status == 403 && stats.status == 200,
+        format!("{} and {}", dump.status, stats.status),
+    );
+    rep.notes
+        .push(format!("red admin to a stranger: {}", stranger.body.trim()));
+    // In the pod (kubectl exec, a preStop hook), loopback may.
+    let local = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+    let q = crate::call(
+        &mesh.pod("red").ns,
+        None,
+        "POST",
+        local,
+        "/quitquitquit",
+        Vec::new(),
+    )?;
+    rep.check(
+        "POST /quitquitquit from inside red's pod (127.0.0.1) answers 200",
         q.status == 200,
         format!("{} {}", q.status, q.body.trim()),
     );
