@@ -7,7 +7,7 @@ VENV       ?= target/venv
 PY         := $(VENV)/bin/python
 K8S_VERSION ?= 1.33.0
 
-.PHONY: deps all build release test lint fmt unit schema shellcheck demo image certs deploy e2e-kind bench bench-webhook bench-instructions bench-smoke clean
+.PHONY: deps all build release test lint fmt unit schema shellcheck demo soak image certs deploy e2e-kind bench bench-webhook bench-instructions bench-smoke fuzz fuzz-smoke clean
 
 all: build
 
@@ -17,9 +17,9 @@ build:
 release:
 	$(CARGO) build --workspace --release
 
-## test: everything CI runs (lint, unit + integration tests, schema checks, shellcheck, and every
-## bench script in smoke mode).
-test: deps lint unit schema shellcheck bench-smoke
+## test: everything CI runs (lint, unit + integration tests, schema checks, shellcheck, every
+## bench script in smoke mode, and every fuzz target for 30 s).
+test: deps lint unit schema shellcheck bench-smoke fuzz-smoke
 
 deps:
 	scripts/install-deps.sh
@@ -49,10 +49,23 @@ schema: $(VENV)/.installed
 shellcheck:
 	shellcheck -x .ci/run scripts/*.sh bench/*.sh $(wildcard tests/kind/*.sh) $(wildcard certs/*.sh)
 
+## fuzz: every cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS (180) each; nightly toolchain.
+fuzz:
+	scripts/fuzz.sh
+
+## fuzz-smoke: the same for 30 s each, so that a crash fails CI.
+fuzz-smoke:
+	FUZZ_SECONDS=30 scripts/fuzz.sh
+
 ## demo: the whole mesh on this machine in network namespaces (root; iproute2, iptables, openssl).
 demo: deps
 	$(CARGO) build --workspace --release --bins
 	$(CARGO) run -q --release -p sandbox --bin demo
+
+## soak: the demo's mesh under mixed load for SOAK_MINUTES (10); RSS, fds, non-2xx, counters.
+soak: deps
+	$(CARGO) build --workspace --release --bins
+	$(CARGO) run -q --release -p sandbox --bin soak
 
 certs:
 	certs/make-certs.sh certs/out

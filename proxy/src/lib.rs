@@ -15,6 +15,8 @@ pub(crate) mod admin;
 pub(crate) mod cluster;
 pub(crate) mod detect;
 pub(crate) mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod h1;
 pub(crate) mod http;
 pub(crate) mod idle;

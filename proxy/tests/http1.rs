@@ -172,7 +172,7 @@ async fn chunked_and_close_delimited_responses() {
 
     // An HTTP/1.0 client cannot take chunked: it gets the payload, ended by the close.
     let mut s = TcpStream::connect(px.listen).await.unwrap();
-    s.write_all(b"GET /chunked HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+    s.write_all(b"GET /chunked HTTP/1.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n")
         .await
         .unwrap();
     let all = read_to_close(&mut s).await;

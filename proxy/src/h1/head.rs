@@ -47,7 +47,7 @@ pub enum HeadError {
     /// twice: only plain `chunked` is forwarded, as Envoy and nginx do (501, RFC 9112 §6.1).
     #[error("transfer-encoding other than a single `chunked` is not implemented")]
     TransferEncodingUnsupported,
-    /// An HTTP/1.1 request without `host` (RFC 9112 §3.2).
+    /// A request without `host` (RFC 9112 §3.2; an HTTP/1.0 one too, as it goes on as HTTP/1.1).
     #[error("malformed HTTP/1 head: no host header")]
     MissingHost,
     /// More than one `host` header (RFC 9112 §3.2).

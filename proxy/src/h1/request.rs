@@ -86,9 +86,11 @@ pub fn parse_request(
             Some(n) => Framing::Length(n),
         }
     };
+    // HTTP/1.0 may omit host, but the request goes on as HTTP/1.1, which must have one (Envoy
+    // refuses HTTP/1.0 altogether by default).
     match hosts {
-        0 if !http10 => return Err(HeadError::MissingHost),
-        0 | 1 => {}
+        0 => return Err(HeadError::MissingHost),
+        1 => {}
         _ => return Err(HeadError::DuplicateHost),
     }
     let keep_alive = if http10 {

@@ -165,7 +165,7 @@ fn request_framing() {
             "transfer-encoding must end in chunked",
         ),
         (
-            "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n",
             HeadError::TransferEncodingNotChunked,
             "transfer-encoding must end in chunked",
         ),
@@ -236,9 +236,10 @@ fn request_lines_and_host() {
         assert_eq!(e.status(), (400, "Bad Request"), "{raw:?}");
         assert_eq!(e.to_string(), format!("malformed HTTP/1 head: {why}"));
     }
-    // HTTP/1.0 may omit host; any upper-case token is a method; empty lines before the request
-    // line are skipped (RFC 9112 §2.2) and counted in the head.
-    ok_req("GET / HTTP/1.0\r\n\r\n", None);
+    // HTTP/1.0 needs a host too (it goes on as HTTP/1.1); any upper-case token is a method; empty
+    // lines before the request line are skipped (RFC 9112 §2.2) and counted in the head.
+    let e = req("GET / HTTP/1.0\r\n\r\n", None).0.unwrap_err();
+    assert_eq!(e, HeadError::MissingHost);
     let (_, out) = ok_req("PROPFIND /dav HTTP/1.1\r\nhost: a\r\n\r\n", None);
     assert!(out.starts_with("PROPFIND /dav HTTP/1.1\r\n"));
     let raw = "\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n";
@@ -249,10 +250,13 @@ fn request_lines_and_host() {
 
 #[test]
 fn connection_persistence_by_version() {
-    let (r, _) = ok_req("GET / HTTP/1.0\r\n\r\n", None);
+    let (r, _) = ok_req("GET / HTTP/1.0\r\nhost: h\r\n\r\n", None);
     assert!(r.http10 && !r.keep_alive);
     assert_eq!(r.log.unwrap().protocol, "HTTP/1.0");
-    let (r, out) = ok_req("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", None);
+    let (r, out) = ok_req(
+        "GET / HTTP/1.0\r\nhost: h\r\nConnection: keep-alive\r\n\r\n",
+        None,
+    );
     assert!(r.keep_alive);
     // Upstream always hears HTTP/1.1 (and keeps its pooled connection).
     assert!(out.starts_with("GET / HTTP/1.1\r\n"));

@@ -71,12 +71,18 @@ impl Running {
 
 /// Starts `loadgen URL -c C -n N` in `pod` as the image's user.
 pub fn start(pod: &Pod, url: &str, c: u32, n: u32) -> anyhow::Result<Running> {
-    let argv = vec![
+    start_with(pod, url, c, n, &[])
+}
+
+/// [`start`] with more `loadgen` flags (`--new-connections`).
+pub fn start_with(pod: &Pod, url: &str, c: u32, n: u32, flags: &[&str]) -> anyhow::Result<Running> {
+    let mut argv = vec![
         bins::path("loadgen")?.display().to_string(),
         url.to_string(),
         format!("-c={c}"),
         format!("-n={n}"),
     ];
+    argv.extend(flags.iter().map(|f| f.to_string()));
     let out = kit::process::temp_file("loadgen")?;
     let child = Spec::new(argv, IMAGE_USER, IMAGE_USER).spawn_to(&pod.ns, &out)?;
     Ok(Running { child, out })

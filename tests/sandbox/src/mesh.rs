@@ -268,6 +268,13 @@ impl Mesh {
         Ok(self.pods.last().unwrap())
     }
 
+    /// Deletes `app`'s pod (its processes killed, its namespace removed) and creates it again,
+    /// as a Deployment replaces a pod: a new name and a new IP, through the webhook again.
+    pub fn restart(&mut self, app: &str) -> anyhow::Result<&Pod> {
+        self.pods.retain(|p| p.app != app);
+        self.deploy(app)
+    }
+
     pub fn pod(&self, app: &str) -> &Pod {
         self.pods
             .iter()

@@ -12,52 +12,13 @@ use sandbox::scenarios::{self, Report};
 const PREFIX: &str = "trellis-demo";
 
 fn main() -> ExitCode {
-    if let Err(e) = kit::root::check() {
-        eprintln!("make demo: {e}");
-        return ExitCode::from(1);
-    }
-    // One demo at a time: a second one would take the first's namespaces for leftovers.
-    let _lock = match std::fs::File::create(std::env::temp_dir().join(format!("{PREFIX}.lock")))
-        .map_err(|e| e.to_string())
-        .and_then(|f| {
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-                .map_err(|(_, e)| e.to_string())
-        }) {
+    let _lock = match sandbox::session::begin("make demo", PREFIX) {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!(
-                "make demo: another demo is running on this machine ({e}); wait for it to end"
-            );
+            eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        // Hold the terminal so the main thread, failing as things vanish, prints nothing more.
-        let _out = std::io::stdout().lock();
-        let _err = std::io::stderr().lock();
-        eprintln!("\ndemo: interrupted: removing the namespaces and processes it made");
-        cleanup::all();
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(PREFIX));
-        eprintln!("demo: done");
-        std::process::exit(130);
-    });
-    let stale = kit::netns::remove_stale(PREFIX);
-    if stale > 0 {
-        println!("(removed {stale} namespaces left by an earlier demo run)");
-    }
     let result = run();
     let left = kit::netns::remove_stale(PREFIX);
     cleanup::all(); // staged binaries, temporary files

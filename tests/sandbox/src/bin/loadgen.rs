@@ -31,6 +31,9 @@ struct Args {
     /// Give up on one request after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
+    /// A new connection for every request (`connection: close`), like a client without pooling.
+    #[arg(long)]
+    new_connections: bool,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -61,13 +64,16 @@ async fn one(
     sender: &mut Sender,
     host: &str,
     path: &str,
+    close: bool,
 ) -> Result<(u16, bool, bool, String), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
-    let req = hyper::Request::get(path)
+    let mut req = hyper::Request::get(path)
         .header("host", host)
-        .header("user-agent", "loadgen")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+        .header("user-agent", "loadgen");
+    if close {
+        req = req.header("connection", "close");
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let overloaded = resp
@@ -107,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let left = Arc::new(AtomicI64::new(args.n.into()));
     let summary = Arc::new(Mutex::new(Summary::default()));
     let timeout = Duration::from_secs(args.timeout_s);
+    let new_connections = args.new_connections;
     let mut workers = Vec::new();
     for _ in 0..args.c.max(1) {
         let (left, summary, host, path) =
@@ -121,7 +128,13 @@ async fn main() -> anyhow::Result<()> {
                     if sender.is_none() {
                         sender = Some(connect(addr).await?);
                     }
-                    one(sender.as_mut().expect("connected"), &host, &path).await
+                    one(
+                        sender.as_mut().expect("connected"),
+                        &host,
+                        &path,
+                        new_connections,
+                    )
+                    .await
                 })
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
@@ -134,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
                         if s.bodies.len() < 10 || s.bodies.contains_key(&body) {
                             *s.bodies.entry(body).or_default() += 1;
                         }
-                        if close {
+                        if close || new_connections {
                             sender = None;
                         }
                     }

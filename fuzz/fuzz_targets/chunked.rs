@@ -1,0 +1,4 @@
+//! `proxy::fuzzing::chunked`: see its properties there.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxy::fuzzing::chunked(data));

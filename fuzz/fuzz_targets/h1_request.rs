@@ -1,0 +1,4 @@
+//! `proxy::fuzzing::request_head`: see its properties there.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxy::fuzzing::request_head(data));
