@@ -31,8 +31,10 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Classifies a prefix: `Some` once decided, `None` if more bytes are needed.
+/// Classifies a prefix: `Some` once decided, `None` if more bytes are needed. Only the first
+/// [`PEEK`] bytes count, as only those are peeked: what follows cannot change the answer.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    let buf = &buf[..buf.len().min(PEEK)];
     let Some(start) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
         // Only empty lines so far.
         return (buf.len() >= PEEK).then_some(Protocol::Opaque);
@@ -140,6 +142,8 @@ mod tests {
             (b"*1\r\n$4\r\nPING\r\n", Some(Opaque)),
             (b"{\"json\": 1}", Some(Opaque)),
             (&[b'A'; MAX_METHOD + 1], Some(Opaque)),
+            // Found by `make fuzz`: past the peeked bytes nothing counts.
+            (&[&[b'\n'; PEEK][..], b"1"].concat()[..], Some(Opaque)),
         ] {
             assert_eq!(
                 classify(input),
