@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod annotations;
 pub mod bootstrap;
+pub mod echo;
 pub mod inject;
 pub mod injector;
 pub mod metrics;
