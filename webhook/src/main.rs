@@ -45,6 +45,8 @@ struct ServeArgs {
     #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = config::parse::parse_duration)]
     cert_reload_interval: Duration,
     #[command(flatten)]
+    limits: webhook::server::ServeLimits,
+    #[command(flatten)]
     injector: InjectorConfig,
     #[command(flatten)]
     bootstrap: BootstrapConfig,
@@ -133,6 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         cert_reload_interval,
+        limits,
         injector,
         bootstrap,
     } = args;
@@ -150,7 +153,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let cert = webhook::tls::ReloadingCert::load(&tls_cert, &tls_key)?;
     cert.watch(cert_reload_interval);
-    let state = webhook::server::AppState::new(injector);
+    let state = webhook::server::AppState::with_limits(injector, &limits);
     let listener = webhook::server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -159,6 +162,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         cert,
         webhook::server::router(state),
+        &limits,
         shutdown_signal(),
     )
     .await?;
