@@ -9,7 +9,8 @@
 //! pod creation stops in every meshed namespace. So everything a client can make it hold is bounded
 //! ([`ServeLimits`]): open connections (more wait in the listen backlog), the time a TLS handshake,
 //! a request head, a request body and an idle connection may take, the request-body bytes held at
-//! once across all connections, and the reviews decoded at once (CPU work, run off the async
+//! once across all connections (reserved per request, before its body is read), and the reviews
+//! decoded at once (CPU work, run off the async
 //! workers so `/healthz` keeps answering).
 
 use std::net::SocketAddr;
@@ -54,7 +55,8 @@ pub struct ServeLimits {
     #[arg(long, env = "TRELLIS_MAX_CONCURRENT_REVIEWS", default_value_t = 0)]
     pub max_concurrent_reviews: usize,
 
-    /// Most request-body bytes held at once across all connections (at least one 3 MiB body).
+    /// Most request-body bytes held at once across all connections (at least one 3 MiB body); a
+    /// request reserves its Content-Length (3 MiB without one) before its body is read.
     #[arg(long, env = "TRELLIS_MAX_BUFFERED_BODY_BYTES", default_value_t = 4 * MAX_BODY, value_parser = parse_body_budget)]
     pub max_buffered_body_bytes: usize,
 
@@ -126,7 +128,7 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// One permit per review being decoded and injected.
     reviews: Semaphore,
-    /// One permit per request-body byte held, taken as the bytes arrive.
+    /// One permit per request-body byte a request may hold, taken before its body is read.
     body_bytes: Semaphore,
     body_read_timeout: Duration,
 }
@@ -179,9 +181,11 @@ impl BodyError {
     }
 }
 
-/// Reads `body` whole (at most [`MAX_BODY`] bytes) within the body timeout, taking one
-/// `body_bytes` permit per byte as it arrives: the bytes held across all requests stay bounded,
-/// and a client holds only as many as it has sent.
+/// Reads `body` whole (at most [`MAX_BODY`] bytes) within the body timeout, first taking one
+/// `body_bytes` permit per byte it may hold (its `Content-Length`, or [`MAX_BODY`] without one):
+/// the bytes held across all requests stay bounded. The permits are taken at once, not as bytes
+/// arrive: requests each holding part of what they need would wait on one another until their
+/// timeouts.
 async fn read_body<'a>(
     state: &'a AppState,
     headers: &HeaderMap,
@@ -193,28 +197,23 @@ async fn read_body<'a>(
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(BodyError::TooLarge);
     }
+    let most = declared.unwrap_or(MAX_BODY);
     let read = async {
-        let mut held = state
+        let n = u32::try_from(most).expect("at most MAX_BODY");
+        let held = state
             .body_bytes
-            .acquire_many(0)
+            .acquire_many(n)
             .await
             .expect("never closed");
-        let mut buf = Vec::with_capacity(declared.unwrap_or(0));
+        let mut buf = Vec::with_capacity(most);
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
                 continue; // trailers
             };
-            if buf.len() + data.len() > MAX_BODY {
+            // hyper holds a body to its Content-Length; this holds one without to MAX_BODY.
+            if buf.len() + data.len() > most {
                 return Err(BodyError::TooLarge);
             }
-            let n = u32::try_from(data.len()).expect("at most MAX_BODY");
-            held.merge(
-                state
-                    .body_bytes
-                    .acquire_many(n)
-                    .await
-                    .expect("never closed"),
-            );
             buf.extend_from_slice(&data);
         }
         Ok((buf, held))
