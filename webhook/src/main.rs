@@ -55,7 +55,7 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the mutating admission webhook over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inject workload YAML offline and print it (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, List).
     Inject {
         /// File to read, or `-` for standard input.
@@ -77,7 +77,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let injector = match &cli.command {
-        Command::Inject { injector, .. } | Command::Serve(ServeArgs { injector, .. }) => injector,
+        Command::Inject { injector, .. } => injector,
+        Command::Serve(args) => &args.injector,
     };
     if let Err(e) = injector.validate() {
         eprintln!("webhook: invalid configuration: {e}");
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(serve(args)) {
+            match rt.block_on(serve(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("webhook: {e:#}");
