@@ -2,15 +2,20 @@
 //! and encode the answer (uid echoed, base64 JSONPatch when anything changes).
 //!
 //! Only `admission.k8s.io/v1` is spoken. Anything that is not a pod CREATE is allowed unchanged.
+//! The review is decoded from the body's bytes into the few fields read here; the object stays raw
+//! until it is known to be a pod, and is then decoded as a [`PodView`] (bounded memory whatever the
+//! body). Parse errors quote the input cut short ([`crate::echo`]).
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
-use kube::core::DynamicObject;
-use serde::Serialize;
+use kube::core::admission::Operation;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use crate::echo;
 use crate::inject::{self, Outcome};
 use crate::injector::InjectorConfig;
+use crate::pod::PodView;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -41,14 +46,53 @@ impl Verdict {
 /// A body that is not a usable AdmissionReview; answered with HTTP 400 and this message.
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
-    #[error("request body is not an AdmissionReview: {0}")]
+    #[error("request body is not an AdmissionReview: {}", echo::shown_max(&.0.to_string(), MAX_ERROR))]
     Parse(#[from] serde_json::Error),
-    #[error("AdmissionReview apiVersion {0:?} is not supported: expected {API_VERSION} (set admissionReviewVersions: [v1])")]
+    #[error("AdmissionReview apiVersion {} is not supported: expected {API_VERSION} (set admissionReviewVersions: [v1])", echo::quoted(.0))]
     Version(String),
     #[error("AdmissionReview has no request")]
     NoRequest,
-    #[error("AdmissionReview request.object is not a valid Pod: {0}")]
+    #[error("AdmissionReview request.object is not a valid Pod: {}", echo::shown_max(&.0.to_string(), MAX_ERROR))]
     Pod(serde_json::Error),
+}
+
+/// Longest parse error text passed on (serde_json's quote the offending string whole).
+const MAX_ERROR: usize = 512;
+
+/// What is read of an AdmissionReview; every other field is skipped unread.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    api_version: String,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default, borrow)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    uid: String,
+    kind: KindIn,
+    #[serde(rename = "resource")]
+    _resource: IgnoredAny,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    operation: Operation,
+    #[serde(rename = "userInfo")]
+    _user_info: IgnoredAny,
+    /// Left as text until the request is known to be a pod CREATE.
+    #[serde(default, borrow)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct KindIn {
+    group: String,
+    #[serde(rename = "version")]
+    _version: IgnoredAny,
+    kind: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,13 +129,13 @@ pub struct StatusOut {
 
 /// Handles one review body. `Err` means the body itself was unusable (HTTP 400).
 pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<(ReviewOut, Verdict), ReviewError> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-    if review.types.api_version != API_VERSION {
-        return Err(ReviewError::Version(review.types.api_version));
+    let review: ReviewIn = serde_json::from_slice(body)?;
+    if review.api_version != API_VERSION {
+        return Err(ReviewError::Version(review.api_version));
     }
-    let req: AdmissionRequest<DynamicObject> = review.request.ok_or(ReviewError::NoRequest)?;
+    let req = review.request.ok_or(ReviewError::NoRequest)?;
     let mut out = ResponseOut {
-        uid: req.uid.clone(),
+        uid: req.uid,
         allowed: true,
         status: None,
         patch_type: None,
@@ -103,10 +147,8 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<(ReviewOut, Verdict),
         Verdict::Skipped("not_a_pod")
     } else if !matches!(req.operation, Operation::Create) {
         Verdict::Skipped("not_create")
-    } else if let Some(object) = req.object {
-        let pod: Pod = serde_json::to_value(object)
-            .and_then(serde_json::from_value)
-            .map_err(ReviewError::Pod)?;
+    } else if let Some(object) = req.object.filter(|o| o.get() != "null") {
+        let pod: PodView = serde_json::from_str(object.get()).map_err(ReviewError::Pod)?;
         match inject::inject(&pod, cfg) {
             Outcome::Inject(patch) => {
                 let bytes = serde_json::to_vec(&patch).expect("patch serializes");

@@ -8,6 +8,8 @@ use config::parse::{parse_cidr, parse_log_level, parse_port_list, LOG_LEVELS};
 use config::{Limits, PoolLimits, PortSpec};
 use ipnet::IpNet;
 
+use crate::echo;
+
 pub const PREFIX: &str = "trellis.dev/";
 pub const INJECT: &str = "trellis.dev/inject";
 pub const STATUS: &str = "trellis.dev/status";
@@ -63,9 +65,10 @@ const OTHERS: &[&str] = &[
     NATIVE_SIDECAR,
 ];
 
-/// A refused annotation: the message names the annotation, the value, and what is expected.
+/// A refused annotation: the message names the annotation, the value, and what is expected. Both
+/// are quoted cut to a few hundred bytes ([`crate::echo`]): the denial is sent back and logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {name}: invalid value {value:?}: {expected}")]
+#[error("annotation {}: invalid value {}: {expected}", echo::shown(.name), echo::quoted(.value))]
 pub struct AnnotationError {
     pub name: String,
     pub value: String,
@@ -179,16 +182,35 @@ const LIMIT: &str = "a whole number from 1 to 4294967295";
 const PORTS_OR_STAR: &str =
     "`*` or a comma-separated list of ports from 1 to 65535, like 8080,9090";
 
+/// Most edits between a misspelt key and a known one for it to be called a typo.
+const MAX_TYPO: usize = 3;
+
+/// Longest key compared with the known ones: the longest known key and [`MAX_TYPO`] more. A longer
+/// key cannot be within [`MAX_TYPO`] edits of any, and comparing costs its length times theirs.
+fn max_compared() -> usize {
+    known().map(|k| k.chars().count()).max().unwrap_or(0) + MAX_TYPO
+}
+
 /// The known annotation nearest to a misspelt one, if it is close enough to be a typo.
 fn closest(name: &str) -> Option<String> {
+    let max = max_compared();
     known()
-        .map(|k| (edit_distance(name, &k), k))
-        .filter(|(d, _)| *d <= 3)
+        .filter_map(|k| Some((edit_distance(name, &k, max)?, k)))
+        .filter(|(d, _)| *d <= MAX_TYPO)
         .min()
         .map(|(_, k)| k)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance between `a` and `b`, or `None` (nothing computed) when either is over
+/// `max` characters or their lengths differ by more than [`MAX_TYPO`].
+fn edit_distance(a: &str, b: &str, max: usize) -> Option<usize> {
+    let (la, lb) = (
+        a.chars().take(max + 1).count(),
+        b.chars().take(max + 1).count(),
+    );
+    if la > max || lb > max || la.abs_diff(lb) > MAX_TYPO {
+        return None;
+    }
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -202,7 +224,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
         prev = cur;
     }
-    prev[b.len()]
+    Some(prev[b.len()])
 }
 
 fn parse_switch(v: &str) -> Option<bool> {

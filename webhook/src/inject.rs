@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SecurityContext, Volume, VolumeMount,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 use config::{proxy, proxyinit, CidrList, PortSpec, Render as _};
 
 use crate::annotations::{self, AnnotationError, PodSettings};
-use crate::injector::{InjectorConfig, OWN_POD_LABEL};
+use crate::injector::InjectorConfig;
+use crate::pod::{LimitError, PodView};
 
 pub const PROXY: &str = "proxy";
 pub const PROXYINIT: &str = "proxyinit";
@@ -60,8 +61,17 @@ pub enum Outcome {
         reason: SkipReason,
         warning: Option<String>,
     },
-    /// Refuse the pod: one of its Trellis annotations is invalid.
-    Deny(AnnotationError),
+    /// Refuse the pod: one of its Trellis annotations is invalid, or it is over a cap.
+    Deny(Refusal),
+}
+
+/// Why a pod was refused; the message is shown to whoever created it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Annotation(#[from] AnnotationError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// What `trellis.dev/status` records: what was injected, for idempotency and removal.
@@ -76,41 +86,43 @@ pub struct Status {
 }
 
 /// Decides for `pod` and, when injecting, builds the patch.
-pub fn inject(pod: &Pod, cfg: &InjectorConfig) -> Outcome {
-    let meta = &pod.metadata;
+pub fn inject(pod: &PodView, cfg: &InjectorConfig) -> Outcome {
     let empty = BTreeMap::new();
-    let pod_annotations = meta.annotations.as_ref().unwrap_or(&empty);
-    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    let pod_annotations = pod.annotations().map_or(&empty, |a| &a.trellis);
     let skip = |reason| Outcome::Skip {
         reason,
         warning: None,
     };
 
+    // Over a cap, part of the pod was not read: no decision can be made on it.
+    if let Err(e) = pod.check() {
+        return Outcome::Deny(e.into());
+    }
     if pod_annotations.contains_key(annotations::STATUS) {
         return skip(SkipReason::AlreadyInjected);
     }
-    if labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1) {
+    if pod.is_own_pod() {
         return skip(SkipReason::OwnPod);
     }
     // Validate before anything else that could skip, so a typo never passes silently.
     let settings = match PodSettings::parse(pod_annotations) {
         Ok(s) => s,
-        Err(e) => return Outcome::Deny(e),
+        Err(e) => return Outcome::Deny(e.into()),
     };
     if settings.inject == Some(false) {
         return skip(SkipReason::OptedOut);
     }
-    let Some(spec) = pod.spec.as_ref() else {
+    let Some(spec) = pod.spec() else {
         return skip(SkipReason::OptedOut);
     };
-    if spec.host_network == Some(true) {
+    if spec.host_network() {
         return skip(SkipReason::HostNetwork);
     }
     let taken = spec
-        .containers
+        .containers()
         .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .map(|c| c.name.as_str())
+        .chain(spec.init_containers())
+        .map(|c| c.name())
         .find(|n| *n == PROXY || *n == PROXYINIT);
     if let Some(name) = taken {
         return Outcome::Skip {
@@ -125,7 +137,7 @@ pub fn inject(pod: &Pod, cfg: &InjectorConfig) -> Outcome {
 }
 
 /// The `proxyinit` configuration for this pod, the same type the init container parses.
-pub fn proxyinit_config(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> proxyinit::Config {
+pub fn proxyinit_config(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) -> proxyinit::Config {
     let inbound_ports = s.inbound_ports.clone().unwrap_or_else(|| {
         let mut ports: Vec<u16> = app_container_ports(pod).collect();
         ports.sort_unstable();
@@ -165,22 +177,20 @@ pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
 }
 
 /// TCP containerPorts of the app containers (the pod as received, before injection).
-fn app_container_ports(pod: &Pod) -> impl Iterator<Item = u16> + '_ {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| u16::try_from(p.container_port).ok().filter(|p| *p != 0))
+fn app_container_ports(pod: &PodView) -> impl Iterator<Item = u16> + '_ {
+    pod.spec()
+        .into_iter()
+        .flat_map(|s| s.containers())
+        .flat_map(|c| c.tcp_ports())
 }
 
-fn build_patch(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> json_patch::Patch {
-    let spec = pod.spec.as_ref().expect("checked by inject");
+fn build_patch(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) -> json_patch::Patch {
+    let spec = pod.spec().expect("checked by inject");
     let mut ops: Vec<Value> = Vec::new();
 
     let init = proxyinit_container(pod, cfg, s);
     let proxy = proxy_container(cfg, s);
-    let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
+    let has_init = spec.has_init_containers();
     if s.native_sidecar {
         // proxyinit, then the proxy as a restartable init container, before the user's init
         // containers: the kubelet waits for its startup probe before starting anything else.
@@ -209,7 +219,7 @@ fn build_patch(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> json_patch::
         empty_dir: Some(Default::default()),
         ..Default::default()
     };
-    if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+    if spec.has_volumes() {
         ops.push(add("/spec/volumes/-", to_value(&volume)));
     } else {
         ops.push(add("/spec/volumes", json!([to_value(&volume)])));
@@ -235,8 +245,8 @@ fn build_patch(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> json_patch::
         annotations::STATUS.into(),
         serde_json::to_string(&status).expect("serializable"),
     );
-    let existing = pod.metadata.annotations.as_ref();
-    if !existing.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/"))) {
+    let existing = pod.annotations();
+    if !existing.is_some_and(|a| a.prometheus) {
         added.insert("prometheus.io/scrape".into(), "true".into());
         added.insert(
             "prometheus.io/port".into(),
@@ -271,7 +281,7 @@ pub fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-fn proxyinit_container(pod: &Pod, cfg: &InjectorConfig, s: &PodSettings) -> Container {
+fn proxyinit_container(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) -> Container {
     Container {
         name: PROXYINIT.into(),
         image: Some(cfg.proxyinit_image.clone()),

@@ -45,6 +45,8 @@ struct ServeArgs {
     #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = config::parse::parse_duration)]
     cert_reload_interval: Duration,
     #[command(flatten)]
+    limits: webhook::server::ServeLimits,
+    #[command(flatten)]
     injector: InjectorConfig,
     #[command(flatten)]
     bootstrap: BootstrapConfig,
@@ -53,7 +55,7 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the mutating admission webhook over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inject workload YAML offline and print it (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, List).
     Inject {
         /// File to read, or `-` for standard input.
@@ -75,7 +77,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let injector = match &cli.command {
-        Command::Inject { injector, .. } | Command::Serve(ServeArgs { injector, .. }) => injector,
+        Command::Inject { injector, .. } => injector,
+        Command::Serve(args) => &args.injector,
     };
     if let Err(e) = injector.validate() {
         eprintln!("webhook: invalid configuration: {e}");
@@ -88,7 +91,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(serve(args)) {
+            match rt.block_on(serve(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("webhook: {e:#}");
@@ -133,6 +136,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         cert_reload_interval,
+        limits,
         injector,
         bootstrap,
     } = args;
@@ -150,7 +154,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let cert = webhook::tls::ReloadingCert::load(&tls_cert, &tls_key)?;
     cert.watch(cert_reload_interval);
-    let state = webhook::server::AppState::new(injector);
+    let state = webhook::server::AppState::with_limits(injector, &limits);
     let listener = webhook::server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -159,6 +163,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         cert,
         webhook::server::router(state),
+        &limits,
         shutdown_signal(),
     )
     .await?;

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::inject::{self, Outcome};
 use crate::injector::InjectorConfig;
+use crate::pod::PodView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
@@ -110,7 +111,10 @@ fn inject_object(
         "metadata": template.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
         "spec": template.get("spec").cloned().unwrap_or(Value::Null),
     });
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod_value.clone())
+    // Checked against the full Pod schema, as the API server would; injection reads only its view.
+    serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(pod_value.clone())
+        .map_err(|e| refuse(format!("not a valid pod template: {e}")))?;
+    let pod = PodView::deserialize(&pod_value)
         .map_err(|e| refuse(format!("not a valid pod template: {e}")))?;
     match inject::inject(&pod, cfg) {
         Outcome::Inject(patch) => {

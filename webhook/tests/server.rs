@@ -1,5 +1,7 @@
 //! The real TLS webhook server on a random port, driven by a real HTTPS client: golden
-//! AdmissionReviews, bad input, metrics, and a certificate rotated on disk under load.
+//! AdmissionReviews, bad input, hostile input (huge pods, huge annotations, stalled and idle
+//! connections, more connections than the cap), metrics, and a certificate rotated on disk under
+//! load.
 
 mod support;
 
@@ -8,7 +10,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use kit::golden;
 use serde_json::{json, Value};
-use support::{connect, start, testdata};
+use support::{connect, start, start_with, testdata, tls_stream};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use webhook::server::ServeLimits;
 
 /// What a golden file records of a response: the patch decoded, so diffs are readable.
 fn summarize(resp: &Value) -> Value {
@@ -299,4 +303,199 @@ async fn certificate_rotated_on_disk_while_clients_keep_calling() {
         60,
         "the old connection kept working throughout"
     );
+}
+
+/// The plain-pod review with `edit` applied to its pod.
+fn review_with(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut review: Value =
+        serde_json::from_slice(&std::fs::read(testdata("reviews/plain-pod.json")).unwrap())
+            .unwrap();
+    edit(&mut review["request"]["object"]);
+    serde_json::to_vec(&review).unwrap()
+}
+
+#[tokio::test]
+async fn a_pod_with_200000_containers_is_denied_naming_count_and_cap() {
+    let server = start("containers", Duration::from_secs(60)).await;
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
+    let body = review_with(|pod| {
+        pod["spec"]["containers"] = Value::Array(vec![json!({ "name": "c" }); 200_000]);
+    });
+    assert!(body.len() < webhook::server::MAX_BODY, "{}", body.len());
+    let resp = client.request("POST", "/mutate", body).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let resp: Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(resp["response"]["uid"], "0001");
+    assert_eq!(resp["response"]["allowed"], false);
+    let msg = resp["response"]["status"]["message"].as_str().unwrap();
+    assert_eq!(
+        msg,
+        format!(
+            "trellis: pod refused: the pod has 200000 containers; Trellis admits at most {}",
+            webhook::pod::MAX_CONTAINERS
+        )
+    );
+}
+
+#[tokio::test]
+async fn megabyte_annotations_get_denials_of_a_few_hundred_bytes() {
+    let server = start("long-annotations", Duration::from_secs(60)).await;
+    let mut client = connect(server.addr, &server.bundle.ca_pem).await.unwrap();
+    let mib = 1 << 20;
+    let key = format!("trellis.dev/max-connection{}", "s".repeat(mib));
+    let cases = [
+        // A misspelt key, 1 MiB long: named cut short, never compared with the known ones.
+        (
+            json!({ key.clone(): "10" }),
+            format!("…({} bytes) is {} bytes long", key.len(), key.len()),
+        ),
+        // A bad value, 1 MiB long: over the annotations' total.
+        (
+            json!({ "trellis.dev/max-connections": "9".repeat(mib) }),
+            "annotations are 1048603 bytes in all".to_string(),
+        ),
+        // A bad value under the total, still cut when echoed.
+        (
+            json!({ "trellis.dev/max-connections": "9".repeat(200_000) }),
+            "\"…(200000 bytes): a whole number".to_string(),
+        ),
+    ];
+    for (annotations, want) in cases {
+        let body = review_with(|pod| pod["metadata"]["annotations"] = annotations);
+        let resp = client.request("POST", "/mutate", body).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(
+            resp.body.len() < 4096,
+            "a denial of {} bytes",
+            resp.body.len()
+        );
+        let resp: Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(resp["response"]["allowed"], false);
+        let msg = resp["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(&want), "{want:?} not in {msg}");
+    }
+}
+
+/// Limits with every timeout `t` and the connection cap `conns`.
+fn limits(t: Duration, conns: usize) -> ServeLimits {
+    ServeLimits {
+        max_open_connections: conns,
+        tls_handshake_timeout: t,
+        header_read_timeout: t,
+        body_read_timeout: t,
+        idle_timeout: t,
+        ..ServeLimits::default()
+    }
+}
+
+/// Reads until the server closes the stream (EOF or reset); `false` if it is still open after 10 s.
+async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    let mut buf = vec![0; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn stalled_and_idle_connections_are_closed_after_their_timeouts() {
+    let server = start_with(
+        "timeouts",
+        Duration::from_secs(60),
+        limits(Duration::from_millis(300), 64),
+    )
+    .await;
+    let (ca, addr) = (&server.bundle.ca_pem, server.addr);
+
+    // Half a request head, then nothing.
+    let mut partial = tls_stream(addr, ca, &[b"http/1.1"]).await.unwrap();
+    partial
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: trellis\r\nContent-Type: appl")
+        .await
+        .unwrap();
+    // A TLS handshake, then not a byte.
+    let mut silent = tls_stream(addr, ca, &[b"http/1.1"]).await.unwrap();
+    // A plain TCP connection that never starts TLS.
+    let mut no_tls = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // An HTTP/1.1 keep-alive connection after one request.
+    let mut kept = tls_stream(addr, ca, &[b"http/1.1"]).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: trellis\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    assert!(closed_by_server(&mut partial).await, "partial head");
+    assert!(closed_by_server(&mut silent).await, "silent TLS connection");
+    assert!(closed_by_server(&mut no_tls).await, "no TLS handshake");
+    assert!(
+        closed_by_server(&mut kept).await,
+        "idle HTTP/1.1 keep-alive"
+    );
+
+    // An HTTP/2 connection after one request: told to go away, then closed.
+    let tls = tls_stream(addr, ca, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(format!("https://{}/healthz", support::HOST))
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .is_ok(),
+        "idle HTTP/2 connection still open"
+    );
+
+    // The server still serves.
+    let mut client = connect(addr, ca).await.unwrap();
+    assert_eq!(client.get("/healthz").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() {
+    let server = start_with(
+        "conn-cap",
+        Duration::from_secs(60),
+        limits(Duration::from_secs(60), 2),
+    )
+    .await;
+    let (ca, addr) = (&server.bundle.ca_pem, server.addr);
+    let mut first = connect(addr, ca).await.unwrap();
+    let mut second = connect(addr, ca).await.unwrap();
+    assert_eq!(first.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(second.get("/healthz").await.unwrap().status, 200);
+
+    // The third is not accepted while two are open: its TLS handshake gets no answer.
+    let third = tokio::spawn({
+        let ca = ca.clone();
+        async move { connect(addr, &ca).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+
+    // One closes: the third is accepted and served.
+    drop(first);
+    let mut third = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("accepted once a slot is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.get("/healthz").await.unwrap().status, 200);
+    assert_eq!(second.get("/healthz").await.unwrap().status, 200);
 }

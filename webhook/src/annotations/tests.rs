@@ -124,3 +124,50 @@ fn quantities() {
         assert!(parse_quantity(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn typos_get_a_suggestion() {
+    assert_eq!(
+        closest("trellis.dev/max-conections").as_deref(),
+        Some("trellis.dev/max-connections")
+    );
+    assert_eq!(closest("trellis.dev/something-else"), None);
+}
+
+#[test]
+fn edit_distance_is_not_computed_on_implausibly_long_keys() {
+    let max = max_compared();
+    assert!((30..80).contains(&max), "{max}");
+    assert_eq!(edit_distance("trellis.dev/injet", INJECT, max), Some(1));
+    // Over the cap, or too different in length to be a typo: nothing is computed.
+    let long = format!("trellis.dev/max-connection{}", "s".repeat(1 << 20));
+    assert_eq!(
+        edit_distance(&long, "trellis.dev/max-connections", max),
+        None
+    );
+    assert_eq!(edit_distance(&long[..max + 1], &long[..max - 1], max), None);
+    assert_eq!(edit_distance("trellis.dev/x", INBOUND_PORTS, max), None);
+    assert_eq!(closest(&long), None);
+}
+
+#[test]
+fn a_megabyte_key_or_value_is_echoed_cut_short() {
+    let mib = 1 << 20;
+    let key = format!("trellis.dev/max-connection{}", "s".repeat(mib));
+    let msg = parse(&[(&key, "10")]).unwrap_err().to_string();
+    assert!(msg.len() < 2048, "{} bytes", msg.len());
+    assert!(
+        msg.contains(&format!("…({} bytes)", key.len())),
+        "{}",
+        &msg[..200]
+    );
+    let value = "9".repeat(mib);
+    let msg = parse(&[("trellis.dev/max-connections", &value)])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.len() < 2048, "{} bytes", msg.len());
+    assert!(
+        msg.contains("\"…(1048576 bytes)") && msg.contains("whole number"),
+        "{msg}"
+    );
+}

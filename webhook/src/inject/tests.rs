@@ -1,7 +1,8 @@
 use super::*;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
-fn pod(v: Value) -> Pod {
+fn pod(v: Value) -> PodView {
     serde_json::from_value(v).expect("test pod")
 }
 
@@ -303,7 +304,7 @@ fn rendered_args_parse_back_into_the_same_configs() {
     );
     let p = pod(v.clone());
     let cfg = InjectorConfig::default();
-    let settings = PodSettings::parse(p.metadata.annotations.as_ref().unwrap()).unwrap();
+    let settings = PodSettings::parse(&p.annotations().unwrap().trellis).unwrap();
     let out = injected(&v, &cfg);
     let init_args = args(&out["spec"]["initContainers"][0]);
     let parsed = InitCli::try_parse_from(std::iter::once("proxyinit".to_string()).chain(init_args))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kit::http::Client;
 use webhook::bootstrap::{dns_names, generate, write_files, CertBundle};
-use webhook::server::{router, serve, AppState};
+use webhook::server::{router, serve, AppState, ServeLimits};
 use webhook::tls::ReloadingCert;
 use webhook::InjectorConfig;
 
@@ -44,6 +44,11 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub async fn start(tag: &str, reload: Duration) -> Server {
+    start_with(tag, reload, ServeLimits::default()).await
+}
+
+/// [`start`] with the server's limits given (short timeouts, small caps).
+pub async fn start_with(tag: &str, reload: Duration, limits: ServeLimits) -> Server {
     let dir = temp_dir(tag);
     let bundle = generate(&dns_names("trellis-webhook", "trellis-system")).unwrap();
     write_files(&bundle, &dir.join("tls.crt"), &dir.join("tls.key")).unwrap();
@@ -51,11 +56,11 @@ pub async fn start(tag: &str, reload: Duration) -> Server {
     cert.watch(reload);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AppState::new(InjectorConfig::default());
+    let state = AppState::with_limits(InjectorConfig::default(), &limits);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let app = router(state.clone());
     tokio::spawn(async move {
-        serve(listener, cert, app, async {
+        serve(listener, cert, app, &limits, async {
             let _ = rx.await;
         })
         .await
@@ -82,4 +87,29 @@ pub fn testdata(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
         .join(rel)
+}
+
+/// A raw TLS stream to the server (no HTTP on top), offering `alpn` protocols, trusting `ca_pem`.
+pub async fn tls_stream(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(HOST.try_into().unwrap(), tcp)
+        .await
 }
