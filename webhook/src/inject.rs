@@ -72,6 +72,9 @@ pub enum Refusal {
     Annotation(#[from] AnnotationError),
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// An app port the sidecar itself listens on (its admin or capture ports).
+    #[error("trellis: the pod's ports clash with the sidecar's: {0}")]
+    Ports(#[from] config::ConfigError),
 }
 
 /// What `trellis.dev/status` records: what was injected, for idempotency and removal.
@@ -132,6 +135,9 @@ pub fn inject(pod: &PodView, cfg: &InjectorConfig) -> Outcome {
                  rename it, or set trellis.dev/inject: disabled to silence this warning"
             )),
         };
+    }
+    if let Err(e) = proxyinit_config(pod, cfg, &settings).validate() {
+        return Outcome::Deny(e.into());
     }
     Outcome::Inject(build_patch(pod, cfg, &settings))
 }

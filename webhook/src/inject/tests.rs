@@ -115,6 +115,24 @@ fn decision_table() {
 }
 
 #[test]
+fn an_app_port_the_sidecar_listens_on_is_refused() {
+    let cfg = InjectorConfig::default();
+    for port in [9901, 15001, 15006] {
+        let mut v = basic();
+        v["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(port);
+        match inject(&pod(v), &cfg) {
+            Outcome::Deny(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&port.to_string()), "{msg}");
+            }
+            other => panic!("port {port}: expected a refusal, got {other:?}"),
+        }
+    }
+    let v = with_annotations(basic(), json!({ "trellis.dev/inbound-ports": "8080,9901" }));
+    assert!(matches!(inject(&pod(v), &cfg), Outcome::Deny(_)));
+}
+
+#[test]
 fn plain_pod_gets_proxyinit_proxy_volume_and_annotations() {
     let out = injected(&basic(), &InjectorConfig::default());
     let spec = &out["spec"];
