@@ -29,6 +29,16 @@ async fn wait_log(px: &ProxyProc, needle: &str) -> String {
     }
 }
 
+/// Whether the proxy closes `s` within `limit` (what it sends meanwhile is read and dropped).
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        while !matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_refusing_is_503_uf() {
     let dead = free_addr();
@@ -393,17 +403,10 @@ async fn idle_and_slow_clients_are_closed_after_the_idle_timeout() {
         .await
         .unwrap();
     for (name, s) in [("idle", &mut idle), ("slow", &mut slow)] {
-        let mut buf = vec![0u8; 4096];
-        let closed = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "{name} connection never closed");
+        assert!(
+            closed_within(s, Duration::from_secs(20)).await,
+            "{name} connection never closed"
+        );
     }
     px.stats()
         .metric("http.gateway.downstream_cx_active")
@@ -435,17 +438,10 @@ async fn garbage_clients_hold_the_pool_no_longer_than_the_idle_timeout() {
         .await;
     // Quiet for the idle timeout: closed, and the slots are free again.
     for s in &mut garbage {
-        let mut b = [0u8; 64];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match s.read(&mut b).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "an idle opaque connection was never closed");
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "an idle opaque connection was never closed"
+        );
     }
     px.stats()
         .metric("tcp.gateway.idle_timeout")
