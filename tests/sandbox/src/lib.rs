@@ -64,6 +64,30 @@ pub fn call(
     .context(what)
 }
 
+/// Raw bytes to `addr` from inside `ns`, then everything the server answers until it closes
+/// (or [`HTTP_TIMEOUT`]): for requests no HTTP client would send.
+pub fn raw(ns: &Netns, addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let what = format!("raw bytes to {addr} from {}", ns.name);
+    let sock = ns.socket_for(addr).with_context(|| what.clone())?;
+    kit::block_on(async {
+        let exchange = async {
+            let mut s = tokio::net::TcpSocket::from_std_stream(sock)
+                .connect(addr)
+                .await?;
+            s.write_all(bytes).await?;
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&all).into_owned())
+        };
+        match tokio::time::timeout(HTTP_TIMEOUT, exchange).await {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("not closed within {HTTP_TIMEOUT:?}")),
+        }
+    })
+    .context(what)
+}
+
 /// `GET path` from inside `ns`.
 pub fn get(ns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
     call(ns, None, "GET", addr, path, Vec::new())

@@ -21,6 +21,7 @@ pub const INBOUND_POOL: &[&str] = &["green", "blue"];
 pub const OUTBOUND_POOL: &[&str] = &["red", "client"];
 pub const OPT_OUT: &[&str] = &["blue", "client"];
 pub const SHUTDOWN: &[&str] = &["red", "client"];
+pub const HOSTILE: &[&str] = &["green", "blue"];
 pub const ALL_PODS: &[&str] = &["green", "red", "blue", "client"];
 
 #[derive(Debug, Clone)]
@@ -500,6 +501,71 @@ pub fn opt_out_and_bad_annotation(mesh: &Mesh) -> anyhow::Result<Report> {
         format!("allowed {}, message {msg:?}", a.allowed),
     );
     rep.notes.push(format!("webhook: {msg}"));
+    Ok(rep)
+}
+
+/// Requests no HTTP client should send, from blue (not meshed) straight to green's sidecar: each
+/// gets its status and a body naming the problem, and is counted and logged as `DPE`.
+pub fn hostile_input(mesh: &Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "hostile input",
+        "blue sends green malformed requests: each is refused with its status and reason",
+    );
+    let green = mesh.pod("green").addr(8080);
+    let before = stats(mesh, "green")?;
+    let cases: [(&str, &[u8], &str, &str); 3] = [
+        (
+            "a lower-case method",
+            b"get / HTTP/1.1\r\nhost: green\r\n\r\n",
+            "HTTP/1.1 400 ",
+            "the method has lower-case letters",
+        ),
+        (
+            "codings besides chunked",
+            b"POST / HTTP/1.1\r\nhost: green\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 501 ",
+            "transfer-encoding other than a single `chunked`",
+        ),
+        (
+            "a malformed chunk size",
+            b"POST / HTTP/1.1\r\nhost: green\r\ntransfer-encoding: chunked\r\n\r\n-5\r\n",
+            "HTTP/1.1 400 ",
+            "malformed chunked request body: ",
+        ),
+    ];
+    for (what, bytes, status, reason) in cases {
+        let answer = crate::raw(&mesh.pod("blue").ns, green, bytes)?;
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        rep.check(
+            format!("{what}: {}", status.trim()),
+            answer.starts_with(status) && body.contains(reason),
+            format!("{:?}", answer.lines().next().unwrap_or("")),
+        );
+        rep.notes.push(format!("{what}: {body}"));
+        rep.other += 1;
+    }
+    let after = stats(mesh, "green")?;
+    let errors = "http.inbound.downstream_cx_protocol_error";
+    rep.check(
+        format!("green counted the 3 in {errors}"),
+        after.num(errors) == before.num(errors) + 3,
+        after.line(errors),
+    );
+    rep.stat("green", &after, errors);
+    let logged = access_log_lines(mesh, "green", &[" DPE "]);
+    rep.check(
+        "green's access log shows them with flag DPE",
+        logged.len() >= 3,
+        format!("{} lines", logged.len()),
+    );
+    for l in logged.iter().take(3) {
+        rep.notes.push(format!("green access log: {l}"));
+    }
     Ok(rep)
 }
 

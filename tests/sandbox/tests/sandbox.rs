@@ -86,6 +86,12 @@ fn opt_out_and_bad_annotation() {
 }
 
 #[test]
+fn hostile_input_is_refused_with_its_reason() {
+    let m = mesh("hostile", scenarios::HOSTILE);
+    assert_passed(scenarios::hostile_input(&m));
+}
+
+#[test]
 fn shutdown_drains_and_exits_0() {
     let mut m = mesh("quit", scenarios::SHUTDOWN);
     assert_passed(scenarios::shutdown(&mut m));

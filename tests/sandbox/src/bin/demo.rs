@@ -105,13 +105,14 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 5] = [
+    let all: [(&str, Scenario); 6] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("outbound pool", |m| scenarios::outbound_pool(m)),
         ("opt-out and validation", |m| {
             scenarios::opt_out_and_bad_annotation(m)
         }),
+        ("hostile input", |m| scenarios::hostile_input(m)),
         ("shutdown", scenarios::shutdown),
     ];
     for (name, f) in all {
