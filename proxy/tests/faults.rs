@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -12,22 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use kit::http::Client;
-use support::{free_addr, start_app, start_resetter, ProxyProc, Zeros};
-
-async fn wait_log(px: &ProxyProc, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = px.access_log();
-        if let Some(l) = log.lines().find(|l| l.contains(needle)) {
-            return l.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access log line with {needle:?} in:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{free_addr, read_to_close, start_app, start_resetter, wait_log, ProxyProc, Zeros};
 
 /// Whether the proxy closes `s` within `limit` (what it sends meanwhile is read and dropped).
 async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
@@ -487,12 +472,9 @@ async fn a_stalled_stream_ends_after_the_idle_timeout_si() {
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
-        .await
-        .expect("the stalled stream was never ended")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&all).ends_with("\r\n\r\npartial"));
+    // The stalled stream is ended.
+    let all = read_to_close(&mut s).await;
+    assert!(all.ends_with("\r\n\r\npartial"), "{all}");
     wait_log(&px, " 200 SI ").await;
     px.stats()
         .metric(format!("cluster.{up}.upstream_rq_active"))
@@ -514,12 +496,8 @@ async fn a_stalled_stream_ends_after_the_idle_timeout_si() {
     s.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
         .await
         .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
-        .await
-        .expect("the stalled upload was never ended")
-        .unwrap();
-    let all = String::from_utf8_lossy(&all);
+    // The stalled upload is ended.
+    let all = read_to_close(&mut s).await;
     assert!(all.starts_with("HTTP/1.1 408 "), "{all}");
     assert!(all.ends_with("\r\n\r\nstream timeout"), "{all}");
     wait_log(&px, " 408 SI ").await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{start_app, ProxyProc};
+use support::{read_to_close, start_app, wait_log_lines, ProxyProc};
 
 /// Reads one request head (these tests send no request bodies to it).
 async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
@@ -73,16 +73,6 @@ async fn scripted() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Reads until the peer closes; returns everything.
-async fn read_to_close(s: &mut TcpStream) -> String {
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
-        .await
-        .expect("the proxy closed the connection")
-        .unwrap();
-    String::from_utf8(all).unwrap()
 }
 
 /// Reads one response with a content-length body.
@@ -538,9 +528,5 @@ async fn malformed_chunked_bodies_get_400_naming_the_fault() {
         .eventually_eq(0)
         .await;
     // The access log blames the client's protocol (DPE), not its going away (DC).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while px.access_log().matches(" 400 DPE ").count() < cases.len() {
-        assert!(std::time::Instant::now() < deadline, "{}", px.access_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log_lines(&px, " 400 DPE ", cases.len()).await;
 }

@@ -239,6 +239,44 @@ impl Drop for ProxyProc {
     }
 }
 
+/// Reads until the peer closes (10 s at most); returns everything.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("the proxy closed the connection")
+        .unwrap();
+    String::from_utf8(all).unwrap()
+}
+
+/// Waits (10 s at most) until `n` access log lines of `px` contain `needle`; returns them.
+pub async fn wait_log_lines(px: &ProxyProc, needle: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = px.access_log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} access log lines with {needle:?} in:\n{log}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first access log line of `px` that contains `needle`, waiting for it (10 s at most).
+pub async fn wait_log(px: &ProxyProc, needle: &str) -> String {
+    wait_log_lines(px, needle, 1).await.swap_remove(0)
+}
+
 /// Peak resident memory of a process, in KiB (`VmHWM`).
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
