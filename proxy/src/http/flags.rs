@@ -94,56 +94,53 @@ impl Local {
             Local::Overflow => (
                 503,
                 "Service Unavailable",
-                OVERFLOW_BODY,
+                Cow::Borrowed(OVERFLOW_BODY),
                 ResponseFlag::UpstreamOverflow,
             ),
             Local::ConnectFailed => (
                 503,
                 "Service Unavailable",
-                CONNECT_FAIL_BODY,
+                Cow::Borrowed(CONNECT_FAIL_BODY),
                 ResponseFlag::UpstreamConnectionFailure,
             ),
             Local::Timeout => (
                 504,
                 "Gateway Timeout",
-                TIMEOUT_BODY,
+                Cow::Borrowed(TIMEOUT_BODY),
                 ResponseFlag::UpstreamRequestTimeout,
             ),
             Local::Reset => (
                 503,
                 "Service Unavailable",
-                RESET_BODY,
+                Cow::Borrowed(RESET_BODY),
                 ResponseFlag::UpstreamConnectionTermination,
             ),
             Local::ProtocolError => (
                 503,
                 "Service Unavailable",
-                PROTOCOL_ERROR_BODY,
+                Cow::Borrowed(PROTOCOL_ERROR_BODY),
                 ResponseFlag::UpstreamProtocolError,
             ),
             Local::StreamIdle => (
                 408,
                 "Request Timeout",
-                STREAM_IDLE_BODY,
+                Cow::Borrowed(STREAM_IDLE_BODY),
                 ResponseFlag::StreamIdleTimeout,
             ),
-            Local::BadBody(e) => {
-                return Reply {
-                    code: 400,
-                    reason: "Bad Request",
-                    body: Cow::Owned(format!(
-                        "malformed chunked request body: {e} (expected hex chunk sizes, \
-                         each line ended by CRLF, RFC 9112 §7.1)"
-                    )),
-                    flag: ResponseFlag::DownstreamProtocolError,
-                    overloaded: false,
-                }
-            }
+            Local::BadBody(e) => (
+                400,
+                "Bad Request",
+                Cow::Owned(format!(
+                    "malformed chunked request body: {e} (expected hex chunk sizes, \
+                     each line ended by CRLF, RFC 9112 §7.1)"
+                )),
+                ResponseFlag::DownstreamProtocolError,
+            ),
         };
         Reply {
             code,
             reason,
-            body: Cow::Borrowed(body),
+            body,
             flag,
             overloaded: self == Local::Overflow,
         }
