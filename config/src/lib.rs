@@ -11,10 +11,11 @@
 //!   defaults read from the clap attributes themselves;
 //! - [`proxy`] and [`proxyinit`]: the two command lines.
 //!
-//! The control-plane API types (`Destination`, `Route`, `Backend`, `Endpoint`, `Policy`) join here
-//! next, so that `control` and `proxy` share them the same way.
+//! - [`api`]: the control-plane API (`Update`, `Destination`, `Endpoint`, `Policy`) that `control`
+//!   sends and `proxy` receives, one schema for both.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod args;
 pub mod defaults;
 pub mod limits;

@@ -6,7 +6,8 @@
 use clap::{Arg, ArgMatches, Command};
 
 /// The circuit-breaker thresholds of one cluster; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Limits {
     pub max_connections: Option<u32>,
     pub max_pending_requests: Option<u32>,

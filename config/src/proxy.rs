@@ -55,6 +55,16 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
+    /// The control plane (`HOST:PORT`) to ask what each outbound address is. Without it every
+    /// destination is forwarded to its original address, as it was asked.
+    #[arg(long, env = "TRELLIS_CONTROL_PLANE", value_name = "HOST:PORT")]
+    pub control_plane: Option<String>,
+
+    /// The cluster's DNS domain, in the names of Service clusters
+    /// (`outbound|<port>||<svc>.<ns>.svc.<domain>`).
+    #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = crate::api::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
+
     /// Log level: trace, debug, info, warn, error (changeable live with `POST /logging?level=`).
     #[arg(long, env = "TRELLIS_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -92,6 +102,8 @@ impl Render for Config {
         flags.extend([
             Flag::optional("opaque-ports", opaque),
             Flag::optional("concurrency", self.concurrency),
+            Flag::optional("control-plane", self.control_plane.as_ref()),
+            Flag::text("cluster-domain", &self.cluster_domain),
             Flag::text("log-level", &self.log_level),
             Flag::switch("access-log", self.access_log),
         ]);
@@ -146,6 +158,8 @@ mod tests {
             access_log: true,
             concurrency: Some(2),
             log_level: "debug".into(),
+            control_plane: Some("trellis-control.trellis-system.svc:15012".into()),
+            cluster_domain: "example.org".into(),
             ..Config::default()
         };
         assert_eq!(parse(&c.to_args()).unwrap(), c);
