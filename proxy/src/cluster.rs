@@ -1,5 +1,8 @@
-//! A cluster: one upstream address, its pool (the [`crate::pool`] state machine behind a small
-//! per-cluster mutex), its stats, and the connector that opens HTTP/1.1 client connections.
+//! A cluster: its hosts (one original destination, or a Service's endpoints from the control
+//! plane), the [`crate::balancer`] that picks one per request, the [`crate::outlier`] detector
+//! that ejects failing ones, one pool (the [`crate::pool`] state machine behind a small
+//! per-cluster mutex) whose limits are the cluster's circuit breaker while its connections are
+//! each to one host, its stats, and the connector that opens HTTP/1.1 client connections.
 //!
 //! A pooled connection is a plain socket and its read buffer: the request that leases it drives
 //! it from its own task (see [`crate::http`]). While idle in the pool nothing polls it; a sweeper
@@ -15,8 +18,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::balancer::Balancer;
+use crate::host::{now_ms, Active, Host};
 use crate::iobuf::Buf;
-use crate::pool::{Admit, Grant, Overflow, Pool};
+use crate::outlier::{Detector, Outcome, Reason};
+use crate::pool::{Admit, Grant, Idle, Overflow, Pool};
 use crate::stats::{ClusterStats, Registry};
 use config::Limits;
 
@@ -30,6 +36,8 @@ pub struct Conn {
     /// When it last went idle (ms since process start), for the idle timeout.
     last_used: u64,
     stats: Arc<ClusterStats>,
+    /// The host it is connected to.
+    host: Arc<Host>,
 }
 
 impl Conn {
@@ -65,26 +73,38 @@ impl Drop for Conn {
     }
 }
 
-fn now_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
+type Waiter = oneshot::Sender<Grant<Conn>>;
+
+/// The hosts and how to choose among them, replaced whole when the control plane says so.
+#[derive(Debug)]
+pub struct Lb {
+    pub hosts: Arc<[Arc<Host>]>,
+    pub balancer: Balancer,
+    pub detector: Arc<Detector>,
 }
 
-type Waiter = oneshot::Sender<Grant<Conn>>;
+impl Lb {
+    fn pick(&self, key: Option<u64>) -> Option<&Arc<Host>> {
+        let any_ejected = self.detector.ejected_now() > 0;
+        let now = if any_ejected { now_ms() } else { 0 };
+        self.balancer.pick(&self.hosts, any_ejected, key, now)
+    }
+}
 
 pub struct Cluster {
     pub name: String,
+    /// The address this cluster was made for (the original destination, or a Service address).
     pub addr: SocketAddr,
     pub stats: Arc<ClusterStats>,
+    lb: RwLock<Arc<Lb>>,
     pool: Mutex<Pool<Conn, Waiter>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_requests_per_connection: Option<u32>,
     /// A sweeper task is watching the idle connections.
     sweeping: AtomicBool,
+    /// The control plane defined this cluster (a Service), not an original destination.
+    via_api: AtomicBool,
 }
 
 /// Connection timeouts of a cluster.
@@ -102,7 +122,12 @@ pub enum AcquireError {
     Overflow,
     /// Connect failed or timed out: 503 UF.
     ConnectFailed,
+    /// No endpoint at all: 503 UH.
+    NoHost,
 }
+
+/// A host as the control plane names it: address and pod.
+pub type Endpoint = (SocketAddr, Option<String>);
 
 impl Cluster {
     pub fn new(
@@ -113,15 +138,24 @@ impl Cluster {
         registry: &Registry,
     ) -> Arc<Cluster> {
         let stats = registry.cluster(&name);
+        let lb = Lb {
+            hosts: Arc::from(vec![Arc::new(Host::new(addr, None))]),
+            balancer: Balancer::default(),
+            detector: Arc::new(Detector::new(None)),
+        };
+        stats.membership_total.set(1);
+        stats.membership_healthy.set(1);
         let c = Cluster {
             name,
             addr,
             stats,
+            lb: RwLock::new(Arc::new(lb)),
             pool: Mutex::new(Pool::new(limits)),
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.idle,
             max_requests_per_connection: limits.max_requests_per_connection,
             sweeping: AtomicBool::new(false),
+            via_api: AtomicBool::new(false),
         };
         c.sync(&c.pool.lock().expect("pool lock"));
         Arc::new(c)
@@ -171,20 +205,145 @@ impl Cluster {
         }
     }
 
+    /// The hosts and balancer now.
+    pub fn lb(&self) -> Arc<Lb> {
+        self.lb.read().expect("lb lock").clone()
+    }
+
+    /// Replaces the hosts, balancer, outlier settings and limits (a control-plane update).
+    /// Hosts that stay keep their counters and ejections; hosts that go finish their requests,
+    /// and their idle connections are closed.
+    pub fn update(
+        self: &Arc<Self>,
+        endpoints: &[Endpoint],
+        balancer: config::api::Balancer,
+        outlier: Option<config::api::Outlier>,
+        limits: Limits,
+    ) {
+        self.via_api.store(true, Ordering::Relaxed);
+        let now = now_ms();
+        let mut lb = self.lb.write().expect("lb lock");
+        let old = lb.clone();
+        let detector = if old.detector.config() == outlier.as_ref() {
+            old.detector.clone()
+        } else {
+            // New settings: every host starts afresh.
+            for h in old.hosts.iter() {
+                old.detector.restore(&h.outlier, now);
+            }
+            Arc::new(Detector::new(outlier))
+        };
+        let hosts: Vec<Arc<Host>> = endpoints
+            .iter()
+            .map(|(addr, pod)| {
+                old.hosts
+                    .iter()
+                    .find(|h| h.addr == *addr && !h.is_removed())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Host::new(*addr, pod.clone())))
+            })
+            .collect();
+        for h in old.hosts.iter() {
+            if !hosts.iter().any(|n| Arc::ptr_eq(n, h)) {
+                h.removed.store(true, Ordering::Relaxed);
+                detector.restore(&h.outlier, now);
+            }
+        }
+        *lb = Arc::new(Lb {
+            hosts: Arc::from(hosts),
+            balancer: Balancer::new(balancer),
+            detector,
+        });
+        self.sync_membership(&lb);
+        drop(lb);
+        self.with_pool(|p| p.set_limits(limits));
+        // Close what is idle to hosts that left.
+        while let Some((c, next)) = self.with_pool(|p| p.remove_idle(|c| c.host.is_removed())) {
+            drop(c);
+            self.dispatch(next);
+        }
+    }
+
+    fn sync_membership(&self, lb: &Lb) {
+        let total = lb.hosts.len() as i64;
+        let out = lb.detector.ejected_now() as i64;
+        self.stats.membership_total.set(total);
+        self.stats.membership_healthy.set((total - out).max(0));
+        self.stats.outlier_ejections_active.set(out);
+    }
+
+    /// Feeds one outcome of a request to `host` to the outlier detector, and carries out the
+    /// ejection it decides on: the host is out until its time is over.
+    pub fn report(self: &Arc<Self>, lb: &Arc<Lb>, host: &Arc<Host>, outcome: Outcome) {
+        if matches!(outcome, Outcome::ConnectFailed)
+            || matches!(outcome, Outcome::Status(s) if s >= 500)
+        {
+            host.rq_error.fetch_add(1, Ordering::Relaxed);
+        }
+        if !lb.detector.enabled() {
+            return;
+        }
+        let now = now_ms();
+        let st = &self.stats;
+        match lb
+            .detector
+            .record(&host.outlier, outcome, lb.hosts.len(), now)
+        {
+            Ok(None) => {}
+            Err(_) => st.outlier_ejections_overflow.inc(),
+            Ok(Some(e)) => {
+                st.outlier_ejections_enforced_total.inc();
+                match e.reason {
+                    Reason::Consecutive5xx => st.outlier_ejections_enforced_5xx.inc(),
+                    Reason::ConsecutiveGateway => st.outlier_ejections_enforced_gateway.inc(),
+                }
+                tracing::info!(cluster = %self.name, host = %host.addr, reason = ?e.reason,
+                    for_ms = e.until - now, "outlier detection: host ejected");
+                self.sync_membership(lb);
+                let (this, lb, host) = (self.clone(), lb.clone(), host.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(e.until.saturating_sub(now_ms())))
+                        .await;
+                    lb.detector.restore(&host.outlier, now_ms());
+                    tracing::info!(cluster = %this.name, host = %host.addr, "outlier detection: host returned");
+                    this.sync_membership(&this.lb());
+                });
+            }
+        }
+    }
+
     /// Gets a connection for one request, waiting in the pending queue if the pool says so.
-    /// Dropping the future while queued leaves the queue cleanly.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
+    /// The balancer picks the host (`key`: a consistent-hash key); an idle connection to that
+    /// host is reused. Dropping the future while queued leaves the queue cleanly.
+    pub async fn acquire(self: &Arc<Self>, key: Option<u64>) -> Result<Lease, AcquireError> {
+        let lb = self.lb();
+        let Some(host) = lb.pick(key) else {
+            return Err(AcquireError::NoHost);
+        };
+        let host = host.clone();
+        let many = lb.hosts.len() > 1;
         // Idle connections the peer closed (or idled out) are dropped by `admit` itself.
         // The oneshot channel is only made for a request that must wait.
         let mut rx = None;
         // The clock is read only if there is an idle connection to judge.
         let now = std::cell::Cell::new(None);
         let (admit, notes) = self.with_pool(|p| {
-            p.admit(
+            p.admit_for(
                 |c| {
+                    if many && !Arc::ptr_eq(&c.host, &host) {
+                        return if c.host.is_removed() {
+                            Idle::Discard
+                        } else {
+                            Idle::Skip
+                        };
+                    }
                     let t = now.get().unwrap_or_else(now_ms);
                     now.set(Some(t));
-                    c.usable(t, self.idle_timeout)
+                    if c.usable(t, self.idle_timeout) && !c.host.is_removed() {
+                        Idle::Take
+                    } else {
+                        Idle::Discard
+                    }
                 },
                 || {
                     let (tx, r) = oneshot::channel();
@@ -221,16 +380,22 @@ impl Cluster {
                 c.uses += 1;
                 Ok(Lease {
                     cluster: self.clone(),
+                    active: Active::new(c.host.clone()),
+                    lb,
                     conn: Some(c),
                     reusable: false,
                 })
             }
-            Grant::Connect => self.connect().await,
+            Grant::Connect => self.connect(lb, host).await,
         }
     }
 
     /// Opens a new connection in a slot the pool reserved.
-    async fn connect(self: &Arc<Self>) -> Result<Lease, AcquireError> {
+    async fn connect(
+        self: &Arc<Self>,
+        lb: Arc<Lb>,
+        host: Arc<Host>,
+    ) -> Result<Lease, AcquireError> {
         // If this future is dropped mid-connect, the slot must go back.
         struct Slot<'a>(Option<&'a Cluster>);
         impl Drop for Slot<'_> {
@@ -244,17 +409,19 @@ impl Cluster {
         let mut slot = Slot(Some(self));
         let st = &self.stats;
         st.upstream_cx_total.inc();
+        let active = Active::new(host.clone());
         let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(host.addr)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(cluster = %self.name, error = %e, "upstream connect failed");
+                r => {
+                    match r {
+                        Ok(Err(e)) => tracing::debug!(cluster = %self.name, host = %host.addr,
+                            error = %e, "upstream connect failed"),
+                        _ => st.upstream_cx_connect_timeout.inc(),
+                    }
                     st.upstream_cx_connect_fail.inc();
-                    return Err(AcquireError::ConnectFailed);
-                }
-                Err(_) => {
-                    st.upstream_cx_connect_fail.inc();
-                    st.upstream_cx_connect_timeout.inc();
+                    host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    self.report(&lb, &host, Outcome::ConnectFailed);
                     return Err(AcquireError::ConnectFailed);
                 }
             };
@@ -263,12 +430,15 @@ impl Cluster {
         slot.0 = None;
         Ok(Lease {
             cluster: self.clone(),
+            active,
+            lb,
             conn: Some(Conn {
                 io: stream,
                 buf: Buf::new(),
                 uses: 1,
                 last_used: now_ms(),
                 stats: self.stats.clone(),
+                host,
             }),
             reusable: false,
         })
@@ -296,14 +466,24 @@ impl Cluster {
         }
     }
 
-    /// Opaque TCP: takes a connection slot, or `None` on overflow (counted).
-    pub fn open_tcp(self: &Arc<Self>) -> Option<TcpSlot> {
+    /// Opaque TCP: takes a connection slot and picks a host (`key`: a consistent-hash key, the
+    /// client's address), or says why not (overflow is counted).
+    pub fn open_tcp(self: &Arc<Self>, key: Option<u64>) -> Result<TcpSlot, AcquireError> {
+        let lb = self.lb();
+        let Some(host) = lb.pick(key).cloned() else {
+            self.stats.upstream_cx_none_healthy.inc();
+            return Err(AcquireError::NoHost);
+        };
         if self.with_pool(|p| p.open_tcp()) {
             self.stats.upstream_cx_total.inc();
-            Some(TcpSlot(self.clone()))
+            Ok(TcpSlot {
+                cluster: self.clone(),
+                active: Active::new(host),
+                lb,
+            })
         } else {
             self.stats.upstream_cx_overflow.inc();
-            None
+            Err(AcquireError::Overflow)
         }
     }
 
@@ -327,18 +507,33 @@ impl Cluster {
             }
             .expect("writing to a String");
         }
-        let a = self.addr;
-        let s = &self.stats;
-        let values: [(&str, &dyn std::fmt::Display); 6] = [
-            ("cx_active", &s.upstream_cx_active.get()),
-            ("cx_total", &s.upstream_cx_total.get()),
-            ("cx_connect_fail", &s.upstream_cx_connect_fail.get()),
-            ("rq_active", &s.upstream_rq_active.get()),
-            ("rq_total", &s.upstream_rq_total.get()),
-            ("rq_timeout", &s.upstream_rq_timeout.get()),
-        ];
-        for (key, value) in values {
-            writeln!(out, "{n}::{a}::{key}::{value}").expect("writing to a String");
+        writeln!(
+            out,
+            "{n}::added_via_api::{}",
+            self.via_api.load(Ordering::Relaxed)
+        )
+        .expect("writing to a String");
+        let now = now_ms();
+        let lb = self.lb();
+        let cx_active = self.with_pool(|p| p.state().connections);
+        for h in lb.hosts.iter() {
+            let a = h.addr;
+            let r = std::sync::atomic::Ordering::Relaxed;
+            let single = lb.hosts.len() == 1;
+            let values: [(&str, &dyn std::fmt::Display); 8] = [
+                // Per host only where one host has them all.
+                ("cx_active", &if single { cx_active as u64 } else { 0 }),
+                ("cx_connect_fail", &h.cx_connect_fail.load(r)),
+                ("rq_active", &h.active.load(r)),
+                ("rq_error", &h.rq_error.load(r)),
+                ("rq_total", &h.rq_total.load(r)),
+                ("health_flags", &h.health_flags(now)),
+                ("pod", &h.pod.as_deref().unwrap_or("-")),
+                ("outlier_ejections", &h.outlier.ejection_count()),
+            ];
+            for (key, value) in values {
+                writeln!(out, "{n}::{a}::{key}::{value}").expect("writing to a String");
+            }
         }
     }
 }
@@ -379,6 +574,9 @@ impl Drop for PendingGuard<'_> {
 /// A request's hold on a connection. Dropped without `reusable` the connection is closed.
 pub struct Lease {
     cluster: Arc<Cluster>,
+    /// The host this request counts against (its connection's host).
+    active: Active,
+    lb: Arc<Lb>,
     conn: Option<Conn>,
     reusable: bool,
 }
@@ -398,6 +596,16 @@ impl Lease {
         &self.cluster
     }
 
+    /// The host this request went to.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.active.0
+    }
+
+    /// Tells outlier detection how the request ended.
+    pub fn report(&self, outcome: Outcome) {
+        self.cluster.report(&self.lb, &self.active.0, outcome);
+    }
+
     /// The exchange completed cleanly: keep the connection if the response allowed it and it
     /// has not served its quota.
     pub fn done(&mut self, upstream_reusable: bool) {
@@ -410,7 +618,8 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(mut c) = self.conn.take() {
             // Stray bytes after a response mean the connection is out of step: close it.
-            let reusable = self.reusable && c.buf.is_empty();
+            // Nor is a connection to a host that left the cluster kept.
+            let reusable = self.reusable && c.buf.is_empty() && !c.host.is_removed();
             if reusable {
                 c.last_used = now_ms();
                 c.buf.release();
@@ -425,12 +634,33 @@ impl Drop for Lease {
     }
 }
 
-/// An opaque TCP connection's slot in the pool.
-pub struct TcpSlot(Arc<Cluster>);
+/// An opaque TCP connection's slot in the pool, and the host it goes to.
+pub struct TcpSlot {
+    cluster: Arc<Cluster>,
+    active: Active,
+    lb: Arc<Lb>,
+}
+
+impl TcpSlot {
+    pub fn host(&self) -> &Arc<Host> {
+        &self.active.0
+    }
+
+    /// The connection to the host failed.
+    pub fn connect_failed(&self) {
+        self.active
+            .0
+            .cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
+        self.cluster
+            .report(&self.lb, &self.active.0, Outcome::ConnectFailed);
+    }
+}
+
 impl Drop for TcpSlot {
     fn drop(&mut self) {
-        let next = self.0.with_pool(|p| p.close_tcp());
-        self.0.dispatch(next);
+        let next = self.cluster.with_pool(|p| p.close_tcp());
+        self.cluster.dispatch(next);
     }
 }
 

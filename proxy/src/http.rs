@@ -29,6 +29,7 @@ use crate::drain::Drain;
 use crate::h1::{self, Body, ChunkedError, Framing, HeadError, Request, RequestOpts, ResponseOpts};
 use crate::idle::Ended;
 use crate::iobuf::Buf;
+use crate::outlier::Outcome;
 use crate::stats::{ClusterStats, ListenerStats};
 
 mod accounting;
@@ -110,6 +111,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
             ctx: &ctx,
             cluster: &cluster,
             timer: &mut timer,
+            peer,
         }
         .run(&mut d, req, up_head)
         .await;
@@ -160,6 +162,7 @@ struct Exchange<'a> {
     ctx: &'a Arc<HttpCtx>,
     cluster: &'a Arc<Cluster>,
     timer: &'a mut Pin<Box<Sleep>>,
+    peer: SocketAddr,
 }
 
 /// How the exchange with upstream ended before anything of a final response reached the client.
@@ -213,15 +216,20 @@ impl Exchange<'_> {
             ctx,
             cluster,
             timer,
+            peer,
         } = self;
         let start = Instant::now();
         let st = &cluster.stats;
         // The codec filled in the request's fields; the rest are the exchange's.
         let log = req.log.take().map(|mut e| {
             e.start = Some(SystemTime::now());
-            e.upstream_host = Some(cluster.addr);
             e
         });
+        let key = cluster
+            .lb()
+            .balancer
+            .hash_on()
+            .and_then(|on| hash_key(on, &up_head, peer));
         let mut rq = Finish::start(ctx, st, start, log);
         d.buf.consume(req.head_len);
         let mut body = Body::new(req.body);
@@ -233,7 +241,7 @@ impl Exchange<'_> {
         let (mut lease, ended) = loop {
             let acquired = tokio::select! {
                 biased;
-                r = cluster.acquire() => r,
+                r = cluster.acquire(key) => r,
                 _ = timer.as_mut() => {
                     return rq.local(d, &body, &req, Local::Timeout).await;
                 }
@@ -250,7 +258,13 @@ impl Exchange<'_> {
                 Err(AcquireError::ConnectFailed) => {
                     return rq.local(d, &body, &req, Local::ConnectFailed).await;
                 }
+                Err(AcquireError::NoHost) => {
+                    return rq.local(d, &body, &req, Local::NoHealthyUpstream).await;
+                }
             };
+            if let Some(e) = rq.log.as_mut() {
+                e.upstream_host = Some(lease.host().addr);
+            }
             let reused = lease.uses() > 1;
             let ended = forward(&mut lease, d, &req, &mut up_head, &mut body, timer, &rq).await;
             match ended {
@@ -265,6 +279,12 @@ impl Exchange<'_> {
             }
         };
         st.upstream_rq_total.inc();
+        match &ended {
+            Ok((code, ..)) => lease.report(Outcome::Status(*code)),
+            Err(Early::Reset { .. } | Early::Protocol(_)) => lease.report(Outcome::ConnectFailed),
+            Err(Early::Timeout) => lease.report(Outcome::Status(504)),
+            Err(_) => {}
+        }
         let (code, delivered, reusable) = match ended {
             Ok(d) => d,
             Err(early) => {
@@ -698,4 +718,32 @@ impl Finish<'_> {
         }
         ok && keep
     }
+}
+
+/// The consistent-hash key of a request: a header's value, a cookie's value, or the client's
+/// address. `None` (the header or cookie is absent) balances the request at random.
+fn hash_key(on: &config::api::HashOn, head: &[u8], peer: SocketAddr) -> Option<u64> {
+    use config::api::HashOn;
+    let header = |name: &str| -> Option<&[u8]> {
+        head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    };
+    let bytes = match on {
+        HashOn::SourceIp => {
+            return Some(crate::balancer::stable_hash(
+                peer.ip().to_canonical().to_string().as_bytes(),
+            ))
+        }
+        HashOn::Header(name) => header(name)?,
+        HashOn::Cookie { name, .. } => header("cookie")?.split(|b| *b == b';').find_map(|kv| {
+            let kv = kv.trim_ascii();
+            let eq = kv.iter().position(|b| *b == b'=')?;
+            (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
+        })?,
+    };
+    Some(crate::balancer::stable_hash(bytes))
 }

@@ -12,17 +12,20 @@
 
 pub(crate) mod access_log;
 pub(crate) mod admin;
+pub(crate) mod balancer;
 pub(crate) mod cluster;
 pub(crate) mod detect;
 pub(crate) mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod h1;
+pub(crate) mod host;
 pub(crate) mod http;
 pub(crate) mod idle;
 pub(crate) mod iobuf;
 pub(crate) mod listener;
 pub(crate) mod orig_dst;
+pub(crate) mod outlier;
 pub(crate) mod pool;
 pub(crate) mod prevent_loop;
 pub(crate) mod request_id;

@@ -22,6 +22,17 @@ pub enum Admit<C> {
     Overflow(Overflow),
 }
 
+/// What [`Pool::admit_for`] may do with an idle connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// To the wanted host and open: use it.
+    Take,
+    /// To another host: leave it idle.
+    Skip,
+    /// Closed by the peer or idle too long: close it.
+    Discard,
+}
+
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -97,9 +108,26 @@ impl<C, W> Pool<C, W> {
 
     /// Decides for one new request. Idle connections for which `usable` is false are discarded
     /// (they were closed by the peer). `waiter` is called only if the request is queued.
+    #[cfg(test)]
     pub fn admit(
         &mut self,
         usable: impl Fn(&C) -> bool,
+        waiter: impl FnOnce() -> W,
+    ) -> (Admit<C>, AdmitNotes) {
+        self.admit_for(
+            |c| if usable(c) { Idle::Take } else { Idle::Discard },
+            waiter,
+        )
+    }
+
+    /// [`Pool::admit`] for a request bound to one host of several: `judge` says of each idle
+    /// connection whether it is to that host and usable (`Take`), to another host (`Skip`), or
+    /// closed (`Discard`). With no idle connection to its host and no room for another
+    /// connection, the request closes the least recently used idle connection to another host
+    /// and opens its own in that slot: the limit holds and the balancer's choice stands.
+    pub fn admit_for(
+        &mut self,
+        judge: impl Fn(&C) -> Idle,
         waiter: impl FnOnce() -> W,
     ) -> (Admit<C>, AdmitNotes) {
         let mut notes = AdmitNotes::default();
@@ -107,15 +135,30 @@ impl<C, W> Pool<C, W> {
             return (Admit::Overflow(Overflow::Requests), notes);
         }
         // Most recently used first: keeps the hot set of connections small.
-        while let Some(c) = self.idle.pop() {
-            if usable(&c) {
-                self.requests += 1;
-                return (Admit::Use(c), notes);
+        let mut i = self.idle.len();
+        while i > 0 {
+            i -= 1;
+            match judge(&self.idle[i]) {
+                Idle::Skip => {}
+                Idle::Take => {
+                    let c = self.idle.remove(i);
+                    self.requests += 1;
+                    return (Admit::Use(c), notes);
+                }
+                Idle::Discard => {
+                    drop(self.idle.remove(i));
+                    self.connections -= 1;
+                }
             }
-            self.connections -= 1;
         }
         if under(self.connections, self.limits.max_connections) {
             self.connections += 1;
+            self.requests += 1;
+            return (Admit::Connect, notes);
+        }
+        if !self.idle.is_empty() {
+            // Every idle connection is to another host: trade the oldest for a new one.
+            drop(self.idle.remove(0));
             self.requests += 1;
             return (Admit::Connect, notes);
         }
@@ -127,6 +170,12 @@ impl<C, W> Pool<C, W> {
             return (Admit::Queued(id), notes);
         }
         (Admit::Overflow(Overflow::Pending), notes)
+    }
+
+    /// New limits (the control plane changed the policy). Connections and requests over the new
+    /// limits finish; the limits apply to what comes next.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// A request finished with its connection. A `reusable` connection goes to the first waiter

@@ -211,6 +211,16 @@ stats! {
         pub upstream_rq_retry: Counter,
         pub upstream_rq_rx_reset: Counter,
         pub upstream_rq_tx_reset: Counter,
+        /// Requests that found no endpoint to go to (`UH`).
+        pub upstream_cx_none_healthy: Counter,
+        pub outlier_ejections_active: Gauge = "outlier_detection.ejections_active",
+        pub outlier_ejections_enforced_total: Counter = "outlier_detection.ejections_enforced_total",
+        pub outlier_ejections_enforced_5xx: Counter = "outlier_detection.ejections_enforced_consecutive_5xx",
+        pub outlier_ejections_enforced_gateway: Counter = "outlier_detection.ejections_enforced_consecutive_gateway_failure",
+        pub outlier_ejections_overflow: Counter = "outlier_detection.ejections_overflow",
+        /// Endpoints of the cluster (`membership_total`) and those not ejected (`membership_healthy`).
+        pub membership_total: Gauge,
+        pub membership_healthy: Gauge,
         pub cb_cx_open: Gauge = "circuit_breakers.default.cx_open",
         pub cb_rq_pending_open: Gauge = "circuit_breakers.default.rq_pending_open",
         pub cb_rq_open: Gauge = "circuit_breakers.default.rq_open",

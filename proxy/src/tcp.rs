@@ -1,14 +1,15 @@
 //! Opaque TCP: bytes copied both ways. The cluster's max connections applies: an overflowing
 //! connection is closed at once and counted (`upstream_cx_overflow`). A connection on which no
 //! byte moves for `--idle-timeout` is closed (`tcp.<listener>.idle_timeout`), as Envoy's
-//! tcp_proxy does, so quiet or garbage clients cannot hold the pool's slots.
+//! tcp_proxy does, so quiet or garbage clients cannot hold the pool's slots. A Service's
+//! connections are balanced per connection (a consistent hash uses the client's address).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::cluster::Cluster;
+use crate::cluster::{AcquireError, Cluster};
 use crate::idle::{copy_until_idle, Ended};
 use crate::stats::ListenerStats;
 
@@ -28,16 +29,27 @@ pub async fn proxy(
         }
     }
     let _active = Active(listener.clone());
-    let Some(_slot) = cluster.open_tcp() else {
-        listener.tcp.upstream_cx_overflow.inc();
-        return;
+    let key = cluster
+        .lb()
+        .balancer
+        .hash_on()
+        .and_then(|_| down.peer_addr().ok())
+        .map(|a| crate::balancer::stable_hash(a.ip().to_canonical().to_string().as_bytes()));
+    let slot = match cluster.open_tcp(key) {
+        Ok(s) => s,
+        Err(AcquireError::Overflow) => {
+            listener.tcp.upstream_cx_overflow.inc();
+            return;
+        }
+        Err(_) => return,
     };
     let st = &cluster.stats;
-    let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(cluster.addr)).await
-    {
+    let addr = slot.host().addr;
+    let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {
             st.upstream_cx_connect_fail.inc();
+            slot.connect_failed();
             return;
         }
     };

@@ -15,6 +15,7 @@ pub const RESET_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 pub const PROTOCOL_ERROR_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+pub const NO_HEALTHY_UPSTREAM_BODY: &str = "no healthy upstream";
 pub const TIMEOUT_BODY: &str = "upstream request timeout";
 pub const STREAM_IDLE_BODY: &str = "stream timeout";
 
@@ -26,6 +27,8 @@ pub(super) enum ResponseFlag {
     UpstreamOverflow,
     /// `UF`: no connection to upstream.
     UpstreamConnectionFailure,
+    /// `UH`: the cluster has no endpoint (no pod ready behind the Service).
+    NoHealthyUpstream,
     /// `UT`: no response head in time.
     UpstreamRequestTimeout,
     /// `UC`: upstream closed or reset before a response head.
@@ -48,6 +51,7 @@ impl ResponseFlag {
             ResponseFlag::None => "-",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::UpstreamConnectionFailure => "UF",
+            ResponseFlag::NoHealthyUpstream => "UH",
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::UpstreamProtocolError => "UPE",
@@ -66,6 +70,8 @@ pub(super) enum Local {
     Overflow,
     /// No connection to upstream (`UF`).
     ConnectFailed,
+    /// The cluster has no endpoint: 503 `no healthy upstream` (`UH`).
+    NoHealthyUpstream,
     /// No response head within `--request-timeout` (`UT`).
     Timeout,
     /// Upstream closed or reset before a response head (`UC`).
@@ -102,6 +108,12 @@ impl Local {
                 "Service Unavailable",
                 Cow::Borrowed(CONNECT_FAIL_BODY),
                 ResponseFlag::UpstreamConnectionFailure,
+            ),
+            Local::NoHealthyUpstream => (
+                503,
+                "Service Unavailable",
+                Cow::Borrowed(NO_HEALTHY_UPSTREAM_BODY),
+                ResponseFlag::NoHealthyUpstream,
             ),
             Local::Timeout => (
                 504,
@@ -150,7 +162,9 @@ impl Local {
     /// code, except for an overflow, which never reached upstream.
     pub(super) fn count(self, st: &ClusterStats, code: u16) {
         match self {
+            // Neither reached upstream.
             Local::Overflow => {}
+            Local::NoHealthyUpstream => st.upstream_cx_none_healthy.inc(),
             Local::ConnectFailed => st.count_code(code),
             Local::Timeout => {
                 st.upstream_rq_timeout.inc();

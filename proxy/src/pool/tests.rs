@@ -204,3 +204,27 @@ fn gauges_return_to_zero_after_load() {
     assert_eq!(p.state(), PoolState::default());
     assert!(!p.cx_open() && !p.rq_pending_open() && !p.rq_open());
 }
+
+#[test]
+fn a_request_for_one_host_takes_its_idle_connection_or_trades_another_hosts() {
+    use super::Idle;
+    // Connections are numbered: odd ones to host A, even ones to host B.
+    let host_a = |c: &u32| if c % 2 == 1 { Idle::Take } else { Idle::Skip };
+    let host_b = |c: &u32| if c % 2 == 0 { Idle::Take } else { Idle::Skip };
+    let mut p: P = Pool::new(Limits {
+        max_connections: Some(2),
+        ..Limits::default()
+    });
+    assert_eq!(p.admit_for(host_a, || "a").0, Admit::Connect);
+    assert_eq!(p.admit_for(host_a, || "a").0, Admit::Connect);
+    assert_eq!(p.release(1, true), None);
+    assert_eq!(p.release(3, true), None);
+    // B has nothing idle and no room: the oldest of A's idle connections makes way.
+    assert_eq!(p.admit_for(host_b, || "b").0, Admit::Connect);
+    assert_eq!(p.state().connections, 2);
+    assert_eq!(p.state().idle, 1);
+    // A still finds its remaining one.
+    assert_eq!(p.admit_for(host_a, || "a").0, Admit::Use(3));
+    // Nothing idle, no room: B waits.
+    assert_eq!(p.admit_for(host_b, || "b2").0, Admit::Queued(0));
+}
