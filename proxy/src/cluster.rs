@@ -701,8 +701,10 @@ impl Clusters {
         }
         if map.len() >= self.sweep_at.load(Ordering::Relaxed) {
             map.retain(|n, c| {
-                let idle =
-                    c.pool.lock().expect("pool lock").state() == crate::pool::PoolState::default();
+                // A Service's cluster lives as long as its watch, busy or not.
+                let idle = !c.via_api.load(Ordering::Relaxed)
+                    && c.pool.lock().expect("pool lock").state()
+                        == crate::pool::PoolState::default();
                 if idle {
                     registry.remove_cluster(n);
                 }

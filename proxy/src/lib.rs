@@ -15,6 +15,7 @@ pub(crate) mod admin;
 pub(crate) mod balancer;
 pub(crate) mod cluster;
 pub(crate) mod detect;
+pub(crate) mod discovery;
 pub(crate) mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -69,6 +70,8 @@ pub struct Proxy {
     pub gateway: Option<(SocketAddr, String)>,
     pub registry: Registry,
     pub clusters: Clusters,
+    /// The control-plane client, with `--control-plane`.
+    pub discovery: Option<Arc<discovery::Discovery>>,
     pub drain: Drain,
     pub access_log: Option<AccessLog>,
     pub started: Instant,
@@ -131,6 +134,12 @@ pub async fn run(
         gateway,
         registry: Registry::default(),
         clusters: Clusters::default(),
+        discovery: config.control_plane.as_ref().map(|cp| {
+            Arc::new(discovery::Discovery::new(
+                cp.clone(),
+                config.cluster_domain.clone(),
+            ))
+        }),
         drain: Drain::default(),
         access_log: config.access_log.then(AccessLog::spawn),
         started: Instant::now(),
@@ -142,6 +151,13 @@ pub async fn run(
         .registry
         .concurrency
         .set(worker_threads(&proxy.config) as i64);
+    if let Some(cp) = &proxy.config.control_plane {
+        proxy
+            .registry
+            .control_plane_connected
+            .get_or_init(Default::default);
+        tracing::info!(control_plane = %cp, "outbound destinations are asked of the control plane");
+    }
 
     let mut listeners = Vec::new();
     match &mode {

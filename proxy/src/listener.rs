@@ -114,8 +114,8 @@ impl Conns {
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, http: Arc<HttpCtx>) {
         let _ = stream.set_nodelay(true);
         let p = &self.proxy;
-        let cluster = match &self.fixed {
-            Some(c) => c.clone(),
+        let (cluster, port) = match &self.fixed {
+            Some(c) => (c.clone(), c.addr.port()),
             None => {
                 let Ok(local) = stream.local_addr() else {
                     return;
@@ -126,10 +126,15 @@ impl Conns {
                     http.listener.http.downstream_cx_loop_refused.inc();
                     return;
                 }
-                p.cluster_for(self.dir, dst)
+                let service = match (&p.discovery, self.dir) {
+                    (Some(d), Direction::Outbound) => d.resolve(p, dst).await,
+                    _ => None,
+                };
+                let cluster = service.unwrap_or_else(|| p.cluster_for(self.dir, dst));
+                (cluster, dst.port())
             }
         };
-        let opaque = p.config.opaque_ports.contains(&cluster.addr.port());
+        let opaque = p.config.opaque_ports.contains(&port);
         let proto = if opaque {
             Protocol::Opaque
         } else if self.dir == Direction::Gateway {

@@ -351,6 +351,8 @@ pub struct Registry {
     started: Instant,
     pub live: Gauge,
     pub concurrency: Gauge,
+    /// `control_plane.connected` (0/1), present only with `--control-plane`.
+    pub control_plane_connected: std::sync::OnceLock<Gauge>,
     clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
     listeners: RwLock<BTreeMap<String, Arc<ListenerStats>>>,
 }
@@ -361,6 +363,7 @@ impl Default for Registry {
             started: Instant::now(),
             live: Gauge::default(),
             concurrency: Gauge::default(),
+            control_plane_connected: std::sync::OnceLock::new(),
             clusters: RwLock::default(),
             listeners: RwLock::default(),
         }
@@ -430,6 +433,9 @@ impl Registry {
         };
         self.visit_scoped(&mut |scope, name, n, v| push(&format!("{}.{name}.", scope.text), n, v));
         self.server(&mut |n, v| push("server.", n, v));
+        if let Some(g) = self.control_plane_connected.get() {
+            push("control_plane.", "connected", Value::Gauge(g.get()));
+        }
         lines.sort();
         let mut out = lines.join("\n");
         out.push('\n');
@@ -507,6 +513,13 @@ impl Registry {
         let mut out = String::new();
         for (n, g) in server {
             let _ = writeln!(out, "# TYPE envoy_server_{n} gauge\nenvoy_server_{n} {g}");
+        }
+        if let Some(g) = self.control_plane_connected.get() {
+            let g = g.get();
+            let _ = writeln!(
+                out,
+                "# TYPE envoy_control_plane_connected gauge\nenvoy_control_plane_connected {g}"
+            );
         }
         for (fam, (ty, lines)) in fams {
             let _ = writeln!(out, "# TYPE {fam} {ty}");

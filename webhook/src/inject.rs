@@ -178,6 +178,8 @@ pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
         opaque_ports: s.opaque_ports.clone(),
         access_log: s.access_log,
         log_level: s.log_level.clone().unwrap_or(d.log_level.clone()),
+        control_plane: (!cfg.control_plane.is_empty()).then(|| cfg.control_plane.clone()),
+        cluster_domain: cfg.cluster_domain.clone(),
         ..d
     }
 }

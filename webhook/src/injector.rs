@@ -64,7 +64,19 @@ pub struct InjectorConfig {
     /// Default memory limit of the sidecar (none unless set).
     #[arg(long, env = "TRELLIS_PROXY_MEMORY_LIMIT", value_parser = parse_quantity_flag)]
     pub proxy_memory_limit: Option<String>,
+
+    /// The control plane the sidecars ask what each outbound address is (`HOST:PORT`, rendered
+    /// as the proxy's `--control-plane`). Empty: none; every destination is forwarded as asked.
+    #[arg(long, env = "TRELLIS_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    pub control_plane: String,
+
+    /// The cluster's DNS domain, rendered as the proxy's `--cluster-domain`.
+    #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = config::api::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
 }
+
+/// `trellis-control`'s Service, as `manifests/` installs it.
+pub const DEFAULT_CONTROL_PLANE: &str = "trellis-control.trellis-system.svc:15012";
 
 impl Default for InjectorConfig {
     fn default() -> Self {

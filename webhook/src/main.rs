@@ -62,7 +62,7 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: String,
         #[command(flatten)]
-        injector: InjectorConfig,
+        injector: Box<InjectorConfig>,
     },
 }
 

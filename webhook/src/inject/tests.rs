@@ -158,9 +158,11 @@ fn plain_pod_gets_proxyinit_proxy_volume_and_annotations() {
 
     let proxy = &spec["containers"][0];
     assert_eq!(proxy["command"], json!(["proxy"]));
-    assert!(
-        proxy.get("args").is_none(),
-        "defaults render no args: {proxy}"
+    // Every other flag is at its default; the control plane is the webhook's, not the proxy's.
+    assert_eq!(
+        proxy["args"],
+        json!(["--control-plane=trellis-control.trellis-system.svc:15012"]),
+        "defaults render no other args: {proxy}"
     );
     assert_eq!(
         proxy["lifecycle"]["postStart"]["exec"]["command"],
