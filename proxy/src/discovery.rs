@@ -71,8 +71,8 @@ pub struct Discovery {
     domain: String,
     watches: Mutex<HashMap<SocketAddr, watch::Receiver<Answer>>>,
     conn: tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>,
-    /// Has the control plane ever been reached? Until then a new address waits for it.
-    reached: std::sync::atomic::AtomicBool,
+    /// The last attempt to reach the control plane failed: new addresses do not wait for it.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Discovery {
@@ -82,7 +82,7 @@ impl Discovery {
             domain,
             watches: Mutex::default(),
             conn: tokio::sync::Mutex::new(None),
-            reached: std::sync::atomic::AtomicBool::new(false),
+            down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -117,9 +117,7 @@ impl Discovery {
         };
         let pending = matches!(*rx.borrow(), Answer::Pending);
         // While the control plane is known to be down, do not make each new address wait.
-        let down = self.reached.load(std::sync::atomic::Ordering::Relaxed)
-            && Self::connected(proxy).get() == 0;
-        if pending && !down {
+        if pending && !self.down.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = tokio::time::timeout(
                 FIRST_ANSWER_WAIT,
                 rx.wait_for(|a| !matches!(a, Answer::Pending)),
@@ -182,6 +180,7 @@ impl Discovery {
                         tracing::warn!(control_plane = %self.control, "control plane lost: keeping the last answers, reconnecting");
                     }
                     connected.set(0);
+                    self.down.store(true, std::sync::atomic::Ordering::Relaxed);
                     *self.conn.lock().await = None;
                 }
                 Err(ref e) => tracing::warn!(%addr, error = %e, "discovery"),
@@ -221,8 +220,7 @@ impl Discovery {
         if resp.status() != hyper::StatusCode::OK {
             return Err(WatchError::Status(resp.status(), addr));
         }
-        self.reached
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.down.store(false, std::sync::atomic::Ordering::Relaxed);
         let connected = Self::connected(proxy);
         if connected.get() == 0 {
             tracing::info!(control_plane = %self.control, "control plane connected");
