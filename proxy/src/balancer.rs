@@ -64,8 +64,14 @@ impl Balancer {
         }
     }
 
-    pub fn kind(&self) -> &Kind {
-        &self.kind
+    /// Envoy's name for it, as `/clusters` shows it.
+    pub fn name(&self) -> &'static str {
+        match &self.kind {
+            Kind::LeastRequest => "LEAST_REQUEST",
+            Kind::RoundRobin => "ROUND_ROBIN",
+            Kind::Random => "RANDOM",
+            Kind::ConsistentHash { .. } => "RING_HASH",
+        }
     }
 
     /// What a consistent hash is taken over, if this balancer hashes.

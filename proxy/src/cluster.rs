@@ -513,8 +513,22 @@ impl Cluster {
             self.via_api.load(Ordering::Relaxed)
         )
         .expect("writing to a String");
-        let now = now_ms();
         let lb = self.lb();
+        writeln!(out, "{n}::lb_policy::{}", lb.balancer.name()).expect("writing to a String");
+        if let Some(o) = lb.detector.config() {
+            let opt = |v: Option<u32>| v.map_or("off".to_string(), |v| v.to_string());
+            writeln!(
+                out,
+                "{n}::outlier_detection::consecutive_5xx={},consecutive_gateway_errors={},\
+                 base_ejection_time_ms={},max_ejection_percent={}",
+                opt(o.consecutive_5xx),
+                opt(o.consecutive_gateway_errors),
+                o.base_ejection_time_ms,
+                o.max_ejection_percent
+            )
+            .expect("writing to a String");
+        }
+        let now = now_ms();
         let cx_active = self.with_pool(|p| p.state().connections);
         for h in lb.hosts.iter() {
             let a = h.addr;

@@ -14,7 +14,14 @@ use anyhow::{bail, Context as _};
 use crate::cleanup;
 
 /// The programs a pod spec may name that come from this workspace (the image's `/usr/local/bin`).
-pub const OURS: [&str; 5] = ["webhook", "proxyinit", "proxy", "color", "loadgen"];
+pub const OURS: [&str; 6] = [
+    "webhook",
+    "control",
+    "proxyinit",
+    "proxy",
+    "color",
+    "loadgen",
+];
 
 /// Where the build put them.
 pub fn dir() -> PathBuf {

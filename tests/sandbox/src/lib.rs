@@ -21,6 +21,7 @@ pub mod load;
 pub mod manifests;
 pub mod mesh;
 pub mod scenarios;
+pub mod services;
 pub mod session;
 
 use std::net::SocketAddr;

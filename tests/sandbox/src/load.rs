@@ -26,6 +26,9 @@ pub struct LoadResult {
     pub errors: u64,
     /// Response body (trimmed, first 100 bytes) → count.
     pub bodies: BTreeMap<String, u64>,
+    /// Answers by the value of the header named with `--count-header` (`x-pod`).
+    #[serde(default)]
+    pub by_header: BTreeMap<String, u64>,
     pub first_error: Option<String>,
 }
 
@@ -91,4 +94,15 @@ pub fn start_with(pod: &Pod, url: &str, c: u32, n: u32, flags: &[&str]) -> anyho
 /// Runs `loadgen` to the end.
 pub fn run(pod: &Pod, url: &str, c: u32, n: u32) -> anyhow::Result<LoadResult> {
     start(pod, url, c, n)?.finish()
+}
+
+/// [`run`] with more `loadgen` flags.
+pub fn run_with(
+    pod: &Pod,
+    url: &str,
+    c: u32,
+    n: u32,
+    flags: &[&str],
+) -> anyhow::Result<LoadResult> {
+    start_with(pod, url, c, n, flags)?.finish()
 }

@@ -16,10 +16,12 @@ use kit::stats::{Matcher, Stats};
 
 use crate::admission::{self, Admission};
 use crate::kubelet::{self, PodInfo};
+use crate::services::{PodRef, Services};
 use crate::{bins, cleanup, manifests, IMAGE_USER};
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
 pub const WEBHOOK_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 2);
+pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 3);
 pub const WEBHOOK_HOST: &str = "trellis-webhook.trellis-system.svc";
 pub const WEBHOOK_PORT: u16 = 8443;
 /// The proxy's admin port (the injector's default).
@@ -36,6 +38,8 @@ pub struct Pod {
     pub admitted: Admission,
     pub procs: Vec<Proc>,
     pub logs: PathBuf,
+    /// Being deleted: no longer an endpoint of its Services, still running.
+    pub terminating: bool,
     pub ns: Netns,
 }
 
@@ -79,8 +83,12 @@ pub struct Mesh {
     pub prefix: String,
     pub dir: PathBuf,
     pub pods: Vec<Pod>,
+    /// Services: ClusterIPs, EndpointSlices for the control plane, kube-proxy's DNAT.
+    pub services: Services,
     webhook: Option<Proc>,
     webhook_ns: Option<Netns>,
+    control: Option<Proc>,
+    control_ns: Option<Netns>,
     pub ca: Vec<u8>,
     next_ip: u8,
     reviews: AtomicU64,
@@ -106,20 +114,130 @@ impl Mesh {
         node.ip(&["link", "add", "br0", "type", "bridge"])?;
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
         node.ip(&["link", "set", "br0", "up"])?;
+        let cluster_dir = dir.join("cluster");
+        std::fs::create_dir_all(&cluster_dir)?;
         let mut mesh = Mesh {
             prefix: prefix.to_string(),
+            services: Services::new(cluster_dir, &dir),
             dir,
             pods: Vec::new(),
             webhook: None,
             webhook_ns: None,
+            control: None,
+            control_ns: None,
             ca: Vec::new(),
             next_ip: 10,
             reviews: AtomicU64::new(0),
             keep_logs: false,
             node,
         };
+        mesh.services.install(&mesh.node)?;
+        for o in manifests::demo_objects()? {
+            if o["kind"] == "Service" {
+                mesh.services.create(o)?;
+            }
+        }
+        mesh.sync_services()?;
+        mesh.control_ns = Some(mesh.wire("control", CONTROL_IP)?);
+        mesh.start_control()?;
         mesh.start_webhook()?;
         Ok(mesh)
+    }
+
+    /// The EndpointSlice controller and kube-proxy, after pods came or went.
+    pub fn sync_services(&self) -> anyhow::Result<()> {
+        let pods: Vec<PodRef> = self
+            .pods
+            .iter()
+            .filter(|p| !p.terminating)
+            .map(|p| PodRef {
+                name: &p.name,
+                namespace: p.admitted.pod["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default"),
+                ip: p.ip,
+                object: &p.admitted.pod,
+            })
+            .collect();
+        self.services.sync(&pods, &self.node)
+    }
+
+    /// Puts an object where the control plane reads it (`kubectl apply -f`): a `TrafficPolicy`.
+    pub fn apply(&self, object: &Value) -> anyhow::Result<()> {
+        let kind = object["kind"]
+            .as_str()
+            .unwrap_or("object")
+            .to_ascii_lowercase();
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let name = object["metadata"]["name"]
+            .as_str()
+            .context("an object without a name")?;
+        let file = self.services.dir.join(format!("{kind}-{ns}-{name}.yaml"));
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, serde_yaml::to_string(object)?)?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    }
+
+    /// `kubectl delete` of an object [`apply`](Self::apply) put there.
+    pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let kind = kind.to_ascii_lowercase();
+        let file = self
+            .services
+            .dir
+            .join(format!("{kind}-{namespace}-{name}.yaml"));
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+    }
+
+    /// `control serve --from-dir` as the image's user, in its own pod namespace; waits for
+    /// `/ready`.
+    pub fn start_control(&mut self) -> anyhow::Result<()> {
+        let ns = self
+            .control_ns
+            .as_ref()
+            .context("the control plane's namespace")?;
+        let argv = vec![
+            bins::path("control")?.display().to_string(),
+            "serve".into(),
+            format!("--from-dir={}", self.services.dir.display()),
+            format!("--listen=0.0.0.0:{}", config::api::CONTROL_PORT),
+            format!(
+                "--metrics-listen=0.0.0.0:{}",
+                config::api::CONTROL_METRICS_PORT
+            ),
+        ];
+        let log = self.dir.join("logs").join("control.log");
+        let mut proc = Proc::spawn("control", &Spec::new(argv, IMAGE_USER, IMAGE_USER), ns, log)?;
+        let addr = SocketAddr::from((CONTROL_IP, config::api::CONTROL_PORT));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = proc.try_status() {
+                bail!("control serve exited ({s}): {}", proc.logs());
+            }
+            match crate::get(&self.node, addr, "/ready") {
+                Ok(r) if r.status == 200 => break,
+                other if Instant::now() >= deadline => {
+                    bail!(
+                        "control plane not ready after 30s: {other:?}\n{}",
+                        proc.logs()
+                    )
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        self.control = Some(proc);
+        Ok(())
+    }
+
+    /// Kills the control plane (`kubectl delete pod` of both replicas).
+    pub fn stop_control(&mut self) {
+        self.control = None;
+    }
+
+    pub fn control_logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join("control.log")).unwrap_or_default()
     }
 
     /// A namespace wired to the bridge with `ip`/24 on its `eth0`.
@@ -159,6 +277,7 @@ impl Mesh {
             format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
             format!("--tls-cert={}", certs.join("tls.crt").display()),
             format!("--tls-key={}", certs.join("tls.key").display()),
+            format!("--control-plane={CONTROL_IP}:{}", config::api::CONTROL_PORT),
         ];
         let log = self.dir.join("logs").join("webhook.log");
         let mut proc = Proc::spawn(
@@ -243,8 +362,14 @@ impl Mesh {
         obj["metadata"]["namespace"] = json!(namespace);
         let ip = Ipv4Addr::new(10, 214, 0, self.next_ip);
         self.next_ip += 1;
-        let ns = self.wire(app, ip)?;
-        let logs = self.dir.join("logs").join(app);
+        // Replicas of one app each get a namespace and a log directory of their own.
+        let role = if self.pods.iter().any(|p| p.app == app) {
+            format!("{app}-{}", ip.octets()[3])
+        } else {
+            app.to_string()
+        };
+        let ns = self.wire(&role, ip)?;
+        let logs = self.dir.join("logs").join(&role);
         let info = PodInfo {
             name: &name,
             namespace: &namespace,
@@ -263,15 +388,65 @@ impl Mesh {
             },
             procs,
             logs,
+            terminating: false,
             ns,
         });
+        self.sync_services()?;
         Ok(self.pods.last().unwrap())
+    }
+
+    /// Deletes one pod by name (its processes killed, its namespace removed); its Services'
+    /// endpoints and DNAT rules are updated, as the EndpointSlice controller and kube-proxy would.
+    pub fn delete_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        let before = self.pods.len();
+        self.pods.retain(|p| p.name != name);
+        if self.pods.len() == before {
+            bail!("no pod {name} in this mesh");
+        }
+        self.sync_services()
+    }
+
+    /// Deletes one pod as the API server, the EndpointSlice controller and the kubelet do
+    /// together: it leaves its Services' endpoints at once, and its containers are stopped after
+    /// `grace` (a preStop hook's wait).
+    pub fn delete_pod_gracefully(&mut self, name: &str, grace: Duration) -> anyhow::Result<()> {
+        let pod = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name} in this mesh"))?;
+        pod.terminating = true;
+        self.sync_services()?;
+        std::thread::sleep(grace);
+        self.delete_pod(name)
+    }
+
+    /// Makes `app` have `n` pods (new ones through the webhook, extra ones deleted).
+    pub fn scale(&mut self, app: &str, n: usize) -> anyhow::Result<()> {
+        while self.replicas(app).len() < n {
+            self.deploy(app)?;
+        }
+        while self.replicas(app).len() > n {
+            let name = self
+                .replicas(app)
+                .last()
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            self.delete_pod(&name)?;
+        }
+        Ok(())
+    }
+
+    /// The pods of `app`.
+    pub fn replicas(&self, app: &str) -> Vec<&Pod> {
+        self.pods.iter().filter(|p| p.app == app).collect()
     }
 
     /// Deletes `app`'s pod (its processes killed, its namespace removed) and creates it again,
     /// as a Deployment replaces a pod: a new name and a new IP, through the webhook again.
     pub fn restart(&mut self, app: &str) -> anyhow::Result<&Pod> {
         self.pods.retain(|p| p.app != app);
+        self.sync_services()?;
         self.deploy(app)
     }
 
@@ -312,6 +487,8 @@ impl Drop for Mesh {
         self.pods.clear();
         self.webhook = None;
         self.webhook_ns = None;
+        self.control = None;
+        self.control_ns = None;
         if self.keep_logs || std::thread::panicking() {
             eprintln!("sandbox: logs kept in {}", self.dir.display());
             cleanup::forget_dir(&self.dir);

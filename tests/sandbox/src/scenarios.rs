@@ -15,6 +15,12 @@ use crate::load::{self, LoadResult};
 use crate::manifests;
 use crate::mesh::{Mesh, ADMIN_PORT};
 
+mod services;
+pub use services::{
+    control_plane_down, load_balancing, outlier_detection, scale_down, service_cluster,
+    traffic_policy_pool, SERVICES,
+};
+
 /// The demo pods every scenario needs, in creation order.
 pub const TRANSPARENCY: &[&str] = &["green", "client"];
 pub const INBOUND_POOL: &[&str] = &["green", "blue"];

@@ -121,3 +121,23 @@ fn native_sidecar_starts_before_the_app_and_carries_traffic() {
         stats.line("cluster.inbound_8080.upstream_rq_total")
     );
 }
+
+#[test]
+fn a_meshed_client_balances_a_service_per_request_and_a_traffic_policy_sets_its_pool() {
+    let mut m = mesh("lb", scenarios::SERVICES);
+    assert_passed(scenarios::load_balancing(&mut m));
+    assert_passed(scenarios::traffic_policy_pool(&mut m));
+}
+
+#[test]
+fn a_failing_pod_is_ejected_and_a_pod_scaled_away_loses_no_request() {
+    let mut m = mesh("outlier", scenarios::SERVICES);
+    assert_passed(scenarios::outlier_detection(&mut m));
+    assert_passed(scenarios::scale_down(&mut m));
+}
+
+#[test]
+fn the_control_plane_going_away_fails_no_request() {
+    let mut m = mesh("cpdown", scenarios::SERVICES);
+    assert_passed(scenarios::control_plane_down(&mut m));
+}

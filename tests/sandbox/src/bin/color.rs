@@ -1,6 +1,9 @@
 //! `color`: the demo app of App Mesh's connection-pool walkthrough. It answers its colour on
 //! `--listen` (`GET /?delay_ms=N` waits N ms first, to hold connections open) and `ok` on
-//! `--health-listen` `/healthz`. It knows nothing about the mesh.
+//! `--health-listen` `/healthz`. It knows nothing about the mesh. Each answer names the pod that
+//! served it in `x-pod` (`$POD_NAME`), so a client can count how its requests were spread.
+//! `POST /fail?on=1` on the health port makes it answer 500 to every app request (and
+//! `?on=0` heals it): a misbehaving pod for the outlier-detection demo.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,14 +29,34 @@ struct Args {
     listen: SocketAddr,
     #[arg(long, env = "HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
     health_listen: SocketAddr,
+    /// Sent back as `x-pod` (the downward API's `metadata.name`).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+}
+
+/// What every answer carries: the colour and the pod's name; and whether to fail.
+#[derive(Clone, Copy)]
+struct Me {
+    color: &'static str,
+    pod: &'static str,
+    failing: &'static std::sync::atomic::AtomicBool,
 }
 
 /// The longest delay a request may ask for.
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
-async fn answer(color: &'static str, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(me: Me, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use std::sync::atomic::Ordering::Relaxed;
     if req.uri().path() == "/healthz" {
-        return text(200, "ok\n".into());
+        return text(200, "ok\n".into(), me.pod);
+    }
+    if req.uri().path() == "/fail" && req.method() == hyper::Method::POST {
+        let on = req.uri().query().unwrap_or("") != "on=0";
+        me.failing.store(on, Relaxed);
+        return text(200, format!("failing: {on}\n"), me.pod);
+    }
+    if me.failing.load(Relaxed) {
+        return text(500, "failing on purpose\n".into(), me.pod);
     }
     let delay = req
         .uri()
@@ -45,25 +68,26 @@ async fn answer(color: &'static str, req: Request<hyper::body::Incoming>) -> Res
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await;
     }
-    text(200, format!("{color}\n"))
+    text(200, format!("{}\n", me.color), me.pod)
 }
 
-fn text(status: u16, body: String) -> Response<Full<Bytes>> {
+fn text(status: u16, body: String, pod: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain")
+        .header("x-pod", pod)
         .body(Full::new(Bytes::from(body)))
         .expect("valid response")
 }
 
-async fn serve(listener: TcpListener, color: &'static str) {
+async fn serve(listener: TcpListener, me: Me) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| async move {
-                Ok::<_, Infallible>(answer(color, req).await)
+                Ok::<_, Infallible>(answer(me, req).await)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -76,14 +100,19 @@ async fn serve(listener: TcpListener, color: &'static str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let color: &'static str = Box::leak(args.color.into_boxed_str());
+    let me = Me {
+        color,
+        pod: Box::leak(args.pod_name.into_boxed_str()),
+        failing: Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false))),
+    };
     let main = TcpListener::bind(args.listen).await?;
     let health = TcpListener::bind(args.health_listen).await?;
     eprintln!(
         "color {color}: listening on {} (health on {})",
         args.listen, args.health_listen
     );
-    tokio::spawn(serve(health, color));
-    tokio::spawn(serve(main, color));
+    tokio::spawn(serve(health, me));
+    tokio::spawn(serve(main, me));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

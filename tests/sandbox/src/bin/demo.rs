@@ -105,7 +105,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 6] = [
+    let all: [(&str, Scenario); 11] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("outbound pool", |m| scenarios::outbound_pool(m)),
@@ -113,6 +113,11 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
             scenarios::opt_out_and_bad_annotation(m)
         }),
         ("hostile input", |m| scenarios::hostile_input(m)),
+        ("load balancing", scenarios::load_balancing),
+        ("TrafficPolicy pool", scenarios::traffic_policy_pool),
+        ("outlier detection", scenarios::outlier_detection),
+        ("control plane down", scenarios::control_plane_down),
+        ("scale down under load", scenarios::scale_down),
         ("shutdown", scenarios::shutdown),
     ];
     for (name, f) in all {

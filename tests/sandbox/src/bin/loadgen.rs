@@ -34,6 +34,9 @@ struct Args {
     /// A new connection for every request (`connection: close`), like a client without pooling.
     #[arg(long)]
     new_connections: bool,
+    /// Count the answers by this response header's value (`x-pod`: which pod served each).
+    #[arg(long)]
+    count_header: Option<String>,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -43,6 +46,8 @@ struct Summary {
     overloaded: u64,
     errors: u64,
     bodies: BTreeMap<String, u64>,
+    /// Answers by the `--count-header` value (`-` when absent), at most 64 values.
+    by_header: BTreeMap<String, u64>,
     first_error: Option<String>,
 }
 
@@ -65,7 +70,8 @@ async fn one(
     host: &str,
     path: &str,
     close: bool,
-) -> Result<(u16, bool, bool, String), String> {
+    count_header: Option<&str>,
+) -> Result<(u16, bool, bool, String, String), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
     let mut req = hyper::Request::get(path)
         .header("host", host)
@@ -84,6 +90,11 @@ async fn one(
         .headers()
         .get("connection")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let counted = count_header
+        .and_then(|h| resp.headers().get(h))
+        .map_or("-".to_string(), |v| {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        });
     let body = resp
         .into_body()
         .collect()
@@ -92,7 +103,7 @@ async fn one(
         .to_bytes();
     let mut text = String::from_utf8_lossy(&body).trim().to_string();
     text.truncate(100);
-    Ok((status, overloaded, close, text))
+    Ok((status, overloaded, close, text, counted))
 }
 
 #[tokio::main]
@@ -114,10 +125,16 @@ async fn main() -> anyhow::Result<()> {
     let summary = Arc::new(Mutex::new(Summary::default()));
     let timeout = Duration::from_secs(args.timeout_s);
     let new_connections = args.new_connections;
+    let count_header: Option<Arc<str>> = args.count_header.map(Arc::from);
     let mut workers = Vec::new();
     for _ in 0..args.c.max(1) {
-        let (left, summary, host, path) =
-            (left.clone(), summary.clone(), host.clone(), path.clone());
+        let (left, summary, host, path, count_header) = (
+            left.clone(),
+            summary.clone(),
+            host.clone(),
+            path.clone(),
+            count_header.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut sender: Option<Sender> = None;
             while left.fetch_sub(1, Ordering::SeqCst) > 0 {
@@ -133,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
                         &host,
                         &path,
                         new_connections,
+                        count_header.as_deref(),
                     )
                     .await
                 })
@@ -141,7 +159,12 @@ async fn main() -> anyhow::Result<()> {
                 let mut s = summary.lock().expect("summary");
                 s.requests += 1;
                 match result {
-                    Ok((status, overloaded, close, body)) => {
+                    Ok((status, overloaded, close, body, counted)) => {
+                        if count_header.is_some()
+                            && (s.by_header.len() < 64 || s.by_header.contains_key(&counted))
+                        {
+                            *s.by_header.entry(counted).or_default() += 1;
+                        }
                         *s.codes.entry(status).or_default() += 1;
                         s.overloaded += u64::from(overloaded);
                         if s.bodies.len() < 10 || s.bodies.contains_key(&body) {
