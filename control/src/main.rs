@@ -54,7 +54,11 @@ enum Command {
         /// The destination address: ip:port, or [v6]:port.
         address: String,
         /// Compute the answer from the files in DIR.
-        #[arg(long, conflicts_with = "control_plane", required_unless_present = "control_plane")]
+        #[arg(
+            long,
+            conflicts_with = "control_plane",
+            required_unless_present = "control_plane"
+        )]
         from_dir: Option<PathBuf>,
         /// Read the answer from a running control plane (HOST:PORT).
         #[arg(long, value_parser = config::parse::parse_host_port)]

@@ -47,11 +47,9 @@ impl Object {
     pub fn key(&self) -> Key {
         let (kind, ns, name) = match self {
             Object::Service(s) => (Kind::Service, &s.metadata.namespace, &s.metadata.name),
-            Object::EndpointSlice(e) => (
-                Kind::EndpointSlice,
-                &e.metadata.namespace,
-                &e.metadata.name,
-            ),
+            Object::EndpointSlice(e) => {
+                (Kind::EndpointSlice, &e.metadata.namespace, &e.metadata.name)
+            }
             Object::TrafficPolicy(p) => {
                 return Key {
                     kind: Kind::TrafficPolicy,
@@ -263,7 +261,10 @@ impl Model {
     }
 
     /// The EndpointSlices labelled for this Service, by name.
-    pub fn slices<'a>(&'a self, service: &'a ServiceRef) -> impl Iterator<Item = &'a EndpointSlice> {
+    pub fn slices<'a>(
+        &'a self,
+        service: &'a ServiceRef,
+    ) -> impl Iterator<Item = &'a EndpointSlice> {
         self.objects
             .range(range(Kind::EndpointSlice, &service.namespace))
             .filter_map(move |(_, o)| match o {

@@ -134,7 +134,9 @@ pub enum Problem {
     OutOfRange { value: i64, expected: &'static str },
     #[error("{value:?} is not a duration: expected a whole number with a unit (ms, s, m, h), like 500ms, 10s or 1m30s, greater than zero")]
     Duration { value: String },
-    #[error("{value:?} is not a valid HTTP header name: expected letters, digits and -_.!#$%&'*+^`|~")]
+    #[error(
+        "{value:?} is not a valid HTTP header name: expected letters, digits and -_.!#$%&'*+^`|~"
+    )]
     HeaderName { value: String },
     #[error("set both: expected either `simple` or `consistentHash`")]
     BothBalancers,
@@ -145,7 +147,10 @@ pub enum Problem {
     #[error("is missing: expected a name")]
     MissingName,
     #[error("{value:?} is not {expected:?}")]
-    Wrong { value: String, expected: &'static str },
+    Wrong {
+        value: String,
+        expected: &'static str,
+    },
     /// A field the schema does not have, or a value of the wrong type (serde's own words).
     #[error("{0}")]
     Shape(String),
@@ -224,7 +229,12 @@ fn lenient_targets(doc: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = refs
         .iter()
         .filter(|r| r.get("kind").and_then(|k| k.as_str()) == Some("Service"))
-        .filter(|r| r.get("group").and_then(|g| g.as_str()).unwrap_or("").is_empty())
+        .filter(|r| {
+            r.get("group")
+                .and_then(|g| g.as_str())
+                .unwrap_or("")
+                .is_empty()
+        })
         .filter_map(|r| r.get("name").and_then(|n| n.as_str()).map(str::to_string))
         .collect();
     names.sort();
@@ -297,10 +307,15 @@ fn compile_spec(spec: &Spec) -> Result<api::Policy, FieldError> {
     if let Some(pool) = &spec.connection_pool {
         let mut limits = Limits::default();
         if let Some(tcp) = &pool.tcp {
-            limits.max_connections =
-                count(tcp.max_connections, "spec.connectionPool.tcp.maxConnections", 1)?;
-            policy.connect_timeout_ms =
-                millis(&tcp.connect_timeout, "spec.connectionPool.tcp.connectTimeout")?;
+            limits.max_connections = count(
+                tcp.max_connections,
+                "spec.connectionPool.tcp.maxConnections",
+                1,
+            )?;
+            policy.connect_timeout_ms = millis(
+                &tcp.connect_timeout,
+                "spec.connectionPool.tcp.connectTimeout",
+            )?;
         }
         if let Some(http) = &pool.http {
             let p = "spec.connectionPool.http";
@@ -438,7 +453,7 @@ fn count(v: Option<i64>, field: &str, min: i64) -> Result<Option<u32>, FieldErro
 
 fn millis(v: &Option<String>, field: &str) -> Result<Option<u64>, FieldError> {
     let Some(text) = v else { return Ok(None) };
-    let ms = parse_duration(text).map_err(|()| {
+    let ms = parse_duration(text).ok_or_else(|| {
         (
             field.to_string(),
             Problem::Duration {
@@ -453,30 +468,28 @@ fn millis(v: &Option<String>, field: &str) -> Result<Option<u64>, FieldError> {
 /// units `ms`, `s`, `m`, `h` (`500ms`, `10s`, `1m30s`), greater than zero. Each piece is read by
 /// [`config::parse::parse_duration`]; a bare number (seconds there) is refused here, as Istio
 /// refuses it.
-pub fn parse_duration(text: &str) -> Result<Duration, ()> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err(());
+        return None;
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(())?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
         let unit_len = rest[digits..]
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len() - digits);
         if digits == 0 || unit_len == 0 {
-            return Err(());
+            return None;
         }
         let (piece, tail) = rest.split_at(digits + unit_len);
-        total = total
-            .checked_add(config::parse::parse_duration(piece).map_err(|_| ())?)
-            .ok_or(())?;
+        total = total.checked_add(config::parse::parse_duration(piece).ok()?)?;
         rest = tail;
     }
     if total.is_zero() {
-        return Err(());
+        return None;
     }
-    Ok(total)
+    Some(total)
 }
 
 /// An HTTP header name (RFC 9110 token).
@@ -602,11 +615,11 @@ mod tests {
 
     #[test]
     fn durations_are_istio_style() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
         for bad in ["", "10", "1.5s", "0s", "s", "5d", "-1s"] {
-            assert_eq!(parse_duration(bad), Err(()), "{bad}");
+            assert_eq!(parse_duration(bad), None, "{bad}");
         }
         let e = error(json!({"targetRefs": target(), "outlierDetection": {"interval": "10"}}));
         assert!(
@@ -618,8 +631,10 @@ mod tests {
     #[test]
     fn consistent_hash_needs_exactly_one_key() {
         let on = |h: serde_json::Value| {
-            parse(&doc(json!({"targetRefs": target(), "loadBalancer": {"consistentHash": h}})))
-                .result
+            parse(&doc(
+                json!({"targetRefs": target(), "loadBalancer": {"consistentHash": h}}),
+            ))
+            .result
         };
         assert_eq!(
             on(json!({"httpHeaderName": "X-User"})).unwrap().balancer,

@@ -144,7 +144,10 @@ impl Store {
     }
 
     pub fn version(&self) -> u64 {
-        self.model.read().unwrap_or_else(|e| e.into_inner()).version()
+        self.model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .version()
     }
 
     /// How many addresses are watched now.

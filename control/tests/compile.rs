@@ -53,7 +53,11 @@ fn golden_compile_cases() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 12, "cases went missing from {}", root.display());
+    assert!(
+        cases.len() >= 12,
+        "cases went missing from {}",
+        root.display()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let got = run_case(case);

@@ -305,7 +305,8 @@ mod tests {
 
     #[test]
     fn a_bad_document_is_named_and_the_others_load() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.1}\n\
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.1}\n\
                     ---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {ports: 80}\n\
                     ---\nkey: [unclosed\n\
                     ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n\
