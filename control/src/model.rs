@@ -434,3 +434,97 @@ fn service_ports(svc: &Service, key: &Key) -> Vec<(SocketAddr, PortRef)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str, ips: &[&str]) -> Object {
+        Object::Service(Box::new(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ips[0], "clusterIPs": ips,
+                         "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> Object {
+        Object::EndpointSlice(Box::new(
+            serde_json::from_value(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {SERVICE_NAME_LABEL: service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}],
+                "ports": [{"name": "http", "port": 8080}]
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn refs(names: &[&str]) -> BTreeSet<ServiceRef> {
+        names
+            .iter()
+            .map(|n| ServiceRef {
+                namespace: "default".into(),
+                name: n.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_say_which_services_they_touched() {
+        let mut m = Model::new();
+        let t = m.sync([
+            service("a", &["10.96.0.1", "fd00::1"]),
+            service("b", &["10.96.0.2"]),
+            slice("a-1", "a", "10.0.0.1"),
+        ]);
+        assert_eq!(t.services, refs(&["a", "b"]));
+        assert_eq!(m.version(), 1);
+        // The same snapshot again changes nothing.
+        assert!(m
+            .sync([
+                service("a", &["10.96.0.1", "fd00::1"]),
+                service("b", &["10.96.0.2"]),
+                slice("a-1", "a", "10.0.0.1"),
+            ])
+            .is_empty());
+        assert_eq!(m.version(), 1);
+        // A slice moved from a to b touches both.
+        let t = m.apply(Change::Apply(slice("a-1", "b", "10.0.0.1")));
+        assert_eq!(t.services, refs(&["a", "b"]));
+        assert_eq!(m.version(), 2);
+        // Deleting what is not there is no change.
+        let t = m.apply(Change::Delete(Key {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "zzz".into(),
+        }));
+        assert!(t.is_empty());
+        assert_eq!(m.version(), 2);
+    }
+
+    #[test]
+    fn indexes_every_cluster_ip_and_tcp_port_but_not_headless() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1", "fd00::1"]),
+            service("h", &["None"]),
+        ]);
+        for addr in ["10.96.0.1:80", "[fd00::1]:80", "[::ffff:10.96.0.1]:80"] {
+            assert_eq!(
+                m.port(addr.parse().unwrap())
+                    .map(|p| p.service.name.as_str()),
+                Some("a"),
+                "{addr}"
+            );
+        }
+        assert!(m.port("10.96.0.1:53".parse().unwrap()).is_none(), "UDP");
+        assert_eq!(m.by_address.len(), 2);
+    }
+}
