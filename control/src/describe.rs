@@ -20,11 +20,10 @@ use crate::source::dir::{self, DirError};
 pub enum DescribeError {
     #[error(transparent)]
     Dir(#[from] DirError),
-    #[error("--control-plane {server}: cannot connect: {source}")]
+    #[error("--control-plane {server}: cannot connect: {error}")]
     Connect {
         server: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("--control-plane {server}: {problem}")]
     Http { server: String, problem: String },
@@ -76,9 +75,9 @@ async fn first_line(server: &str, address: SocketAddr) -> Result<Update, Describ
     };
     let tcp = tokio::net::TcpStream::connect(server)
         .await
-        .map_err(|source| DescribeError::Connect {
+        .map_err(|error| DescribeError::Connect {
             server: server.to_string(),
-            source,
+            error,
         })?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await

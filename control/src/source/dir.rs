@@ -29,12 +29,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// The directory could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
-    #[error("--from-dir {dir}: cannot read the directory: {source}")]
-    Read {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io error is in the message (not a `#[source]`), so that a plain `{e}` in a log line
+    // says everything and `{e:#}` does not say it twice.
+    #[error("--from-dir {dir}: cannot read the directory: {error}")]
+    Read { dir: PathBuf, error: std::io::Error },
 }
 
 /// One document that was not loaded, and why.
@@ -139,9 +137,9 @@ fn fingerprint(dir: &Path) -> Result<Fingerprint, DirError> {
 
 /// The files of DIR that are read, sorted by name (so later files win duplicates predictably).
 fn files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
-    let err = |source| DirError::Read {
+    let err = |error| DirError::Read {
         dir: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
