@@ -2,7 +2,7 @@
 //! told about one address).
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,6 +157,10 @@ async fn describe(
         (None, Some(server)) => control::describe::from_server(&server, address).await?,
         (None, None) => anyhow::bail!("describe needs --from-dir DIR or --control-plane HOST:PORT"),
     };
-    println!("{}", serde_json::to_string_pretty(&update)?);
-    Ok(ExitCode::SUCCESS)
+    let text = serde_json::to_string_pretty(&update)?;
+    // A closed pipe (`| head`) is not an error worth a panic.
+    match writeln!(std::io::stdout(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
