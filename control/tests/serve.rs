@@ -226,7 +226,23 @@ async fn refuses_bad_addresses_and_streams_beyond_the_limit() {
     assert!(over.head.starts_with("HTTP/1.1 503"), "{}", over.head);
     let text = over.body().await;
     assert!(text.contains("--max-streams"), "{text}");
+
+    // A proxy that goes away frees its stream and its topic.
     drop(v6);
+    for _ in 0..100 {
+        if server.store.topics() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.store.topics(),
+        0,
+        "the topic outlived its last stream"
+    );
+    let mut again = get(server.addr, "/v1/destinations/10.96.0.10:80").await;
+    assert!(again.head.starts_with("HTTP/1.1 200"), "{}", again.head);
+    assert!(again.update().await.destination.is_some());
 }
 
 #[tokio::test]
