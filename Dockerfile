@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for all of Trellis: `webhook`, `proxyinit` (with iptables, legacy and nft), `proxy`,
-# plus the demo's `color` app and `loadgen` client. `make image` builds it as
+# `control`, plus the demo's `color` app and `loadgen` client. `make image` builds it as
 # ghcr.io/trellis-mesh/trellis:0.1.0, the tag the injector and manifests/ default to.
 
 ARG RUST_VERSION=1.95
@@ -10,17 +10,20 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS build
 WORKDIR /src
 # Manifests first, so the dependency layer is rebuilt only when they change.
 COPY Cargo.toml Cargo.lock ./
+COPY config config
+COPY tests/kit tests/kit
 COPY webhook webhook
 COPY proxyinit proxyinit
 COPY proxy proxy
+COPY control control
 COPY tests/sandbox tests/sandbox
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-        -p webhook -p proxyinit -p proxy -p sandbox \
-        --bin webhook --bin proxyinit --bin proxy --bin color --bin loadgen \
+        -p webhook -p proxyinit -p proxy -p control -p sandbox \
+        --bin webhook --bin proxyinit --bin proxy --bin control --bin color --bin loadgen \
  && mkdir -p /out \
- && cp target/release/webhook target/release/proxyinit target/release/proxy \
+ && cp target/release/webhook target/release/proxyinit target/release/proxy target/release/control \
        target/release/color target/release/loadgen /out/
 
 FROM debian:${DEBIAN}-slim

@@ -1,0 +1,24 @@
+//! `control`: Trellis's control plane. It keeps a model of the cluster's Services,
+//! EndpointSlices and TrafficPolicies and answers each proxy's question "what is this address?"
+//! with a stream of [`config::api::Update`]s: the whole answer first, then every change.
+//!
+//! - [`policy`]: the `TrafficPolicy` resource, validated into an [`config::api::Policy`];
+//! - [`model`]: the objects, indexed by ClusterIP:port, with a version and touched-Service sets;
+//! - [`compile`]: the pure function model + address -> [`config::api::Destination`];
+//! - [`source`]: where objects come from (a directory now; Kubernetes watchers later);
+//! - [`store`]: the live model and one latest-answer topic per watched address;
+//! - [`serve`]: the HTTP discovery and metrics servers; [`metrics`]: their Prometheus metrics;
+//! - [`describe`]: what a proxy would be told, for humans.
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod describe;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod serve;
+pub mod source;
+pub mod store;
+
+pub use compile::compile;
+pub use model::{Change, Model, Object, Touched};

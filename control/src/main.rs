@@ -1,0 +1,166 @@
+//! `control` binary: `serve` (the discovery and metrics servers) and `describe` (what a proxy is
+//! told about one address).
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use control::metrics::Metrics;
+use control::serve;
+use control::source::{dir::DirSource, Source};
+use control::store::Store;
+
+#[derive(Parser)]
+#[command(name = "control", version, about = "Trellis control plane")]
+struct Cli {
+    /// Log level (trace, debug, info, warn, error).
+    #[arg(long, env = "TRELLIS_LOG_LEVEL", default_value = "info", global = true, value_parser = config::parse::parse_log_level)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Read Services, EndpointSlices and TrafficPolicies from the YAML/JSON files in DIR and follow
+    /// their changes (instead of the Kubernetes API, which is not built yet).
+    #[arg(long, env = "TRELLIS_FROM_DIR")]
+    from_dir: Option<PathBuf>,
+    /// Discovery address (HTTP/1.1 and HTTP/2 prior knowledge).
+    #[arg(long, env = "TRELLIS_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Metrics and health address (`/metrics`, `/ready`).
+    #[arg(long, env = "TRELLIS_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
+    metrics_listen: SocketAddr,
+    /// The Kubernetes cluster domain (for cluster names in logs).
+    #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = config::api::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
+    /// At most this many destination streams at once; more are answered 503.
+    #[arg(long, env = "TRELLIS_MAX_STREAMS", default_value_t = serve::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve destination streams to proxies.
+    Serve(ServeArgs),
+    /// Print, as JSON, exactly what a proxy is told about destination ADDR (ip:port).
+    Describe {
+        /// The destination address: ip:port, or [v6]:port.
+        address: String,
+        /// Compute the answer from the files in DIR.
+        #[arg(
+            long,
+            conflicts_with = "control_plane",
+            required_unless_present = "control_plane"
+        )]
+        from_dir: Option<PathBuf>,
+        /// Read the answer from a running control plane (HOST:PORT).
+        #[arg(long, value_parser = config::parse::parse_host_port)]
+        control_plane: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},hyper=warn",
+            cli.log_level
+        )))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("control: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(run_serve(args)),
+        Command::Describe {
+            address,
+            from_dir,
+            control_plane,
+        } => runtime.block_on(describe(&address, from_dir, control_plane)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("control: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let Some(dir) = args.from_dir else {
+        eprintln!(
+            "control serve: the Kubernetes source (watching the API server) is not built yet; \
+             run with --from-dir DIR to serve Services, EndpointSlices and TrafficPolicies from files"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    // Fail early and clearly on a directory that cannot be read.
+    control::source::dir::load(&dir)?;
+    let store = Store::new(Arc::new(Metrics::default()));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("--metrics-listen {}: cannot bind", args.metrics_listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        metrics = %args.metrics_listen,
+        dir = %dir.display(),
+        cluster_domain = %args.cluster_domain,
+        "control plane serving"
+    );
+    let source = Source::Dir(DirSource::new(dir));
+    let discovery = serve::serve(listener, serve::router(store.clone(), args.max_streams));
+    let metrics = serve::serve(metrics_listener, serve::metrics_router(store.clone()));
+    tokio::select! {
+        r = source.run(store) => r.context("source")?,
+        r = discovery => r.context("discovery server")?,
+        r = metrics => r.context("metrics server")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn describe(
+    address: &str,
+    from_dir: Option<PathBuf>,
+    control_plane: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let address: SocketAddr = address.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "`{address}` is not a destination address: expected ip:port, like 10.96.0.10:80 or [fd00::10]:80"
+        )
+    })?;
+    let update = match (from_dir, control_plane) {
+        (Some(dir), _) => {
+            let (update, problems) = control::describe::from_dir(&dir, address)?;
+            for p in problems {
+                eprintln!("policy: {p}");
+            }
+            update
+        }
+        (None, Some(server)) => control::describe::from_server(&server, address).await?,
+        (None, None) => anyhow::bail!("describe needs --from-dir DIR or --control-plane HOST:PORT"),
+    };
+    let text = serde_json::to_string_pretty(&update)?;
+    // A closed pipe (`| head`) is not an error worth a panic.
+    match writeln!(std::io::stdout(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,530 @@
+//! The control plane's picture of the cluster: Services, EndpointSlices and TrafficPolicies,
+//! indexed by ClusterIP:port, with one global `version`.
+//!
+//! It exists so that the sources (a directory, later the Kubernetes watchers) and the compiler
+//! never meet: sources feed [`Change`]s or whole snapshots in, [`crate::compile`] reads out. Every
+//! mutation returns the set of Services it [`Touched`], so the server recompiles and pushes only
+//! the destinations that could have changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use config::api::ServiceRef;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::policy::{self, Parsed};
+
+/// The label that joins an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One object of a kind the model holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    TrafficPolicy(Box<Parsed>),
+}
+
+/// Which kind of object, for keys and deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    TrafficPolicy,
+}
+
+/// A kind, namespace and name: the identity of an object across changes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Object {
+    /// The object's key (namespace `default` when metadata leaves it out, as kubectl does).
+    pub fn key(&self) -> Key {
+        let (kind, ns, name) = match self {
+            Object::Service(s) => (Kind::Service, &s.metadata.namespace, &s.metadata.name),
+            Object::EndpointSlice(e) => {
+                (Kind::EndpointSlice, &e.metadata.namespace, &e.metadata.name)
+            }
+            Object::TrafficPolicy(p) => {
+                return Key {
+                    kind: Kind::TrafficPolicy,
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                }
+            }
+        };
+        Key {
+            kind,
+            namespace: ns.clone().unwrap_or_else(|| "default".into()),
+            name: name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The Services whose answers depend on this object.
+    fn services(&self) -> Vec<ServiceRef> {
+        let key = self.key();
+        let names = match self {
+            Object::Service(_) => vec![key.name.clone()],
+            Object::EndpointSlice(e) => e
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned()
+                .into_iter()
+                .collect(),
+            Object::TrafficPolicy(p) => p.targets.clone(),
+        };
+        names
+            .into_iter()
+            .map(|name| ServiceRef {
+                namespace: key.namespace.clone(),
+                name,
+            })
+            .collect()
+    }
+}
+
+/// One event from a source.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Added or modified.
+    Apply(Object),
+    Delete(Key),
+}
+
+/// What a change may have altered: the Services whose compiled answers must be looked at again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<ServiceRef>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+/// A Service port found by address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRef {
+    pub service: ServiceRef,
+    pub port: u16,
+    /// The Service port's name (`None` when unnamed): the EndpointSlice port it maps to.
+    pub port_name: Option<String>,
+}
+
+/// A policy problem worth telling an operator about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The policy was refused; the Services it targets get the default policy.
+    Invalid(policy::PolicyError),
+    /// A valid policy lost to an older one targeting the same Service.
+    Conflict {
+        loser: String,
+        winner: String,
+        service: ServiceRef,
+    },
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Report::Invalid(e) => write!(f, "{e} (the policy is ignored)"),
+            Report::Conflict {
+                loser,
+                winner,
+                service,
+            } => write!(
+                f,
+                "{loser}: spec.targetRefs: Service {service} is already targeted by the older \
+                 policy {winner}, which wins; this policy is ignored for it"
+            ),
+        }
+    }
+}
+
+/// The model. Cheap to clone for tests; the server keeps one behind a lock.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    version: u64,
+    objects: BTreeMap<Key, Object>,
+    /// ClusterIP:port -> Service port, rebuilt from `objects` on every Service change.
+    by_address: BTreeMap<SocketAddr, PortRef>,
+    index_dirty: bool,
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model::default()
+    }
+
+    /// Bumped on every change that altered the model.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Applies one event; returns what it touched (nothing, and no version bump, if the object
+    /// was already as given).
+    pub fn apply(&mut self, change: Change) -> Touched {
+        let mut touched = Touched::default();
+        let changed = self.apply_one(change, &mut touched);
+        self.finish(changed, touched)
+    }
+
+    /// Replaces everything by `objects` (a source that re-reads all, like the directory),
+    /// applying only the differences. Later duplicates of one key win.
+    pub fn sync(&mut self, objects: impl IntoIterator<Item = Object>) -> Touched {
+        let wanted: BTreeMap<Key, Object> = objects.into_iter().map(|o| (o.key(), o)).collect();
+        let mut touched = Touched::default();
+        let mut changed = false;
+        let gone: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            changed |= self.apply_one(Change::Delete(key), &mut touched);
+        }
+        for (_, object) in wanted {
+            changed |= self.apply_one(Change::Apply(object), &mut touched);
+        }
+        self.finish(changed, touched)
+    }
+
+    /// True if the model changed (even when no Service is touched, e.g. an unlabelled slice).
+    fn apply_one(&mut self, change: Change, touched: &mut Touched) -> bool {
+        let (key, old, new_services) = match change {
+            Change::Apply(object) => {
+                let key = object.key();
+                if self.objects.get(&key) == Some(&object) {
+                    return false;
+                }
+                let services = object.services();
+                let old = self.objects.insert(key.clone(), object);
+                (key, old, services)
+            }
+            Change::Delete(key) => match self.objects.remove(&key) {
+                None => return false,
+                Some(old) => (key, Some(old), Vec::new()),
+            },
+        };
+        touched
+            .services
+            .extend(old.iter().flat_map(Object::services));
+        touched.services.extend(new_services);
+        // Reindexed once per apply/sync, not per Service (a snapshot holds many).
+        self.index_dirty |= key.kind == Kind::Service;
+        true
+    }
+
+    fn finish(&mut self, changed: bool, touched: Touched) -> Touched {
+        if changed {
+            self.version += 1;
+        }
+        if std::mem::take(&mut self.index_dirty) {
+            self.reindex();
+        }
+        touched
+    }
+
+    fn reindex(&mut self) {
+        self.by_address.clear();
+        for object in self.objects.values() {
+            let Object::Service(svc) = object else {
+                continue;
+            };
+            let key = object.key();
+            for (addr, port) in service_ports(svc, &key) {
+                // Two Services claiming one address: the first by namespace/name keeps it.
+                self.by_address.entry(addr).or_insert(port);
+            }
+        }
+    }
+
+    /// The Service port with this ClusterIP:port.
+    pub fn port(&self, address: SocketAddr) -> Option<&PortRef> {
+        self.by_address.get(&normalize(address))
+    }
+
+    pub fn service(&self, service: &ServiceRef) -> Option<&Service> {
+        match self.objects.get(&key(Kind::Service, service)) {
+            Some(Object::Service(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The EndpointSlices labelled for this Service, by name.
+    pub fn slices<'a>(
+        &'a self,
+        service: &'a ServiceRef,
+    ) -> impl Iterator<Item = &'a EndpointSlice> {
+        self.objects
+            .range(range(Kind::EndpointSlice, &service.namespace))
+            .filter_map(move |(_, o)| match o {
+                Object::EndpointSlice(e)
+                    if e.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        == Some(&service.name) =>
+                {
+                    Some(&**e)
+                }
+                _ => None,
+            })
+    }
+
+    /// Every policy (valid or not) in a namespace that targets this Service, winner first.
+    pub fn policies_for<'a>(&'a self, service: &ServiceRef) -> Vec<&'a Parsed> {
+        let mut found: Vec<&Parsed> = self
+            .objects
+            .range(range(Kind::TrafficPolicy, &service.namespace))
+            .filter_map(|(_, o)| match o {
+                Object::TrafficPolicy(p) if p.targets.contains(&service.name) => Some(&**p),
+                _ => None,
+            })
+            .collect();
+        found.sort_by(|a, b| {
+            (a.result.is_err(), a.precedence()).cmp(&(b.result.is_err(), b.precedence()))
+        });
+        found
+    }
+
+    /// The policy that applies to this Service, if any valid one targets it.
+    pub fn winning_policy(&self, service: &ServiceRef) -> Option<&Parsed> {
+        self.policies_for(service)
+            .into_iter()
+            .next()
+            .filter(|p| p.result.is_ok())
+    }
+
+    /// Problems with the policies that target this Service: refused ones and conflicts.
+    pub fn reports_for(&self, service: &ServiceRef) -> Vec<Report> {
+        let policies = self.policies_for(service);
+        let winner = policies.first().filter(|p| p.result.is_ok());
+        let mut out = Vec::new();
+        for (i, p) in policies.iter().enumerate() {
+            match (&p.result, winner) {
+                (Err(e), _) => out.push(Report::Invalid(e.clone())),
+                (Ok(_), Some(w)) if i > 0 => out.push(Report::Conflict {
+                    loser: p.id(),
+                    winner: w.id(),
+                    service: service.clone(),
+                }),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every problem with every policy: each refused policy once, then each conflict.
+    pub fn reports(&self) -> Vec<Report> {
+        let mut out: Vec<Report> = self
+            .policies()
+            .filter_map(|p| p.result.as_ref().err())
+            .map(|e| Report::Invalid(e.clone()))
+            .collect();
+        let targeted: BTreeSet<ServiceRef> = self
+            .policies()
+            .filter(|p| p.result.is_ok())
+            .flat_map(|p| {
+                p.targets.iter().map(|t| ServiceRef {
+                    namespace: p.namespace.clone(),
+                    name: t.clone(),
+                })
+            })
+            .collect();
+        for service in targeted {
+            out.extend(
+                self.reports_for(&service)
+                    .into_iter()
+                    .filter(|r| matches!(r, Report::Conflict { .. })),
+            );
+        }
+        out
+    }
+
+    /// How many policies are refused right now.
+    pub fn invalid_policies(&self) -> usize {
+        self.policies().filter(|p| p.result.is_err()).count()
+    }
+
+    fn policies(&self) -> impl Iterator<Item = &Parsed> {
+        self.objects.values().filter_map(|o| match o {
+            Object::TrafficPolicy(p) => Some(&**p),
+            _ => None,
+        })
+    }
+}
+
+fn key(kind: Kind, s: &ServiceRef) -> Key {
+    Key {
+        kind,
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+    }
+}
+
+/// The keys of one kind in one namespace.
+fn range(kind: Kind, namespace: &str) -> std::ops::RangeInclusive<Key> {
+    let lo = Key {
+        kind,
+        namespace: namespace.to_string(),
+        name: String::new(),
+    };
+    let hi = Key {
+        kind,
+        namespace: format!("{namespace}\0"),
+        name: String::new(),
+    };
+    lo..=hi
+}
+
+/// IPv4-mapped IPv6 addresses are looked up as the IPv4 address they carry.
+fn normalize(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
+/// Every ClusterIP:port of a Service (all of `clusterIPs`, else `clusterIP`), TCP ports only;
+/// none for headless (`None`) and ExternalName Services.
+fn service_ports(svc: &Service, key: &Key) -> Vec<(SocketAddr, PortRef)> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let mut ips: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
+    if ips.is_empty() {
+        ips.extend(spec.cluster_ip.iter());
+    }
+    let ips: Vec<IpAddr> = ips.into_iter().filter_map(|ip| ip.parse().ok()).collect();
+    let service = ServiceRef {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    };
+    let mut out = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+            continue;
+        }
+        let Ok(number) = u16::try_from(port.port) else {
+            continue;
+        };
+        for ip in &ips {
+            out.push((
+                SocketAddr::new(*ip, number),
+                PortRef {
+                    service: service.clone(),
+                    port: number,
+                    port_name: port.name.clone().filter(|n| !n.is_empty()),
+                },
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str, ips: &[&str]) -> Object {
+        Object::Service(Box::new(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ips[0], "clusterIPs": ips,
+                         "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> Object {
+        Object::EndpointSlice(Box::new(
+            serde_json::from_value(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {SERVICE_NAME_LABEL: service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}],
+                "ports": [{"name": "http", "port": 8080}]
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn refs(names: &[&str]) -> BTreeSet<ServiceRef> {
+        names
+            .iter()
+            .map(|n| ServiceRef {
+                namespace: "default".into(),
+                name: n.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_say_which_services_they_touched() {
+        let mut m = Model::new();
+        let t = m.sync([
+            service("a", &["10.96.0.1", "fd00::1"]),
+            service("b", &["10.96.0.2"]),
+            slice("a-1", "a", "10.0.0.1"),
+        ]);
+        assert_eq!(t.services, refs(&["a", "b"]));
+        assert_eq!(m.version(), 1);
+        // The same snapshot again changes nothing.
+        assert!(m
+            .sync([
+                service("a", &["10.96.0.1", "fd00::1"]),
+                service("b", &["10.96.0.2"]),
+                slice("a-1", "a", "10.0.0.1"),
+            ])
+            .is_empty());
+        assert_eq!(m.version(), 1);
+        // A slice moved from a to b touches both.
+        let t = m.apply(Change::Apply(slice("a-1", "b", "10.0.0.1")));
+        assert_eq!(t.services, refs(&["a", "b"]));
+        assert_eq!(m.version(), 2);
+        // Deleting what is not there is no change.
+        let t = m.apply(Change::Delete(Key {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "zzz".into(),
+        }));
+        assert!(t.is_empty());
+        assert_eq!(m.version(), 2);
+    }
+
+    #[test]
+    fn indexes_every_cluster_ip_and_tcp_port_but_not_headless() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1", "fd00::1"]),
+            service("h", &["None"]),
+        ]);
+        for addr in ["10.96.0.1:80", "[fd00::1]:80", "[::ffff:10.96.0.1]:80"] {
+            assert_eq!(
+                m.port(addr.parse().unwrap())
+                    .map(|p| p.service.name.as_str()),
+                Some("a"),
+                "{addr}"
+            );
+        }
+        assert!(m.port("10.96.0.1:53".parse().unwrap()).is_none(), "UDP");
+        assert_eq!(m.by_address.len(), 2);
+    }
+}

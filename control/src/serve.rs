@@ -1,0 +1,141 @@
+//! The discovery server: `GET /v1/destinations/{ip:port}` answers a stream of NDJSON
+//! [`config::api::Update`] lines (the current answer at once, then one line per change of that
+//! answer), plus `/ready`; and the metrics server (`/metrics`, `/ready`).
+//!
+//! `axum::serve` runs hyper-util's auto connection builder, so one port takes HTTP/1.1 and HTTP/2
+//! with prior knowledge (h2c), as proxies may use either. Everything is bounded: at most
+//! `max_streams` streams at once (then 503), and each stream buffers only its latest answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::store::{Store, Subscription};
+
+/// The default of `--max-streams`.
+pub const DEFAULT_MAX_STREAMS: usize = 100_000;
+
+#[derive(Clone)]
+struct App {
+    store: Arc<Store>,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+}
+
+/// The discovery router (`/v1/destinations/{addr}`, `/ready`).
+pub fn router(store: Arc<Store>, max_streams: usize) -> Router {
+    let app = App {
+        store,
+        streams: Arc::new(Semaphore::new(max_streams)),
+        max_streams,
+    };
+    Router::new()
+        .route("/v1/destinations/{addr}", get(destination))
+        .route("/ready", get(ready))
+        .with_state(app)
+}
+
+/// The metrics router (`/metrics`, `/ready`).
+pub fn metrics_router(store: Arc<Store>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/ready", get(ready_store))
+        .with_state(store)
+}
+
+/// Serves `router` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
+
+async fn destination(State(app): State<App>, Path(addr): Path<String>) -> Response {
+    let Ok(address) = addr.parse::<SocketAddr>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{addr}` is not a destination address: expected ip:port, like 10.96.0.10:80 \
+                 or [fd00::10]:80\n"
+            ),
+        )
+            .into_response();
+    };
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many destination streams: all {} (--max-streams) are in use\n",
+                app.max_streams
+            ),
+        )
+            .into_response();
+    };
+    let sub = app.store.subscribe(address);
+    let stream = futures_util::stream::unfold(
+        Stream {
+            sub,
+            first: true,
+            _permit: permit,
+        },
+        next_line,
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from_stream(stream))
+        .expect("a static response head")
+}
+
+struct Stream {
+    sub: Subscription,
+    first: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The current answer first, then the latest one after each change; ends if the store goes.
+async fn next_line(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
+    if !std::mem::take(&mut s.first) && s.sub.rx.changed().await.is_err() {
+        return None;
+    }
+    let update = s.sub.rx.borrow_and_update().clone();
+    let mut line = serde_json::to_vec(&*update).expect("an Update serializes");
+    line.push(b'\n');
+    s.sub.store().metrics.pushes.inc();
+    Some((Ok(Bytes::from(line)), s))
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    ready_store(State(app.store)).await
+}
+
+async fn ready_store(State(store): State<Arc<Store>>) -> Response {
+    if store.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first load is not done\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(store): State<Arc<Store>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        store.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,91 @@
+//! The `control` binary's promises: describe prints exactly the Update, bad input exits 2 naming
+//! what was wrong, and serve without a source says the Kubernetes source is not built yet.
+
+use std::path::Path;
+use std::process::Command;
+
+use config::api::Update;
+
+fn control(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_control"))
+        .args(args)
+        .output()
+        .expect("control runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn testdata(case: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(case)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn describe_prints_the_update_and_the_policy_errors() {
+    let (code, out, err) = control(&[
+        "describe",
+        "10.96.0.10:80",
+        "--from-dir",
+        &testdata("compile/bad_policy"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let update: Update = serde_json::from_str(&out).unwrap();
+    let d = update.destination.expect("a known Service");
+    assert_eq!(d.service.name, "reviews");
+    assert_eq!(d.policy, config::api::Policy::default());
+    assert!(
+        err.contains(r#"default/reviews: spec.loadBalancer.simple: "FASTEST" is not one of"#),
+        "{err}"
+    );
+
+    let (code, out, _) = control(&[
+        "describe",
+        "[fd00::9]:80",
+        "--from-dir",
+        &testdata("examples"),
+    ]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Update>(&out)
+        .unwrap()
+        .destination
+        .is_none());
+}
+
+#[test]
+fn bad_input_exits_2_naming_it() {
+    let dir = testdata("examples");
+    let (code, _, err) = control(&["describe", "reviews", "--from-dir", &dir]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`reviews` is not a destination address"),
+        "{err}"
+    );
+    let (code, _, err) = control(&["describe", "10.96.0.10:80", "--from-dir", "/nonexistent"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--from-dir /nonexistent: cannot read"),
+        "{err}"
+    );
+    let (code, _, err) = control(&["describe", "10.96.0.10:80"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn serve_without_a_source_says_kubernetes_is_not_built_yet() {
+    let (code, _, err) = control(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("Kubernetes source"), "{err}");
+    assert!(err.contains("not built yet"), "{err}");
+}
