@@ -6,9 +6,13 @@
 # requests over 10 connections, and (Ir(N2) - Ir(N1)) / (N2 - N1) removes start-up and shutdown.
 # This counts user-space instructions only: the kernel's share (most of a proxy's CPU on
 # loopback) is what `make bench` measures. Knobs (full / SMOKE=1): N1 (2000 / 100), N2 (12000 / 300).
+# `trellis-svc` is the same proxy sending to a Service the control plane knows (`control serve
+# --from-dir`, three endpoints on 127.0.0.1-3, balanced per request), the path a meshed client's
+# request to a ClusterIP takes.
 #
 # smoke-expect: ^user-space instructions per proxied request
 # smoke-expect: ^  trellis +{n}  \(trellis = {n}x this\)$
+# smoke-expect: ^  trellis-svc +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  nginx +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  haproxy +{n}  \(trellis = {n}x this\)$
 set -euo pipefail
@@ -30,8 +34,36 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091
-"$TARGET/release/examples/bench_upstream" "$UP" >/dev/null 2>&1 &
+UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091 CONTROL=127.0.0.1:19912
+# On every loopback address, so that the Service's three endpoints are three hosts.
+"$TARGET/release/examples/bench_upstream" 0.0.0.0:18090 >/dev/null 2>&1 &
+pids+=($!)
+
+# The control plane, told of one Service (ClusterIP 127.0.0.100:80) with three ready endpoints.
+mkdir -p "$work/cluster"
+cat >"$work/cluster/bench.yaml" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: upstream, namespace: bench}
+spec:
+  clusterIP: 127.0.0.100
+  ports: [{name: http, port: 80, targetPort: 18090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: upstream-1
+  namespace: bench
+  labels: {kubernetes.io/service-name: upstream}
+addressType: IPv4
+ports: [{name: http, port: 18090}]
+endpoints:
+  - addresses: [127.0.0.1]
+  - addresses: [127.0.0.2]
+  - addresses: [127.0.0.3]
+YAML
+"$TARGET/release/control" serve --from-dir "$work/cluster" --listen "$CONTROL" \
+    --metrics-listen 127.0.0.1:19914 >"$work/control.log" 2>&1 &
 pids+=($!)
 
 # No master process: callgrind follows the one process that serves.
@@ -41,6 +73,7 @@ haproxy_cfg "$work/haproxy.cfg" "$LISTEN" "$UP"
 command_of() { # contender -> the command line to run under callgrind
     case $1 in
     trellis) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream $UP --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
+    trellis-svc) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream 127.0.0.100:80 --control-plane $CONTROL --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
     nginx) echo "nginx -c $NGINX_CONF" ;;
     haproxy) echo "haproxy -db -f $work/haproxy.cfg" ;;
     esac
@@ -67,14 +100,14 @@ count() { # contender requests -> total instructions of the process serving them
 }
 
 declare -A PER
-for c in trellis nginx haproxy; do
+for c in trellis trellis-svc nginx haproxy; do
     a=$(count "$c" "$N1")
     b=$(count "$c" "$N2")
     PER[$c]=$(( (b - a) / (N2 - N1) ))
 done
 echo "user-space instructions per proxied request (callgrind, one worker, keep-alive; $N1 vs $N2 requests):"
-for c in trellis nginx haproxy; do
-    printf '  %-8s %7s  %s\n' "$c" "${PER[$c]}" \
+for c in trellis trellis-svc nginx haproxy; do
+    printf '  %-11s %7s  %s\n' "$c" "${PER[$c]}" \
         "$(awk -v t="${PER[trellis]}" -v p="${PER[$c]}" 'BEGIN { if (p > 0) printf "(trellis = %.2fx this)", t / p }')"
 done
 smoke_note

@@ -118,11 +118,8 @@ impl Discovery {
         let pending = matches!(*rx.borrow(), Answer::Pending);
         // While the control plane is known to be down, do not make each new address wait.
         if pending && !self.down.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = tokio::time::timeout(
-                FIRST_ANSWER_WAIT,
-                rx.wait_for(|a| !matches!(a, Answer::Pending)),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(wait, rx.wait_for(|a| !matches!(a, Answer::Pending))).await;
         }
         let answer = rx.borrow().clone();
         match answer {

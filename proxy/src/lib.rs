@@ -167,16 +167,29 @@ pub async fn run(
                 .with_context(|| format!("resolving --upstream {upstream}"))?
                 .next()
                 .with_context(|| format!("--upstream {upstream} resolved to no address"))?;
-            let cluster = Cluster::new(
-                upstream.clone(),
-                addr,
-                proxy.config.pools.inbound,
-                proxy.timeouts(),
-                &proxy.registry,
-            );
-            proxy
-                .clusters
-                .get_or_create(upstream, &proxy.registry, || cluster.clone());
+            // A Service address known to the control plane is balanced over its pods.
+            let service = match &proxy.discovery {
+                Some(d) => {
+                    d.resolve_within(&proxy, addr, std::time::Duration::from_secs(10))
+                        .await
+                }
+                None => None,
+            };
+            let cluster = match service {
+                Some(c) => c,
+                None => {
+                    let cluster = Cluster::new(
+                        upstream.clone(),
+                        addr,
+                        proxy.config.pools.inbound,
+                        proxy.timeouts(),
+                        &proxy.registry,
+                    );
+                    proxy
+                        .clusters
+                        .get_or_create(upstream, &proxy.registry, || cluster.clone())
+                }
+            };
             let tcp = bind(*listen).with_context(|| format!("binding --listen {listen}"))?;
             tracing::info!(listen = %tcp.local_addr()?, %upstream, "gateway listener");
             listeners.push(Listener {

@@ -25,7 +25,9 @@ enum Command {
         /// Address to accept clients on.
         #[arg(long, env = "TRELLIS_LISTEN")]
         listen: SocketAddr,
-        /// The upstream service, `HOST:PORT` (resolved once at start).
+        /// The upstream service, `HOST:PORT` (resolved once at start). With `--control-plane`, a
+        /// Service address is balanced over its ready pods, with the `--outbound-max-*` limits
+        /// and its TrafficPolicy.
         #[arg(long, env = "TRELLIS_UPSTREAM", value_parser = config::parse::parse_host_port)]
         upstream: String,
         #[command(flatten)]

@@ -143,6 +143,8 @@ pub fn load_balancing(mesh: &mut Mesh) -> anyhow::Result<Report> {
         let r = load::run_with(mesh.pod("client"), &url, 1, 300, flags)?;
         rep.count(&r);
         let counts = per_pod(mesh, "green", &r);
+        rep.notes
+            .push(format!("client (sidecar), {how}: {}", show(&counts)));
         rep.check(
             format!("{how}: all 300 answered 200, each of the 3 pods got 100 ± 35"),
             r.code(200) == 300
