@@ -1448,11 +1448,24 @@ impl Drop for Open {
 
 type Tx = http_body_util::channel::Sender<Bytes, Infallible>;
 
-async fn send(tx: &mut Tx, kind: &str, object: &Value) -> bool {
-    let mut line =
-        serde_json::to_vec(&json!({"type": kind, "object": object})).expect("an event serializes");
-    line.push(b'\n');
-    tx.send(Frame::data(Bytes::from(line))).await.is_ok()
+/// A watch's side of its response body.
+struct Out {
+    tx: Tx,
+    /// [`ApiServer::disconnect_watches`] ends a watch even while it waits on a slow reader.
+    disconnects: watch::Receiver<u64>,
+}
+
+impl Out {
+    /// Sends one event line; false when the watch must end (reader gone, or disconnected).
+    async fn send(&mut self, kind: &str, object: &Value) -> bool {
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object}))
+            .expect("an event serializes");
+        line.push(b'\n');
+        tokio::select! {
+            r = self.tx.send(Frame::data(Bytes::from(line))) => r.is_ok(),
+            _ = self.disconnects.changed() => false,
+        }
+    }
 }
 
 impl Watch {
@@ -1477,12 +1490,13 @@ impl Watch {
         ns_ok && self.selector.matches(object)
     }
 
-    async fn run(self, shared: Arc<Shared>, mut tx: Tx) {
+    async fn run(self, shared: Arc<Shared>, tx: Tx) {
         shared.open_watches.fetch_add(1, Ordering::SeqCst);
         let _open = Open(shared.clone());
         let mut written = shared.written.subscribe();
         let mut disconnects = shared.disconnects.subscribe();
         disconnects.borrow_and_update();
+        let mut out = Out { tx, disconnects };
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         let mut ticks = tokio::time::interval(shared.bookmark_interval);
@@ -1509,12 +1523,11 @@ impl Watch {
                     (objects, state.rv)
                 };
                 for o in &objects {
-                    if !send(&mut tx, "ADDED", o).await {
+                    if !out.send("ADDED", o).await {
                         return;
                     }
                 }
-                if self.initial_events && !send(&mut tx, "BOOKMARK", &self.bookmark(rv, true)).await
-                {
+                if self.initial_events && !out.send("BOOKMARK", &self.bookmark(rv, true)).await {
                     return;
                 }
                 rv
@@ -1548,7 +1561,7 @@ impl Watch {
             let (events, end) = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = send(&mut tx, "ERROR", &e.status()).await;
+                    let _ = out.send("ERROR", &e.status()).await;
                     return;
                 }
             };
@@ -1564,7 +1577,7 @@ impl Watch {
                     (EventType::Deleted, true, _) => "DELETED",
                     _ => continue,
                 };
-                if !send(&mut tx, kind, &e.new).await {
+                if !out.send(kind, &e.new).await {
                     return;
                 }
             }
@@ -1574,19 +1587,119 @@ impl Watch {
             }
             tokio::select! {
                 r = written.changed() => if r.is_err() { return },
-                _ = disconnects.changed() => return,
+                _ = out.disconnects.changed() => return,
                 _ = ticks.tick() => {
-                    if self.bookmarks && !send(&mut tx, "BOOKMARK", &self.bookmark(cursor, false)).await {
+                    if self.bookmarks && !out.send("BOOKMARK", &self.bookmark(cursor, false)).await {
                         return;
                     }
                 }
                 _ = &mut deadline => {
                     if self.bookmarks {
-                        let _ = send(&mut tx, "BOOKMARK", &self.bookmark(cursor, false)).await;
+                        let _ = out.send("BOOKMARK", &self.bookmark(cursor, false)).await;
                     }
                     return;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(labels: &str, fields: &str) -> Selector {
+        let q = BTreeMap::from([
+            ("labelSelector".to_string(), labels.to_string()),
+            ("fieldSelector".to_string(), fields.to_string()),
+        ]);
+        Selector::from_query(&q).unwrap()
+    }
+
+    #[test]
+    fn selectors_match_labels_and_fields() {
+        let o = json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web", "tier": "front"}}});
+        assert!(selector("", "").matches(&o));
+        assert!(selector("app=web,tier==front", "").matches(&o));
+        assert!(!selector("app=web,tier!=front", "").matches(&o));
+        assert!(selector("app in (db, web),!missing,tier", "").matches(&o));
+        assert!(!selector("app notin (web)", "").matches(&o));
+        assert!(selector("", "metadata.name=a,metadata.namespace!=y").matches(&o));
+        assert!(!selector("", "metadata.name=b").matches(&o));
+        let bad = BTreeMap::from([("labelSelector".to_string(), "a b".to_string())]);
+        assert_eq!(Selector::from_query(&bad).err().map(|e| e.code), Some(400));
+    }
+
+    #[test]
+    fn query_components_are_percent_decoded() {
+        let q = parse_query("&labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=true&x=%zz");
+        assert_eq!(q["labelSelector"], "app=web,tier in (a)");
+        assert_eq!(q["watch"], "true");
+        assert_eq!(q["x"], "%zz");
+    }
+
+    #[test]
+    fn urls_name_collections_items_and_status() {
+        let state = State {
+            rv: 1,
+            floor: 1,
+            tables: DEFAULT_RESOURCES
+                .iter()
+                .map(|d| {
+                    (
+                        d.gvr,
+                        Table {
+                            def: *d,
+                            objects: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+            history: VecDeque::new(),
+            history_limit: 1,
+            uids: 0,
+            requests: VecDeque::new(),
+        };
+        let show = |path: &str| match route(&state, path) {
+            Ok(Route::Collection { gvr, ns }) => format!("list {} {ns:?}", gvr.plural),
+            Ok(Route::Item {
+                gvr,
+                ns,
+                name,
+                status,
+            }) => format!("item {} {ns:?} {name} {status}", gvr.plural),
+            Ok(Route::Resources(g, v)) => format!("resources {g}/{v}"),
+            Ok(_) => "other".into(),
+            Err(e) => format!("{}", e.code),
+        };
+        assert_eq!(show("/api/v1/services"), "list services None");
+        assert_eq!(
+            show("/api/v1/namespaces/a/services"),
+            "list services Some(\"a\")"
+        );
+        assert_eq!(
+            show("/api/v1/namespaces/a/services/web/status"),
+            "item services Some(\"a\") web true"
+        );
+        assert_eq!(show("/api/v1/namespaces/a"), "item namespaces None a false");
+        assert_eq!(
+            show("/api/v1/namespaces/a/status"),
+            "item namespaces None a true"
+        );
+        assert_eq!(
+            show("/api/v1/services/web"),
+            "404",
+            "namespaced needs a namespace"
+        );
+        assert_eq!(
+            show("/apis/trellis.dev/v1alpha1/namespaces/d/trafficpolicies/p"),
+            "item trafficpolicies Some(\"d\") p false"
+        );
+        assert_eq!(
+            show("/apis/trellis.dev/v1alpha1"),
+            "resources trellis.dev/v1alpha1"
+        );
+        assert_eq!(show("/apis/trellis.dev/v2/trafficpolicies"), "404");
+        assert_eq!(show("/api/v1/namespaces/a/services/web/exec"), "404");
     }
 }

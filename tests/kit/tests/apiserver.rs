@@ -385,3 +385,21 @@ async fn a_kind_not_served_is_404_until_installed() {
         "a status write is not a generation"
     );
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let server = ApiServer::with_options(Options {
+        max_body: 1024,
+        ..Options::default()
+    })
+    .unwrap();
+    let api: Api<Service> = Api::namespaced(server.client(), "default");
+    let mut big = service("big", "10.96.0.1");
+    big.metadata.annotations = Some([("x".to_string(), "y".repeat(2048))].into());
+    let err = api.create(&PostParams::default(), &big).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 413),
+        "{err:?}"
+    );
+    assert!(server.objects(&SERVICES.gvr).is_empty());
+}
