@@ -5,7 +5,7 @@
 //! - [`policy`]: the `TrafficPolicy` resource, validated into an [`config::api::Policy`];
 //! - [`model`]: the objects, indexed by ClusterIP:port, with a version and touched-Service sets;
 //! - [`compile`]: the pure function model + address -> [`config::api::Destination`];
-//! - [`source`]: where objects come from (a directory now; Kubernetes watchers later);
+//! - [`source`]: where objects come from (Kubernetes watchers, or a directory);
 //! - [`store`]: the live model and one latest-answer topic per watched address;
 //! - [`serve`]: the HTTP discovery and metrics servers; [`metrics`]: their Prometheus metrics;
 //! - [`describe`]: what a proxy would be told, for humans.

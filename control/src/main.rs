@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use control::metrics::Metrics;
 use control::serve;
-use control::source::{dir::DirSource, Source};
+use control::source::{dir::DirSource, kube::KubeSource, Source};
 use control::store::Store;
 
 #[derive(Parser)]
@@ -28,9 +28,13 @@ struct Cli {
 #[derive(Args)]
 struct ServeArgs {
     /// Read Services, EndpointSlices and TrafficPolicies from the YAML/JSON files in DIR and follow
-    /// their changes (instead of the Kubernetes API, which is not built yet).
-    #[arg(long, env = "TRELLIS_FROM_DIR")]
+    /// their changes, instead of watching the Kubernetes API.
+    #[arg(long, env = "TRELLIS_FROM_DIR", conflicts_with = "kubeconfig")]
     from_dir: Option<PathBuf>,
+    /// Watch the API server of this kubeconfig's current context. Without it (and without
+    /// --from-dir): KUBECONFIG, ~/.kube/config, or the pod's service account.
+    #[arg(long, env = "TRELLIS_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Discovery address (HTTP/1.1 and HTTP/2 prior knowledge).
     #[arg(long, env = "TRELLIS_LISTEN", default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
@@ -101,15 +105,18 @@ fn main() -> ExitCode {
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let Some(dir) = args.from_dir else {
-        eprintln!(
-            "control serve: the Kubernetes source (watching the API server) is not built yet; \
-             run with --from-dir DIR to serve Services, EndpointSlices and TrafficPolicies from files"
-        );
-        return Ok(ExitCode::from(2));
+    let (source, from) = match args.from_dir {
+        Some(dir) => {
+            // Fail early and clearly on a directory that cannot be read.
+            control::source::dir::load(&dir)?;
+            let from = format!("directory {}", dir.display());
+            (Source::Dir(DirSource::new(dir)), from)
+        }
+        None => {
+            let kube = KubeSource::connect(args.kubeconfig.as_deref()).await?;
+            (Source::Kube(kube), "the Kubernetes API".to_string())
+        }
     };
-    // Fail early and clearly on a directory that cannot be read.
-    control::source::dir::load(&dir)?;
     let store = Store::new(Arc::new(Metrics::default()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -120,11 +127,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         listen = %args.listen,
         metrics = %args.metrics_listen,
-        dir = %dir.display(),
+        from = %from,
         cluster_domain = %args.cluster_domain,
         "control plane serving"
     );
-    let source = Source::Dir(DirSource::new(dir));
     let discovery = serve::serve(listener, serve::router(store.clone(), args.max_streams));
     let metrics = serve::serve(metrics_listener, serve::metrics_router(store.clone()));
     tokio::select! {

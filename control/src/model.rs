@@ -1,7 +1,7 @@
 //! The control plane's picture of the cluster: Services, EndpointSlices and TrafficPolicies,
 //! indexed by ClusterIP:port, with one global `version`.
 //!
-//! It exists so that the sources (a directory, later the Kubernetes watchers) and the compiler
+//! It exists so that the sources (a directory, the Kubernetes watchers) and the compiler
 //! never meet: sources feed [`Change`]s or whole snapshots in, [`crate::compile`] reads out. Every
 //! mutation returns the set of Services it [`Touched`], so the server recompiles and pushes only
 //! the destinations that could have changed.
@@ -180,13 +180,28 @@ impl Model {
     /// Replaces everything by `objects` (a source that re-reads all, like the directory),
     /// applying only the differences. Later duplicates of one key win.
     pub fn sync(&mut self, objects: impl IntoIterator<Item = Object>) -> Touched {
+        self.sync_where(objects, |_| true)
+    }
+
+    /// Replaces every object of one kind by `objects` (a watcher's relist: each kind is listed
+    /// on its own), applying only the differences; other kinds are left alone. Objects of
+    /// another kind in `objects` are applied too, but never deleted by this call.
+    pub fn sync_kind(&mut self, kind: Kind, objects: impl IntoIterator<Item = Object>) -> Touched {
+        self.sync_where(objects, |k| k.kind == kind)
+    }
+
+    fn sync_where(
+        &mut self,
+        objects: impl IntoIterator<Item = Object>,
+        scope: impl Fn(&Key) -> bool,
+    ) -> Touched {
         let wanted: BTreeMap<Key, Object> = objects.into_iter().map(|o| (o.key(), o)).collect();
         let mut touched = Touched::default();
         let mut changed = false;
         let gone: Vec<Key> = self
             .objects
             .keys()
-            .filter(|k| !wanted.contains_key(k))
+            .filter(|k| scope(k) && !wanted.contains_key(k))
             .cloned()
             .collect();
         for key in gone {
@@ -507,6 +522,29 @@ mod tests {
         }));
         assert!(t.is_empty());
         assert_eq!(m.version(), 2);
+    }
+
+    #[test]
+    fn a_kind_is_synced_without_touching_the_others() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1"]),
+            slice("a-1", "a", "10.0.0.1"),
+            slice("a-2", "a", "10.0.0.2"),
+        ]);
+        // A relist of slices that no longer has a-2: a-2 goes, the Service stays.
+        let t = m.sync_kind(Kind::EndpointSlice, [slice("a-1", "a", "10.0.0.1")]);
+        assert_eq!(t.services, refs(&["a"]));
+        let a = ServiceRef {
+            namespace: "default".into(),
+            name: "a".into(),
+        };
+        assert_eq!(m.slices(&a).count(), 1);
+        assert!(m.service(&a).is_some());
+        // An empty relist of Services leaves the slices.
+        m.sync_kind(Kind::Service, []);
+        assert!(m.service(&a).is_none());
+        assert_eq!(m.slices(&a).count(), 1);
     }
 
     #[test]

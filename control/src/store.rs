@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::compile::compile;
 use crate::metrics::Metrics;
-use crate::model::{Change, Model, Object, Report, Touched};
+use crate::model::{Change, Kind, Model, Object, Report, Touched};
 
 /// The shared state of a running control plane.
 pub struct Store {
@@ -43,6 +43,19 @@ impl Store {
     /// Replaces the model's objects by a snapshot; see [`Model::sync`].
     pub fn sync(&self, objects: Vec<Object>) -> Touched {
         self.change(|m| m.sync(objects))
+    }
+
+    /// Replaces every object of one kind; see [`Model::sync_kind`].
+    pub fn sync_kind(&self, kind: Kind, objects: Vec<Object>) -> Touched {
+        self.change(|m| m.sync_kind(kind, objects))
+    }
+
+    /// Every policy problem now (refused policies, then conflicts); see [`Model::reports`].
+    pub fn reports(&self) -> Vec<Report> {
+        self.model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .reports()
     }
 
     /// Applies one event; see [`Model::apply`].

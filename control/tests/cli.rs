@@ -1,5 +1,5 @@
 //! The `control` binary's promises: describe prints exactly the Update, bad input exits 2 naming
-//! what was wrong, and serve without a source says the Kubernetes source is not built yet.
+//! what was wrong, and serve without a usable Kubernetes config exits 2 saying how to give one.
 
 use std::path::Path;
 use std::process::Command;
@@ -77,15 +77,41 @@ fn bad_input_exits_2_naming_it() {
 }
 
 #[test]
-fn serve_without_a_source_says_kubernetes_is_not_built_yet() {
-    let (code, _, err) = control(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("Kubernetes source"), "{err}");
-    assert!(err.contains("not built yet"), "{err}");
+fn serve_without_a_kubernetes_config_or_with_a_bad_one_exits_2_naming_it() {
+    let serve = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_control"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", "/nonexistent/trellis-kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("TRELLIS_KUBECONFIG")
+            .env_remove("TRELLIS_FROM_DIR")
+            .output()
+            .expect("control runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = serve(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no Kubernetes configuration"), "{err}");
+    assert!(err.contains("--kubeconfig PATH"), "{err}");
+
+    let (code, err) = serve(&["--kubeconfig", "/nonexistent/kubeconfig"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{err}"
+    );
+
+    let (code, err) = serve(&["--kubeconfig", "/k", "--from-dir", "/d"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }

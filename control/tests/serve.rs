@@ -10,8 +10,7 @@ use control::metrics::Metrics;
 use control::serve;
 use control::source::dir::DirSource;
 use control::store::Store;
-use support::{service, slice, Scratch};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use support::{addresses, get, service, slice, Scratch};
 use tokio::net::{TcpListener, TcpStream};
 
 struct Running {
@@ -51,86 +50,6 @@ async fn start(dir: &std::path::Path, max_streams: usize) -> Running {
         store,
         tasks,
     }
-}
-
-/// An open HTTP/1.1 response, read chunk by chunk into lines.
-struct Stream {
-    reader: BufReader<TcpStream>,
-    head: String,
-    pending: Vec<u8>,
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> Stream {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: control\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut reader = BufReader::new(tcp);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).await.unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line);
-    }
-    Stream {
-        reader,
-        head,
-        pending: Vec::new(),
-    }
-}
-
-impl Stream {
-    /// The next line of a chunked body.
-    async fn line(&mut self) -> String {
-        loop {
-            if let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=i).collect();
-                return String::from_utf8(line).unwrap();
-            }
-            let mut size = String::new();
-            self.reader.read_line(&mut size).await.unwrap();
-            let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-            assert!(n > 0, "the stream ended");
-            let mut chunk = vec![0; n + 2];
-            self.reader.read_exact(&mut chunk).await.unwrap();
-            self.pending.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn update(&mut self) -> Update {
-        serde_json::from_str(&self.line().await).unwrap()
-    }
-
-    /// The whole body of a non-streamed (content-length) response.
-    async fn body(mut self) -> String {
-        let mut rest = String::new();
-        let len: usize = self
-            .head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        let mut buf = vec![0; len];
-        self.reader.read_exact(&mut buf).await.unwrap();
-        rest.push_str(&String::from_utf8(buf).unwrap());
-        rest
-    }
-}
-
-fn addresses(u: &Update) -> Vec<String> {
-    u.destination
-        .as_ref()
-        .unwrap()
-        .endpoints
-        .iter()
-        .map(|e| e.address.to_string())
-        .collect()
 }
 
 #[tokio::test]

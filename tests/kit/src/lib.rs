@@ -8,8 +8,10 @@
 //! - [`http`]: one HTTP/1.1 client (plain or TLS, from any namespace);
 //! - [`stats`]: Envoy's `/stats` text parsed once, and a matcher that retries until a deadline;
 //! - [`golden`]: compare-or-update of golden files behind one switch, `UPDATE_GOLDEN=1`;
-//! - [`root`]: the one root check, which fails and never skips.
+//! - [`root`]: the one root check, which fails and never skips;
+//! - [`apiserver`]: a Kubernetes API server double (list, watch, writes, status) for kube clients.
 
+pub mod apiserver;
 mod error;
 pub mod golden;
 pub mod http;

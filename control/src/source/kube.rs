@@ -1,0 +1,544 @@
+//! The Kubernetes source: Services, EndpointSlices and TrafficPolicies watched in every namespace
+//! through kube-runtime watchers, fed to the [`Store`] as they change. It is how the control
+//! plane runs in a cluster (in-cluster config, or `--kubeconfig PATH` from outside).
+//!
+//! Guarantees:
+//! - each kind is watched on its own; a (re)list (the watcher's `Init` .. `InitDone`, after a
+//!   start, a `410 Gone` or an error) ends with the store holding exactly the listed objects of
+//!   that kind ([`Store::sync_kind`]), so whatever vanished meanwhile is deleted; every other
+//!   watch event is one [`Store::apply`];
+//! - the store is ready ([`Store::set_ready`]) once all three first lists are in;
+//! - watch errors are logged and retried with kube-runtime's default backoff; nothing here stops
+//!   for good;
+//! - without the TrafficPolicy CRD (its list is 404) one warning names the CRD and how to install
+//!   it, Services are served with the default policy, and the policy watch is retried with
+//!   backoff (so installing the CRD later is picked up);
+//! - each TrafficPolicy's `status.conditions` holds one `Accepted` condition saying whether it is
+//!   used (`True`/`Accepted`) or not (`False`, reason `Invalid` or `Conflicted`, the error as the
+//!   message), written with a merge patch on the status subresource only when it differs from
+//!   what the object already says, so our own writes never cause more writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt as _;
+use serde_json::{json, Value};
+
+use crate::model::{Change, Key, Kind, Object, Report};
+use crate::policy;
+use crate::store::Store;
+
+/// The CRD that defines TrafficPolicy, as `kubectl get crd` names it.
+pub const POLICY_CRD: &str = "trafficpolicies.trellis.dev";
+/// The condition type written to each TrafficPolicy's status.
+pub const ACCEPTED: &str = "Accepted";
+
+/// The TrafficPolicy resource, for dynamic (untyped) watches and status patches.
+pub fn policy_resource() -> ApiResource {
+    ApiResource {
+        group: "trellis.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: policy::API_VERSION.into(),
+        kind: policy::KIND.into(),
+        plural: "trafficpolicies".into(),
+    }
+}
+
+/// The source could not be set up.
+// Errors carry their cause in the message (not as a `#[source]`), as the directory source's do,
+// so that a plain `{e}` in a log line says everything and `{e:#}` does not say it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("--kubeconfig {path}: {error}")]
+    Kubeconfig {
+        path: PathBuf,
+        error: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes configuration (pass --kubeconfig PATH, set KUBECONFIG, run in a pod, \
+         or use --from-dir DIR): {0}"
+    )]
+    Infer(kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(kube::Error),
+    /// A watch stream ended, which kube-runtime watchers never do.
+    #[error("the {0} watch ended unexpectedly")]
+    Ended(&'static str),
+}
+
+/// Watches the API server `client` talks to.
+#[derive(Clone)]
+pub struct KubeSource {
+    client: kube::Client,
+}
+
+impl fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeSource").finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    pub fn new(client: kube::Client) -> KubeSource {
+        KubeSource { client }
+    }
+
+    /// A source from a kubeconfig file, or (without one) from `KUBECONFIG`, `~/.kube/config`
+    /// or the pod's service account, as `kubectl` and `kube::Client::try_default` look.
+    pub async fn connect(kubeconfig: Option<&Path>) -> Result<KubeSource, KubeError> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let err = |error| KubeError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    error,
+                };
+                let file = kube::config::Kubeconfig::read_from(path).map_err(err)?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(err)?
+            }
+            None => kube::Config::infer().await.map_err(KubeError::Infer)?,
+        };
+        tracing::info!(api_server = %config.cluster_url, "watching the Kubernetes API");
+        let client = kube::Client::try_from(config).map_err(KubeError::Client)?;
+        Ok(KubeSource::new(client))
+    }
+
+    /// Watches the three kinds until the task is dropped.
+    pub async fn run(self, store: Arc<Store>) -> Result<(), KubeError> {
+        let ready = Readiness::new(store.clone());
+        let services = follow(
+            Api::<Service>::all(self.client.clone()),
+            Kind::Service,
+            &store,
+            &ready,
+            |s| Object::Service(Box::new(s)),
+        );
+        let slices = follow(
+            Api::<EndpointSlice>::all(self.client.clone()),
+            Kind::EndpointSlice,
+            &store,
+            &ready,
+            |e| Object::EndpointSlice(Box::new(e)),
+        );
+        let policies = follow_policies(self.client.clone(), &store, &ready);
+        tokio::select! {
+            () = services => Err(KubeError::Ended("Service")),
+            () = slices => Err(KubeError::Ended("EndpointSlice")),
+            () = policies => Err(KubeError::Ended("TrafficPolicy")),
+        }
+    }
+}
+
+/// Marks the store ready once every kind has been listed once.
+struct Readiness {
+    store: Arc<Store>,
+    pending: Mutex<BTreeSet<Kind>>,
+}
+
+impl Readiness {
+    fn new(store: Arc<Store>) -> Readiness {
+        Readiness {
+            store,
+            pending: Mutex::new(
+                [Kind::Service, Kind::EndpointSlice, Kind::TrafficPolicy]
+                    .into_iter()
+                    .collect(),
+            ),
+        }
+    }
+
+    fn listed(&self, kind: Kind) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.remove(&kind) && pending.is_empty() {
+            self.store.set_ready();
+            tracing::info!(
+                version = self.store.version(),
+                "the first lists of Services, EndpointSlices and TrafficPolicies are in; ready"
+            );
+        }
+    }
+}
+
+/// One kind's watch events turned into store changes: a relist is collected whole and synced at
+/// its end; the other events are applied one by one.
+struct Feed {
+    kind: Kind,
+    relist: Option<Vec<Object>>,
+}
+
+impl Feed {
+    fn new(kind: Kind) -> Feed {
+        Feed { kind, relist: None }
+    }
+
+    /// Applies one event; true when it completed a (re)list.
+    fn event(&mut self, store: &Store, event: Event<Object>) -> bool {
+        match event {
+            Event::Init => self.relist = Some(Vec::new()),
+            Event::InitApply(o) => self.relist.get_or_insert_with(Vec::new).push(o),
+            Event::InitDone => {
+                let objects = self.relist.take().unwrap_or_default();
+                let n = objects.len();
+                let touched = store.sync_kind(self.kind, objects);
+                tracing::info!(
+                    kind = ?self.kind,
+                    objects = n,
+                    touched = touched.services.len(),
+                    version = store.version(),
+                    "listed"
+                );
+                return true;
+            }
+            Event::Apply(o) => {
+                store.apply(Change::Apply(o));
+            }
+            Event::Delete(o) => {
+                store.apply(Change::Delete(o.key()));
+            }
+        }
+        false
+    }
+}
+
+fn map_event<K>(event: Event<K>, f: impl Fn(K) -> Object) -> Event<Object> {
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(k) => Event::InitApply(f(k)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(k) => Event::Apply(f(k)),
+        Event::Delete(k) => Event::Delete(f(k)),
+    }
+}
+
+async fn follow<K>(
+    api: Api<K>,
+    kind: Kind,
+    store: &Store,
+    ready: &Readiness,
+    convert: impl Fn(K) -> Object,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + fmt::Debug + Send + 'static,
+{
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut feed = Feed::new(kind);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                if feed.event(store, map_event(event, &convert)) {
+                    ready.listed(kind);
+                }
+            }
+            Err(e) => tracing::warn!(kind = ?kind, "watch: {e}; retrying with backoff"),
+        }
+    }
+}
+
+/// A TrafficPolicy as the model reads it (apiVersion and kind filled in when a list left them
+/// out).
+fn policy_object(o: &DynamicObject) -> Object {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.entry("apiVersion")
+            .or_insert_with(|| json!(policy::API_VERSION));
+        map.entry("kind").or_insert_with(|| json!(policy::KIND));
+    }
+    Object::TrafficPolicy(Box::new(policy::parse(&v)))
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            if s.code == 404
+    )
+}
+
+async fn follow_policies(client: kube::Client, store: &Store, ready: &Readiness) {
+    let resource = policy_resource();
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut feed = Feed::new(Kind::TrafficPolicy);
+    let mut status = StatusWriter::new(client, resource);
+    let mut missing = false;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(e) if is_not_found(&e) => {
+                if !missing {
+                    tracing::warn!(
+                        "the TrafficPolicy CRD ({POLICY_CRD}) is not installed: serving Services \
+                         with the default policy and retrying; install it with \
+                         `kubectl apply -k manifests/`"
+                    );
+                    missing = true;
+                }
+                // No CRD, no policies: a complete (empty) list.
+                store.sync_kind(Kind::TrafficPolicy, Vec::new());
+                status.relisted(BTreeSet::new());
+                ready.listed(Kind::TrafficPolicy);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(kind = "TrafficPolicy", "watch: {e}; retrying with backoff");
+                continue;
+            }
+        };
+        if std::mem::take(&mut missing) {
+            tracing::info!("the TrafficPolicy CRD ({POLICY_CRD}) is installed; watching policies");
+        }
+        let mut settled = true;
+        match &event {
+            Event::Init => {
+                status.relisting();
+                settled = false;
+            }
+            Event::InitApply(o) => {
+                status.seen(o);
+                settled = false;
+            }
+            Event::Apply(o) => status.seen(o),
+            Event::Delete(o) => status.forget(o),
+            Event::InitDone => {}
+        }
+        let listed = feed.event(store, map_event(event, |o| policy_object(&o)));
+        if listed {
+            status.relisted_done();
+            ready.listed(Kind::TrafficPolicy);
+        }
+        if settled {
+            status.reconcile(store).await;
+        }
+    }
+}
+
+/// The `Accepted` condition as we compare it (the transition time aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Condition {
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+    observed_generation: Option<i64>,
+}
+
+/// What the object says now.
+#[derive(Debug, Clone)]
+struct Seen {
+    generation: Option<i64>,
+    /// Its `Accepted` condition as (status, reason, message, observedGeneration).
+    accepted: Option<(String, String, String, Option<i64>)>,
+    /// `lastTransitionTime` of that condition.
+    since: Option<Value>,
+    /// Every other condition, kept as is.
+    others: Vec<Value>,
+}
+
+impl Seen {
+    fn says(&self, c: &Condition) -> bool {
+        self.accepted.as_ref().is_some_and(|(s, r, m, g)| {
+            s == c.status && r == c.reason && *m == c.message && *g == c.observed_generation
+        })
+    }
+}
+
+/// Writes each policy's `Accepted` condition when it differs from what the policy says.
+struct StatusWriter {
+    client: kube::Client,
+    resource: ApiResource,
+    seen: BTreeMap<Key, Seen>,
+    /// During a relist: the keys listed so far.
+    relist: Option<BTreeSet<Key>>,
+    /// What we last wrote, so that a second look before our write's own event comes back does
+    /// not write it again.
+    written: BTreeMap<Key, Condition>,
+}
+
+fn key_of(o: &DynamicObject) -> Key {
+    Key {
+        kind: Kind::TrafficPolicy,
+        namespace: o
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: o.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+impl StatusWriter {
+    fn new(client: kube::Client, resource: ApiResource) -> StatusWriter {
+        StatusWriter {
+            client,
+            resource,
+            seen: BTreeMap::new(),
+            relist: None,
+            written: BTreeMap::new(),
+        }
+    }
+
+    fn seen(&mut self, o: &DynamicObject) {
+        let key = key_of(o);
+        let conditions: Vec<Value> = o
+            .data
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let (accepted, others): (Vec<Value>, Vec<Value>) = conditions
+            .into_iter()
+            .partition(|c| c.get("type").and_then(Value::as_str) == Some(ACCEPTED));
+        let text = |c: &Value, f: &str| c.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+        let seen = Seen {
+            generation: o.metadata.generation,
+            accepted: accepted.first().map(|c| {
+                (
+                    text(c, "status"),
+                    text(c, "reason"),
+                    text(c, "message"),
+                    c.get("observedGeneration").and_then(Value::as_i64),
+                )
+            }),
+            since: accepted
+                .first()
+                .and_then(|c| c.get("lastTransitionTime").cloned()),
+            others,
+        };
+        // Someone else changed the condition: what we wrote no longer stands.
+        if let Some(w) = self.written.get(&key) {
+            if !seen.says(w) {
+                self.written.remove(&key);
+            }
+        }
+        if let Some(r) = &mut self.relist {
+            r.insert(key.clone());
+        }
+        self.seen.insert(key, seen);
+    }
+
+    fn forget(&mut self, o: &DynamicObject) {
+        let key = key_of(o);
+        self.seen.remove(&key);
+        self.written.remove(&key);
+    }
+
+    fn relisting(&mut self) {
+        self.relist = Some(BTreeSet::new());
+    }
+
+    fn relisted_done(&mut self) {
+        let listed = self.relist.take().unwrap_or_default();
+        self.relisted(listed);
+    }
+
+    /// Forgets every policy not in `listed`.
+    fn relisted(&mut self, listed: BTreeSet<Key>) {
+        self.seen.retain(|k, _| listed.contains(k));
+        self.written.retain(|k, _| listed.contains(k));
+    }
+
+    /// The condition each known policy should carry, from the model's reports.
+    fn desired(&self, reports: &[Report]) -> BTreeMap<Key, Condition> {
+        let mut problems: BTreeMap<String, (&'static str, Vec<String>)> = BTreeMap::new();
+        for r in reports {
+            let (id, reason, message) = match r {
+                Report::Invalid(e) => (e.object.clone(), "Invalid", e.to_string()),
+                Report::Conflict { loser, .. } => (loser.clone(), "Conflicted", r.to_string()),
+            };
+            let entry = problems.entry(id).or_insert((reason, Vec::new()));
+            if entry.0 == "Conflicted" && reason == "Invalid" {
+                entry.0 = reason;
+            }
+            entry.1.push(message);
+        }
+        self.seen
+            .iter()
+            .map(|(key, seen)| {
+                let id = format!("{}/{}", key.namespace, key.name);
+                let c = match problems.get(&id) {
+                    Some((reason, messages)) => Condition {
+                        status: "False",
+                        reason,
+                        message: messages.join("; "),
+                        observed_generation: seen.generation,
+                    },
+                    None => Condition {
+                        status: "True",
+                        reason: "Accepted",
+                        message: "the policy is valid and applies to the Services it targets"
+                            .into(),
+                        observed_generation: seen.generation,
+                    },
+                };
+                (key.clone(), c)
+            })
+            .collect()
+    }
+
+    /// Patches the status of every policy whose condition is not what it should be.
+    async fn reconcile(&mut self, store: &Store) {
+        let desired = self.desired(&store.reports());
+        for (key, want) in desired {
+            let Some(seen) = self.seen.get(&key) else {
+                continue;
+            };
+            if seen.says(&want) || self.written.get(&key) == Some(&want) {
+                continue;
+            }
+            let same_status = seen
+                .accepted
+                .as_ref()
+                .is_some_and(|(s, ..)| s == want.status);
+            let since = match (&seen.since, same_status) {
+                (Some(t), true) => t.clone(),
+                _ => serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ))
+                .unwrap_or(Value::Null),
+            };
+            let mut conditions = seen.others.clone();
+            conditions.push(json!({
+                "type": ACCEPTED,
+                "status": want.status,
+                "reason": want.reason,
+                "message": want.message,
+                "observedGeneration": want.observed_generation,
+                "lastTransitionTime": since,
+            }));
+            let patch = json!({"status": {"conditions": conditions}});
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &key.namespace, &self.resource);
+            match api
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        policy = %format!("{}/{}", key.namespace, key.name),
+                        accepted = want.status,
+                        reason = want.reason,
+                        "wrote the policy's status"
+                    );
+                    self.written.insert(key, want);
+                }
+                // Tried again at the next policy event.
+                Err(e) => tracing::warn!(
+                    policy = %format!("{}/{}", key.namespace, key.name),
+                    "cannot write the policy's status: {e}"
+                ),
+            }
+        }
+    }
+}

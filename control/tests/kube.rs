@@ -1,0 +1,393 @@
+//! The Kubernetes source against the kit's API server double: the same source and servers
+//! `control serve` runs (in process, and once as the binary with `--kubeconfig`), real kube
+//! watchers, real HTTP streams.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::metrics::Metrics;
+use control::serve;
+use control::source::kube::KubeSource;
+use control::store::Store;
+use kit::apiserver::{
+    ApiServer, Options, ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, TRAFFICPOLICIES,
+};
+use serde_json::{json, Value};
+use support::{addresses, get, service, slice};
+use tokio::net::TcpListener;
+
+struct Running {
+    addr: std::net::SocketAddr,
+    store: Arc<Store>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The Kubernetes source and the discovery server, as `control serve` wires them.
+async fn start(server: &ApiServer) -> Running {
+    let store = Store::new(Arc::new(Metrics::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let source = KubeSource::new(server.client());
+    let discovery = serve::router(store.clone(), 100);
+    let s = store.clone();
+    let tasks = vec![
+        tokio::spawn(async move { source.run(s).await.unwrap() }),
+        tokio::spawn(async move { serve::serve(listener, discovery).await.unwrap() }),
+    ];
+    for _ in 0..500 {
+        if store.is_ready() {
+            return Running { addr, store, tasks };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not ready within 10s");
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
+fn policy(name: &str, target: &str, simple: &str) -> Value {
+    json!({
+        "apiVersion": "trellis.dev/v1alpha1", "kind": "TrafficPolicy",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": target}],
+            "loadBalancer": {"simple": simple},
+        },
+    })
+}
+
+/// The policy's `Accepted` condition, once it has one (waiting up to `secs`) and it satisfies
+/// `done`.
+async fn accepted(
+    server: &ApiServer,
+    name: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..secs * 50 {
+        let c = server
+            .object(&TRAFFICPOLICIES.gvr, "default", name)
+            .and_then(|p| {
+                p.pointer("/status/conditions")?
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Accepted")
+                    .cloned()
+            });
+        if let Some(c) = c.filter(|c| done(c)) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "policy {name}: no such Accepted condition within {secs}s: {:?}",
+        server.object(&TRAFFICPOLICIES.gvr, "default", name)
+    );
+}
+
+fn status_patches(server: &ApiServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("PATCH ") && r.contains("/trafficpolicies/") && r.contains("/status")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn services_and_slices_are_streamed_and_their_changes_followed() {
+    let server = ApiServer::start().unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    server
+        .create(yaml(&slice("reviews", &["10.0.0.1", "10.0.0.2"])))
+        .unwrap();
+    let control = start(&server).await;
+
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.10:80").await;
+    assert!(s.head.starts_with("HTTP/1.1 200"), "{}", s.head);
+    let first = s.update().await;
+    assert_eq!(addresses(&first), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+
+    server
+        .patch(
+            &ENDPOINTSLICES.gvr,
+            "default",
+            "reviews-1",
+            json!({"endpoints": [{"addresses": ["10.0.0.3"], "conditions": {"ready": true}}]}),
+        )
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update after the slice changed");
+    assert!(next.version > first.version);
+    assert_eq!(addresses(&next), ["10.0.0.3:8080"]);
+
+    server.delete(&SERVICES.gvr, "default", "reviews").unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update after the Service went");
+    assert_eq!(gone.destination, None);
+}
+
+#[tokio::test]
+async fn policy_conditions_say_accepted_invalid_or_conflicted_and_are_written_once() {
+    let server = ApiServer::start().unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    // Created in this order: `bad` is the oldest, `good` wins over `late`.
+    server.create(policy("bad", "reviews", "FASTEST")).unwrap();
+    server
+        .create(policy("good", "reviews", "ROUND_ROBIN"))
+        .unwrap();
+    server.create(policy("late", "reviews", "RANDOM")).unwrap();
+    let control = start(&server).await;
+
+    let bad = accepted(&server, "bad", 10, |_| true).await;
+    assert_eq!(bad["status"], "False");
+    assert_eq!(bad["reason"], "Invalid");
+    assert_eq!(
+        bad["message"],
+        "default/bad: spec.loadBalancer.simple: \"FASTEST\" is not one of LEAST_REQUEST, ROUND_ROBIN, RANDOM"
+    );
+    assert_eq!(bad["observedGeneration"], 1);
+    let good = accepted(&server, "good", 10, |_| true).await;
+    assert_eq!(
+        (&good["status"], &good["reason"]),
+        (&json!("True"), &json!("Accepted"))
+    );
+    let late = accepted(&server, "late", 10, |_| true).await;
+    assert_eq!(
+        (&late["status"], &late["reason"]),
+        (&json!("False"), &json!("Conflicted"))
+    );
+    let message = late["message"].as_str().unwrap();
+    assert!(message.contains("default/good"), "{message}");
+
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.10:80").await;
+    let u = s.update().await;
+    let policy = &u.destination.unwrap().policy;
+    assert_eq!(policy.source.as_deref(), Some("default/good"), "{policy:?}");
+
+    // Written once each, and our own writes do not cause more.
+    assert_eq!(status_patches(&server), 3, "{:?}", server.requests());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status_patches(&server), 3, "{:?}", server.requests());
+
+    // `bad` is fixed: now valid and the oldest, it wins; `good` becomes a conflict.
+    server
+        .patch(
+            &TRAFFICPOLICIES.gvr,
+            "default",
+            "bad",
+            json!({"spec": {"loadBalancer": {"simple": "LEAST_REQUEST"}}}),
+        )
+        .unwrap();
+    let bad = accepted(&server, "bad", 10, |c| c["status"] == "True").await;
+    assert_eq!(bad["observedGeneration"], 2);
+    let good = accepted(&server, "good", 10, |c| c["status"] == "False").await;
+    assert_eq!(good["reason"], "Conflicted");
+    let u = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update after the winning policy changed");
+    assert_eq!(
+        u.destination.unwrap().policy.source.as_deref(),
+        Some("default/bad")
+    );
+    // `late` still conflicts, now with `bad`: its message changes, so it is written again.
+    let late = accepted(&server, "late", 10, |c| {
+        c["message"].as_str().unwrap().contains("default/bad")
+    })
+    .await;
+    assert_eq!(late["reason"], "Conflicted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_patches(&server), 6, "{:?}", server.requests());
+}
+
+#[tokio::test]
+async fn changes_while_disconnected_or_expired_are_picked_up() {
+    let server = ApiServer::start().unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    server
+        .create(yaml(&slice("reviews", &["10.0.0.1"])))
+        .unwrap();
+    let control = start(&server).await;
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.10:80").await;
+    assert_eq!(addresses(&s.update().await), ["10.0.0.1:8080"]);
+    let lists = |server: &ApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.starts_with("GET /apis/discovery.k8s.io/v1/endpointslices")
+                    && !r.contains("watch=")
+            })
+            .count()
+    };
+    assert_eq!(lists(&server), 1);
+
+    // Disconnected: the change is made before the watchers can reconnect; they resume and see
+    // it as an event.
+    server.disconnect_watches();
+    server
+        .patch(
+            &ENDPOINTSLICES.gvr,
+            "default",
+            "reviews-1",
+            json!({"endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": true}}]}),
+        )
+        .unwrap();
+    let u = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("the change made while disconnected");
+    assert_eq!(addresses(&u), ["10.0.0.2:8080"]);
+    assert_eq!(lists(&server), 1, "a resumed watch needs no relist");
+
+    // Expired: the slice is deleted and another one made where no watch sees it; the 410 makes
+    // the watchers relist, and the relist must both add the new slice and drop the old one.
+    server.expire_watches();
+    server
+        .delete(&ENDPOINTSLICES.gvr, "default", "reviews-1")
+        .unwrap();
+    let mut other = yaml(&slice("reviews", &["10.0.0.9"]));
+    other["metadata"]["name"] = json!("reviews-2");
+    server.create(other).unwrap();
+    let mut last = Vec::new();
+    for _ in 0..4 {
+        match tokio::time::timeout(Duration::from_secs(10), s.update()).await {
+            Ok(u) => {
+                last = addresses(&u);
+                if last == ["10.0.0.9:8080"] {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(last, ["10.0.0.9:8080"]);
+    assert!(
+        lists(&server) >= 2,
+        "a relist after 410: {:?}",
+        server.requests()
+    );
+    assert_eq!(
+        addresses(&control.store.answer("10.96.0.10:80".parse().unwrap())),
+        ["10.0.0.9:8080"]
+    );
+}
+
+#[tokio::test]
+async fn without_the_crd_services_are_served_and_policies_come_when_it_is_installed() {
+    let server = ApiServer::with_options(Options {
+        resources: vec![SERVICES, NAMESPACES, PODS, ENDPOINTSLICES],
+        ..Options::default()
+    })
+    .unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    server
+        .create(yaml(&slice("reviews", &["10.0.0.1"])))
+        .unwrap();
+    let control = start(&server).await;
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.10:80").await;
+    let u = s.update().await;
+    assert_eq!(addresses(&u), ["10.0.0.1:8080"]);
+    assert_eq!(
+        u.destination.unwrap().policy.source,
+        None,
+        "the default policy"
+    );
+
+    // The CRD arrives later: the policy watch, retried with backoff, finds it.
+    server.install(TRAFFICPOLICIES);
+    server
+        .create(policy("p", "reviews", "ROUND_ROBIN"))
+        .unwrap();
+    let c = accepted(&server, "p", 60, |_| true).await;
+    assert_eq!(c["status"], "True");
+    let u = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update with the policy");
+    assert_eq!(
+        u.destination.unwrap().policy.source.as_deref(),
+        Some("default/p")
+    );
+}
+
+/// A free loopback port (bound, then released for the binary to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_from_a_kubeconfig() {
+    let server = ApiServer::start().unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    server
+        .create(yaml(&slice("reviews", &["10.0.0.1"])))
+        .unwrap();
+    let dir = support::Scratch::new("kube");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let _child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_control"))
+            .args(["serve", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .spawn()
+            .expect("control runs"),
+    );
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(metrics).await.is_ok()
+            && get(metrics, "/ready")
+                .await
+                .head
+                .starts_with("HTTP/1.1 200")
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "control serve --kubeconfig never became ready");
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = get(addr, "/v1/destinations/10.96.0.10:80").await;
+    assert_eq!(addresses(&s.update().await), ["10.0.0.1:8080"]);
+}
