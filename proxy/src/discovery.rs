@@ -99,6 +99,17 @@ impl Discovery {
         proxy: &Arc<Proxy>,
         addr: SocketAddr,
     ) -> Option<Arc<Cluster>> {
+        self.resolve_within(proxy, addr, FIRST_ANSWER_WAIT).await
+    }
+
+    /// [`Discovery::resolve`], waiting up to `wait` for a first answer (a gateway's upstream, at
+    /// start, may wait longer than a connection can).
+    pub async fn resolve_within(
+        self: &Arc<Self>,
+        proxy: &Arc<Proxy>,
+        addr: SocketAddr,
+        wait: Duration,
+    ) -> Option<Arc<Cluster>> {
         let mut rx = {
             let mut w = self.watches.lock().expect("watches lock");
             match w.get(&addr) {
