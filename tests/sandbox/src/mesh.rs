@@ -22,6 +22,8 @@ use crate::{bins, cleanup, manifests, IMAGE_USER};
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
 pub const WEBHOOK_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 2);
 pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 3);
+/// The API server double listens on the node's bridge address.
+pub const API_PORT: u16 = 6443;
 pub const WEBHOOK_HOST: &str = "trellis-webhook.trellis-system.svc";
 pub const WEBHOOK_PORT: u16 = 8443;
 /// The proxy's admin port (the injector's default).
@@ -85,6 +87,8 @@ pub struct Mesh {
     pub pods: Vec<Pod>,
     /// Services: ClusterIPs, EndpointSlices for the control plane, kube-proxy's DNAT.
     pub services: Services,
+    /// The API server (a double, `kit::apiserver`), in the node namespace.
+    pub api: kit::apiserver::ApiServer,
     webhook: Option<Proc>,
     webhook_ns: Option<Netns>,
     control: Option<Proc>,
@@ -114,11 +118,19 @@ impl Mesh {
         node.ip(&["link", "add", "br0", "type", "bridge"])?;
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
         node.ip(&["link", "set", "br0", "up"])?;
-        let cluster_dir = dir.join("cluster");
-        std::fs::create_dir_all(&cluster_dir)?;
+        // Started from inside the node, so that it listens there, on the bridge.
+        let api = node
+            .enter(|| {
+                kit::apiserver::ApiServer::with_options(kit::apiserver::Options {
+                    addr: SocketAddr::from((NODE_IP, API_PORT)),
+                    ..kit::apiserver::Options::default()
+                })
+            })?
+            .context("starting the API server double in the node")?;
         let mut mesh = Mesh {
             prefix: prefix.to_string(),
-            services: Services::new(cluster_dir, &dir),
+            services: Services::new(&dir),
+            api,
             dir,
             pods: Vec::new(),
             webhook: None,
@@ -159,49 +171,47 @@ impl Mesh {
                 object: &p.admitted.pod,
             })
             .collect();
-        self.services.sync(&pods, &self.node)
+        self.services.sync(&pods, &self.api, &self.node)
     }
 
-    /// Puts an object where the control plane reads it (`kubectl apply -f`): a `TrafficPolicy`.
+    /// `kubectl apply -f` of one object (a `TrafficPolicy`).
     pub fn apply(&self, object: &Value) -> anyhow::Result<()> {
-        let kind = object["kind"]
-            .as_str()
-            .unwrap_or("object")
-            .to_ascii_lowercase();
-        let ns = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default");
-        let name = object["metadata"]["name"]
-            .as_str()
-            .context("an object without a name")?;
-        let file = self.services.dir.join(format!("{kind}-{ns}-{name}.yaml"));
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, serde_yaml::to_string(object)?)?;
-        std::fs::rename(&tmp, &file)?;
-        Ok(())
+        self.api
+            .apply(object)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("kubectl apply: {e:?}"))
     }
 
-    /// `kubectl delete` of an object [`apply`](Self::apply) put there.
+    /// `kubectl delete` of an object [`apply`](Self::apply) made.
     pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> anyhow::Result<()> {
-        let kind = kind.to_ascii_lowercase();
-        let file = self
-            .services
-            .dir
-            .join(format!("{kind}-{namespace}-{name}.yaml"));
-        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+        let def = kit::apiserver::DEFAULT_RESOURCES
+            .iter()
+            .find(|d| d.kind == kind)
+            .with_context(|| format!("the API server double does not serve {kind}"))?;
+        self.api
+            .delete(&def.gvr, namespace, name)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("kubectl delete {kind} {namespace}/{name}: {e:?}"))
     }
 
-    /// `control serve --from-dir` as the image's user, in its own pod namespace; waits for
-    /// `/ready`.
+    /// `control serve` as the image's user, in its own pod namespace, watching the API server
+    /// through a kubeconfig (as with its ServiceAccount in a cluster); waits for `/ready`.
     pub fn start_control(&mut self) -> anyhow::Result<()> {
         let ns = self
             .control_ns
             .as_ref()
             .context("the control plane's namespace")?;
+        let kubeconfig = self.dir.join("control.kubeconfig");
+        self.api.write_kubeconfig(&kubeconfig)?;
+        nix::unistd::chown(
+            &kubeconfig,
+            Some(nix::unistd::Uid::from_raw(IMAGE_USER)),
+            Some(nix::unistd::Gid::from_raw(IMAGE_USER)),
+        )?;
         let argv = vec![
             bins::path("control")?.display().to_string(),
             "serve".into(),
-            format!("--from-dir={}", self.services.dir.display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--listen=0.0.0.0:{}", config::api::CONTROL_PORT),
             format!(
                 "--metrics-listen=0.0.0.0:{}",

@@ -3,8 +3,8 @@
 //!
 //! - ClusterIPs are allocated from 10.96.0.0/16, as the API server would;
 //! - each Service and its EndpointSlice (the ready pods its selector matches, target ports
-//!   resolved by name) are written as YAML into the directory `control serve --from-dir` follows,
-//!   one file per Service, replaced atomically on every change;
+//!   resolved by name) are written to the API server double ([`kit::apiserver`]), where the
+//!   control plane's watchers see them, exactly as on a cluster;
 //! - kube-proxy's iptables mode is real iptables in the node namespace: a DNAT per endpoint with
 //!   `statistic --mode random`, and masquerade for the DNAT'd traffic (the pods share one bridge,
 //!   so without it a reply would bypass the node's conntrack). A pod without a sidecar, or a
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
+use kit::apiserver::ApiServer;
 use kit::netns::Netns;
 
 /// The sandbox's kube-proxy chain in the node's nat table.
@@ -54,19 +55,16 @@ pub struct PodRef<'a> {
 pub struct Services {
     by_key: BTreeMap<(String, String), Service>,
     next: u16,
-    /// Where the control plane reads the objects (`control serve --from-dir`).
-    pub dir: PathBuf,
     /// The rules file handed to `iptables-restore`.
     rules: PathBuf,
 }
 
 impl Services {
-    /// `dir`: the control plane's directory; `work`: a private one for the rules file.
-    pub fn new(dir: PathBuf, work: &Path) -> Services {
+    /// `work`: a private directory for the rules file.
+    pub fn new(work: &Path) -> Services {
         Services {
             by_key: BTreeMap::new(),
             next: 0,
-            dir,
             rules: work.join("kube-proxy.rules"),
         }
     }
@@ -117,20 +115,18 @@ impl Services {
     }
 
     /// The EndpointSlice controller and kube-proxy, run once over the current pods: writes every
-    /// Service and its slice into `dir` and replaces the node's DNAT rules.
-    pub fn sync(&self, pods: &[PodRef], node: &Netns) -> anyhow::Result<()> {
-        let dir = &self.dir;
+    /// Service and its slice to the API server (unchanged objects make no event) and replaces the
+    /// node's DNAT rules.
+    pub fn sync(&self, pods: &[PodRef], api: &ApiServer, node: &Netns) -> anyhow::Result<()> {
         let mut rules = String::new();
         for svc in self.by_key.values() {
             let members: Vec<&PodRef> = pods.iter().filter(|p| selects(svc, p)).collect();
             let slice = endpoint_slice(svc, &members);
-            let file = dir.join(format!("{}-{}.yaml", svc.namespace, svc.name));
-            let text = format!(
-                "# Written by the sandbox's EndpointSlice controller.\n{}---\n{}",
-                serde_yaml::to_string(&svc.object)?,
-                serde_yaml::to_string(&slice)?
-            );
-            write_atomically(&file, &text)?;
+            let name = format!("{}/{}", svc.namespace, svc.name);
+            api.apply(&svc.object)
+                .map_err(|e| anyhow::anyhow!("writing Service {name}: {e:?}"))?;
+            api.apply(&slice)
+                .map_err(|e| anyhow::anyhow!("writing the EndpointSlice of {name}: {e:?}"))?;
             rules.push_str(&dnat_rules(svc, &slice));
         }
         let script = format!("*nat\n:{CHAIN} - [0:0]\n{rules}COMMIT\n");
@@ -258,12 +254,6 @@ fn restore(node: &Netns, file: &Path, script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
@@ -271,7 +261,7 @@ mod tests {
 
     #[test]
     fn each_endpoint_gets_an_equal_share_of_the_dnat() {
-        let mut s = Services::new(PathBuf::from("/nonexistent"), Path::new("/nonexistent"));
+        let mut s = Services::new(Path::new("/nonexistent"));
         let svc = s
             .create(json!({"metadata": {"name": "green", "namespace": "demo"},
                 "spec": {"selector": {"app": "green"},

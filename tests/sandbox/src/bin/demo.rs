@@ -50,7 +50,10 @@ fn run() -> anyhow::Result<bool> {
          certificate from certs/make-certs.sh.\nEach Deployment of manifests/demo/ becomes a pod: \
          its template goes to the webhook as an AdmissionReview over HTTPS,\nthe JSON patch is \
          applied, and the pod runs as the kubelet would run it: proxyinit (root), proxy (uid 1337,\n\
-         postStart `proxy wait-ready`), then the app.\n"
+         postStart `proxy wait-ready`), then the app.\n\
+         The node also runs an API server (a test double, over HTTP) and kube-proxy (real iptables DNAT \
+         for each Service's ClusterIP);\n`control serve` watches Services, EndpointSlices and \
+         TrafficPolicies through it, and every sidecar asks it what the addresses its app calls are.\n"
     );
     let mut mesh = Mesh::start(PREFIX)?;
     let result = scenarios_on(&mut mesh);
