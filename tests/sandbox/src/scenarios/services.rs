@@ -239,7 +239,7 @@ pub fn traffic_policy_pool(mesh: &mut Mesh) -> anyhow::Result<Report> {
     rep.check(
         "the client's access log flags them UO",
         !uo.is_empty(),
-        "no UO line",
+        format!("{} such lines", uo.len()),
     );
     if let Some(l) = uo.last() {
         rep.notes.push(format!("client access log: {l}"));
