@@ -254,7 +254,6 @@ fn restore(node: &Netns, file: &Path, script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
