@@ -105,6 +105,8 @@ pub struct Cluster {
     sweeping: AtomicBool,
     /// The control plane defined this cluster (a Service), not an original destination.
     via_api: AtomicBool,
+    /// Its balancer hashes a request key (read per request without taking the lb lock).
+    hashing: AtomicBool,
 }
 
 /// Connection timeouts of a cluster.
@@ -156,6 +158,7 @@ impl Cluster {
             max_requests_per_connection: limits.max_requests_per_connection,
             sweeping: AtomicBool::new(false),
             via_api: AtomicBool::new(false),
+            hashing: AtomicBool::new(false),
         };
         c.sync(&c.pool.lock().expect("pool lock"));
         Arc::new(c)
@@ -205,6 +208,14 @@ impl Cluster {
         }
     }
 
+    /// What its balancer hashes, if it hashes (the common case answers from one flag).
+    pub fn hash_on(&self) -> Option<config::api::HashOn> {
+        if !self.hashing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.lb().balancer.hash_on().cloned()
+    }
+
     /// The hosts and balancer now.
     pub fn lb(&self) -> Arc<Lb> {
         self.lb.read().expect("lb lock").clone()
@@ -249,6 +260,10 @@ impl Cluster {
                 detector.restore(&h.outlier, now);
             }
         }
+        self.hashing.store(
+            matches!(balancer, config::api::Balancer::ConsistentHash { .. }),
+            Ordering::Relaxed,
+        );
         *lb = Arc::new(Lb {
             hosts: Arc::from(hosts),
             balancer: Balancer::new(balancer),

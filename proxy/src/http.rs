@@ -226,10 +226,8 @@ impl Exchange<'_> {
             e
         });
         let key = cluster
-            .lb()
-            .balancer
             .hash_on()
-            .and_then(|on| hash_key(on, &up_head, peer));
+            .and_then(|on| hash_key(&on, &up_head, peer));
         let mut rq = Finish::start(ctx, st, start, log);
         d.buf.consume(req.head_len);
         let mut body = Body::new(req.body);

@@ -30,8 +30,6 @@ pub async fn proxy(
     }
     let _active = Active(listener.clone());
     let key = cluster
-        .lb()
-        .balancer
         .hash_on()
         .and_then(|_| down.peer_addr().ok())
         .map(|a| crate::balancer::stable_hash(a.ip().to_canonical().to_string().as_bytes()));
