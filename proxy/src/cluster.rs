@@ -425,6 +425,7 @@ impl Cluster {
         let st = &self.stats;
         st.upstream_cx_total.inc();
         let active = Active::new(host.clone());
+        host.cx_total.fetch_add(1, Ordering::Relaxed);
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(host.addr)).await {
                 Ok(Ok(s)) => s,
@@ -549,12 +550,14 @@ impl Cluster {
             let a = h.addr;
             let r = std::sync::atomic::Ordering::Relaxed;
             let single = lb.hosts.len() == 1;
-            let values: [(&str, &dyn std::fmt::Display); 8] = [
+            let values: [(&str, &dyn std::fmt::Display); 10] = [
                 // Per host only where one host has them all.
                 ("cx_active", &if single { cx_active as u64 } else { 0 }),
                 ("cx_connect_fail", &h.cx_connect_fail.load(r)),
+                ("cx_total", &h.cx_total.load(r)),
                 ("rq_active", &h.active.load(r)),
                 ("rq_error", &h.rq_error.load(r)),
+                ("rq_timeout", &h.rq_timeout.load(r)),
                 ("rq_total", &h.rq_total.load(r)),
                 ("health_flags", &h.health_flags(now)),
                 ("pod", &h.pod.as_deref().unwrap_or("-")),

@@ -28,6 +28,9 @@ pub struct Host {
     /// 5xx answers, resets and connect failures.
     pub rq_error: AtomicU64,
     pub cx_connect_fail: AtomicU64,
+    pub cx_total: AtomicU64,
+    /// Requests that got no response head within the request timeout.
+    pub rq_timeout: AtomicU64,
     /// No longer in the cluster's endpoint set.
     pub removed: AtomicBool,
     /// Outlier detection's view of this host.
@@ -43,6 +46,8 @@ impl Host {
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            cx_total: AtomicU64::new(0),
+            rq_timeout: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             outlier: Default::default(),
         }

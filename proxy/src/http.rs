@@ -280,7 +280,13 @@ impl Exchange<'_> {
         match &ended {
             Ok((code, ..)) => lease.report(Outcome::Status(*code)),
             Err(Early::Reset { .. } | Early::Protocol(_)) => lease.report(Outcome::ConnectFailed),
-            Err(Early::Timeout) => lease.report(Outcome::Status(504)),
+            Err(Early::Timeout) => {
+                lease
+                    .host()
+                    .rq_timeout
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                lease.report(Outcome::Status(504));
+            }
             Err(_) => {}
         }
         let (code, delivered, reusable) = match ended {

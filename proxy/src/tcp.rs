@@ -43,6 +43,9 @@ pub async fn proxy(
     };
     let st = &cluster.stats;
     let addr = slot.host().addr;
+    slot.host()
+        .cx_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {
