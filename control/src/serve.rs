@@ -29,6 +29,12 @@ use crate::store::{Store, Subscription};
 /// The default of `--max-streams`.
 pub const DEFAULT_MAX_STREAMS: usize = 100_000;
 
+/// Concurrent HTTP/2 streams allowed on one connection. A proxy watches every destination it
+/// knows over one connection (up to 10,000), so this is not where streams are limited:
+/// `--max-streams` is, across all connections, with a 503. (hyper's default is 200: the 201st
+/// watch of a proxy waited, unanswered, until another ended.)
+const STREAMS_PER_CONNECTION: u32 = DEFAULT_MAX_STREAMS as u32;
+
 #[derive(Clone)]
 struct App {
     store: Arc<Store>,
@@ -63,7 +69,10 @@ pub fn metrics_router(store: Arc<Store>) -> Router {
 /// Every connection has `TCP_NODELAY`: a stream's update is a few small writes (HTTP/2 frames),
 /// and with Nagle's algorithm the second waited for the peer's delayed ACK, 40 ms on Linux.
 pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION);
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
