@@ -157,6 +157,9 @@ pub struct Model {
     /// ClusterIP:port -> Service port, rebuilt from `objects` on every Service change.
     by_address: BTreeMap<SocketAddr, PortRef>,
     index_dirty: bool,
+    /// Service -> the names of the EndpointSlices labelled for it (same namespace), kept with
+    /// every change: compiling an answer must not filter every slice of a large namespace.
+    slices_by_service: BTreeMap<ServiceRef, BTreeSet<String>>,
 }
 
 impl Model {
@@ -230,6 +233,22 @@ impl Model {
                 Some(old) => (key, Some(old), Vec::new()),
             },
         };
+        if key.kind == Kind::EndpointSlice {
+            for service in old.iter().flat_map(Object::services) {
+                if let Some(names) = self.slices_by_service.get_mut(&service) {
+                    names.remove(&key.name);
+                    if names.is_empty() {
+                        self.slices_by_service.remove(&service);
+                    }
+                }
+            }
+            for service in &new_services {
+                self.slices_by_service
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(key.name.clone());
+            }
+        }
         touched
             .services
             .extend(old.iter().flat_map(Object::services));
@@ -280,19 +299,20 @@ impl Model {
         &'a self,
         service: &'a ServiceRef,
     ) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.objects
-            .range(range(Kind::EndpointSlice, &service.namespace))
-            .filter_map(move |(_, o)| match o {
-                Object::EndpointSlice(e)
-                    if e.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        == Some(&service.name) =>
-                {
-                    Some(&**e)
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(move |name| {
+                let key = Key {
+                    kind: Kind::EndpointSlice,
+                    namespace: service.namespace.clone(),
+                    name: name.clone(),
+                };
+                match self.objects.get(&key) {
+                    Some(Object::EndpointSlice(e)) => Some(&**e),
+                    _ => None,
                 }
-                _ => None,
             })
     }
 
@@ -553,6 +573,41 @@ mod tests {
         m.sync_kind(Kind::Service, []);
         assert!(m.service(&a).is_none());
         assert_eq!(m.slices(&a).count(), 1);
+    }
+
+    #[test]
+    fn slices_follow_their_service_label() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1"]),
+            slice("a-2", "a", "10.0.0.2"),
+            slice("a-1", "a", "10.0.0.1"),
+            slice("b-1", "b", "10.0.0.3"),
+        ]);
+        let of = |m: &Model, name: &str| -> Vec<String> {
+            let s = ServiceRef {
+                namespace: "default".into(),
+                name: name.into(),
+            };
+            m.slices(&s)
+                .map(|e| e.metadata.name.clone().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(of(&m, "a"), ["a-1", "a-2"], "by name");
+        assert_eq!(of(&m, "b"), ["b-1"]);
+        // Relabelled from a to b, then deleted.
+        m.apply(Change::Apply(slice("a-2", "b", "10.0.0.2")));
+        assert_eq!(of(&m, "a"), ["a-1"]);
+        assert_eq!(of(&m, "b"), ["a-2", "b-1"]);
+        m.apply(Change::Delete(Key {
+            kind: Kind::EndpointSlice,
+            namespace: "default".into(),
+            name: "a-2".into(),
+        }));
+        assert_eq!(of(&m, "b"), ["b-1"]);
+        m.sync_kind(Kind::EndpointSlice, []);
+        assert!(of(&m, "a").is_empty() && of(&m, "b").is_empty());
+        assert!(m.slices_by_service.is_empty());
     }
 
     #[test]
