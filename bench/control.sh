@@ -5,15 +5,17 @@
 # Part 1 (no root needed): the load driver (control/examples/bench_control.rs, `control` mode)
 # fills the kit's API server double with SERVICES Services (ClusterIPs spread over 10.96.0.0/12,
 # in NAMESPACES namespaces) and one EndpointSlice each (ENDPOINTS in all), starts the real release
-# `control serve --kubeconfig`, and times: the first lists until /ready; SUBSCRIPTIONS destination
-# streams to SUBSCRIBED Services over CONNECTIONS HTTP/2 connections (each connection opens its
-# streams one at a time, as a proxy whose app calls new addresses; each Service's streams are on
-# different connections), each until its first whole answer; CHANGES EndpointSlice changes at RATE
-# per second (one endpoint replaced by a fresh address, written to the double, so it travels the
-# real watch path), each until every stream of its Service shows the new address; then BURST
-# changes written at once, until every stream shows its Service's last one. control's RSS (VmRSS,
-# VmHWM) and CPU (utime+stime) come from /proc. The driver (streams and API double) shares the
-# machine with control, so its own scheduling is part of the latencies.
+# `control serve --kubeconfig`, and times: the first lists until /ready; a resubscribe storm
+# (SUBSCRIPTIONS streams opened at once over CONNECTIONS new HTTP/2 connections, as when every proxy
+# comes back to a restarted control plane), until every stream has its first answer; then, after
+# those are closed, SUBSCRIPTIONS streams to SUBSCRIBED Services over CONNECTIONS connections opened
+# at OPEN_RATE per second (each Service's streams on different connections, like proxies), each
+# until its first whole answer; CHANGES EndpointSlice changes at RATE per second (one endpoint
+# replaced by a fresh address, written to the double, so it travels the real watch path), each
+# until every stream of its Service shows the new address; then BURST changes written at once,
+# until every stream shows its Service's last one. control's RSS (VmRSS, VmHWM) and CPU
+# (utime+stime) come from /proc. The driver (streams and API double) shares the machine with
+# control, so its own scheduling is part of the latencies.
 #
 # Part 2 (root, iproute2, iptables; skipped otherwise, PROXY=0 skips it too): a network namespace
 # plays a pod: loopback up, an interface (one end of a veth pair kept inside) with an address and
@@ -28,11 +30,12 @@
 #
 # Knobs (full / SMOKE=1): SERVICES (10000 / 100), ENDPOINTS (100000 / 1000), NAMESPACES (100 /
 # 10), SUBSCRIPTIONS (5000 / 50), CONNECTIONS (100 / 5), SUBSCRIBED (1000 / 10), CHANGES (200 /
-# 10), RATE (20), BURST (1000 / 20), DESTINATIONS (1000 / 20), PROXY (1).
+# 10), RATE (20), OPEN_RATE (1000), BURST (1000 / 20), DESTINATIONS (1000 / 20), PROXY (1).
 #
 # smoke-expect: ^control plane at scale \({n} Services in {n} namespaces, {n} endpoints, {n} subscriptions
 # smoke-expect: ^  ready after initial list +{n} s$
 # smoke-expect: ^  first answer +p50 {n} ms +p99 {n} ms +max {n} ms
+# smoke-expect: ^  resubscribe storm +all {n} answered after {n} s
 # smoke-expect: ^  endpoint change to every stream p50 {n} ms +p99 {n} ms +max {n} ms
 # smoke-expect: ^  burst of {n} changes +all streams caught up after {n} s
 # smoke-expect: ^  control RSS +peak {n} MiB, now {n} MiB
@@ -50,6 +53,7 @@ CONNECTIONS=${CONNECTIONS:-$(knob 100 5)}
 SUBSCRIBED=${SUBSCRIBED:-$(knob 1000 10)}
 CHANGES=${CHANGES:-$(knob 200 10)}
 RATE=${RATE:-20}
+OPEN_RATE=${OPEN_RATE:-1000}
 BURST=${BURST:-$(knob 1000 20)}
 DESTINATIONS=${DESTINATIONS:-$(knob 1000 20)}
 PROXY=${PROXY:-1}
@@ -73,7 +77,7 @@ trap cleanup EXIT INT TERM
 "$driver" control --control "$TARGET/release/control" --work "$work" \
     --services "$SERVICES" --endpoints "$ENDPOINTS" --namespaces "$NAMESPACES" \
     --subscriptions "$SUBSCRIPTIONS" --connections "$CONNECTIONS" \
-    --subscribed-services "$SUBSCRIBED" --changes "$CHANGES" --rate "$RATE" --burst "$BURST"
+    --subscribed-services "$SUBSCRIBED" --changes "$CHANGES" --rate "$RATE" --open-rate "$OPEN_RATE" --burst "$BURST"
 
 if [ "$PROXY" = 0 ]; then smoke_note; exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v iptables-restore >/dev/null; then

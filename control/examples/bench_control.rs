@@ -2,7 +2,8 @@
 //!
 //! - `control`: a large cluster (Services with ClusterIPs spread over 10.96.0.0/12, one
 //!   EndpointSlice each) in the kit's API server double; the real `control serve --kubeconfig`
-//!   watching it; many destination streams over a few HTTP/2 connections, as proxies open them;
+//!   watching it; many destination streams over a few HTTP/2 connections, first all at once (a
+//!   resubscribe storm, then closed), then at a steady rate as proxies open them and kept open;
 //!   then EndpointSlice changes written to the double at a steady rate and in a burst, each timed
 //!   until every stream of its Service has the new endpoint. The changes travel the real path:
 //!   API server watch -> control's model -> recompile -> every subscribed stream.
@@ -65,6 +66,9 @@ struct ControlArgs {
     endpoints: usize,
     #[arg(long, default_value_t = 100)]
     namespaces: usize,
+    /// New streams per second (the storm opens them all at once).
+    #[arg(long, default_value_t = 1_000.0)]
+    open_rate: f64,
     /// Destination streams in all.
     #[arg(long, default_value_t = 5_000)]
     subscriptions: usize,
@@ -397,6 +401,24 @@ async fn h2_connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>
     Ok(send)
 }
 
+async fn connect_all(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<SendRequest<Empty<Bytes>>>> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        senders.push(h2_connect(addr).await?);
+    }
+    Ok(senders)
+}
+
+/// `control_streams_active` from control's metrics.
+async fn active_streams(metrics: SocketAddr) -> anyhow::Result<u64> {
+    let r = kit::http::get(metrics, "/metrics").await?;
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix("control_streams_active "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no control_streams_active in /metrics")
+}
+
 /// Opens one stream; returns it once its first whole line is in, with that line.
 async fn subscribe(
     send: &mut SendRequest<Empty<Bytes>>,
@@ -606,9 +628,42 @@ async fn control_bench(a: ControlArgs) -> anyhow::Result<()> {
         ready.as_secs_f64()
     );
 
-    // Subscriptions: stream g watches subscribed Service g % subscribed (every
-    // services/subscribed-th Service), so each Service's streams are on different connections.
+    // Stream g watches subscribed Service g % subscribed (every services/subscribed-th Service)
+    // on connection g / per_conn, so each Service's streams are on different connections.
     let stride = a.services / subscribed;
+    let address_of = move |g: usize| Shape::address((g % subscribed) * stride);
+
+    // The resubscribe storm: every stream at once on fresh connections, as when every proxy
+    // comes back to a restarted control plane; then all of them closed again.
+    let storm_start = Instant::now();
+    let senders = connect_all(listen, a.connections).await?;
+    let mut storm = tokio::task::JoinSet::new();
+    for g in 0..a.subscriptions {
+        let mut send = senders[g / per_conn].clone();
+        storm.spawn(async move {
+            let t0 = Instant::now();
+            let (lines, _) = subscribe(&mut send, listen, address_of(g)).await?;
+            anyhow::Ok((t0.elapsed(), lines))
+        });
+    }
+    let mut storm_firsts = Vec::new();
+    let mut storm_streams = Vec::new();
+    while let Some(r) = storm.join_next().await {
+        let (first, lines) = r??;
+        storm_firsts.push(first);
+        storm_streams.push(lines);
+    }
+    let storm_all = storm_start.elapsed();
+    storm_firsts.sort();
+    drop(storm_streams);
+    drop(senders);
+    let deadline = Instant::now() + Duration::from_secs(a.patience_secs);
+    while active_streams(metrics).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The streams that stay: opened at --open-rate, each on its own schedule (a slow answer
+    // does not delay the next request), and followed for the changes below.
     let slots: Vec<Arc<Slot>> = (0..subscribed)
         .map(|k| {
             Arc::new(Slot {
@@ -617,55 +672,52 @@ async fn control_bench(a: ControlArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let opened = Instant::now();
-    let mut conns = tokio::task::JoinSet::new();
-    for c in 0..a.connections {
-        let streams: Vec<usize> =
-            (c * per_conn..((c + 1) * per_conn).min(a.subscriptions)).collect();
-        let slots = slots.clone();
-        conns.spawn(async move {
-            let mut send = h2_connect(listen).await?;
-            let mut firsts = Vec::new();
-            let mut wrong = 0;
-            for g in streams {
-                let k = g % subscribed;
-                let t0 = Instant::now();
-                let (mut lines, first) =
-                    subscribe(&mut send, listen, Shape::address(k * stride)).await?;
-                firsts.push(t0.elapsed());
-                if !contains(&first, b"\"destination\":{") {
-                    wrong += 1;
+    let senders = connect_all(listen, a.connections).await?;
+    let mut opens = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.open_rate.max(0.001)));
+    for g in 0..a.subscriptions {
+        tick.tick().await;
+        let mut send = senders[g / per_conn].clone();
+        let slot = slots[g % subscribed].clone();
+        opens.spawn(async move {
+            let t0 = Instant::now();
+            let (mut lines, first) = subscribe(&mut send, listen, address_of(g)).await?;
+            let took = t0.elapsed();
+            let right = contains(&first, b"\"destination\":{");
+            let index = g / subscribed;
+            tokio::spawn(async move {
+                while let Some(line) = lines.next().await {
+                    slot.seen(index, &line, Instant::now());
                 }
-                let slot = slots[k].clone();
-                let index = g / subscribed;
-                tokio::spawn(async move {
-                    while let Some(line) = lines.next().await {
-                        slot.seen(index, &line, Instant::now());
-                    }
-                });
-            }
-            // The connection lives on in its streams' tasks.
-            drop(send);
-            anyhow::Ok((firsts, wrong))
+            });
+            anyhow::Ok((took, right))
         });
     }
+    // The connections live on in their streams' tasks.
+    drop(senders);
     let mut firsts = Vec::new();
     let mut wrong = 0;
-    while let Some(r) = conns.join_next().await {
-        let (f, w) = r??;
-        firsts.extend(f);
-        wrong += w;
+    while let Some(r) = opens.join_next().await {
+        let (took, right) = r??;
+        firsts.push(took);
+        wrong += usize::from(!right);
     }
-    let open_time = opened.elapsed();
     firsts.sort();
     let cpu_subscribed = cpu_seconds(pid);
     let (rss_subscribed, _) = rss_kib(pid);
     println!(
-        "  first answer                    {}   (goal p99 <= 5 ms; {} streams opened in {:.2} s, \
-         each connection one at a time)",
+        "  first answer                    {}   (goal p99 <= 5 ms; {} streams opened at {}/s)",
         spread(&firsts),
         firsts.len(),
-        open_time.as_secs_f64()
+        a.open_rate
+    );
+    println!(
+        "  resubscribe storm               all {} answered after {:.3} s (every stream opened at \
+         once on {} new connections; per stream {})",
+        storm_firsts.len(),
+        storm_all.as_secs_f64(),
+        a.connections,
+        spread(&storm_firsts)
     );
     if wrong > 0 {
         problems.push(format!(
