@@ -7,7 +7,7 @@ VENV       ?= target/venv
 PY         := $(VENV)/bin/python
 K8S_VERSION ?= 1.33.0
 
-.PHONY: deps all build release test lint fmt unit schema shellcheck demo soak image certs deploy e2e-kind bench bench-webhook bench-instructions bench-smoke fuzz fuzz-smoke clean
+.PHONY: deps all build release test lint fmt unit schema shellcheck demo soak image certs deploy e2e-kind bench bench-webhook bench-control bench-instructions bench-smoke fuzz fuzz-smoke clean
 
 all: build
 
@@ -90,6 +90,11 @@ bench-instructions:
 ## bench-webhook: AdmissionReviews per second and p50/p99 over TLS keep-alive.
 bench-webhook:
 	bench/webhook.sh
+
+## bench-control: control serve at scale (10,000 Services, 100,000 endpoints, 5,000 HTTP/2 streams;
+## ready, first answer, change-to-every-stream, burst, RSS, CPU) and one proxy's RSS with 1,000 destinations.
+bench-control:
+	bench/control.sh
 
 ## bench-smoke (part of test): every bench script with SMOKE=1 (one round, about a second a step),
 ## checked only for producing its tables. Any bench target takes SMOKE=1 too: make bench SMOKE=1.

@@ -157,6 +157,9 @@ pub struct Model {
     /// ClusterIP:port -> Service port, rebuilt from `objects` on every Service change.
     by_address: BTreeMap<SocketAddr, PortRef>,
     index_dirty: bool,
+    /// Service -> the names of the EndpointSlices labelled for it (same namespace), kept with
+    /// every change: compiling an answer must not filter every slice of a large namespace.
+    slices_by_service: BTreeMap<ServiceRef, BTreeSet<String>>,
 }
 
 impl Model {
@@ -230,6 +233,22 @@ impl Model {
                 Some(old) => (key, Some(old), Vec::new()),
             },
         };
+        if key.kind == Kind::EndpointSlice {
+            for service in old.iter().flat_map(Object::services) {
+                if let Some(names) = self.slices_by_service.get_mut(&service) {
+                    names.remove(&key.name);
+                    if names.is_empty() {
+                        self.slices_by_service.remove(&service);
+                    }
+                }
+            }
+            for service in &new_services {
+                self.slices_by_service
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(key.name.clone());
+            }
+        }
         touched
             .services
             .extend(old.iter().flat_map(Object::services));
@@ -280,19 +299,20 @@ impl Model {
         &'a self,
         service: &'a ServiceRef,
     ) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.objects
-            .range(range(Kind::EndpointSlice, &service.namespace))
-            .filter_map(move |(_, o)| match o {
-                Object::EndpointSlice(e)
-                    if e.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        == Some(&service.name) =>
-                {
-                    Some(&**e)
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(move |name| {
+                let key = Key {
+                    kind: Kind::EndpointSlice,
+                    namespace: service.namespace.clone(),
+                    name: name.clone(),
+                };
+                match self.objects.get(&key) {
+                    Some(Object::EndpointSlice(e)) => Some(&**e),
+                    _ => None,
                 }
-                _ => None,
             })
     }
 
@@ -371,8 +391,16 @@ impl Model {
         self.policies().filter(|p| p.result.is_err()).count()
     }
 
+    /// Every policy. Keys sort by kind first, so the policies are one range of the map: store
+    /// changes look at them on every event, and walking every Service and slice instead made each
+    /// event cost O(cluster size) (about 2 ms at 10,000 Services and their slices).
     fn policies(&self) -> impl Iterator<Item = &Parsed> {
-        self.objects.values().filter_map(|o| match o {
+        let first = Key {
+            kind: Kind::TrafficPolicy,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects.range(first..).filter_map(|(_, o)| match o {
             Object::TrafficPolicy(p) => Some(&**p),
             _ => None,
         })
@@ -545,6 +573,70 @@ mod tests {
         m.sync_kind(Kind::Service, []);
         assert!(m.service(&a).is_none());
         assert_eq!(m.slices(&a).count(), 1);
+    }
+
+    #[test]
+    fn slices_follow_their_service_label() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1"]),
+            slice("a-2", "a", "10.0.0.2"),
+            slice("a-1", "a", "10.0.0.1"),
+            slice("b-1", "b", "10.0.0.3"),
+        ]);
+        let of = |m: &Model, name: &str| -> Vec<String> {
+            let s = ServiceRef {
+                namespace: "default".into(),
+                name: name.into(),
+            };
+            m.slices(&s)
+                .map(|e| e.metadata.name.clone().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(of(&m, "a"), ["a-1", "a-2"], "by name");
+        assert_eq!(of(&m, "b"), ["b-1"]);
+        // Relabelled from a to b, then deleted.
+        m.apply(Change::Apply(slice("a-2", "b", "10.0.0.2")));
+        assert_eq!(of(&m, "a"), ["a-1"]);
+        assert_eq!(of(&m, "b"), ["a-2", "b-1"]);
+        m.apply(Change::Delete(Key {
+            kind: Kind::EndpointSlice,
+            namespace: "default".into(),
+            name: "a-2".into(),
+        }));
+        assert_eq!(of(&m, "b"), ["b-1"]);
+        m.sync_kind(Kind::EndpointSlice, []);
+        assert!(of(&m, "a").is_empty() && of(&m, "b").is_empty());
+        assert!(m.slices_by_service.is_empty());
+    }
+
+    #[test]
+    fn policies_are_found_among_services_and_slices() {
+        let policy = |name: &str, simple: &str| {
+            Object::TrafficPolicy(Box::new(policy::parse(&json!({
+                "apiVersion": "trellis.dev/v1alpha1", "kind": "TrafficPolicy",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "a"}],
+                         "loadBalancer": {"simple": simple}},
+            }))))
+        };
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1"]),
+            slice("a-1", "a", "10.0.0.1"),
+            policy("bad", "FASTEST"),
+            service("z", &["10.96.0.2"]),
+            policy("good", "RANDOM"),
+            slice("z-1", "z", "10.0.0.2"),
+        ]);
+        assert_eq!(m.policies().count(), 2);
+        assert_eq!(m.invalid_policies(), 1);
+        assert_eq!(m.reports().len(), 1, "{:?}", m.reports());
+        let a = ServiceRef {
+            namespace: "default".into(),
+            name: "a".into(),
+        };
+        assert_eq!(m.winning_policy(&a).map(|p| p.name.as_str()), Some("good"));
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! [`config::api::Update`] lines (the current answer at once, then one line per change of that
 //! answer), plus `/ready`; and the metrics server (`/metrics`, `/ready`).
 //!
-//! `axum::serve` runs hyper-util's auto connection builder, so one port takes HTTP/1.1 and HTTP/2
+//! [`serve`] runs hyper-util's auto connection builder, so one port takes HTTP/1.1 and HTTP/2
 //! with prior knowledge (h2c), as proxies may use either. Everything is bounded: at most
 //! `max_streams` streams at once (then 503), and each stream buffers only its latest answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -17,6 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -24,6 +28,12 @@ use crate::store::{Store, Subscription};
 
 /// The default of `--max-streams`.
 pub const DEFAULT_MAX_STREAMS: usize = 100_000;
+
+/// Concurrent HTTP/2 streams allowed on one connection. A proxy watches every destination it
+/// knows over one connection (up to 10,000), so this is not where streams are limited:
+/// `--max-streams` is, across all connections, with a 503. (hyper's default is 200: the 201st
+/// watch of a proxy waited, unanswered, until another ended.)
+const STREAMS_PER_CONNECTION: u32 = DEFAULT_MAX_STREAMS as u32;
 
 #[derive(Clone)]
 struct App {
@@ -53,9 +63,49 @@ pub fn metrics_router(store: Arc<Store>) -> Router {
         .with_state(store)
 }
 
-/// Serves `router` on `listener` until the task is dropped.
+/// Serves `router` on `listener` until the task is dropped (connections already accepted run on
+/// in their own tasks until they close).
+///
+/// Every connection has `TCP_NODELAY`: a stream's update is a few small writes (HTTP/2 frames),
+/// and with Nagle's algorithm the second waited for the peer's delayed ACK, 40 ms on Linux.
 pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            // The peer gave up before we accepted: nothing to do.
+            Err(e) if is_connection_error(&e) => continue,
+            // Out of descriptors or memory: others may free some; do not spin meanwhile (as
+            // axum::serve does).
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 async fn destination(State(app): State<App>, Path(addr): Path<String>) -> Response {

@@ -193,3 +193,50 @@ async fn speaks_http2_with_prior_knowledge() {
     let update: Update = serde_json::from_slice(&frame).unwrap();
     assert_eq!(addresses(&update), ["10.0.0.1:8080"]);
 }
+
+/// A proxy watches every destination it knows over one HTTP/2 connection: more streams than
+/// hyper's default limit (200) must each get their answer, not wait for another to end.
+#[tokio::test]
+async fn one_http2_connection_carries_more_than_200_streams() {
+    use http_body_util::BodyExt as _;
+    let dir = Scratch::new("h2-many");
+    dir.write("reviews.yaml", &service("reviews", "10.96.0.10"));
+    let server = start(dir.path(), 1000).await;
+    while !server.store.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut open = Vec::new();
+    let all = async {
+        for i in 0..250u32 {
+            let req = hyper::Request::get(format!(
+                "http://control/v1/destinations/10.96.{}.{}:80",
+                1 + i / 250,
+                i % 250
+            ))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+            send.ready().await.unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "stream {i}");
+            let mut body = resp.into_body();
+            let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            let update: Update = serde_json::from_slice(&frame).unwrap();
+            assert_eq!(update.destination, None, "stream {i}");
+            // Kept open, as a proxy's watches are.
+            open.push(body);
+        }
+    };
+    // A guard against hanging, not a measure: the 201st stream used to wait forever.
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .unwrap_or_else(|_| panic!("only {} of 250 streams were answered", open.len()));
+    assert_eq!(server.store.topics(), 250);
+}
