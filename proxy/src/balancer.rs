@@ -97,20 +97,19 @@ impl Balancer {
             _ => {}
         }
         if !any_ejected {
-            return self.pick_among(hosts.len(), |i| &hosts[i], hosts, key);
+            return self.pick_among(hosts.len(), |i| &hosts[i], key);
         }
         let healthy: Vec<&Arc<Host>> = hosts.iter().filter(|h| !h.outlier.ejected(now)).collect();
         if healthy.is_empty() {
-            return self.pick_among(hosts.len(), |i| &hosts[i], hosts, key);
+            return self.pick_among(hosts.len(), |i| &hosts[i], key);
         }
-        self.pick_among(healthy.len(), |i| healthy[i], hosts, key)
+        self.pick_among(healthy.len(), |i| healthy[i], key)
     }
 
     fn pick_among<'h>(
         &self,
         n: usize,
         at: impl Fn(usize) -> &'h Arc<Host>,
-        _all: &'h [Arc<Host>],
         key: Option<u64>,
     ) -> Option<&'h Arc<Host>> {
         if n == 1 {

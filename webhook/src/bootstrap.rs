@@ -55,6 +55,13 @@ pub struct BootstrapConfig {
     pub bootstrap_interval: Duration,
 }
 
+impl Default for BootstrapConfig {
+    /// The flags' own defaults (bootstrap off), read from the clap attributes.
+    fn default() -> Self {
+        config::args::clap_defaults()
+    }
+}
+
 /// A CA and the serving certificate it signed, PEM-encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertBundle {

@@ -31,11 +31,7 @@ const MWCS: ResourceDef = ResourceDef {
 fn config() -> BootstrapConfig {
     BootstrapConfig {
         bootstrap_certs: true,
-        namespace: "trellis-system".into(),
-        tls_secret: "trellis-webhook-tls".into(),
-        service: "trellis-webhook".into(),
-        webhook_configuration: "trellis-sidecar-injector".into(),
-        bootstrap_interval: std::time::Duration::from_secs(60),
+        ..BootstrapConfig::default()
     }
 }
 

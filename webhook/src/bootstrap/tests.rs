@@ -174,11 +174,7 @@ fn client(url: &str) -> kube::Client {
 fn config() -> BootstrapConfig {
     BootstrapConfig {
         bootstrap_certs: true,
-        namespace: "trellis-system".into(),
-        tls_secret: "trellis-webhook-tls".into(),
-        service: "trellis-webhook".into(),
-        webhook_configuration: "trellis-sidecar-injector".into(),
-        bootstrap_interval: Duration::from_secs(60),
+        ..BootstrapConfig::default()
     }
 }
 
