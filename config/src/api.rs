@@ -50,6 +50,10 @@ pub struct Destination {
     /// The ready endpoints, sorted by address. May be empty (no pod ready): the proxy answers 503.
     pub endpoints: Vec<Endpoint>,
     pub policy: Policy,
+    /// The HTTP routes whose parent is this Service port (GAMMA `HTTPRoute`s), compiled. `None`:
+    /// no route; every request goes to this Service's own endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Routes>,
 }
 
 impl Destination {
@@ -60,6 +64,212 @@ impl Destination {
             self.port, self.service.name, self.service.namespace, cluster_domain
         )
     }
+}
+
+/// The path prefix of a gateway watch: `GET /v1/gateways/<namespace>/<name>` streams
+/// [`GatewayUpdate`]s, as a destination watch streams [`Update`]s.
+pub const GATEWAY_WATCH_PATH: &str = "/v1/gateways/";
+
+/// One line of a gateway's stream: the HTTPRoutes attached to a `Gateway` of class `trellis`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayUpdate {
+    pub version: u64,
+    /// The Gateway asked about.
+    pub gateway: ServiceRef,
+    /// `None`: no such Gateway, or it is not of class `trellis` (the proxy answers 404 `NR`).
+    pub routes: Option<Routes>,
+}
+
+/// HTTP routes, compiled for one parent (a Service port, or a Gateway).
+///
+/// The proxy tries [`Routes::matches`] in order and takes the first that matches: the control
+/// plane has already sorted them by Gateway API precedence. A request that matches none gets 404
+/// with flag `NR`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    /// Every match of every rule, most specific first.
+    pub matches: Vec<RouteMatch>,
+    pub rules: Vec<Rule>,
+    /// Every Service a rule sends or mirrors to, with what the proxy needs to reach it (a
+    /// backend that names no existing Service port has no endpoints: 503 `UH`).
+    pub backends: Vec<Destination>,
+}
+
+/// One match of a rule: all of its conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMatch {
+    /// Index into [`Routes::rules`].
+    pub rule: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Upper-case method (`GET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Header names lower-case; every one must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    /// Query parameter names exact (case-sensitive); every one must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<ValueMatch>,
+}
+
+/// How a request path is matched (the path only, without the query).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    Prefix(String),
+    /// A regular expression (Rust `regex` syntax, RE2-like) matched against the whole path.
+    Regex(String),
+}
+
+/// A named value (a header or a query parameter) and how it must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueMatch {
+    pub name: String,
+    #[serde(flatten)]
+    pub value: StringMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum StringMatch {
+    Exact(String),
+    /// Matched against the whole value.
+    Regex(String),
+}
+
+/// What happens to a request once a match picked its rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Where the rule came from (`namespace/name`, then `#<index>` of the rule), for logs and
+    /// describe.
+    pub source: String,
+    /// Weighted choice among the backends; empty with no redirect: 500 (Gateway API's answer to
+    /// a rule with nothing to send to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<WeightedBackend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderModifier>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+    /// An `HTTPFault` referenced by an `ExtensionRef` filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// `timeouts.request`: from the start of the request to the end of the response head,
+    /// retries included (504 `UT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `timeouts.backendRequest`: each try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightedBackend {
+    /// Index into [`Routes::backends`].
+    pub backend: usize,
+    pub weight: u32,
+}
+
+/// Gateway API's `RequestHeaderModifier` / `ResponseHeaderModifier`; names lower-case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderModifier {
+    /// Replace (or add) the header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    /// Add a value, keeping those already there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// `RequestRedirect`: each `None` keeps the request's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301 or 302 (the default).
+    pub status: u16,
+}
+
+/// `URLRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replaces the part the rule's `PathPrefix` match matched.
+    ReplacePrefixMatch(String),
+}
+
+/// `RequestMirror`: a copy of the request goes to `backend`; its answer is thrown away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mirror {
+    /// Index into [`Routes::backends`].
+    pub backend: usize,
+    /// Share of requests mirrored, in millionths (1,000,000: all).
+    pub per_million: u32,
+}
+
+/// An `HTTPFault` (`trellis.dev/v1alpha1`): Istio's fault injection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Delay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<Abort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delay {
+    pub delay_ms: u64,
+    /// Share of requests delayed, in millionths.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    pub status: u16,
+    /// Share of requests aborted, in millionths.
+    pub per_million: u32,
+}
+
+/// Gateway API's `retry`: try again on these codes (and on a connection failure or reset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Response codes that are retried (Gateway API's default when unset: none; Trellis
+    /// compiles an unset list to 500, 502, 503, 504).
+    pub codes: Vec<u16>,
+    /// Retries after the first try (Gateway API's `attempts`).
+    pub attempts: u32,
+    /// Wait before each retry (Envoy's default base interval: 25 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
 }
 
 /// A Service by namespace and name.
@@ -186,6 +396,7 @@ mod tests {
                     pod: Some("reviews-1".into()),
                 }],
                 policy: Policy::default(),
+                routes: None,
             }),
         };
         let text = serde_json::to_string(&u).unwrap();
@@ -198,6 +409,49 @@ mod tests {
             u.destination.unwrap().cluster_name("cluster.local"),
             "outbound|80||reviews.default.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn routes_round_trip_and_read_as_written() {
+        let routes = Routes {
+            matches: vec![RouteMatch {
+                rule: 0,
+                path: Some(PathMatch::Prefix("/api".into())),
+                method: Some("GET".into()),
+                headers: vec![ValueMatch {
+                    name: "end-user".into(),
+                    value: StringMatch::Exact("jason".into()),
+                }],
+                query: vec![],
+            }],
+            rules: vec![Rule {
+                source: "default/reviews#0".into(),
+                backends: vec![WeightedBackend {
+                    backend: 0,
+                    weight: 90,
+                }],
+                fault: Some(Fault {
+                    abort: Some(Abort {
+                        status: 503,
+                        per_million: 500_000,
+                    }),
+                    delay: None,
+                }),
+                retry: Some(Retry {
+                    codes: vec![503],
+                    attempts: 2,
+                    backoff_ms: None,
+                }),
+                ..Rule::default()
+            }],
+            backends: vec![],
+        };
+        let text = serde_json::to_string(&routes).unwrap();
+        assert_eq!(
+            text,
+            r#"{"matches":[{"rule":0,"path":{"kind":"prefix","value":"/api"},"method":"GET","headers":[{"name":"end-user","kind":"exact","value":"jason"}]}],"rules":[{"source":"default/reviews#0","backends":[{"backend":0,"weight":90}],"fault":{"abort":{"status":503,"per_million":500000}},"retry":{"codes":[503],"attempts":2}}],"backends":[]}"#
+        );
+        assert_eq!(serde_json::from_str::<Routes>(&text).unwrap(), routes);
     }
 
     #[test]

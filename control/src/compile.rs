@@ -38,6 +38,7 @@ pub fn compile(model: &Model, address: SocketAddr) -> Option<Destination> {
         port: port.port,
         endpoints,
         policy,
+        routes: None,
     })
 }
 
