@@ -6,7 +6,7 @@
 //! from which the webhook renders the sidecar's args.
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
-//! [`http`] (over [`h1`], [`iobuf`]) / [`tcp`] (both bounded by [`idle`]) → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
+//! [`http`] (over [`h1`], [`iobuf`]; per request [`router`]) / [`tcp`] (both bounded by [`idle`]) → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
 //! [`access_log`], [`drain`], [`request_id`] beside them.
 #![forbid(unsafe_code)]
 
@@ -30,6 +30,7 @@ pub(crate) mod outlier;
 pub(crate) mod pool;
 pub(crate) mod prevent_loop;
 pub(crate) mod request_id;
+pub(crate) mod router;
 pub(crate) mod stats;
 pub(crate) mod tcp;
 

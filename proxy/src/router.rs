@@ -1,0 +1,421 @@
+//! The router: per request, which route and which backend. It exists because a connection no
+//! longer means one cluster: with HTTPRoutes on a Service (or a gateway), each request on the
+//! same connection may go to a different Service, be delayed, aborted, redirected, rewritten,
+//! mirrored, timed and retried differently.
+//!
+//! A [`Table`] is compiled from the control plane's [`Routes`] once per update (regexes built,
+//! backends resolved to clusters), and swapped into a [`RouteSlot`] that every connection of that
+//! destination reads per request, so a route change applies to the next request of a kept-alive
+//! connection. The control plane has sorted the matches by Gateway API precedence; matching here
+//! is first-hit ([`Table::pick`]), a pure function of the request's head.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use config::api::{
+    Fault, HeaderModifier, PathMatch, PathModifier, Redirect, Retry, Rewrite, Routes, StringMatch,
+};
+use regex::bytes::Regex;
+
+use crate::cluster::Cluster;
+
+/// Where a destination's current route table lives; written by discovery, read per request.
+#[derive(Default)]
+pub struct RouteSlot {
+    /// Set once a table has been installed: a destination without routes pays one load.
+    has: AtomicBool,
+    table: RwLock<Option<Arc<Table>>>,
+}
+
+impl RouteSlot {
+    pub fn get(&self) -> Option<Arc<Table>> {
+        if !self.has.load(Relaxed) {
+            return None;
+        }
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, table: Option<Arc<Table>>) {
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        self.has.store(table.is_some(), Relaxed);
+        *t = table;
+    }
+}
+
+/// A route table, ready to match.
+pub struct Table {
+    matches: Vec<Match>,
+    pub rules: Vec<Rule>,
+}
+
+struct Match {
+    rule: usize,
+    path: Option<Path>,
+    method: Option<Box<[u8]>>,
+    headers: Vec<(Box<[u8]>, Value)>,
+    query: Vec<(Box<[u8]>, Value)>,
+}
+
+enum Path {
+    Exact(Box<[u8]>),
+    /// Without a trailing `/` (except the root), matched element-wise.
+    Prefix(Box<[u8]>),
+    Regex(Regex),
+}
+
+enum Value {
+    Exact(Box<[u8]>),
+    Regex(Regex),
+}
+
+/// What a rule does with the requests it gets.
+pub struct Rule {
+    pub source: String,
+    backends: Vec<(Arc<Cluster>, u32)>,
+    total_weight: u32,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    pub mirrors: Vec<(Arc<Cluster>, u32)>,
+    pub fault: Option<Fault>,
+    pub timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+/// A route match that picked a rule: the rule, and the prefix its path match matched (for
+/// `ReplacePrefixMatch`).
+pub struct Picked<'t> {
+    pub rule: &'t Rule,
+    pub prefix: Option<&'t [u8]>,
+}
+
+/// Why a table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{0}: a regular expression that does not compile: {1}")]
+    Regex(String, regex::Error),
+    #[error("{0}: refers to backend #{1}, which the answer does not have")]
+    Backend(String, usize),
+    #[error("a match refers to rule #{0}, which the answer does not have")]
+    Rule(usize),
+}
+
+impl Table {
+    /// Builds a table; `cluster` gives the cluster of each of `routes.backends`, in order.
+    pub fn new(routes: &Routes, clusters: &[Arc<Cluster>]) -> Result<Table, TableError> {
+        let backend = |source: &str, i: usize| {
+            clusters
+                .get(i)
+                .cloned()
+                .ok_or_else(|| TableError::Backend(source.to_string(), i))
+        };
+        let mut rules = Vec::with_capacity(routes.rules.len());
+        for r in &routes.rules {
+            let backends = r
+                .backends
+                .iter()
+                .map(|b| Ok((backend(&r.source, b.backend)?, b.weight)))
+                .collect::<Result<Vec<_>, TableError>>()?;
+            let mirrors = r
+                .mirrors
+                .iter()
+                .map(|m| Ok((backend(&r.source, m.backend)?, m.per_million)))
+                .collect::<Result<Vec<_>, TableError>>()?;
+            rules.push(Rule {
+                source: r.source.clone(),
+                total_weight: backends.iter().map(|b| b.1).sum(),
+                backends,
+                request_headers: r.request_headers.clone(),
+                response_headers: r.response_headers.clone(),
+                redirect: r.redirect.clone(),
+                rewrite: r.rewrite.clone(),
+                mirrors,
+                fault: r.fault.clone(),
+                timeout: r.timeout_ms.map(Duration::from_millis),
+                backend_timeout: r.backend_timeout_ms.map(Duration::from_millis),
+                retry: r.retry.clone(),
+            });
+        }
+        let mut matches = Vec::with_capacity(routes.matches.len());
+        for m in &routes.matches {
+            let Some(rule) = rules.get(m.rule) else {
+                return Err(TableError::Rule(m.rule));
+            };
+            let regex = |re: &str| {
+                Regex::new(&format!("^(?:{re})$"))
+                    .map_err(|e| TableError::Regex(rule.source.clone(), e))
+            };
+            let value = |v: &StringMatch| -> Result<Value, TableError> {
+                Ok(match v {
+                    StringMatch::Exact(s) => Value::Exact(s.as_bytes().into()),
+                    StringMatch::Regex(re) => Value::Regex(regex(re)?),
+                })
+            };
+            matches.push(Match {
+                rule: m.rule,
+                path: match &m.path {
+                    None => None,
+                    Some(PathMatch::Exact(p)) => Some(Path::Exact(p.as_bytes().into())),
+                    Some(PathMatch::Prefix(p)) => {
+                        let p = p.as_bytes();
+                        let p = if p.len() > 1 {
+                            p.strip_suffix(b"/").unwrap_or(p)
+                        } else {
+                            p
+                        };
+                        // `/` matches every path: no condition at all.
+                        (p != b"/").then(|| Path::Prefix(p.into()))
+                    }
+                    Some(PathMatch::Regex(re)) => Some(Path::Regex(regex(re)?)),
+                },
+                method: m.method.as_ref().map(|s| s.as_bytes().into()),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        Ok((
+                            h.name.to_ascii_lowercase().into_bytes().into(),
+                            value(&h.value)?,
+                        ))
+                    })
+                    .collect::<Result<_, TableError>>()?,
+                query: m
+                    .query
+                    .iter()
+                    .map(|q| Ok((q.name.as_bytes().into(), value(&q.value)?)))
+                    .collect::<Result<_, TableError>>()?,
+            });
+        }
+        Ok(Table { matches, rules })
+    }
+
+    /// The first match the request satisfies (`None`: no route, 404 `NR`).
+    pub fn pick(&self, req: &View) -> Option<Picked<'_>> {
+        self.matches.iter().find(|m| m.matches(req)).map(|m| Picked {
+            rule: &self.rules[m.rule],
+            prefix: match &m.path {
+                Some(Path::Prefix(p)) => Some(&p[..]),
+                None => Some(b"/"),
+                _ => None,
+            },
+        })
+    }
+}
+
+impl Match {
+    fn matches(&self, req: &View) -> bool {
+        if let Some(m) = &self.method {
+            if **m != *req.method {
+                return false;
+            }
+        }
+        match &self.path {
+            None => {}
+            Some(Path::Exact(p)) => {
+                if **p != *req.path {
+                    return false;
+                }
+            }
+            Some(Path::Prefix(p)) => {
+                let path = req.path;
+                if !(path.starts_with(p) && matches!(path.get(p.len()), None | Some(b'/'))) {
+                    return false;
+                }
+            }
+            Some(Path::Regex(re)) => {
+                if !re.is_match(req.path) {
+                    return false;
+                }
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, v)| req.header(name).is_some_and(|got| v.matches(got)))
+            && self
+                .query
+                .iter()
+                .all(|(name, v)| req.query(name).is_some_and(|got| v.matches(got)))
+    }
+}
+
+impl Value {
+    fn matches(&self, got: &[u8]) -> bool {
+        match self {
+            Value::Exact(want) => **want == *got,
+            Value::Regex(re) => re.is_match(got),
+        }
+    }
+}
+
+impl Rule {
+    /// A backend by weight (`None`: the rule has none, or all weights are 0: 500).
+    pub fn backend(&self) -> Option<&Arc<Cluster>> {
+        match self.backends.len() {
+            0 => None,
+            1 => (self.total_weight > 0).then(|| &self.backends[0].0),
+            _ if self.total_weight == 0 => None,
+            _ => {
+                let mut at = (crate::balancer::random() % u64::from(self.total_weight)) as u32;
+                self.backends.iter().find_map(|(c, w)| {
+                    if at < *w {
+                        Some(c)
+                    } else {
+                        at -= w;
+                        None
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// True with probability `per_million` / 1,000,000.
+pub fn roll(per_million: u32) -> bool {
+    per_million >= 1_000_000 || (crate::balancer::random() % 1_000_000) < u64::from(per_million)
+}
+
+/// A request as routing sees it: views into the head the proxy is about to send upstream.
+pub struct View<'h> {
+    pub method: &'h [u8],
+    /// The path without its query.
+    pub path: &'h [u8],
+    /// After `?`, without it (empty if none).
+    pub query: &'h [u8],
+    /// The header lines, each ending in CRLF (the blank line excluded).
+    headers: &'h [u8],
+}
+
+impl<'h> View<'h> {
+    /// Reads a head as [`crate::h1`] writes it: `METHOD SP TARGET SP HTTP/1.1 CRLF`, then
+    /// `name: value CRLF` lines, then CRLF.
+    pub fn of(head: &'h [u8]) -> View<'h> {
+        let line_end = head
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(head.len());
+        let line = &head[..line_end];
+        let mut parts = line.splitn(3, |b| *b == b' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        let (path, query) = match target.iter().position(|b| *b == b'?') {
+            Some(q) => (&target[..q], &target[q + 1..]),
+            None => (target, &target[target.len()..]),
+        };
+        let rest = head.get(line_end + 2..).unwrap_or_default();
+        let headers = rest.strip_suffix(b"\r\n").unwrap_or(rest);
+        View {
+            method,
+            path,
+            query,
+            headers,
+        }
+    }
+
+    /// The first value of a header (`name` lower-case), trimmed.
+    pub fn header(&self, name: &[u8]) -> Option<&'h [u8]> {
+        header_lines(self.headers).find_map(|(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
+    }
+
+    /// The first value of a query parameter (not percent-decoded).
+    fn query(&self, name: &[u8]) -> Option<&'h [u8]> {
+        self.query.split(|b| *b == b'&').find_map(|kv| {
+            let (k, v) = match kv.iter().position(|b| *b == b'=') {
+                Some(eq) => (&kv[..eq], &kv[eq + 1..]),
+                None => (kv, &kv[kv.len()..]),
+            };
+            (k == name).then_some(v)
+        })
+    }
+}
+
+/// `(name, value)` of each `name: value CRLF` line.
+fn header_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    block.split(|b| *b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
+}
+
+/// Rewrites a head (request or response, as [`crate::h1`] wrote it): a new request target if
+/// `target` is given, then the header edits. The first line is kept otherwise.
+pub fn edit_head(head: &[u8], target: Option<&[u8]>, edits: &HeaderModifier) -> Vec<u8> {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(head.len(), |p| p + 2);
+    let mut out = Vec::with_capacity(head.len() + 64);
+    match target {
+        Some(t) => {
+            let line = &head[..line_end];
+            let mut parts = line.splitn(3, |b| *b == b' ');
+            out.extend_from_slice(parts.next().unwrap_or_default());
+            out.push(b' ');
+            out.extend_from_slice(t);
+            out.push(b' ');
+            let _ = parts.next();
+            out.extend_from_slice(parts.next().unwrap_or(b"HTTP/1.1\r\n"));
+        }
+        None => out.extend_from_slice(&head[..line_end]),
+    }
+    let rest = head.get(line_end..).unwrap_or_default();
+    let block = rest.strip_suffix(b"\r\n").unwrap_or(rest);
+    let named = |list: &[(String, String)], n: &[u8]| {
+        list.iter()
+            .any(|(name, _)| name.as_bytes().eq_ignore_ascii_case(n))
+    };
+    for line in block.split_inclusive(|b| *b == b'\n') {
+        let name = line
+            .iter()
+            .position(|b| *b == b':')
+            .map_or(&line[..0], |c| &line[..c]);
+        if named(&edits.set, name)
+            || edits
+                .remove
+                .iter()
+                .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
+    for (n, v) in edits.set.iter().chain(&edits.add) {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The request target after a rule's `URLRewrite` or `RequestRedirect` path: `prefix` is what
+/// the rule's path match matched.
+pub fn new_path(m: &PathModifier, path: &[u8], query: &[u8], prefix: Option<&[u8]>) -> Vec<u8> {
+    let mut out = match m {
+        PathModifier::ReplaceFullPath(p) => p.as_bytes().to_vec(),
+        PathModifier::ReplacePrefixMatch(p) => {
+            let matched = prefix.filter(|pre| path.starts_with(pre)).unwrap_or(b"");
+            let matched = if matched == b"/" { &b""[..] } else { matched };
+            // Element-wise, so what is left is empty or starts with `/`.
+            let rest = &path[matched.len()..];
+            let mut out = p.trim_end_matches('/').as_bytes().to_vec();
+            out.extend_from_slice(rest);
+            if out.is_empty() {
+                out.push(b'/');
+            }
+            out
+        }
+    };
+    if !query.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
