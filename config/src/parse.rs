@@ -33,6 +33,10 @@ pub enum ParseError {
     LogLevel(String),
     #[error("`{0}` is not HOST:PORT: expected e.g. backend:8080 or 10.0.0.7:80")]
     HostPort(String),
+    #[error(
+        "`{0}` is not NAMESPACE/NAME: expected e.g. default/ingress-gw (lower-case DNS names)"
+    )]
+    NamespacedName(String),
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
@@ -99,6 +103,23 @@ pub fn parse_proxy_id(s: &str) -> Result<u32, ParseError> {
 }
 
 /// `HOST:PORT` with a non-empty host and a port from 1 to 65535 (the host is resolved later).
+/// `NAMESPACE/NAME` of a Kubernetes object (a `Gateway`).
+pub fn parse_namespaced_name(s: &str) -> Result<crate::api::ServiceRef, ParseError> {
+    let dns_label = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    match s.split_once('/') {
+        Some((ns, name)) if dns_label(ns) && dns_label(name) => Ok(crate::api::ServiceRef {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        }),
+        _ => Err(ParseError::NamespacedName(s.to_string())),
+    }
+}
+
 pub fn parse_host_port(s: &str) -> Result<String, ParseError> {
     match s.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(s.to_string()),

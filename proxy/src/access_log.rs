@@ -19,7 +19,8 @@ pub struct Entry {
     pub path: String,
     pub protocol: &'static str,
     pub code: u16,
-    pub flags: &'static str,
+    /// Envoy's response flags, comma-separated in Envoy's order (`-`: none).
+    pub flags: std::borrow::Cow<'static, str>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub duration_ms: u64,
@@ -163,7 +164,7 @@ mod tests {
             path: "/hello?x=1".into(),
             protocol: "HTTP/1.1",
             code: 503,
-            flags: "UO",
+            flags: "UO".into(),
             bytes_received: 0,
             bytes_sent: 81,
             duration_ms: 0,

@@ -10,7 +10,7 @@
 //! closed and those idle past the idle timeout.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -107,6 +107,22 @@ pub struct Cluster {
     via_api: AtomicBool,
     /// Its balancer hashes a request key (read per request without taking the lb lock).
     hashing: AtomicBool,
+    /// Route retries in flight, and how many may be (`maxRetries`, Envoy's `max_retries`
+    /// circuit breaker, default 3).
+    retries_active: AtomicU32,
+    max_retries: AtomicU32,
+}
+
+/// Envoy's default `max_retries` circuit breaker.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+/// A retry in flight, counted against the cluster's `maxRetries` until dropped.
+pub struct RetryToken(Arc<Cluster>);
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        self.0.retries_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Connection timeouts of a cluster.
@@ -159,9 +175,29 @@ impl Cluster {
             sweeping: AtomicBool::new(false),
             via_api: AtomicBool::new(false),
             hashing: AtomicBool::new(false),
+            retries_active: AtomicU32::new(0),
+            max_retries: AtomicU32::new(DEFAULT_MAX_RETRIES),
         };
         c.sync(&c.pool.lock().expect("pool lock"));
         Arc::new(c)
+    }
+
+    /// Sets the `maxRetries` circuit breaker (a policy's `http.maxRetries`).
+    pub fn set_max_retries(&self, n: u32) {
+        self.max_retries.store(n, Ordering::Relaxed);
+    }
+
+    /// Room for one more retry, or `None` (counted as `upstream_rq_retry_overflow`) when
+    /// `maxRetries` retries are in flight.
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetryToken> {
+        let max = self.max_retries.load(Ordering::Relaxed);
+        let prev = self.retries_active.fetch_add(1, Ordering::Relaxed);
+        if prev >= max {
+            self.retries_active.fetch_sub(1, Ordering::Relaxed);
+            self.stats.upstream_rq_retry_overflow.inc();
+            return None;
+        }
+        Some(RetryToken(self.clone()))
     }
 
     pub fn limits(&self) -> Limits {

@@ -23,10 +23,13 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http2::SendRequest;
 use tokio::sync::watch;
 
-use config::api::{Destination, Update, WATCH_PATH};
+use config::api::{
+    Destination, GatewayUpdate, Routes, ServiceRef, Update, GATEWAY_WATCH_PATH, WATCH_PATH,
+};
 use config::Limits;
 
 use crate::cluster::{Cluster, Endpoint};
+use crate::router::{RouteSlot, Table, Upstream};
 use crate::stats::Gauge;
 use crate::Proxy;
 
@@ -46,7 +49,7 @@ enum Answer {
     Pending,
     /// Not a Service: the original destination.
     Passthrough,
-    Service(Arc<Cluster>),
+    Service(Upstream),
 }
 
 /// Why a watch ended.
@@ -55,12 +58,12 @@ enum WatchError {
     #[error("connecting to the control plane {0}: {1}")]
     Connect(String, String),
     #[error("the control plane answered {0} for {1}")]
-    Status(hyper::StatusCode, SocketAddr),
+    Status(hyper::StatusCode, String),
     #[error("the stream broke: {0}")]
     Stream(String),
     #[error("an answer longer than {MAX_ANSWER_BYTES} bytes")]
     TooLong,
-    #[error("an answer that is not an Update: {0}")]
+    #[error("an answer that is not what the proxy understands: {0}")]
     Bad(serde_json::Error),
     #[error("the control plane ended the stream")]
     Ended,
@@ -70,6 +73,9 @@ pub struct Discovery {
     control: String,
     domain: String,
     watches: Mutex<HashMap<SocketAddr, watch::Receiver<Answer>>>,
+    /// The route table of each Service port, by cluster name (a Service's IPv4 and IPv6
+    /// addresses share it).
+    slots: Mutex<HashMap<String, Arc<RouteSlot>>>,
     conn: tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>,
     /// The last attempt to reach the control plane failed: new addresses do not wait for it.
     down: std::sync::atomic::AtomicBool,
@@ -81,6 +87,7 @@ impl Discovery {
             control,
             domain,
             watches: Mutex::default(),
+            slots: Mutex::default(),
             conn: tokio::sync::Mutex::new(None),
             down: std::sync::atomic::AtomicBool::new(false),
         }
@@ -93,12 +100,12 @@ impl Discovery {
             .get_or_init(Gauge::default)
     }
 
-    /// The cluster of a Service at `addr`, or `None` to forward to `addr` itself.
+    /// Where the requests to a Service at `addr` go, or `None` to forward to `addr` itself.
     pub async fn resolve(
         self: &Arc<Self>,
         proxy: &Arc<Proxy>,
         addr: SocketAddr,
-    ) -> Option<Arc<Cluster>> {
+    ) -> Option<Upstream> {
         self.resolve_within(proxy, addr, FIRST_ANSWER_WAIT).await
     }
 
@@ -109,7 +116,7 @@ impl Discovery {
         proxy: &Arc<Proxy>,
         addr: SocketAddr,
         wait: Duration,
-    ) -> Option<Arc<Cluster>> {
+    ) -> Option<Upstream> {
         let mut rx = {
             let mut w = self.watches.lock().expect("watches lock");
             match w.get(&addr) {
@@ -178,10 +185,82 @@ impl Discovery {
         addr: SocketAddr,
         tx: watch::Sender<Answer>,
     ) {
+        let path = format!("{WATCH_PATH}{addr}");
+        self.follow(
+            &proxy,
+            &path,
+            || {
+                // Versions order the answers of one stream; a restarted control plane counts afresh.
+                let mut version = 0;
+                let (this, proxy, tx) = (&self, &proxy, &tx);
+                move |u: Update| {
+                    if u.version >= version {
+                        version = u.version;
+                        this.apply(proxy, tx, u);
+                    }
+                }
+            },
+            || {
+                // Nobody waits forever for a first answer that cannot come.
+                tx.send_if_modified(|a| {
+                    let pending = matches!(a, Answer::Pending);
+                    if pending {
+                        *a = Answer::Passthrough;
+                    }
+                    pending
+                });
+            },
+        )
+        .await
+    }
+
+    /// Gateway mode: the routes of `Gateway` `gw`, kept current in the returned slot for the
+    /// life of the process (empty until the first answer: 404 `NR`).
+    pub fn watch_gateway(self: &Arc<Self>, proxy: &Arc<Proxy>, gw: ServiceRef) -> Arc<RouteSlot> {
+        let slot = Arc::new(RouteSlot::default());
+        let (this, proxy, out) = (self.clone(), proxy.clone(), slot.clone());
+        tokio::spawn(async move {
+            let path = format!("{GATEWAY_WATCH_PATH}{}/{}", gw.namespace, gw.name);
+            this.follow(&proxy, &path, || {
+                let mut version = 0;
+                let (this, proxy, slot) = (&this, &proxy, &out);
+                move |u: GatewayUpdate| {
+                    if u.version < version {
+                        return;
+                    }
+                    version = u.version;
+                    if u.routes.is_none() {
+                        tracing::warn!(gateway = %u.gateway, "the control plane knows no Gateway of class trellis by that name: every request is 404 NR");
+                    }
+                    slot.set(u.routes.as_ref().and_then(|r| {
+                        this.table(proxy, r)
+                            .map_err(|e| tracing::warn!(gateway = %u.gateway, error = %e, "routes refused"))
+                            .ok()
+                    }));
+                }
+            }, || {})
+            .await
+        });
+        slot
+    }
+
+    /// Follows one watch path for the life of the process: each stream's lines go to the
+    /// function `each` makes for it; `lost` runs after each stream ends. Reconnects with capped,
+    /// jittered backoff.
+    async fn follow<T, F>(
+        &self,
+        proxy: &Arc<Proxy>,
+        path: &str,
+        mut each: impl FnMut() -> F,
+        lost: impl Fn(),
+    ) where
+        T: serde::de::DeserializeOwned,
+        F: FnMut(T),
+    {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let r = self.stream(&proxy, addr, &tx).await;
-            let connected = Self::connected(&proxy);
+            let r = self.stream(proxy, path, each()).await;
+            let connected = Self::connected(proxy);
             match r {
                 Err(WatchError::Connect(..) | WatchError::Stream(_) | WatchError::Ended) => {
                     if connected.get() == 1 {
@@ -191,34 +270,25 @@ impl Discovery {
                     self.down.store(true, std::sync::atomic::Ordering::Relaxed);
                     *self.conn.lock().await = None;
                 }
-                Err(ref e) => tracing::warn!(%addr, error = %e, "discovery"),
+                Err(ref e) => tracing::warn!(%path, error = %e, "discovery"),
                 Ok(()) => backoff = BACKOFF_MIN,
             }
-            // Nobody waits forever for a first answer that cannot come.
-            tx.send_if_modified(|a| {
-                let pending = matches!(a, Answer::Pending);
-                if pending {
-                    *a = Answer::Passthrough;
-                }
-                pending
-            });
+            lost();
             let jitter = crate::balancer::random() % (backoff.as_millis() as u64 / 2 + 1);
             tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    /// One watch stream, applied line by line until it ends.
-    async fn stream(
+    /// One watch stream, its lines handed to `apply` until it ends.
+    async fn stream<T: serde::de::DeserializeOwned>(
         &self,
         proxy: &Arc<Proxy>,
-        addr: SocketAddr,
-        tx: &watch::Sender<Answer>,
+        path: &str,
+        mut apply: impl FnMut(T),
     ) -> Result<(), WatchError> {
-        // Versions order the answers of one stream; a restarted control plane counts afresh.
-        let mut version = 0;
         let mut send = self.sender().await?;
-        let req = hyper::Request::get(format!("http://{}{WATCH_PATH}{addr}", self.control))
+        let req = hyper::Request::get(format!("http://{}{path}", self.control))
             .body(Empty::new())
             .expect("a valid request");
         let resp = send
@@ -226,7 +296,7 @@ impl Discovery {
             .await
             .map_err(|e| WatchError::Stream(e.to_string()))?;
         if resp.status() != hyper::StatusCode::OK {
-            return Err(WatchError::Status(resp.status(), addr));
+            return Err(WatchError::Status(resp.status(), path.to_string()));
         }
         self.down.store(false, std::sync::atomic::Ordering::Relaxed);
         let connected = Self::connected(proxy);
@@ -243,11 +313,7 @@ impl Discovery {
                 if line.iter().all(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
-                let u: Update = serde_json::from_slice(line).map_err(WatchError::Bad)?;
-                if u.version >= version {
-                    version = u.version;
-                    self.apply(proxy, tx, u);
-                }
+                apply(serde_json::from_slice(line).map_err(WatchError::Bad)?);
             }
             if buf.len() > MAX_ANSWER_BYTES {
                 return Err(WatchError::TooLong);
@@ -272,9 +338,48 @@ impl Discovery {
     fn apply(&self, proxy: &Arc<Proxy>, tx: &watch::Sender<Answer>, u: Update) {
         let answer = match u.destination {
             None => Answer::Passthrough,
-            Some(d) => Answer::Service(self.cluster(proxy, u.address, &d)),
+            Some(d) => {
+                let cluster = self.cluster(proxy, u.address, &d);
+                let slot = self
+                    .slots
+                    .lock()
+                    .expect("slots lock")
+                    .entry(cluster.name.clone())
+                    .or_default()
+                    .clone();
+                slot.set(d.routes.as_ref().and_then(|r| {
+                    self.table(proxy, r)
+                        .map_err(|e| tracing::warn!(cluster = %cluster.name, error = %e, "routes refused: requests go to the Service itself"))
+                        .ok()
+                }));
+                Answer::Service(Upstream::Routed {
+                    default: Some(cluster),
+                    routes: slot,
+                })
+            }
         };
         tx.send_replace(answer);
+    }
+
+    /// A route table, its backends made or brought up to date as clusters.
+    pub fn table(
+        &self,
+        proxy: &Arc<Proxy>,
+        routes: &Routes,
+    ) -> Result<Arc<Table>, crate::router::TableError> {
+        let clusters: Vec<Arc<Cluster>> = routes
+            .backends
+            .iter()
+            .map(|b| {
+                // A backend is named, not addressed: its cluster's address is only a label.
+                let addr = b
+                    .endpoints
+                    .first()
+                    .map_or(SocketAddr::from(([0, 0, 0, 0], b.port)), |e| e.address);
+                self.cluster(proxy, addr, b)
+            })
+            .collect();
+        Table::new(routes, &clusters).map(Arc::new)
     }
 
     /// The cluster of a Service port, made or brought up to date.
@@ -301,6 +406,11 @@ impl Discovery {
             d.policy.balancer.clone(),
             d.policy.outlier.clone(),
             limits,
+        );
+        c.set_max_retries(
+            d.policy
+                .max_retries
+                .unwrap_or(crate::cluster::DEFAULT_MAX_RETRIES),
         );
         tracing::debug!(cluster = %name, endpoints = endpoints.len(), "destination updated");
         c

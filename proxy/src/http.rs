@@ -30,7 +30,9 @@ use crate::h1::{self, Body, ChunkedError, Framing, HeadError, Request, RequestOp
 use crate::idle::Ended;
 use crate::iobuf::Buf;
 use crate::outlier::Outcome;
+use crate::router::{self, Rule, Upstream, View};
 use crate::stats::{ClusterStats, ListenerStats};
+use config::api::{Redirect, Retry};
 
 mod accounting;
 mod flags;
@@ -48,10 +50,12 @@ pub struct HttpCtx {
     pub add_forwarded_for: bool,
     pub access_log: Option<AccessLog>,
     pub drain: Drain,
+    /// Where requests that reach no cluster are counted (404 `NR`, a fault abort): never shown.
+    pub nowhere: Arc<ClusterStats>,
 }
 
 /// Serves one downstream connection until it closes, or until drain asks it to finish.
-pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: Arc<HttpCtx>) {
+pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpCtx>) {
     // The client's address as `x-forwarded-for` wants it, formatted once per connection.
     let client_ip = ctx
         .add_forwarded_for
@@ -96,7 +100,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
                         path: "-".into(),
                         protocol: "-",
                         code,
-                        flags: ResponseFlag::DownstreamProtocolError.as_str(),
+                        flags: ResponseFlag::DownstreamProtocolError.as_str().into(),
                         bytes_sent: text.len() as u64,
                         ..Entry::default()
                     });
@@ -109,7 +113,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>, ctx: 
         };
         let keep = Exchange {
             ctx: &ctx,
-            cluster: &cluster,
+            up: &up,
             timer: &mut timer,
             peer,
         }
@@ -160,7 +164,7 @@ impl Downstream {
 /// One request's trip: everything it needs from its connection.
 struct Exchange<'a> {
     ctx: &'a Arc<HttpCtx>,
-    cluster: &'a Arc<Cluster>,
+    up: &'a Upstream,
     timer: &'a mut Pin<Box<Sleep>>,
     peer: SocketAddr,
 }
@@ -180,6 +184,8 @@ enum Early {
     Protocol(HeadError),
     /// The client went away.
     ClientGone,
+    /// A status the route retries, and the retry is granted: nothing was relayed.
+    Retry(u16),
 }
 
 /// How a response that reached the client ended.
@@ -214,28 +220,115 @@ impl Exchange<'_> {
     async fn run(self, d: &mut Downstream, mut req: Request, mut up_head: Vec<u8>) -> bool {
         let Exchange {
             ctx,
-            cluster,
+            up,
             timer,
             peer,
         } = self;
         let start = Instant::now();
-        let st = &cluster.stats;
         // The codec filled in the request's fields; the rest are the exchange's.
         let log = req.log.take().map(|mut e| {
             e.start = Some(SystemTime::now());
             e
         });
-        let key = cluster
-            .hash_on()
-            .and_then(|on| hash_key(&on, &up_head, peer));
+        // Which route and which cluster (a connection to a Service with routes may send each
+        // request elsewhere).
+        let table;
+        let mut route = None;
+        let (cluster, refused) = match up {
+            Upstream::Cluster(c) => (Some(c), None),
+            Upstream::Routed { default, routes } => {
+                table = routes.get();
+                match &table {
+                    None if default.is_none() => (None, Some(Local::NoRoute)),
+                    None => (default.as_ref(), None),
+                    Some(t) => match t.pick(&View::of(&up_head)) {
+                        None => (None, Some(Local::NoRoute)),
+                        Some(p) => {
+                            let c = p.rule.backend();
+                            let refused = (c.is_none() && p.rule.redirect.is_none())
+                                .then_some(Local::NoBackend);
+                            route = Some(p);
+                            (c, refused)
+                        }
+                    },
+                }
+            }
+        };
+        let st = cluster.map_or(&*ctx.nowhere, |c| &*c.stats);
         let mut rq = Finish::start(ctx, st, start, log);
         d.buf.consume(req.head_len);
         let mut body = Body::new(req.body);
         timer
             .as_mut()
             .reset(tokio::time::Instant::from_std(start) + ctx.request_timeout);
+        if let Some(what) = refused {
+            if what == Local::NoRoute {
+                ctx.listener.http.no_route.inc();
+            }
+            return rq.local(d, &body, &req, what).await;
+        }
+        let mut retry = None;
+        let mut backend_timeout = None;
+        if let Some(p) = &route {
+            let r = p.rule;
+            if let Some(f) = &r.fault {
+                if let Some(delay) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
+                    ctx.listener.http.fault_delays_injected.inc();
+                    rq.delayed = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(delay.delay_ms)) => {}
+                        _ = watch(&mut d.io, &mut d.buf) => {
+                            rq.client_gone(false);
+                            return false;
+                        }
+                    }
+                }
+                if let Some(abort) = f.abort.as_ref().filter(|x| router::roll(x.per_million)) {
+                    ctx.listener.http.fault_aborts_injected.inc();
+                    return rq
+                        .local(d, &body, &req, Local::FaultAbort(abort.status))
+                        .await;
+                }
+            }
+            if let Some(redirect) = &r.redirect {
+                ctx.listener.http.rq_redirect.inc();
+                return rq
+                    .redirect(d, &body, &req, &up_head, redirect, p.prefix)
+                    .await;
+            }
+            if r.rewrite.is_some() || r.request_headers.is_some() {
+                up_head = rewrite(&up_head, r, p.prefix);
+            }
+            for (mirror, share) in &r.mirrors {
+                if router::roll(*share) {
+                    mirror_request(ctx, mirror, &up_head, req.body);
+                }
+            }
+            rq.response_headers = r.response_headers.as_ref();
+            if let Some(t) = r.timeout {
+                rq.timeout = t;
+            }
+            // Only a request without a body can be sent again (nothing of it is kept).
+            retry = r.retry.as_ref().filter(|_| req.body == Framing::Empty);
+            backend_timeout = r.backend_timeout;
+        }
+        let Some(cluster) = cluster else {
+            // A redirect-only rule returned above; this is not reached.
+            return rq.local(d, &body, &req, Local::NoBackend).await;
+        };
+        let st = &cluster.stats;
+        let key = cluster
+            .hash_on()
+            .and_then(|on| hash_key(&on, &up_head, peer));
+        // The route's timeout covers every try; a delay is not counted (Envoy's fault filter
+        // runs before the router's timer starts).
+        let deadline = tokio::time::Instant::now() + rq.timeout;
+        timer.as_mut().reset(deadline);
 
         let mut attempts = 0;
+        let mut tries_left = retry.map_or(0, |r| r.attempts);
+        let mut retried = false;
+        let mut token = None;
         let (mut lease, ended) = loop {
             let acquired = tokio::select! {
                 biased;
@@ -250,21 +343,71 @@ impl Exchange<'_> {
             };
             let mut lease = match acquired {
                 Ok(l) => l,
-                Err(AcquireError::Overflow) => {
-                    return rq.local(d, &body, &req, Local::Overflow).await;
-                }
-                Err(AcquireError::ConnectFailed) => {
-                    return rq.local(d, &body, &req, Local::ConnectFailed).await;
-                }
-                Err(AcquireError::NoHost) => {
-                    return rq.local(d, &body, &req, Local::NoHealthyUpstream).await;
+                Err(e) => {
+                    if e == AcquireError::ConnectFailed && retry.is_some() {
+                        if tries_left > 0 {
+                            if let Some(t) = cluster.try_retry() {
+                                token = Some(t);
+                                tries_left -= 1;
+                                retried = true;
+                                st.upstream_rq_retry.inc();
+                                if !backoff(retry, retried, d, timer).await {
+                                    return rq.local(d, &body, &req, Local::Timeout).await;
+                                }
+                                continue;
+                            }
+                        } else {
+                            rq.retries_exhausted = true;
+                            st.upstream_rq_retry_limit_exceeded.inc();
+                        }
+                    }
+                    let what = match e {
+                        AcquireError::Overflow => Local::Overflow,
+                        AcquireError::ConnectFailed => Local::ConnectFailed,
+                        AcquireError::NoHost => Local::NoHealthyUpstream,
+                    };
+                    return rq.local(d, &body, &req, what).await;
                 }
             };
             if let Some(e) = rq.log.as_mut() {
                 e.upstream_host = Some(lease.host().addr);
             }
             let reused = lease.uses() > 1;
-            let ended = forward(&mut lease, d, &req, &mut up_head, &mut body, timer, &rq).await;
+            if let Some(t) = backend_timeout {
+                timer
+                    .as_mut()
+                    .reset(deadline.min(tokio::time::Instant::now() + t));
+            }
+            // A retryable status is not relayed while a try is left and `maxRetries` allows.
+            let mut retry_on = |code: u16| {
+                tries_left > 0
+                    && retry.is_some_and(|r| r.codes.contains(&code))
+                    && cluster.try_retry().map(|t| token = Some(t)).is_some()
+            };
+            let retry_on: Option<&mut (dyn FnMut(u16) -> bool + Send)> = match retry {
+                Some(_) => Some(&mut retry_on),
+                None => None,
+            };
+            let ended = forward(
+                &mut lease,
+                d,
+                &req,
+                &mut up_head,
+                &mut body,
+                timer,
+                &rq,
+                retry_on,
+            )
+            .await;
+            let failed = match &ended {
+                Err(Early::Retry(code)) => Some(Outcome::Status(*code)),
+                Err(Early::Reset { .. } | Early::Protocol(_)) => Some(Outcome::ConnectFailed),
+                // A try's own timeout, the route's still running.
+                Err(Early::Timeout) if tokio::time::Instant::now() < deadline => {
+                    Some(Outcome::Status(504))
+                }
+                _ => None,
+            };
             match ended {
                 // The pooled connection had closed under us and nothing was answered: safe to
                 // send again on another connection (no body, idempotent method).
@@ -273,12 +416,59 @@ impl Exchange<'_> {
                     st.upstream_rq_retry.inc();
                     continue;
                 }
+                Err(Early::Retry(code)) => {
+                    // `retry_on` took a token: this try ends here, unanswered.
+                    st.upstream_rq_total.inc();
+                    st.count_code(code);
+                    lease.report(Outcome::Status(code));
+                    drop(lease);
+                    tries_left -= 1;
+                }
+                ended @ Err(Early::Reset { .. } | Early::Protocol(_) | Early::Timeout)
+                    if retry.is_some() && failed.is_some() =>
+                {
+                    let again = tries_left > 0
+                        && (token.is_some() || {
+                            token = cluster.try_retry();
+                            token.is_some()
+                        });
+                    if !again {
+                        if tries_left == 0 {
+                            rq.retries_exhausted = true;
+                            st.upstream_rq_retry_limit_exceeded.inc();
+                        }
+                        break (lease, ended);
+                    }
+                    st.upstream_rq_total.inc();
+                    if let Some(o) = failed {
+                        lease.report(o);
+                    }
+                    drop(lease);
+                    tries_left -= 1;
+                }
                 ended => break (lease, ended),
             }
+            retried = true;
+            st.upstream_rq_retry.inc();
+            if !backoff(retry, retried, d, timer).await {
+                return rq.local(d, &body, &req, Local::Timeout).await;
+            }
+            timer.as_mut().reset(deadline);
         };
+        drop(token);
         st.upstream_rq_total.inc();
         match &ended {
-            Ok((code, ..)) => lease.report(Outcome::Status(*code)),
+            Ok((code, ..)) => {
+                lease.report(Outcome::Status(*code));
+                if let Some(r) = retry {
+                    if r.codes.contains(code) && tries_left == 0 && r.attempts > 0 {
+                        rq.retries_exhausted = true;
+                        st.upstream_rq_retry_limit_exceeded.inc();
+                    } else if retried {
+                        st.upstream_rq_retry_success.inc();
+                    }
+                }
+            }
             Err(Early::Reset { .. } | Early::Protocol(_)) => lease.report(Outcome::ConnectFailed),
             Err(Early::Timeout) => {
                 lease
@@ -296,7 +486,7 @@ impl Exchange<'_> {
                 drop(lease);
                 return match early {
                     Early::Timeout => rq.local(d, &body, &req, Local::Timeout).await,
-                    Early::Reset { .. } => {
+                    Early::Reset { .. } | Early::Retry(_) => {
                         tracing::debug!(cluster = %cluster.name, "upstream reset before headers");
                         rq.local(d, &body, &req, Local::Reset).await
                     }
@@ -376,6 +566,11 @@ impl Exchange<'_> {
 /// timeout ends the exchange once no body byte moved either way for `--idle-timeout`; it is
 /// armed only once a body is still moving after the first read, so a short exchange sets no
 /// timer.
+///
+/// `retry_on` (a route with retries): a response status it accepts is not relayed but returned
+/// as [`Early::Retry`].
+// Each argument is a separate borrow of the exchange's state, held across awaits.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     lease: &mut Lease,
     d: &mut Downstream,
@@ -384,6 +579,7 @@ async fn forward(
     body: &mut Body,
     timer: &mut Pin<Box<Sleep>>,
     rq: &Finish<'_>,
+    mut retry_on: Option<&mut (dyn FnMut(u16) -> bool + Send)>,
 ) -> Result<(u16, Delivered, bool), Early> {
     let st = rq.stats;
     let up = lease.conn();
@@ -429,6 +625,11 @@ async fn forward(
     ));
     let mut resp = pin!(async {
         let head = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st).await?;
+        if let Some(retry_on) = retry_on.as_mut() {
+            if retry_on(head.0.status) {
+                return Err(Early::Retry(head.0.status));
+            }
+        }
         rq.stats.count_code(head.0.status);
         relay_response(&mut ur, ubuf, &mut dw, head, rq).await
     });
@@ -446,7 +647,7 @@ async fn forward(
             armed = true;
             timer
                 .as_mut()
-                .reset(tokio::time::Instant::now() + rq.ctx.request_timeout);
+                .reset(tokio::time::Instant::now() + rq.timeout);
         }
         if let Poll::Ready(r) = resp.as_mut().poll(cx) {
             return Poll::Ready(r);
@@ -519,6 +720,9 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 ) -> Result<(u16, Delivered, bool), Early> {
     let st = rq.stats;
     let code = head.status;
+    if let Some(m) = rq.response_headers {
+        out = router::edit_head(&out, None, m);
+    }
     rq.code_sent.store(code, Relaxed);
     if rq.log.is_some() {
         // Only the access log shows it.
@@ -750,4 +954,208 @@ fn hash_key(on: &config::api::HashOn, head: &[u8], peer: SocketAddr) -> Option<u
         })?,
     };
     Some(crate::balancer::stable_hash(bytes))
+}
+
+/// Waits a retry's backoff: Envoy's, 25 ms (or the route's `backoff`) doubling per retry up to
+/// ten times that, jittered. False if the client went away or the route's time ran out.
+async fn backoff(
+    retry: Option<&Retry>,
+    _retried: bool,
+    d: &mut Downstream,
+    timer: &mut Pin<Box<Sleep>>,
+) -> bool {
+    let base = retry.and_then(|r| r.backoff_ms).unwrap_or(25).max(1);
+    let ms = base / 2 + crate::balancer::random() % (base / 2 + 1);
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+        _ = timer.as_mut() => false,
+        _ = watch(&mut d.io, &mut d.buf) => false,
+    }
+}
+
+/// The head after the rule's `URLRewrite` and `RequestHeaderModifier`.
+fn rewrite(head: &[u8], rule: &Rule, prefix: Option<&[u8]>) -> Vec<u8> {
+    let v = View::of(head);
+    let mut edits = rule.request_headers.clone().unwrap_or_default();
+    let mut target = None;
+    if let Some(rw) = &rule.rewrite {
+        if let Some(host) = &rw.hostname {
+            edits.set.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+            edits.set.push(("host".into(), host.clone()));
+        }
+        target = rw
+            .path
+            .as_ref()
+            .map(|m| router::new_path(m, v.path, v.query, prefix));
+    }
+    router::edit_head(head, target.as_deref(), &edits)
+}
+
+/// How long a mirrored copy may take, all told, before it is given up.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sends a copy of a request (its head: only a request without a body is copied) to a mirror,
+/// with `-shadow` appended to its host as Envoy does, and throws the answer away. It runs on its
+/// own task, so a slow mirror never slows the client; the mirror's own pool bounds how many copies
+/// are in flight (a copy that finds the pool full is dropped).
+fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Framing) {
+    let http = &ctx.listener.http;
+    if body != Framing::Empty {
+        http.rq_mirror_dropped.inc();
+        return;
+    }
+    let v = View::of(head);
+    let head_method = v.method == b"HEAD";
+    let host = v
+        .header(b"host")
+        .map(|h| {
+            let (name, port) = match h.iter().rposition(|b| *b == b':') {
+                Some(i) if !h.ends_with(b"]") => (&h[..i], &h[i..]),
+                _ => (h, &h[h.len()..]),
+            };
+            let mut out = name.to_vec();
+            out.extend_from_slice(b"-shadow");
+            out.extend_from_slice(port);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .unwrap_or_default();
+    let copy = router::edit_head(
+        head,
+        None,
+        &config::api::HeaderModifier {
+            set: vec![("host".into(), host)],
+            ..Default::default()
+        },
+    );
+    http.rq_mirrored.inc();
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(MIRROR_TIMEOUT, async move {
+            let Ok(mut lease) = cluster.acquire(None).await else {
+                return;
+            };
+            let reusable = {
+                let up = lease.conn();
+                if up.io.write_all(&copy).await.is_err() {
+                    return;
+                }
+                discard_response(up, head_method).await
+            };
+            lease.done(reusable);
+        })
+        .await;
+    });
+}
+
+/// Reads one response and throws it away; true if the connection can carry another request.
+async fn discard_response(up: &mut crate::cluster::Conn, head_method: bool) -> bool {
+    let opts = ResponseOpts {
+        head_method,
+        upgrade: false,
+        http10_client: false,
+        keep_alive: true,
+    };
+    let mut out = Vec::new();
+    let head = loop {
+        if !up.buf.is_empty() {
+            out.clear();
+            match h1::parse_response(up.buf.data(), &opts, &mut out) {
+                Ok(Some(r)) if r.interim => {
+                    up.buf.consume(r.head_len);
+                    continue;
+                }
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(_) => return false,
+            }
+        }
+        match up.buf.read_from(&mut up.io).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    };
+    up.buf.consume(head.head_len);
+    let mut body = Body::new(head.body);
+    loop {
+        let Ok((n, _)) = body.take(up.buf.data(), None) else {
+            return false;
+        };
+        up.buf.consume(n);
+        if body.is_done() {
+            return head.upstream_reusable;
+        }
+        match up.buf.read_from(&mut up.io).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+impl Finish<'_> {
+    /// Answers with a route's redirect: `Location` built from the request and the filter.
+    async fn redirect(
+        mut self,
+        d: &mut Downstream,
+        body: &Body,
+        req: &Request,
+        head: &[u8],
+        r: &Redirect,
+        prefix: Option<&[u8]>,
+    ) -> bool {
+        let v = View::of(head);
+        let host = v.header(b"host").unwrap_or_default();
+        let (name, port) = match host.iter().rposition(|b| *b == b':') {
+            Some(i) if !host.ends_with(b"]") => {
+                (&host[..i], std::str::from_utf8(&host[i + 1..]).ok())
+            }
+            _ => (host, None),
+        };
+        let scheme = r.scheme.as_deref().unwrap_or("http");
+        let name = r.hostname.as_deref().map_or_else(
+            || String::from_utf8_lossy(name).into_owned(),
+            str::to_string,
+        );
+        // Gateway API: a new scheme without a port means that scheme's well-known port.
+        let port = match (r.port, &r.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => port.and_then(|p| p.parse::<u16>().ok()),
+        }
+        .filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
+        let path = match &r.path {
+            Some(m) => router::new_path(m, v.path, v.query, prefix),
+            None => {
+                let mut p = v.path.to_vec();
+                if !v.query.is_empty() {
+                    p.push(b'?');
+                    p.extend_from_slice(v.query);
+                }
+                p
+            }
+        };
+        let mut location = format!("{scheme}://{name}");
+        if let Some(p) = port {
+            location.push_str(&format!(":{p}"));
+        }
+        location.push_str(&String::from_utf8_lossy(&path));
+        let code = r.status;
+        let reason = hyper::StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Redirect");
+        let keep = req.keep_alive && body.is_done() && !self.ctx.drain.is_draining();
+        let mut out =
+            format!("HTTP/1.1 {code} {reason}\r\nlocation: {location}\r\ncontent-length: 0\r\n");
+        if !keep {
+            out.push_str("connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        let ok = d.io.write_all(out.as_bytes()).await.is_ok();
+        self.code = code;
+        self.finish(ResponseFlag::None);
+        if ok && !body.is_done() {
+            linger_close(&mut d.io).await;
+        }
+        ok && keep
+    }
 }

@@ -54,11 +54,27 @@ use crate::stats::Registry;
 pub enum Mode {
     /// Transparent inbound + outbound capture listeners.
     Sidecar,
-    /// One explicit listener in front of one upstream (`HOST:PORT`).
-    Gateway {
-        listen: SocketAddr,
-        upstream: String,
-    },
+    /// One explicit listener in front of one upstream, or of a Gateway's routes.
+    Gateway { listen: SocketAddr, to: GatewayTo },
+}
+
+/// What a gateway serves.
+#[derive(Debug, Clone)]
+pub enum GatewayTo {
+    /// `--upstream HOST:PORT` (a Service's routes and policy apply when the control plane knows
+    /// the address).
+    Upstream(String),
+    /// `--gateway NAMESPACE/NAME`: the HTTPRoutes attached to that Gateway.
+    Routes(config::api::ServiceRef),
+}
+
+impl std::fmt::Display for GatewayTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayTo::Upstream(u) => write!(f, "{u}"),
+            GatewayTo::Routes(g) => write!(f, "gateway {g}"),
+        }
+    }
 }
 
 /// Changes the log filter at run time (`POST /logging`).
@@ -123,7 +139,7 @@ pub async fn run(
     log_control: Option<LogControl>,
 ) -> anyhow::Result<()> {
     let gateway = match &mode {
-        Mode::Gateway { listen, upstream } => Some((*listen, upstream.clone())),
+        Mode::Gateway { listen, to } => Some((*listen, to.to_string())),
         Mode::Sidecar => None,
     };
     let proxy = Arc::new(Proxy {
@@ -162,7 +178,30 @@ pub async fn run(
 
     let mut listeners = Vec::new();
     match &mode {
-        Mode::Gateway { listen, upstream } => {
+        Mode::Gateway {
+            listen,
+            to: GatewayTo::Routes(gw),
+        } => {
+            let Some(d) = &proxy.discovery else {
+                anyhow::bail!("--gateway {gw} needs --control-plane: the routes come from it");
+            };
+            let routes = d.watch_gateway(&proxy, gw.clone());
+            let tcp = bind(*listen).with_context(|| format!("binding --listen {listen}"))?;
+            tracing::info!(listen = %tcp.local_addr()?, gateway = %gw, "gateway listener");
+            listeners.push(Listener {
+                proxy: proxy.clone(),
+                dir: Direction::Gateway,
+                tcp,
+                fixed: Some(router::Upstream::Routed {
+                    default: None,
+                    routes,
+                }),
+            });
+        }
+        Mode::Gateway {
+            listen,
+            to: GatewayTo::Upstream(upstream),
+        } => {
             let addr = tokio::net::lookup_host(upstream.as_str())
                 .await
                 .with_context(|| format!("resolving --upstream {upstream}"))?
@@ -176,8 +215,8 @@ pub async fn run(
                 }
                 None => None,
             };
-            let cluster = match service {
-                Some(c) => c,
+            let up = match service {
+                Some(up) => up,
                 None => {
                     let cluster = Cluster::new(
                         upstream.clone(),
@@ -186,9 +225,11 @@ pub async fn run(
                         proxy.timeouts(),
                         &proxy.registry,
                     );
-                    proxy
-                        .clusters
-                        .get_or_create(upstream, &proxy.registry, || cluster.clone())
+                    router::Upstream::Cluster(proxy.clusters.get_or_create(
+                        upstream,
+                        &proxy.registry,
+                        || cluster.clone(),
+                    ))
                 }
             };
             let tcp = bind(*listen).with_context(|| format!("binding --listen {listen}"))?;
@@ -197,7 +238,7 @@ pub async fn run(
                 proxy: proxy.clone(),
                 dir: Direction::Gateway,
                 tcp,
-                fixed: Some(cluster),
+                fixed: Some(up),
             });
         }
         Mode::Sidecar => {

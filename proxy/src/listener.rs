@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::cluster::{inbound_name, outbound_name, Cluster};
 use crate::detect::{detect, Detected, Protocol};
 use crate::http::HttpCtx;
+use crate::router::Upstream;
 use crate::Proxy;
 
 /// How long to wait for a client's first bytes before treating it as server-speaks-first TCP.
@@ -51,8 +52,8 @@ pub struct Listener {
     pub proxy: Arc<Proxy>,
     pub dir: Direction,
     pub tcp: TcpListener,
-    /// Gateway mode: the one cluster.
-    pub fixed: Option<Arc<Cluster>>,
+    /// Gateway mode: where every connection goes (one cluster, or the gateway's routes).
+    pub fixed: Option<Upstream>,
 }
 
 impl Listener {
@@ -65,6 +66,7 @@ impl Listener {
             add_forwarded_for: self.dir != Direction::Outbound,
             access_log: proxy.access_log.clone(),
             drain: proxy.drain.clone(),
+            nowhere: Arc::default(),
         });
         // The socket is not shared with the connections: it closes as soon as draining starts.
         let Listener {
@@ -107,15 +109,15 @@ impl Listener {
 struct Conns {
     proxy: Arc<Proxy>,
     dir: Direction,
-    fixed: Option<Arc<Cluster>>,
+    fixed: Option<Upstream>,
 }
 
 impl Conns {
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, http: Arc<HttpCtx>) {
         let _ = stream.set_nodelay(true);
         let p = &self.proxy;
-        let (cluster, port) = match &self.fixed {
-            Some(c) => (c.clone(), c.addr.port()),
+        let (up, port) = match &self.fixed {
+            Some(up) => (up.clone(), stream.local_addr().map_or(0, |a| a.port())),
             None => {
                 let Ok(local) = stream.local_addr() else {
                     return;
@@ -130,8 +132,8 @@ impl Conns {
                     (Some(d), Direction::Outbound) => d.resolve(p, dst).await,
                     _ => None,
                 };
-                let cluster = service.unwrap_or_else(|| p.cluster_for(self.dir, dst));
-                (cluster, dst.port())
+                let up = service.unwrap_or_else(|| Upstream::Cluster(p.cluster_for(self.dir, dst)));
+                (up, dst.port())
             }
         };
         let opaque = p.config.opaque_ports.contains(&port);
@@ -157,10 +159,14 @@ impl Conns {
                 let l = &http.listener;
                 l.http.downstream_cx_total.inc();
                 l.http.downstream_cx_active.inc();
-                crate::http::serve(stream, peer, cluster, http.clone()).await;
+                crate::http::serve(stream, peer, up, http.clone()).await;
                 http.listener.http.downstream_cx_active.dec();
             }
             Protocol::Opaque => {
+                let Some(cluster) = up.tcp_cluster().cloned() else {
+                    tracing::debug!(%peer, "not HTTP, and no route table can take opaque TCP: closing");
+                    return;
+                };
                 crate::tcp::proxy(
                     stream,
                     cluster,

@@ -20,16 +20,23 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
-    /// An explicit listener in front of one upstream (App Mesh's VirtualGateway).
+    /// An explicit listener in front of one upstream, or of a Gateway's HTTPRoutes (App Mesh's
+    /// VirtualGateway and its GatewayRoutes, Istio's ingress gateway).
     Gateway {
         /// Address to accept clients on.
         #[arg(long, env = "TRELLIS_LISTEN")]
         listen: SocketAddr,
         /// The upstream service, `HOST:PORT` (resolved once at start). With `--control-plane`, a
-        /// Service address is balanced over its ready pods, with the `--outbound-max-*` limits
-        /// and its TrafficPolicy.
-        #[arg(long, env = "TRELLIS_UPSTREAM", value_parser = config::parse::parse_host_port)]
-        upstream: String,
+        /// Service address is balanced over its ready pods, with the `--outbound-max-*` limits,
+        /// its TrafficPolicy and its HTTPRoutes.
+        #[arg(long, env = "TRELLIS_UPSTREAM", value_parser = config::parse::parse_host_port,
+              required_unless_present = "gateway", conflicts_with = "gateway")]
+        upstream: Option<String>,
+        /// Serve the HTTPRoutes attached to this `Gateway` (`NAMESPACE/NAME`, gatewayClassName
+        /// `trellis`), as the control plane compiles them; needs `--control-plane`.
+        #[arg(long, env = "TRELLIS_GATEWAY", value_parser = config::parse::parse_namespaced_name,
+              requires = "control_plane")]
+        gateway: Option<config::api::ServiceRef>,
         #[command(flatten)]
         config: proxy::Config,
     },
@@ -53,8 +60,16 @@ fn main() -> ExitCode {
         Some(Command::Gateway {
             listen,
             upstream,
+            gateway,
             config,
-        }) => (config, proxy::Mode::Gateway { listen, upstream }),
+        }) => {
+            let to = match (upstream, gateway) {
+                (Some(u), _) => proxy::GatewayTo::Upstream(u),
+                (None, Some(g)) => proxy::GatewayTo::Routes(g),
+                (None, None) => unreachable!("clap requires one of --upstream and --gateway"),
+            };
+            (config, proxy::Mode::Gateway { listen, to })
+        }
         None => (cli.config, proxy::Mode::Sidecar),
     };
 

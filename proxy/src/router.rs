@@ -20,6 +20,29 @@ use regex::bytes::Regex;
 
 use crate::cluster::Cluster;
 
+/// Where the requests of a connection go.
+#[derive(Clone)]
+pub enum Upstream {
+    /// All to one cluster (an original destination, inbound, a gateway's `--upstream`).
+    Cluster(Arc<Cluster>),
+    /// Per request, by the routes of the destination (or gateway). Without a route table,
+    /// `default` (the Service's own cluster) takes every request; with neither, 404 `NR`.
+    Routed {
+        default: Option<Arc<Cluster>>,
+        routes: Arc<RouteSlot>,
+    },
+}
+
+impl Upstream {
+    /// The cluster that takes a connection as opaque TCP.
+    pub fn tcp_cluster(&self) -> Option<&Arc<Cluster>> {
+        match self {
+            Upstream::Cluster(c) => Some(c),
+            Upstream::Routed { default, .. } => default.as_ref(),
+        }
+    }
+}
+
 /// Where a destination's current route table lives; written by discovery, read per request.
 #[derive(Default)]
 pub struct RouteSlot {
@@ -194,14 +217,17 @@ impl Table {
 
     /// The first match the request satisfies (`None`: no route, 404 `NR`).
     pub fn pick(&self, req: &View) -> Option<Picked<'_>> {
-        self.matches.iter().find(|m| m.matches(req)).map(|m| Picked {
-            rule: &self.rules[m.rule],
-            prefix: match &m.path {
-                Some(Path::Prefix(p)) => Some(&p[..]),
-                None => Some(b"/"),
-                _ => None,
-            },
-        })
+        self.matches
+            .iter()
+            .find(|m| m.matches(req))
+            .map(|m| Picked {
+                rule: &self.rules[m.rule],
+                prefix: match &m.path {
+                    Some(Path::Prefix(p)) => Some(&p[..]),
+                    None => Some(b"/"),
+                    _ => None,
+                },
+            })
     }
 }
 
@@ -212,24 +238,16 @@ impl Match {
                 return false;
             }
         }
-        match &self.path {
-            None => {}
-            Some(Path::Exact(p)) => {
-                if **p != *req.path {
-                    return false;
-                }
-            }
+        let path = match &self.path {
+            None => true,
+            Some(Path::Exact(p)) => **p == *req.path,
             Some(Path::Prefix(p)) => {
-                let path = req.path;
-                if !(path.starts_with(p) && matches!(path.get(p.len()), None | Some(b'/'))) {
-                    return false;
-                }
+                req.path.starts_with(p) && matches!(req.path.get(p.len()), None | Some(b'/'))
             }
-            Some(Path::Regex(re)) => {
-                if !re.is_match(req.path) {
-                    return false;
-                }
-            }
+            Some(Path::Regex(re)) => re.is_match(req.path),
+        };
+        if !path {
+            return false;
         }
         self.headers
             .iter()

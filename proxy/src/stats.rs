@@ -208,7 +208,14 @@ stats! {
         pub upstream_rq_pending_overflow: Counter,
         pub upstream_rq_cancelled: Counter,
         pub upstream_rq_timeout: Counter,
+        /// Requests sent again: a route's retry, or a silent reset of a reused connection.
         pub upstream_rq_retry: Counter,
+        /// Retried requests that ended with a response the route does not retry.
+        pub upstream_rq_retry_success: Counter,
+        /// Retries not made because `maxRetries` retries were in flight already.
+        pub upstream_rq_retry_overflow: Counter,
+        /// Requests whose retries ran out (`URX`).
+        pub upstream_rq_retry_limit_exceeded: Counter,
         pub upstream_rq_rx_reset: Counter,
         pub upstream_rq_tx_reset: Counter,
         /// Requests that found no endpoint to go to (`UH`).
@@ -299,6 +306,17 @@ stats! {
         pub downstream_cx_protocol_error: Counter,
         /// Streams ended because no byte moved for `--idle-timeout` (`SI`).
         pub downstream_rq_idle_timeout: Counter,
+        /// Requests no route matched: 404 (`NR`).
+        pub no_route: Counter,
+        /// Requests answered with a route's redirect.
+        pub rq_redirect: Counter,
+        /// Requests aborted by an `HTTPFault` (`FI`).
+        pub fault_aborts_injected: Counter = "fault.aborts_injected",
+        /// Requests delayed by an `HTTPFault` (`DI`).
+        pub fault_delays_injected: Counter = "fault.delays_injected",
+        /// Requests copied to a mirror, and copies dropped (the mirror's pool was full).
+        pub rq_mirrored: Counter,
+        pub rq_mirror_dropped: Counter,
     }
 }
 

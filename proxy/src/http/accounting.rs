@@ -28,6 +28,14 @@ pub(super) struct Finish<'a> {
     pub upstream_ms: Count,
     /// When body bytes last moved either way (the stream idle timeout).
     pub activity: Activity,
+    /// An `HTTPFault` delayed the request (`DI`).
+    pub delayed: bool,
+    /// The route's retries ran out (`URX`).
+    pub retries_exhausted: bool,
+    /// From the end of the request to the response head (this try's share, with a route).
+    pub timeout: std::time::Duration,
+    /// The route's `ResponseHeaderModifier`.
+    pub response_headers: Option<&'a config::api::HeaderModifier>,
     done: bool,
 }
 
@@ -52,6 +60,10 @@ impl<'a> Finish<'a> {
             code_sent: AtomicU16::new(0),
             upstream_ms: Count::default(),
             activity: Activity::since(start),
+            delayed: false,
+            retries_exhausted: false,
+            timeout: ctx.request_timeout,
+            response_headers: None,
             done: false,
         }
     }
@@ -79,7 +91,7 @@ impl<'a> Finish<'a> {
         self.ctx.listener.http.downstream_rq_active.dec();
         if let (Some(log), Some(mut e)) = (&self.ctx.access_log, self.log.take()) {
             e.code = self.code;
-            e.flags = flag.as_str();
+            e.flags = flag.with(self.delayed, self.retries_exhausted);
             e.bytes_sent = self.sent.get();
             e.bytes_received = self.received.get();
             e.duration_ms = self.start.elapsed().as_millis() as u64;

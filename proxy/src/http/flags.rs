@@ -18,6 +18,8 @@ pub const PROTOCOL_ERROR_BODY: &str =
 pub const NO_HEALTHY_UPSTREAM_BODY: &str = "no healthy upstream";
 pub const TIMEOUT_BODY: &str = "upstream request timeout";
 pub const STREAM_IDLE_BODY: &str = "stream timeout";
+pub const FAULT_ABORT_BODY: &str = "fault filter abort";
+pub const NO_BACKEND_BODY: &str = "the route has no backend to send to";
 
 /// Envoy's response flags, as the access log shows them (`-`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,10 @@ pub(super) enum ResponseFlag {
     StreamIdleTimeout,
     /// `DPE`: the client sent something that is not HTTP/1.x (a malformed chunked body).
     DownstreamProtocolError,
+    /// `NR`: no route matched (404).
+    NoRouteFound,
+    /// `FI`: an `HTTPFault` aborted the request.
+    FaultInjected,
 }
 
 impl ResponseFlag {
@@ -59,7 +65,49 @@ impl ResponseFlag {
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::StreamIdleTimeout => "SI",
             ResponseFlag::DownstreamProtocolError => "DPE",
+            ResponseFlag::NoRouteFound => "NR",
+            ResponseFlag::FaultInjected => "FI",
         }
+    }
+
+    /// Where Envoy lists the flag when there are several (its `ALL_RESPONSE_STRINGS_FLAGS`
+    /// order); `DI` comes at 10 and `URX` at 15.
+    fn rank(self) -> u8 {
+        match self {
+            ResponseFlag::None => 0,
+            ResponseFlag::NoHealthyUpstream => 2,
+            ResponseFlag::UpstreamRequestTimeout => 3,
+            ResponseFlag::UpstreamRemoteReset => 5,
+            ResponseFlag::UpstreamConnectionFailure => 6,
+            ResponseFlag::UpstreamConnectionTermination => 7,
+            ResponseFlag::UpstreamOverflow => 8,
+            ResponseFlag::NoRouteFound => 9,
+            ResponseFlag::FaultInjected => 11,
+            ResponseFlag::DownstreamConnectionTermination => 14,
+            ResponseFlag::StreamIdleTimeout => 16,
+            ResponseFlag::DownstreamProtocolError => 18,
+            ResponseFlag::UpstreamProtocolError => 23,
+        }
+    }
+
+    /// The access log's flags field: this flag with `DI` (a delay was injected) and `URX` (the
+    /// route's retries ran out), comma-separated in Envoy's order.
+    pub(super) fn with(self, delayed: bool, retries_exhausted: bool) -> Cow<'static, str> {
+        if !delayed && !retries_exhausted {
+            return Cow::Borrowed(self.as_str());
+        }
+        let mut flags: Vec<(u8, &str)> = Vec::with_capacity(3);
+        if self != ResponseFlag::None {
+            flags.push((self.rank(), self.as_str()));
+        }
+        if delayed {
+            flags.push((10, "DI"));
+        }
+        if retries_exhausted {
+            flags.push((15, "URX"));
+        }
+        flags.sort_by_key(|f| f.0);
+        Cow::Owned(flags.iter().map(|f| f.1).collect::<Vec<_>>().join(","))
     }
 }
 
@@ -82,6 +130,12 @@ pub(super) enum Local {
     StreamIdle,
     /// The client's chunked body is malformed: 400 naming the fault (`DPE`).
     BadBody(ChunkedError),
+    /// No route matched: 404 (`NR`).
+    NoRoute,
+    /// The matched rule has nothing to send to (no backend, or every weight 0): 500.
+    NoBackend,
+    /// An `HTTPFault` abort, with its status: body `fault filter abort` (`FI`).
+    FaultAbort(u16),
 }
 
 /// What a [`Local`] answer says and how the access log marks it.
@@ -139,6 +193,27 @@ impl Local {
                 Cow::Borrowed(STREAM_IDLE_BODY),
                 ResponseFlag::StreamIdleTimeout,
             ),
+            Local::NoRoute => (
+                404,
+                "Not Found",
+                Cow::Borrowed(""),
+                ResponseFlag::NoRouteFound,
+            ),
+            Local::NoBackend => (
+                500,
+                "Internal Server Error",
+                Cow::Borrowed(NO_BACKEND_BODY),
+                ResponseFlag::None,
+            ),
+            Local::FaultAbort(code) => (
+                code,
+                hyper::StatusCode::from_u16(code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Fault"),
+                Cow::Borrowed(FAULT_ABORT_BODY),
+                ResponseFlag::FaultInjected,
+            ),
             Local::BadBody(e) => (
                 400,
                 "Bad Request",
@@ -176,6 +251,8 @@ impl Local {
             }
             // The request may have reached upstream, cut short: its connection is closed.
             Local::StreamIdle | Local::BadBody(_) => st.upstream_rq_tx_reset.inc(),
+            // Answered before any cluster (the listener counts them).
+            Local::NoRoute | Local::NoBackend | Local::FaultAbort(_) => {}
         }
     }
 }

@@ -210,7 +210,13 @@ fn a_request_for_one_host_takes_its_idle_connection_or_trades_another_hosts() {
     use super::Idle;
     // Connections are numbered: odd ones to host A, even ones to host B.
     let host_a = |c: &u32| if c % 2 == 1 { Idle::Take } else { Idle::Skip };
-    let host_b = |c: &u32| if c % 2 == 0 { Idle::Take } else { Idle::Skip };
+    let host_b = |c: &u32| {
+        if c.is_multiple_of(2) {
+            Idle::Take
+        } else {
+            Idle::Skip
+        }
+    };
     let mut p: P = Pool::new(Limits {
         max_connections: Some(2),
         ..Limits::default()

@@ -74,7 +74,10 @@ fn table(matches: Vec<RouteMatch>, rules: Vec<ApiRule>, backends: usize) -> Tabl
 
 #[test]
 fn a_view_splits_method_path_query_and_headers() {
-    let h = head("GET /a/b?x=1&y=two", &[("Host", "svc"), ("End-User", " jason ")]);
+    let h = head(
+        "GET /a/b?x=1&y=two",
+        &[("Host", "svc"), ("End-User", " jason ")],
+    );
     let v = View::of(&h);
     assert_eq!(v.method, b"GET");
     assert_eq!(v.path, b"/a/b");

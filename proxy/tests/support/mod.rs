@@ -181,6 +181,14 @@ impl ProxyProc {
     /// [`free_addr`] can be taken (as an ephemeral port) before the proxy binds it: then the
     /// proxy exits at once, and is started again on other ports.
     pub async fn gateway(upstream: SocketAddr, args: &[&str]) -> ProxyProc {
+        let upstream = format!("--upstream={upstream}");
+        let mut all = vec![upstream.as_str()];
+        all.extend_from_slice(args);
+        ProxyProc::gateway_with(&all).await
+    }
+
+    /// `proxy gateway` with `args` as they are (`--upstream` or `--gateway` among them).
+    pub async fn gateway_with(args: &[&str]) -> ProxyProc {
         for _ in 0..5 {
             let listen = free_addr();
             let admin = free_addr();
@@ -192,7 +200,6 @@ impl ProxyProc {
             let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
                 .arg("gateway")
                 .arg(format!("--listen={listen}"))
-                .arg(format!("--upstream={upstream}"))
                 .arg(format!("--admin-listen={admin}"))
                 .args(args)
                 .env_remove("TRELLIS_LOG_LEVEL")

@@ -30,6 +30,11 @@ pub struct LoadResult {
     #[serde(default)]
     pub by_header: BTreeMap<String, u64>,
     pub first_error: Option<String>,
+    /// The median and the slowest answered request, in milliseconds.
+    #[serde(default)]
+    pub p50_ms: u64,
+    #[serde(default)]
+    pub max_ms: u64,
 }
 
 impl LoadResult {

@@ -3,7 +3,8 @@
 //! `--health-listen` `/healthz`. It knows nothing about the mesh. Each answer names the pod that
 //! served it in `x-pod` (`$POD_NAME`), so a client can count how its requests were spread.
 //! `POST /fail?on=1` on the health port makes it answer 500 to every app request (and
-//! `?on=0` heals it): a misbehaving pod for the outlier-detection demo.
+//! `?on=0` heals it): a misbehaving pod for the outlier-detection demo. `?on=alternate` fails
+//! every other request (a flaky pod, for retries).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,7 +40,9 @@ struct Args {
 struct Me {
     color: &'static str,
     pod: &'static str,
-    failing: &'static std::sync::atomic::AtomicBool,
+    /// 0: healthy; 1: every request fails; 2: every other request fails.
+    failing: &'static std::sync::atomic::AtomicU8,
+    served: &'static std::sync::atomic::AtomicU64,
 }
 
 /// The longest delay a request may ask for.
@@ -51,12 +54,21 @@ async fn answer(me: Me, req: Request<hyper::body::Incoming>) -> Response<Full<By
         return text(200, "ok\n".into(), me.pod);
     }
     if req.uri().path() == "/fail" && req.method() == hyper::Method::POST {
-        let on = req.uri().query().unwrap_or("") != "on=0";
-        me.failing.store(on, Relaxed);
-        return text(200, format!("failing: {on}\n"), me.pod);
+        let mode = match req.uri().query().unwrap_or("") {
+            "on=0" => 0,
+            "on=alternate" => 2,
+            _ => 1,
+        };
+        me.failing.store(mode, Relaxed);
+        return text(200, format!("failing: {mode}\n"), me.pod);
     }
-    if me.failing.load(Relaxed) {
-        return text(500, "failing on purpose\n".into(), me.pod);
+    let n = me.served.fetch_add(1, Relaxed);
+    match me.failing.load(Relaxed) {
+        1 => return text(500, "failing on purpose\n".into(), me.pod),
+        2 if n.is_multiple_of(2) => {
+            return text(500, "failing every other request\n".into(), me.pod)
+        }
+        _ => {}
     }
     let delay = req
         .uri()
@@ -103,7 +115,8 @@ async fn main() -> anyhow::Result<()> {
     let me = Me {
         color,
         pod: Box::leak(args.pod_name.into_boxed_str()),
-        failing: Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false))),
+        failing: Box::leak(Box::new(std::sync::atomic::AtomicU8::new(0))),
+        served: Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0))),
     };
     let main = TcpListener::bind(args.listen).await?;
     let health = TcpListener::bind(args.health_listen).await?;

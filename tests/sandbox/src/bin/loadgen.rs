@@ -37,6 +37,9 @@ struct Args {
     /// Count the answers by this response header's value (`x-pod`: which pod served each).
     #[arg(long)]
     count_header: Option<String>,
+    /// A request header, `name: value` (repeatable); a `user-agent` replaces loadgen's own.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -49,6 +52,11 @@ struct Summary {
     /// Answers by the `--count-header` value (`-` when absent), at most 64 values.
     by_header: BTreeMap<String, u64>,
     first_error: Option<String>,
+    /// Answered requests' durations: the median and the slowest, in milliseconds.
+    p50_ms: u64,
+    max_ms: u64,
+    #[serde(skip)]
+    durations: Vec<u64>,
 }
 
 type Sender = http1::SendRequest<Empty<Bytes>>;
@@ -71,11 +79,16 @@ async fn one(
     path: &str,
     close: bool,
     count_header: Option<&str>,
+    headers: &[(String, String)],
 ) -> Result<(u16, bool, bool, String, String), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
-    let mut req = hyper::Request::get(path)
-        .header("host", host)
-        .header("user-agent", "loadgen");
+    let mut req = hyper::Request::get(path).header("host", host);
+    if !headers.iter().any(|(n, _)| n == "user-agent") {
+        req = req.header("user-agent", "loadgen");
+    }
+    for (n, v) in headers {
+        req = req.header(n.as_str(), v.as_str());
+    }
     if close {
         req = req.header("connection", "close");
     }
@@ -126,14 +139,26 @@ async fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout_s);
     let new_connections = args.new_connections;
     let count_header: Option<Arc<str>> = args.count_header.map(Arc::from);
+    let headers: Arc<Vec<(String, String)>> = Arc::new(
+        args.headers
+            .iter()
+            .map(|h| {
+                let (n, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("-H {h}: expected `name: value`"))?;
+                Ok((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
     let mut workers = Vec::new();
     for _ in 0..args.c.max(1) {
-        let (left, summary, host, path, count_header) = (
+        let (left, summary, host, path, count_header, headers) = (
             left.clone(),
             summary.clone(),
             host.clone(),
             path.clone(),
             count_header.clone(),
+            headers.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut sender: Option<Sender> = None;
@@ -141,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 if sender.as_ref().is_none_or(|s| s.is_closed()) {
                     sender = None;
                 }
+                let started = std::time::Instant::now();
                 let result = tokio::time::timeout(timeout, async {
                     if sender.is_none() {
                         sender = Some(connect(addr).await?);
@@ -151,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
                         &path,
                         new_connections,
                         count_header.as_deref(),
+                        &headers,
                     )
                     .await
                 })
@@ -160,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
                 s.requests += 1;
                 match result {
                     Ok((status, overloaded, close, body, counted)) => {
+                        s.durations.push(started.elapsed().as_millis() as u64);
                         if count_header.is_some()
                             && (s.by_header.len() < 64 || s.by_header.contains_key(&counted))
                         {
@@ -186,7 +214,10 @@ async fn main() -> anyhow::Result<()> {
     for w in workers {
         w.await?;
     }
-    let s = summary.lock().expect("summary");
+    let mut s = summary.lock().expect("summary");
+    s.durations.sort_unstable();
+    s.p50_ms = s.durations.get(s.durations.len() / 2).copied().unwrap_or(0);
+    s.max_ms = s.durations.last().copied().unwrap_or(0);
     println!("{}", serde_json::to_string(&*s)?);
     Ok(())
 }

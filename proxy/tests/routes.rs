@@ -1,0 +1,664 @@
+//! Routes, end to end through the real binary: a gateway whose `--upstream` is a Service that a
+//! stand-in control plane (HTTP/2, NDJSON, as `control` speaks it) answers with HTTPRoutes
+//! compiled. Weights, header matches, a live switch, NR, faults (FI, DI), timeouts (UT), retries
+//! (URX and the retry stats), redirects, rewrites, header modifiers and mirrors.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use config::api::{
+    Abort, Delay, Destination, Endpoint, Fault, HeaderModifier, Mirror, PathMatch, PathModifier,
+    Policy, Redirect, Retry, Rewrite, RouteMatch, Routes, Rule, ServiceRef, StringMatch, Update,
+    ValueMatch, WeightedBackend,
+};
+use http_body_util::Full;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kit::http::Client;
+use support::{free_addr, wait_log, ProxyProc};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A backend that says who it is, counts what it got, and can be told to fail or be slow:
+/// `?status=N`, `?delay_ms=N`; `/flaky` answers 500 and 200 in turn.
+#[derive(Clone)]
+struct App {
+    name: &'static str,
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+}
+
+async fn app(name: &'static str, delay: Duration) -> App {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let flaky = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let hits = counted.clone();
+            let flaky = flaky.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let flaky = flaky.clone();
+                    async move {
+                        let q: HashMap<String, String> = req
+                            .uri()
+                            .query()
+                            .unwrap_or("")
+                            .split('&')
+                            .filter_map(|kv| kv.split_once('='))
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect();
+                        let ms = q.get("delay_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        tokio::time::sleep(delay + Duration::from_millis(ms)).await;
+                        let mut status =
+                            q.get("status").and_then(|v| v.parse().ok()).unwrap_or(200);
+                        if req.uri().path() == "/flaky"
+                            && flaky.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)
+                        {
+                            status = 500;
+                        }
+                        let body = format!(
+                            "{name} {} host={} x-added={}",
+                            req.uri(),
+                            req.headers()
+                                .get("host")
+                                .map_or("", |v| v.to_str().unwrap_or("")),
+                            req.headers()
+                                .get("x-added")
+                                .map_or("", |v| v.to_str().unwrap_or("")),
+                        );
+                        let mut resp = Response::new(Full::new(Bytes::from(body)));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    App { name, addr, hits }
+}
+
+/// The body of a watch stream: each answer the control plane gives, as one NDJSON line.
+struct Lines(tokio::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn follow(mut rx: watch::Receiver<String>) -> Lines {
+        let (tx, lines) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let line = format!("{}\n", rx.borrow_and_update().as_str());
+                if tx.send(line).await.is_err() || rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Lines(lines)
+    }
+}
+
+impl hyper::body::Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|l| l.map(|l| Ok(Frame::data(Bytes::from(l)))))
+    }
+}
+
+/// A stand-in control plane that answers every watch with the current `Update` and every change.
+struct ControlPlane {
+    addr: SocketAddr,
+    tx: watch::Sender<String>,
+    /// The answer to every gateway watch.
+    gw: watch::Sender<String>,
+    service: SocketAddr,
+    version: AtomicU64,
+}
+
+impl ControlPlane {
+    async fn start(service: SocketAddr, first: Destination) -> ControlPlane {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let line = serde_json::to_string(&Update {
+            version: 1,
+            address: service,
+            destination: Some(first),
+        })
+        .unwrap();
+        let (tx, rx) = watch::channel(line);
+        let (gw, gw_rx) = watch::channel(String::new());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let (rx, gw_rx) = (rx.clone(), gw_rx.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let rx = if req
+                            .uri()
+                            .path()
+                            .starts_with(config::api::GATEWAY_WATCH_PATH)
+                        {
+                            gw_rx.clone()
+                        } else {
+                            rx.clone()
+                        };
+                        async move { Ok::<_, Infallible>(Response::new(Lines::follow(rx))) }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        ControlPlane {
+            addr,
+            tx,
+            gw,
+            service,
+            version: AtomicU64::new(1),
+        }
+    }
+
+    fn push(&self, d: Destination) {
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let line = serde_json::to_string(&Update {
+            version,
+            address: self.service,
+            destination: Some(d),
+        })
+        .unwrap();
+        self.tx.send_replace(line);
+    }
+}
+
+fn service(name: &str, port: u16, apps: &[&App]) -> Destination {
+    Destination {
+        service: ServiceRef {
+            namespace: "default".into(),
+            name: name.into(),
+        },
+        port,
+        endpoints: apps
+            .iter()
+            .map(|a| Endpoint {
+                address: a.addr,
+                pod: Some(a.name.into()),
+            })
+            .collect(),
+        policy: Policy::default(),
+        routes: None,
+    }
+}
+
+fn to(backend: usize, weight: u32) -> WeightedBackend {
+    WeightedBackend { backend, weight }
+}
+
+fn rule(source: &str, backends: Vec<WeightedBackend>) -> Rule {
+    Rule {
+        source: source.into(),
+        backends,
+        ..Rule::default()
+    }
+}
+
+fn any(rule: usize) -> RouteMatch {
+    RouteMatch {
+        rule,
+        ..RouteMatch::default()
+    }
+}
+
+fn header(rule: usize, name: &str, value: StringMatch) -> RouteMatch {
+    RouteMatch {
+        rule,
+        headers: vec![ValueMatch {
+            name: name.into(),
+            value,
+        }],
+        ..RouteMatch::default()
+    }
+}
+
+/// `reviews` with routes over `backends` (each app its own Service `reviews-<name>`).
+fn reviews(apps: &[&App], matches: Vec<RouteMatch>, rules: Vec<Rule>) -> Destination {
+    let mut d = service("reviews", 9080, &[apps[0]]);
+    d.routes = Some(Routes {
+        matches,
+        rules,
+        backends: apps
+            .iter()
+            .map(|a| service(&format!("reviews-{}", a.name), 9080, &[a]))
+            .collect(),
+    });
+    d
+}
+
+/// A gateway in front of the Service `reviews` at a made-up address, told by `cp`.
+async fn gateway(first: Destination) -> (ControlPlane, ProxyProc) {
+    let service = free_addr();
+    let cp = ControlPlane::start(service, first).await;
+    let px = ProxyProc::gateway(
+        service,
+        &[&format!("--control-plane={}", cp.addr), "--access-log"],
+    )
+    .await;
+    (cp, px)
+}
+
+async fn send(c: &mut Client, path: &str, headers: &[(&str, &str)]) -> kit::http::Response {
+    let mut b = Request::get(path).header("host", "reviews:9080");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    c.send(b.body(http_body_util::Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// How many of `n` requests each app answered.
+async fn spread(c: &mut Client, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let a = send(c, "/reviews/0", headers).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let who = a.body.split(' ').next().unwrap().to_string();
+        *seen.entry(who).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_header_matches_and_a_live_switch() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let v2 = app("v2", Duration::ZERO).await;
+    let jason = header(0, "end-user", StringMatch::Exact("jason".into()));
+    let (cp, px) = gateway(reviews(
+        &[&v1, &v2],
+        vec![jason.clone(), any(1)],
+        vec![
+            rule("default/reviews#0", vec![to(1, 1)]),
+            rule("default/reviews#1", vec![to(0, 90), to(1, 10)]),
+        ],
+    ))
+    .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let seen = spread(&mut c, 1000, &[]).await;
+    let v2n = seen.get("v2").copied().unwrap_or(0);
+    // Binomial(1000, 0.1): mean 100, sd 9.5; 71..=129 is ±3 sd.
+    assert!((71..=129).contains(&v2n), "{seen:?}");
+    let seen = spread(&mut c, 50, &[("end-user", "jason")]).await;
+    assert_eq!(seen.get("v2"), Some(&50), "{seen:?}");
+
+    // All to v1, switched live: the same kept-alive connection follows.
+    cp.push(reviews(
+        &[&v1, &v2],
+        vec![any(0)],
+        vec![rule("default/reviews#0", vec![to(0, 1)])],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut v2_meanwhile = 0;
+    loop {
+        let seen = spread(&mut c, 20, &[("end-user", "jason")]).await;
+        if seen.get("v1") == Some(&20) {
+            break;
+        }
+        v2_meanwhile += seen.get("v2").copied().unwrap_or(0);
+        assert!(Instant::now() < deadline, "never switched: {seen:?}");
+    }
+    px.stats()
+        .metric("cluster.outbound|9080||reviews-v2.default.svc.cluster.local.upstream_rq_200")
+        .now_eq((v2n + 50 + v2_meanwhile) as i64)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_404_nr_and_a_rule_with_nothing_to_send_to_is_500() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![
+            RouteMatch {
+                path: Some(PathMatch::Prefix("/reviews".into())),
+                ..any(0)
+            },
+            RouteMatch {
+                path: Some(PathMatch::Exact("/empty".into())),
+                ..any(1)
+            },
+        ],
+        vec![
+            rule("default/reviews#0", vec![to(0, 1)]),
+            rule("default/reviews#1", vec![]),
+        ],
+    ))
+    .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    assert_eq!(send(&mut c, "/reviews/1", &[]).await.status, 200);
+    let a = send(&mut c, "/ratings", &[]).await;
+    assert_eq!(a.status, 404);
+    wait_log(&px, "\"GET /ratings HTTP/1.1\" 404 NR ").await;
+    px.stats().metric("http.gateway.no_route").now_eq(1).await;
+    assert_eq!(send(&mut c, "/empty", &[]).await.status, 500);
+    // The connection survives both.
+    assert_eq!(send(&mut c, "/reviews/2", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_fault_never_reaches_the_app_and_a_delay_is_waited() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let mut abort = rule("default/ratings#0", vec![to(0, 1)]);
+    abort.fault = Some(Fault {
+        abort: Some(Abort {
+            status: 503,
+            per_million: 500_000,
+        }),
+        delay: None,
+    });
+    let mut delay = rule("default/ratings#1", vec![to(0, 1)]);
+    delay.fault = Some(Fault {
+        delay: Some(Delay {
+            delay_ms: 300,
+            per_million: 1_000_000,
+        }),
+        abort: None,
+    });
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![
+            header(1, "end-user", StringMatch::Exact("jason".into())),
+            any(0),
+        ],
+        vec![abort, delay],
+    ))
+    .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let mut aborted = 0;
+    for _ in 0..1000 {
+        let a = send(&mut c, "/ratings/0", &[]).await;
+        if a.status == 503 {
+            assert_eq!(a.body, "fault filter abort");
+            aborted += 1;
+        } else {
+            assert_eq!(a.status, 200);
+        }
+    }
+    // Binomial(1000, 0.5): sd 15.8; 450..=550 is ±3 sd.
+    assert!((450..=550).contains(&aborted), "{aborted}");
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 1000 - aborted as u64);
+    px.stats()
+        .metric("http.gateway.fault.aborts_injected")
+        .now_eq(aborted as i64)
+        .await;
+    wait_log(&px, "\" 503 FI ").await;
+
+    let t = Instant::now();
+    let a = send(&mut c, "/ratings/0", &[("end-user", "jason")]).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    wait_log(&px, "\" 200 DI ").await;
+    px.stats()
+        .metric("http.gateway.fault.delays_injected")
+        .now_eq(1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_timeout_is_504_ut_and_retries_hide_a_flaky_backend() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let mut timed = rule("default/reviews#0", vec![to(0, 1)]);
+    timed.timeout_ms = Some(300);
+    let mut retried = rule("default/reviews#1", vec![to(0, 1)]);
+    retried.retry = Some(Retry {
+        codes: vec![500, 503],
+        attempts: 2,
+        backoff_ms: Some(10),
+    });
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![
+            RouteMatch {
+                path: Some(PathMatch::Prefix("/slow".into())),
+                ..any(0)
+            },
+            any(1),
+        ],
+        vec![timed, retried],
+    ))
+    .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let t = Instant::now();
+    let a = send(&mut c, "/slow?delay_ms=3000", &[]).await;
+    assert_eq!(a.status, 504);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    wait_log(&px, "\" 504 UT ").await;
+
+    // Every other answer is a 500: each request gets its 200 through one retry.
+    for _ in 0..10 {
+        let a = send(&mut c, "/flaky", &[]).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let cluster = "cluster.outbound|9080||reviews-v1.default.svc.cluster.local";
+    px.stats()
+        .metric(format!("{cluster}.upstream_rq_retry"))
+        .now_eq(10)
+        .await;
+    px.stats()
+        .metric(format!("{cluster}.upstream_rq_retry_success"))
+        .now_eq(10)
+        .await;
+
+    // Always 503: the first try and two retries, then the last answer with URX.
+    let before = v1.hits.load(Ordering::SeqCst);
+    let a = send(&mut c, "/x?status=503", &[]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(v1.hits.load(Ordering::SeqCst) - before, 3);
+    wait_log(&px, "\" 503 URX ").await;
+    px.stats()
+        .metric(format!("{cluster}.upstream_rq_retry_limit_exceeded"))
+        .now_eq(1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_rewrites_and_header_modifiers() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let mut redirect = rule("default/reviews#0", vec![]);
+    redirect.redirect = Some(Redirect {
+        scheme: Some("https".into()),
+        hostname: Some("example.com".into()),
+        path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+        port: None,
+        status: 301,
+    });
+    let mut rewritten = rule("default/reviews#1", vec![to(0, 1)]);
+    rewritten.rewrite = Some(Rewrite {
+        hostname: Some("reviews.internal".into()),
+        path: Some(PathModifier::ReplacePrefixMatch("/v2".into())),
+    });
+    rewritten.request_headers = Some(HeaderModifier {
+        set: vec![("x-added".into(), "yes".into())],
+        ..HeaderModifier::default()
+    });
+    rewritten.response_headers = Some(HeaderModifier {
+        add: vec![("x-route".into(), "rewritten".into())],
+        ..HeaderModifier::default()
+    });
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![
+            RouteMatch {
+                path: Some(PathMatch::Prefix("/old".into())),
+                ..any(0)
+            },
+            RouteMatch {
+                path: Some(PathMatch::Prefix("/v1".into())),
+                ..any(1)
+            },
+        ],
+        vec![redirect, rewritten],
+    ))
+    .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let a = send(&mut c, "/old/page?x=1", &[]).await;
+    assert_eq!(a.status, 301);
+    assert_eq!(
+        a.header("location"),
+        Some("https://example.com/new/page?x=1")
+    );
+    let a = send(&mut c, "/v1/items?x=1", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "v1 /v2/items?x=1 host=reviews.internal x-added=yes");
+    assert_eq!(a.header("x-route"), Some("rewritten"));
+    px.stats()
+        .metric("http.gateway.rq_redirect")
+        .now_eq(1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_sees_every_request_and_a_slow_one_slows_no_client() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let shadow = app("shadow", Duration::from_millis(500)).await;
+    let mut r = rule("default/reviews#0", vec![to(0, 1)]);
+    r.mirrors = vec![Mirror {
+        backend: 1,
+        per_million: 1_000_000,
+    }];
+    let (_cp, px) = gateway(reviews(&[&v1, &shadow], vec![any(0)], vec![r])).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let t = Instant::now();
+    for _ in 0..20 {
+        let a = send(&mut c, "/reviews/0", &[]).await;
+        assert_eq!(a.status, 200);
+        assert!(a.body.starts_with("v1 "), "{}", a.body);
+    }
+    // Twenty answers from v1, none waiting on the 500 ms mirror.
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shadow.hits.load(Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror saw {} of 20",
+            shadow.hits.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    px.stats()
+        .metric("http.gateway.rq_mirrored")
+        .now_eq(20)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_the_routes_attached_to_it() {
+    let red = app("red", Duration::ZERO).await;
+    let blue = app("blue", Duration::ZERO).await;
+    let cp = ControlPlane::start(free_addr(), service("unused", 80, &[])).await;
+    let routes = |paths: &[(&str, usize)]| Routes {
+        matches: paths
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| RouteMatch {
+                path: Some(PathMatch::Prefix((*p).into())),
+                ..any(i)
+            })
+            .collect(),
+        rules: paths
+            .iter()
+            .map(|(_, b)| rule("appmesh/color-routes#0", vec![to(*b, 1)]))
+            .collect(),
+        backends: vec![
+            service("color-red", 8080, &[&red]),
+            service("color-blue", 8080, &[&blue]),
+        ],
+    };
+    cp.gw.send_replace(
+        serde_json::to_string(&config::api::GatewayUpdate {
+            version: 1,
+            gateway: ServiceRef {
+                namespace: "appmesh".into(),
+                name: "ingress-gw".into(),
+            },
+            routes: Some(routes(&[("/paths/red", 0)])),
+        })
+        .unwrap(),
+    );
+    // `--upstream` is replaced by `--gateway`; the admin API still answers.
+    let px = ProxyProc::gateway_with(&[
+        "--gateway=appmesh/ingress-gw",
+        &format!("--control-plane={}", cp.addr),
+        "--access-log",
+    ])
+    .await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let a = loop {
+        let a = send(&mut c, "/paths/red", &[]).await;
+        if a.status == 200 || Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a.status, 200);
+    assert!(a.body.starts_with("red /paths/red"), "{}", a.body);
+    assert_eq!(send(&mut c, "/paths/blue", &[]).await.status, 404);
+    // A route added live.
+    cp.gw.send_replace(
+        serde_json::to_string(&config::api::GatewayUpdate {
+            version: 2,
+            gateway: ServiceRef {
+                namespace: "appmesh".into(),
+                name: "ingress-gw".into(),
+            },
+            routes: Some(routes(&[("/paths/red", 0), ("/paths/blue", 1)])),
+        })
+        .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while send(&mut c, "/paths/blue", &[]).await.status != 200 {
+        assert!(Instant::now() < deadline, "the new route never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    px.stats()
+        .metric("cluster.outbound|8080||color-red.default.svc.cluster.local.upstream_rq_200")
+        .now_eq(1)
+        .await;
+}
