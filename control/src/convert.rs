@@ -259,7 +259,8 @@ fn classify(doc: &Doc) -> Result<Body, ConvertError> {
         .api_version
         .split_once('/')
         .unwrap_or(("", doc.api_version.as_str()));
-    let istio = group == ISTIO_GROUP && matches!(doc.kind.as_str(), "DestinationRule" | "VirtualService");
+    let istio =
+        group == ISTIO_GROUP && matches!(doc.kind.as_str(), "DestinationRule" | "VirtualService");
     if doc.api_version == "v1" && doc.kind == "Service" {
         let svc: Service = typed(&doc.value, "").map_err(|m| doc.error(m))?;
         return Ok(Body::Service(Box::new(svc)));
@@ -275,17 +276,15 @@ fn classify(doc: &Doc) -> Result<Body, ConvertError> {
         return Err(doc.error(format!(
             "apiVersion: {:?} is not one of {}",
             doc.api_version,
-            ISTIO_VERSIONS.map(|v| format!("{ISTIO_GROUP}/{v}")).join(", ")
+            ISTIO_VERSIONS
+                .map(|v| format!("{ISTIO_GROUP}/{v}"))
+                .join(", ")
         )));
     }
     if doc.name.is_empty() {
         return Err(doc.error("metadata.name: is missing: expected a name"));
     }
-    let spec = doc
-        .value
-        .get("spec")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let spec = doc.value.get("spec").cloned().unwrap_or_else(|| json!({}));
     if doc.kind == "DestinationRule" {
         let dr: DrSpec = typed(&spec, "spec").map_err(|m| doc.error(m))?;
         if dr.host.is_empty() {
@@ -294,7 +293,9 @@ fn classify(doc: &Doc) -> Result<Body, ConvertError> {
         let mut seen = BTreeSet::new();
         for (i, s) in dr.subsets.iter().enumerate() {
             if s.name.is_empty() {
-                return Err(doc.error(format!("spec.subsets[{i}].name: is missing: expected a name")));
+                return Err(doc.error(format!(
+                    "spec.subsets[{i}].name: is missing: expected a name"
+                )));
             }
             if !seen.insert(&s.name) {
                 return Err(doc.error(format!(
@@ -671,11 +672,15 @@ impl<'a> Index<'a> {
                             .iter()
                             .chain(h.mirrors.iter().flatten().map(|m| &m.destination))
                     });
-                    let routes = vs.http.iter().flat_map(|h| h.route.iter().map(|r| &r.destination));
+                    let routes = vs
+                        .http
+                        .iter()
+                        .flat_map(|h| h.route.iter().map(|r| &r.destination));
                     for d in routes.chain(mirrors) {
                         let number = d.port.as_ref().and_then(|p| p.number);
                         let number = number.and_then(|n| i32::try_from(n).ok());
-                        if let (Some(key), Some(n)) = (resolve_host(&d.host, &doc.namespace), number)
+                        if let (Some(key), Some(n)) =
+                            (resolve_host(&d.host, &doc.namespace), number)
                         {
                             index.ports.entry(key).or_default().insert(n);
                         }
@@ -761,7 +766,11 @@ fn parse_istio_duration(text: &str) -> Option<u128> {
         if whole.is_empty() && frac.is_empty() {
             return None;
         }
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
         let mut nanos = whole.checked_mul(scale)?;
         let mut unit_scale = scale;
         for c in frac.chars() {
@@ -786,12 +795,7 @@ fn format_millis(ms: u64) -> String {
     if ms % 1000 != 0 && ms <= 99_999 {
         return format!("{ms}ms");
     }
-    let (h, m, s, r) = (
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000,
-    );
+    let (h, m, s, r) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     let mut out = String::new();
     for (n, unit) in [(h, "h"), (m, "m"), (s, "s"), (r, "ms")] {
         if n > 0 {
@@ -820,7 +824,11 @@ fn duration(cx: &mut Cx<'_>, text: &str, path: &str) -> Result<String, ConvertEr
     let ms = u64::try_from(ms)
         .ok()
         .filter(|ms| *ms < 100_000 * 3_600_000)
-        .ok_or_else(|| cx.error(format!("{path}: {text:?} is too long: expected less than 100000h")))?;
+        .ok_or_else(|| {
+            cx.error(format!(
+                "{path}: {text:?} is too long: expected less than 100000h"
+            ))
+        })?;
     Ok(format_millis(ms))
 }
 
@@ -897,7 +905,10 @@ fn convert_dr(
         return Ok(());
     }
     if dr.export_to.is_some() {
-        cx.dropped("spec.exportTo", "a TrafficPolicy applies to every client of its Service");
+        cx.dropped(
+            "spec.exportTo",
+            "a TrafficPolicy applies to every client of its Service",
+        );
     }
     if dr.workload_selector.is_some() {
         cx.dropped(
@@ -966,10 +977,12 @@ fn convert_dr(
     }
     if !dr.subsets.is_empty() {
         match host_spec {
-            Some(spec) if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) => cx.warn(format!(
+            Some(spec) if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) => {
+                cx.warn(format!(
                 "spec.subsets: Service {svc} has no selector, so the subset Services select on \
                  the subset labels only"
-            )),
+            ))
+            }
             Some(_) => {}
             None => {
                 let ports = index
@@ -985,7 +998,9 @@ fn convert_dr(
                 let ports = if ports.is_empty() {
                     "no ports (no VirtualService destination names one: add them)".to_string()
                 } else {
-                    format!("port {ports} (targetPort the same) from the VirtualService destinations")
+                    format!(
+                        "port {ports} (targetPort the same) from the VirtualService destinations"
+                    )
                 };
                 cx.warn(format!(
                     "spec.subsets: no Service {svc} in the input, so the subset Services ({}) \
@@ -1022,7 +1037,12 @@ fn convert_dr(
     for (subset, service, spec) in own {
         if !spec.is_empty() {
             let name = dns_label(&format!("{}-{}", cx.doc.name, subset.name));
-            out.push(policy_object(cx, &name, std::slice::from_ref(service), spec)?);
+            out.push(policy_object(
+                cx,
+                &name,
+                std::slice::from_ref(service),
+                spec,
+            )?);
         }
     }
     Ok(())
@@ -1061,7 +1081,11 @@ fn policy_object(
 
 /// An Istio `trafficPolicy` as a TrafficPolicy `spec` (without targetRefs). Keys are the
 /// top-level fields, so that merging a subset's over the DestinationRule's is a map extend.
-fn traffic_policy(cx: &mut Cx<'_>, raw: &Value, path: &str) -> Result<Map<String, Value>, ConvertError> {
+fn traffic_policy(
+    cx: &mut Cx<'_>,
+    raw: &Value,
+    path: &str,
+) -> Result<Map<String, Value>, ConvertError> {
     let tp: IstioTrafficPolicy = typed(raw, path).map_err(|m| cx.error(m))?;
     let mut spec = Map::new();
     if let Some(lb) = &tp.load_balancer {
@@ -1102,7 +1126,10 @@ fn traffic_policy(cx: &mut Cx<'_>, raw: &Value, path: &str) -> Result<Map<String
                     }
                 }
                 if c.path.is_some() {
-                    cx.dropped(&format!("{hp}.httpCookie.path"), "Trellis sets no cookie path");
+                    cx.dropped(
+                        &format!("{hp}.httpCookie.path"),
+                        "Trellis sets no cookie path",
+                    );
                 }
                 if c.attributes.is_some() {
                     cx.dropped(
@@ -1181,9 +1208,17 @@ fn traffic_policy(cx: &mut Cx<'_>, raw: &Value, path: &str) -> Result<Map<String
         }
         if let Some(http) = &pool.http {
             let mut h = Map::new();
-            count(&mut h, "http1MaxPendingRequests", http.http1_max_pending_requests);
+            count(
+                &mut h,
+                "http1MaxPendingRequests",
+                http.http1_max_pending_requests,
+            );
             count(&mut h, "http2MaxRequests", http.http2_max_requests);
-            count(&mut h, "maxRequestsPerConnection", http.max_requests_per_connection);
+            count(
+                &mut h,
+                "maxRequestsPerConnection",
+                http.max_requests_per_connection,
+            );
             count(&mut h, "maxRetries", http.max_retries);
             if let Some(d) = &http.idle_timeout {
                 let d = duration(cx, d, &format!("{p}.http.idleTimeout"))?;
@@ -1220,7 +1255,10 @@ fn traffic_policy(cx: &mut Cx<'_>, raw: &Value, path: &str) -> Result<Map<String
             out.insert("consecutiveGatewayErrors".into(), json!(n));
         }
         if let Some(d) = &od.interval {
-            out.insert("interval".into(), json!(duration(cx, d, &format!("{p}.interval"))?));
+            out.insert(
+                "interval".into(),
+                json!(duration(cx, d, &format!("{p}.interval"))?),
+            );
         }
         if let Some(d) = &od.base_ejection_time {
             let d = duration(cx, d, &format!("{p}.baseEjectionTime"))?;
@@ -1228,10 +1266,26 @@ fn traffic_policy(cx: &mut Cx<'_>, raw: &Value, path: &str) -> Result<Map<String
         }
         count(&mut out, "maxEjectionPercent", od.max_ejection_percent);
         for (field, v, why) in [
-            ("minHealthPercent", &od.min_health_percent, "Trellis ejects regardless of how many hosts are healthy, up to maxEjectionPercent"),
-            ("splitExternalLocalOriginErrors", &od.split_external_local_origin_errors, "Trellis counts responses only"),
-            ("consecutiveLocalOriginFailures", &od.consecutive_local_origin_failures, "Trellis counts responses only"),
-            ("consecutiveErrors", &od.consecutive_errors, "deprecated in Istio: use consecutive5xxErrors or consecutiveGatewayErrors"),
+            (
+                "minHealthPercent",
+                &od.min_health_percent,
+                "Trellis ejects regardless of how many hosts are healthy, up to maxEjectionPercent",
+            ),
+            (
+                "splitExternalLocalOriginErrors",
+                &od.split_external_local_origin_errors,
+                "Trellis counts responses only",
+            ),
+            (
+                "consecutiveLocalOriginFailures",
+                &od.consecutive_local_origin_failures,
+                "Trellis counts responses only",
+            ),
+            (
+                "consecutiveErrors",
+                &od.consecutive_errors,
+                "deprecated in Istio: use consecutive5xxErrors or consecutiveGatewayErrors",
+            ),
         ] {
             if v.is_some() {
                 cx.dropped(&format!("{p}.{field}"), why);
@@ -1290,13 +1344,22 @@ fn convert_vs(
         }
     }
     if vs.export_to.is_some() {
-        cx.dropped("spec.exportTo", "an HTTPRoute in the Service's namespace applies to every client");
+        cx.dropped(
+            "spec.exportTo",
+            "an HTTPRoute in the Service's namespace applies to every client",
+        );
     }
     if vs.tls.is_some() {
-        cx.dropped("spec.tls", "Trellis routes HTTP only; TLS is proxied as opaque TCP");
+        cx.dropped(
+            "spec.tls",
+            "Trellis routes HTTP only; TLS is proxied as opaque TCP",
+        );
     }
     if vs.tcp.is_some() {
-        cx.dropped("spec.tcp", "Trellis routes HTTP only; TCP goes to the Service it was sent to");
+        cx.dropped(
+            "spec.tcp",
+            "Trellis routes HTTP only; TCP goes to the Service it was sent to",
+        );
     }
     let mut hosts = Vec::new();
     for (i, host) in vs.hosts.iter().enumerate() {
@@ -1391,7 +1454,10 @@ fn convert_http(
             if !gw.iter().any(|g| g == "mesh") {
                 cx.dropped(
                     &mp,
-                    &format!("it applies to gateways {} only, not to the mesh", gw.join(", ")),
+                    &format!(
+                        "it applies to gateways {} only, not to the mesh",
+                        gw.join(", ")
+                    ),
                 );
                 continue;
             }
@@ -1497,8 +1563,24 @@ fn convert_http(
             filters.push(HttpRouteRulesFilters {
                 r#type: HttpRouteRulesFiltersType::RequestHeaderModifier,
                 request_header_modifier: Some(HttpRouteRulesFiltersRequestHeaderModifier {
-                    set: nonempty(req.set.iter().map(|(n, v)| HttpRouteRulesFiltersRequestHeaderModifierSet { name: n.clone(), value: v.clone() }).collect()),
-                    add: nonempty(req.add.iter().map(|(n, v)| HttpRouteRulesFiltersRequestHeaderModifierAdd { name: n.clone(), value: v.clone() }).collect()),
+                    set: nonempty(
+                        req.set
+                            .iter()
+                            .map(|(n, v)| HttpRouteRulesFiltersRequestHeaderModifierSet {
+                                name: n.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                    ),
+                    add: nonempty(
+                        req.add
+                            .iter()
+                            .map(|(n, v)| HttpRouteRulesFiltersRequestHeaderModifierAdd {
+                                name: n.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                    ),
                     remove: nonempty(req.remove.clone()),
                 }),
                 ..HttpRouteRulesFilters::default()
@@ -1508,8 +1590,24 @@ fn convert_http(
             filters.push(HttpRouteRulesFilters {
                 r#type: HttpRouteRulesFiltersType::ResponseHeaderModifier,
                 response_header_modifier: Some(HttpRouteRulesFiltersResponseHeaderModifier {
-                    set: nonempty(resp.set.iter().map(|(n, v)| HttpRouteRulesFiltersResponseHeaderModifierSet { name: n.clone(), value: v.clone() }).collect()),
-                    add: nonempty(resp.add.iter().map(|(n, v)| HttpRouteRulesFiltersResponseHeaderModifierAdd { name: n.clone(), value: v.clone() }).collect()),
+                    set: nonempty(
+                        resp.set
+                            .iter()
+                            .map(|(n, v)| HttpRouteRulesFiltersResponseHeaderModifierSet {
+                                name: n.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                    ),
+                    add: nonempty(
+                        resp.add
+                            .iter()
+                            .map(|(n, v)| HttpRouteRulesFiltersResponseHeaderModifierAdd {
+                                name: n.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                    ),
                     remove: nonempty(resp.remove.clone()),
                 }),
                 ..HttpRouteRulesFilters::default()
@@ -1586,7 +1684,10 @@ fn convert_http(
         };
         mirrors.push((format!("{p}.mirror"), m, pct));
     } else if http.mirror_percentage.is_some() || http.mirror_percent.is_some() {
-        cx.dropped(&format!("{p}.mirrorPercentage"), "there is no mirror to apply it to");
+        cx.dropped(
+            &format!("{p}.mirrorPercentage"),
+            "there is no mirror to apply it to",
+        );
     }
     for (k, m) in http.mirrors.iter().flatten().enumerate() {
         let mp = format!("{p}.mirrors[{k}]");
@@ -1636,7 +1737,10 @@ fn convert_http(
     }
     if let Some(f) = &http.fault {
         if let Some(fault) = fault(cx, f, &format!("{p}.fault"), i)? {
-            let name = fault["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = fault["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             faults.push(fault);
             filters.push(HttpRouteRulesFilters {
                 r#type: HttpRouteRulesFiltersType::ExtensionRef,
@@ -1723,7 +1827,11 @@ fn string_match(cx: &Cx<'_>, m: &StringMatch, path: &str) -> Result<Sm, ConvertE
 }
 
 /// A header or query value match as (type, value): prefixes become anchored regexes.
-fn value_match(cx: &mut Cx<'_>, m: &StringMatch, path: &str) -> Result<(bool, String), ConvertError> {
+fn value_match(
+    cx: &mut Cx<'_>,
+    m: &StringMatch,
+    path: &str,
+) -> Result<(bool, String), ConvertError> {
     Ok(match string_match(cx, m, path)? {
         Sm::Exact(v) => (false, v),
         Sm::Regex(r) => (true, r),
@@ -1739,7 +1847,11 @@ fn value_match(cx: &mut Cx<'_>, m: &StringMatch, path: &str) -> Result<(bool, St
     })
 }
 
-fn convert_match(cx: &mut Cx<'_>, m: &MatchRequest, mp: &str) -> Result<HttpRouteRulesMatches, ConvertError> {
+fn convert_match(
+    cx: &mut Cx<'_>,
+    m: &MatchRequest,
+    mp: &str,
+) -> Result<HttpRouteRulesMatches, ConvertError> {
     let mut out = HttpRouteRulesMatches::default();
     if let Some(uri) = &m.uri {
         let (t, v) = match string_match(cx, uri, &format!("{mp}.uri"))? {
@@ -1764,7 +1876,10 @@ fn convert_match(cx: &mut Cx<'_>, m: &MatchRequest, mp: &str) -> Result<HttpRout
         match string_match(cx, method, &mpath)? {
             Sm::Exact(v) => match method_of(&v) {
                 Some(me) => out.method = Some(me),
-                None => cx.dropped(&mpath, &format!("{v:?} is not a method Gateway API matches on")),
+                None => cx.dropped(
+                    &mpath,
+                    &format!("{v:?} is not a method Gateway API matches on"),
+                ),
             },
             _ => cx.dropped(&mpath, "Gateway API matches one exact method"),
         }
@@ -1884,9 +1999,16 @@ fn backend(
         }
     };
     let port = match d.port.as_ref().and_then(|p| p.number) {
-        Some(n) => Some(i32::try_from(n).ok().filter(|n| (1..=65535).contains(n)).ok_or_else(
-            || cx.error(format!("{path}.port.number: {n} is out of range: expected 1 to 65535")),
-        )?),
+        Some(n) => Some(
+            i32::try_from(n)
+                .ok()
+                .filter(|n| (1..=65535).contains(n))
+                .ok_or_else(|| {
+                    cx.error(format!(
+                        "{path}.port.number: {n} is out of range: expected 1 to 65535"
+                    ))
+                })?,
+        ),
         None => {
             let ports = index
                 .services
@@ -1921,7 +2043,11 @@ fn backend(
     }))
 }
 
-fn redirect(cx: &mut Cx<'_>, r: &Redirect, rp: &str) -> Result<HttpRouteRulesFilters, ConvertError> {
+fn redirect(
+    cx: &mut Cx<'_>,
+    r: &Redirect,
+    rp: &str,
+) -> Result<HttpRouteRulesFilters, ConvertError> {
     let mut out = HttpRouteRulesFiltersRequestRedirect::default();
     if let Some(uri) = &r.uri {
         out.path = Some(HttpRouteRulesFiltersRequestRedirectPath {
@@ -1932,21 +2058,29 @@ fn redirect(cx: &mut Cx<'_>, r: &Redirect, rp: &str) -> Result<HttpRouteRulesFil
     }
     out.hostname = r.authority.clone();
     if let Some(port) = r.port {
-        out.port = Some(i32::try_from(port).ok().filter(|n| (1..=65535).contains(n)).ok_or_else(
-            || cx.error(format!("{rp}.port: {port} is out of range: expected 1 to 65535")),
-        )?);
+        out.port = Some(
+            i32::try_from(port)
+                .ok()
+                .filter(|n| (1..=65535).contains(n))
+                .ok_or_else(|| {
+                    cx.error(format!(
+                        "{rp}.port: {port} is out of range: expected 1 to 65535"
+                    ))
+                })?,
+        );
     }
     if r.derive_port.is_some() {
-        cx.dropped(&format!("{rp}.derivePort"), "Gateway API keeps the request's port unless port is set");
+        cx.dropped(
+            &format!("{rp}.derivePort"),
+            "Gateway API keeps the request's port unless port is set",
+        );
     }
     match r.scheme.as_deref() {
         None => {}
         Some("http") => out.scheme = Some(HttpRouteRulesFiltersRequestRedirectScheme::Http),
         Some("https") => out.scheme = Some(HttpRouteRulesFiltersRequestRedirectScheme::Https),
         Some(other) => {
-            return Err(cx.error(format!(
-                "{rp}.scheme: {other:?} is not one of http, https"
-            )))
+            return Err(cx.error(format!("{rp}.scheme: {other:?} is not one of http, https")))
         }
     }
     // Istio redirects with 301 unless told otherwise; Gateway API's default is 302.
@@ -1954,11 +2088,15 @@ fn redirect(cx: &mut Cx<'_>, r: &Redirect, rp: &str) -> Result<HttpRouteRulesFil
     out.status_code = Some(match code {
         301 | 302 => code,
         303 | 307 => {
-            cx.warn(format!("{rp}.redirectCode: {code} becomes 302 (Trellis redirects with 301 or 302)"));
+            cx.warn(format!(
+                "{rp}.redirectCode: {code} becomes 302 (Trellis redirects with 301 or 302)"
+            ));
             302
         }
         308 => {
-            cx.warn(format!("{rp}.redirectCode: 308 becomes 301 (Trellis redirects with 301 or 302)"));
+            cx.warn(format!(
+                "{rp}.redirectCode: 308 becomes 301 (Trellis redirects with 301 or 302)"
+            ));
             301
         }
         other => {
@@ -1985,10 +2123,16 @@ fn retry(
 ) -> Result<Option<HttpRouteRulesRetry>, ConvertError> {
     for (field, set) in [
         ("retryRemoteLocalities", r.retry_remote_localities.is_some()),
-        ("retryIgnorePreviousHosts", r.retry_ignore_previous_hosts.is_some()),
+        (
+            "retryIgnorePreviousHosts",
+            r.retry_ignore_previous_hosts.is_some(),
+        ),
     ] {
         if set {
-            cx.dropped(&format!("{rp}.{field}"), "Trellis picks each retry's endpoint by its balancer");
+            cx.dropped(
+                &format!("{rp}.{field}"),
+                "Trellis picks each retry's endpoint by its balancer",
+            );
         }
     }
     let attempts = match r.attempts {
@@ -2001,7 +2145,9 @@ fn retry(
             return Ok(None);
         }
         Some(n) if n < 0 => {
-            return Err(cx.error(format!("{rp}.attempts: {n} is out of range: expected 0 or more")))
+            return Err(cx.error(format!(
+                "{rp}.attempts: {n} is out of range: expected 0 or more"
+            )))
         }
         Some(n) => n,
     };
@@ -2063,15 +2209,26 @@ fn retry(
 }
 
 /// Istio's `fault` as an `HTTPFault` object (`None` when nothing of it can be carried).
-fn fault(cx: &mut Cx<'_>, f: &FaultInjection, fp: &str, i: usize) -> Result<Option<Value>, ConvertError> {
+fn fault(
+    cx: &mut Cx<'_>,
+    f: &FaultInjection,
+    fp: &str,
+    i: usize,
+) -> Result<Option<Value>, ConvertError> {
     let mut spec = Map::new();
     if let Some(a) = &f.abort {
         let ap = format!("{fp}.abort");
         if a.grpc_status.is_some() {
-            cx.dropped(&format!("{ap}.grpcStatus"), "Trellis aborts with an HTTP status only");
+            cx.dropped(
+                &format!("{ap}.grpcStatus"),
+                "Trellis aborts with an HTTP status only",
+            );
         }
         if a.http2_error.is_some() {
-            cx.dropped(&format!("{ap}.http2Error"), "Trellis aborts with an HTTP status only");
+            cx.dropped(
+                &format!("{ap}.http2Error"),
+                "Trellis aborts with an HTTP status only",
+            );
         }
         match a.http_status {
             Some(s) if (200..=599).contains(&s) => {
@@ -2097,7 +2254,10 @@ fn fault(cx: &mut Cx<'_>, f: &FaultInjection, fp: &str, i: usize) -> Result<Opti
     if let Some(d) = &f.delay {
         let dp = format!("{fp}.delay");
         if d.exponential_delay.is_some() {
-            cx.dropped(&format!("{dp}.exponentialDelay"), "Trellis delays by a fixed time only");
+            cx.dropped(
+                &format!("{dp}.exponentialDelay"),
+                "Trellis delays by a fixed time only",
+            );
         }
         match &d.fixed_delay {
             Some(t) => {
@@ -2153,7 +2313,10 @@ mod tests {
         let r = |h: &str| resolve_host(h, "default");
         let key = |ns: &str, n: &str| Some((ns.to_string(), n.to_string()));
         assert_eq!(r("reviews"), key("default", "reviews"));
-        assert_eq!(r("reviews.default.svc.cluster.local"), key("default", "reviews"));
+        assert_eq!(
+            r("reviews.default.svc.cluster.local"),
+            key("default", "reviews")
+        );
         assert_eq!(r("reviews.shop.svc"), key("shop", "reviews"));
         assert_eq!(r("httpbin.org"), None);
         assert_eq!(r("*.example.com"), None);
@@ -2219,6 +2382,8 @@ mod tests {
         );
         let bad = run("a: [\n");
         assert_eq!((bad.code, bad.stdout.as_str()), (2, ""));
-        assert!(bad.stderr.starts_with("control convert: document 1: not valid YAML"));
+        assert!(bad
+            .stderr
+            .starts_with("control convert: document 1: not valid YAML"));
     }
 }

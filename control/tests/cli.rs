@@ -123,7 +123,10 @@ fn convert_reads_a_file_or_stdin_and_exits_2_on_bad_input() {
     let (code, out, err) = control(&["convert", "-f", &format!("{case}/input.yaml")]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, want);
-    assert!(err.starts_with("warning: DestinationRule default/reviews: "), "{err}");
+    assert!(
+        err.starts_with("warning: DestinationRule default/reviews: "),
+        "{err}"
+    );
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
         .args(["convert", "-f", "-"])
@@ -140,7 +143,10 @@ fn convert_reads_a_file_or_stdin_and_exits_2_on_bad_input() {
 
     let (code, out, err) = control(&["convert", "-f", &testdata("convert/bad_subset/input.yaml")]);
     assert_eq!((code, out.as_str()), (2, ""));
-    assert!(err.starts_with("control convert: document 2 (VirtualService default/reviews): "), "{err}");
+    assert!(
+        err.starts_with("control convert: document 2 (VirtualService default/reviews): "),
+        "{err}"
+    );
 
     let (code, _, err) = control(&["convert", "-f", "/nonexistent/istio.yaml"]);
     assert_eq!(code, 2);

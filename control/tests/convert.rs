@@ -17,7 +17,11 @@ fn cases() -> Vec<PathBuf> {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 11, "cases went missing from {}", root.display());
+    assert!(
+        cases.len() >= 11,
+        "cases went missing from {}",
+        root.display()
+    );
     cases
 }
 
@@ -34,7 +38,11 @@ fn golden_convert_cases() {
     let mut failures = Vec::new();
     for case in cases() {
         let out = control::convert::run(&input(&case));
-        let want_code = if name(&case).starts_with("bad_") { 2 } else { 0 };
+        let want_code = if name(&case).starts_with("bad_") {
+            2
+        } else {
+            0
+        };
         if out.code != want_code {
             failures.push(format!(
                 "{}: exit {} (expected {want_code}): {}",
@@ -79,7 +87,11 @@ fn every_object_is_one_trellis_reads() {
                     assert_eq!(&serde_json::to_value(&route).unwrap(), object, "{what}");
                     assert_eq!(object["apiVersion"], "gateway.networking.k8s.io/v1");
                     let parent = &object["spec"]["parentRefs"][0];
-                    assert_eq!((&parent["group"], &parent["kind"]), (&"".into(), &"Service".into()), "{what}");
+                    assert_eq!(
+                        (&parent["group"], &parent["kind"]),
+                        (&"".into(), &"Service".into()),
+                        "{what}"
+                    );
                 }
                 "Service" => {
                     let _: k8s_openapi::api::core::v1::Service =
