@@ -789,10 +789,10 @@ fn format_millis(ms: u64) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 == 0 && ms / 1000 <= 99_999 {
+    if ms.is_multiple_of(1000) && ms / 1000 <= 99_999 {
         return format!("{}s", ms / 1000);
     }
-    if ms % 1000 != 0 && ms <= 99_999 {
+    if !ms.is_multiple_of(1000) && ms <= 99_999 {
         return format!("{ms}ms");
     }
     let (h, m, s, r) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
@@ -815,7 +815,7 @@ fn duration(cx: &mut Cx<'_>, text: &str, path: &str) -> Result<String, ConvertEr
         ))
     })?;
     let ms = nanos.div_ceil(1_000_000);
-    if nanos % 1_000_000 != 0 {
+    if !nanos.is_multiple_of(1_000_000) {
         cx.warn(format!(
             "{path}: {text:?} is rounded up to {ms}ms (durations are whole milliseconds)"
         ));
