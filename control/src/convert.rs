@@ -1522,7 +1522,9 @@ fn convert_http(
             "{p}: sets both redirect and rewrite: expected only one"
         )));
     }
-    let several = http.route.len() > 1;
+    // Weights are said when some are: among several destinations an unset one is then 0, as in
+    // Istio. When none is, every destination gets an equal share (Gateway API's default weight).
+    let weighted = http.route.len() > 1 && http.route.iter().any(|r| r.weight.is_some());
     let mut backends = Vec::new();
     for (k, rd) in http.route.iter().enumerate() {
         let dp = format!("{p}.route[{k}]");
@@ -1538,8 +1540,8 @@ fn convert_http(
                     "{dp}.weight: {w} is out of range: expected 0 to 100"
                 )))
             }
-            // Istio: a lone destination takes everything; among several an unset weight is 0.
-            w if several => Some(w.unwrap_or(0) as i32),
+            // A lone destination takes everything, whatever its weight.
+            w if weighted => Some(w.unwrap_or(0) as i32),
             _ => None,
         };
         if let Some(b) = backend(cx, &rd.destination, &format!("{dp}.destination"), index)? {
