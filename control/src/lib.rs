@@ -8,10 +8,12 @@
 //! - [`source`]: where objects come from (Kubernetes watchers, or a directory);
 //! - [`store`]: the live model and one latest-answer topic per watched address;
 //! - [`serve`]: the HTTP discovery and metrics servers; [`metrics`]: their Prometheus metrics;
-//! - [`describe`]: what a proxy would be told, for humans.
+//! - [`describe`]: what a proxy would be told, for humans;
+//! - [`convert`]: Istio DestinationRules and VirtualServices as Trellis objects (`control convert`).
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod convert;
 pub mod describe;
 pub mod metrics;
 pub mod model;

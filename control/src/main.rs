@@ -1,5 +1,5 @@
-//! `control` binary: `serve` (the discovery and metrics servers) and `describe` (what a proxy is
-//! told about one address).
+//! `control` binary: `serve` (the discovery and metrics servers), `describe` (what a proxy is
+//! told about one address) and `convert` (Istio YAML as Trellis objects).
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal as _, Write as _};
@@ -68,10 +68,22 @@ enum Command {
         #[arg(long, value_parser = config::parse::parse_host_port)]
         control_plane: Option<String>,
     },
+    /// Convert Istio DestinationRules and VirtualServices into TrafficPolicies, subset Services,
+    /// HTTPRoutes and HTTPFaults, printed as YAML; a warning on stderr for every field not
+    /// carried over.
+    Convert {
+        /// The Istio YAML to read (multi-document); `-` reads stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Pure and offline: no logging, no runtime.
+    if let Command::Convert { file } = &cli.command {
+        return convert(file);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
             "{},hyper=warn",
@@ -94,6 +106,7 @@ fn main() -> ExitCode {
             from_dir,
             control_plane,
         } => runtime.block_on(describe(&address, from_dir, control_plane)),
+        Command::Convert { .. } => unreachable!("handled before the runtime starts"),
     };
     match result {
         Ok(code) => code,
@@ -168,5 +181,31 @@ async fn describe(
     match writeln!(std::io::stdout(), "{text}") {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn convert(file: &std::path::Path) -> ExitCode {
+    let input = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let input = match input {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("control convert: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = control::convert::run(&input);
+    eprint!("{}", outcome.stderr);
+    // A closed pipe (`| head`) is not an error worth a panic.
+    match std::io::stdout().write_all(outcome.stdout.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("control convert: writing stdout: {e}");
+            ExitCode::from(2)
+        }
+        _ => ExitCode::from(outcome.code),
     }
 }

@@ -115,3 +115,40 @@ fn serve_without_a_kubernetes_config_or_with_a_bad_one_exits_2_naming_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn convert_reads_a_file_or_stdin_and_exits_2_on_bad_input() {
+    let case = testdata("convert/weights_90_10");
+    let want = std::fs::read_to_string(format!("{case}/output.yaml")).unwrap();
+    let (code, out, err) = control(&["convert", "-f", &format!("{case}/input.yaml")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, want);
+    assert!(
+        err.starts_with("warning: DestinationRule default/reviews: "),
+        "{err}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
+        .args(["convert", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = std::fs::read(format!("{case}/input.yaml")).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert_eq!(piped.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), want);
+
+    let (code, out, err) = control(&["convert", "-f", &testdata("convert/bad_subset/input.yaml")]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.starts_with("control convert: document 2 (VirtualService default/reviews): "),
+        "{err}"
+    );
+
+    let (code, _, err) = control(&["convert", "-f", "/nonexistent/istio.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read /nonexistent/istio.yaml"), "{err}");
+}

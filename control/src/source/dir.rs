@@ -201,7 +201,7 @@ pub fn parse_file(path: &Path, text: &str, out: &mut Loaded) {
 
 /// Splits multi-document YAML on `---` lines, keeping each document's text whole so that one
 /// bad document cannot hide the ones after it.
-fn split_documents(text: &str) -> Vec<&str> {
+pub(crate) fn split_documents(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut offset = 0;
