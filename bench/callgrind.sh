@@ -8,11 +8,14 @@
 # loopback) is what `make bench` measures. Knobs (full / SMOKE=1): N1 (2000 / 100), N2 (12000 / 300).
 # `trellis-svc` is the same proxy sending to a Service the control plane knows (`control serve
 # --from-dir`, three endpoints on 127.0.0.1-3, balanced per request), the path a meshed client's
-# request to a ClusterIP takes.
+# request to a ClusterIP takes. `trellis-routes` sends to a Service with an HTTPRoute of ten rules
+# (prefixes, an exact path, a regex, headers, a query parameter, a method), the request matching
+# only the last (the catch-all), so that every match is tried: the per-request cost of routes.
 #
 # smoke-expect: ^user-space instructions per proxied request
 # smoke-expect: ^  trellis +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  trellis-svc +{n}  \(trellis = {n}x this\)$
+# smoke-expect: ^  trellis-routes +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  nginx +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  haproxy +{n}  \(trellis = {n}x this\)$
 set -euo pipefail
@@ -61,6 +64,39 @@ endpoints:
   - addresses: [127.0.0.1]
   - addresses: [127.0.0.2]
   - addresses: [127.0.0.3]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: routed, namespace: bench}
+spec:
+  clusterIP: 127.0.0.101
+  ports: [{name: http, port: 80, targetPort: 18090}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ten-rules, namespace: bench}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api/v1/users}}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /api/v1/orders}}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{path: {type: Exact, value: /healthz}}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{path: {type: RegularExpression, value: "/items/[0-9]+"}}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{headers: [{name: end-user, value: jason}]}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{headers: [{name: x-canary, value: "true"}]}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{queryParams: [{name: version, value: v2}]}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{method: POST}]
+      backendRefs: [{name: upstream, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /static}}]
+      backendRefs: [{name: upstream, port: 80}]
+    - backendRefs: [{name: upstream, port: 80}]
 YAML
 "$TARGET/release/control" serve --from-dir "$work/cluster" --listen "$CONTROL" \
     --metrics-listen 127.0.0.1:19914 >"$work/control.log" 2>&1 &
@@ -74,6 +110,7 @@ command_of() { # contender -> the command line to run under callgrind
     case $1 in
     trellis) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream $UP --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
     trellis-svc) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream 127.0.0.100:80 --control-plane $CONTROL --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
+    trellis-routes) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream 127.0.0.101:80 --control-plane $CONTROL --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
     nginx) echo "nginx -c $NGINX_CONF" ;;
     haproxy) echo "haproxy -db -f $work/haproxy.cfg" ;;
     esac
@@ -100,14 +137,14 @@ count() { # contender requests -> total instructions of the process serving them
 }
 
 declare -A PER
-for c in trellis trellis-svc nginx haproxy; do
+for c in trellis trellis-svc trellis-routes nginx haproxy; do
     a=$(count "$c" "$N1")
     b=$(count "$c" "$N2")
     PER[$c]=$(( (b - a) / (N2 - N1) ))
 done
 echo "user-space instructions per proxied request (callgrind, one worker, keep-alive; $N1 vs $N2 requests):"
-for c in trellis trellis-svc nginx haproxy; do
-    printf '  %-11s %7s  %s\n' "$c" "${PER[$c]}" \
+for c in trellis trellis-svc trellis-routes nginx haproxy; do
+    printf '  %-14s %7s  %s\n' "$c" "${PER[$c]}" \
         "$(awk -v t="${PER[trellis]}" -v p="${PER[$c]}" 'BEGIN { if (p > 0) printf "(trellis = %.2fx this)", t / p }')"
 done
 smoke_note

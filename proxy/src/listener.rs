@@ -117,7 +117,8 @@ impl Conns {
         let _ = stream.set_nodelay(true);
         let p = &self.proxy;
         let (up, port) = match &self.fixed {
-            Some(up) => (up.clone(), stream.local_addr().map_or(0, |a| a.port())),
+            // The upstream's port decides opaque-ness (`--opaque-ports`), as in a sidecar.
+            Some(up) => (up.clone(), up.tcp_cluster().map_or(0, |c| c.addr.port())),
             None => {
                 let Ok(local) = stream.local_addr() else {
                     return;

@@ -84,6 +84,17 @@ pub fn start(pod: &Pod, url: &str, c: u32, n: u32) -> anyhow::Result<Running> {
 
 /// [`start`] with more `loadgen` flags (`--new-connections`).
 pub fn start_with(pod: &Pod, url: &str, c: u32, n: u32, flags: &[&str]) -> anyhow::Result<Running> {
+    start_in(&pod.ns, url, c, n, flags)
+}
+
+/// [`start_with`] from any namespace (the node: a client outside the mesh).
+pub fn start_in(
+    ns: &kit::netns::Netns,
+    url: &str,
+    c: u32,
+    n: u32,
+    flags: &[&str],
+) -> anyhow::Result<Running> {
     let mut argv = vec![
         bins::path("loadgen")?.display().to_string(),
         url.to_string(),
@@ -92,7 +103,7 @@ pub fn start_with(pod: &Pod, url: &str, c: u32, n: u32, flags: &[&str]) -> anyho
     ];
     argv.extend(flags.iter().map(|f| f.to_string()));
     let out = kit::process::temp_file("loadgen")?;
-    let child = Spec::new(argv, IMAGE_USER, IMAGE_USER).spawn_to(&pod.ns, &out)?;
+    let child = Spec::new(argv, IMAGE_USER, IMAGE_USER).spawn_to(ns, &out)?;
     Ok(Running { child, out })
 }
 

@@ -22,6 +22,8 @@ use crate::{bins, cleanup, manifests, IMAGE_USER};
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
 pub const WEBHOOK_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 2);
 pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 3);
+/// An ingress gateway's address (App Mesh's VirtualGateway, Istio's ingress gateway).
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 4);
 /// The API server double listens on the node's bridge address.
 pub const API_PORT: u16 = 6443;
 pub const WEBHOOK_HOST: &str = "trellis-webhook.trellis-system.svc";
@@ -248,6 +250,55 @@ impl Mesh {
 
     pub fn control_logs(&self) -> String {
         std::fs::read_to_string(self.dir.join("logs").join("control.log")).unwrap_or_default()
+    }
+
+    /// `proxy gateway --gateway NAMESPACE/NAME` in its own namespace at [`GATEWAY_IP`] (a
+    /// Deployment of the image, not injected), told its routes by the control plane; `flags` are
+    /// added (its pools). Waits for `/ready`. Stops when dropped.
+    pub fn start_gateway(
+        &self,
+        gateway: &str,
+        listen_port: u16,
+        flags: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let ns = self.wire("gateway", GATEWAY_IP)?;
+        let mut argv = vec![
+            bins::path("proxy")?.display().to_string(),
+            "gateway".into(),
+            format!("--listen=0.0.0.0:{listen_port}"),
+            format!("--gateway={gateway}"),
+            format!("--control-plane={CONTROL_IP}:{}", config::api::CONTROL_PORT),
+            format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"),
+            "--access-log".into(),
+        ];
+        argv.extend(flags.iter().map(|f| f.to_string()));
+        let log = self.dir.join("logs").join("gateway.log");
+        let mut proc = Proc::spawn(
+            "gateway",
+            &Spec::new(argv, IMAGE_USER, IMAGE_USER),
+            &ns,
+            log,
+        )?;
+        let admin = SocketAddr::from((GATEWAY_IP, ADMIN_PORT));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = proc.try_status() {
+                bail!("proxy gateway exited ({s}): {}", proc.logs());
+            }
+            match crate::get(&self.node, admin, "/ready") {
+                Ok(r) if r.status == 200 => break,
+                other if Instant::now() >= deadline => {
+                    bail!("gateway not ready after 30s: {other:?}\n{}", proc.logs())
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        Ok(Gateway {
+            proc,
+            listen: SocketAddr::from((GATEWAY_IP, listen_port)),
+            admin,
+            _ns: ns,
+        })
     }
 
     /// A namespace wired to the bridge with `ip`/24 on its `eth0`.
@@ -525,4 +576,19 @@ fn suffix() -> String {
             alphabet[(x % alphabet.len() as u64) as usize] as char
         })
         .collect()
+}
+
+/// A running `proxy gateway` (see [`Mesh::start_gateway`]).
+pub struct Gateway {
+    pub proc: Proc,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    _ns: Netns,
+}
+
+impl Gateway {
+    /// Its `/stats`, read from the node.
+    pub fn stats_of<'a>(&self, node: &'a Netns) -> Matcher<'a> {
+        Matcher::new(self.admin).from_netns(node)
+    }
 }

@@ -15,7 +15,12 @@ use crate::load::{self, LoadResult};
 use crate::manifests;
 use crate::mesh::{Mesh, ADMIN_PORT};
 
+mod routes;
 mod services;
+pub use routes::{
+    fault_abort, fault_delay, gateway, header_match, live_switch, mirror, retries, timeout,
+    user_agent, weights, ROUTES,
+};
 pub use services::{
     control_plane_down, load_balancing, outlier_detection, scale_down, service_cluster,
     traffic_policy_pool, SERVICES,

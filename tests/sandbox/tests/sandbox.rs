@@ -141,3 +141,23 @@ fn the_control_plane_going_away_fails_no_request() {
     let mut m = mesh("cpdown", scenarios::SERVICES);
     assert_passed(scenarios::control_plane_down(&mut m));
 }
+
+#[test]
+fn routes_split_match_and_switch_live() {
+    let mut m = mesh("routes", scenarios::ROUTES);
+    assert_passed(scenarios::weights(&mut m));
+    assert_passed(scenarios::live_switch(&mut m));
+    assert_passed(scenarios::header_match(&mut m));
+    assert_passed(scenarios::user_agent(&mut m));
+}
+
+#[test]
+fn route_faults_timeouts_retries_mirrors_and_a_gateway() {
+    let mut m = mesh("faults", scenarios::ROUTES);
+    assert_passed(scenarios::fault_abort(&mut m));
+    assert_passed(scenarios::fault_delay(&mut m));
+    assert_passed(scenarios::timeout(&mut m));
+    assert_passed(scenarios::retries(&mut m));
+    assert_passed(scenarios::mirror(&mut m));
+    assert_passed(scenarios::gateway(&mut m));
+}

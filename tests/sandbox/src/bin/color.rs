@@ -4,7 +4,8 @@
 //! served it in `x-pod` (`$POD_NAME`), so a client can count how its requests were spread.
 //! `POST /fail?on=1` on the health port makes it answer 500 to every app request (and
 //! `?on=0` heals it): a misbehaving pod for the outlier-detection demo. `?on=alternate` fails
-//! every other request (a flaky pod, for retries).
+//! every other request (a flaky pod, for retries). `POST /slow?ms=N` adds N ms to every app
+//! answer (a slow mirror target).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ struct Me {
     /// 0: healthy; 1: every request fails; 2: every other request fails.
     failing: &'static std::sync::atomic::AtomicU8,
     served: &'static std::sync::atomic::AtomicU64,
+    /// Milliseconds added to every app answer.
+    slow_ms: &'static std::sync::atomic::AtomicU64,
 }
 
 /// The longest delay a request may ask for.
@@ -61,6 +64,21 @@ async fn answer(me: Me, req: Request<hyper::body::Incoming>) -> Response<Full<By
         };
         me.failing.store(mode, Relaxed);
         return text(200, format!("failing: {mode}\n"), me.pod);
+    }
+    if req.uri().path() == "/slow" && req.method() == hyper::Method::POST {
+        let ms = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(MAX_DELAY.as_millis() as u64);
+        me.slow_ms.store(ms, Relaxed);
+        return text(200, format!("slow: {ms} ms\n"), me.pod);
+    }
+    let slow = me.slow_ms.load(Relaxed);
+    if slow > 0 {
+        tokio::time::sleep(Duration::from_millis(slow)).await;
     }
     let n = me.served.fetch_add(1, Relaxed);
     match me.failing.load(Relaxed) {
@@ -117,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         pod: Box::leak(args.pod_name.into_boxed_str()),
         failing: Box::leak(Box::new(std::sync::atomic::AtomicU8::new(0))),
         served: Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0))),
+        slow_ms: Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0))),
     };
     let main = TcpListener::bind(args.listen).await?;
     let health = TcpListener::bind(args.health_listen).await?;

@@ -121,6 +121,16 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
         ("outlier detection", scenarios::outlier_detection),
         ("control plane down", scenarios::control_plane_down),
         ("scale down under load", scenarios::scale_down),
+        ("route weights 90/10", scenarios::weights),
+        ("route switched live", scenarios::live_switch),
+        ("header match", scenarios::header_match),
+        ("user-agent regex", scenarios::user_agent),
+        ("fault abort 50%", scenarios::fault_abort),
+        ("fault delay 2s", scenarios::fault_delay),
+        ("route timeout 1s", scenarios::timeout),
+        ("retries", scenarios::retries),
+        ("mirror", scenarios::mirror),
+        ("ingress gateway", scenarios::gateway),
         ("shutdown", scenarios::shutdown),
     ];
     for (name, f) in all {

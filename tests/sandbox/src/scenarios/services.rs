@@ -20,7 +20,7 @@ pub fn service_cluster(name: &str) -> String {
     format!("outbound|8080||{name}.demo.svc.cluster.local")
 }
 
-fn service_url(mesh: &Mesh, name: &str, query: &str) -> anyhow::Result<String> {
+pub(super) fn service_url(mesh: &Mesh, name: &str, query: &str) -> anyhow::Result<String> {
     let svc = mesh
         .services
         .get("demo", name)
@@ -72,7 +72,7 @@ fn wait_clusters(
 
 /// One request from the client, so that its sidecar asks the control plane about the Service;
 /// then waits until it knows `n` hosts.
-fn learn(mesh: &Mesh, svc: &str, n: usize) -> anyhow::Result<String> {
+pub(super) fn learn(mesh: &Mesh, svc: &str, n: usize) -> anyhow::Result<String> {
     let url = service_url(mesh, svc, "")?;
     let r = load::run(mesh.pod("client"), &url, 1, 1)?;
     if r.code(200) != 1 {
