@@ -866,6 +866,72 @@ mod tests {
         assert_eq!(m.winning_policy(&a).map(|p| p.name.as_str()), Some("good"));
     }
 
+    fn route(name: &str, parent: &str, backend: &str, fault: &str) -> Object {
+        Object::HttpRoute(Box::new(crate::route::parse_route(&json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": parent}],
+                "rules": [{
+                    "filters": [{"type": "ExtensionRef", "extensionRef":
+                        {"group": "trellis.dev", "kind": "HTTPFault", "name": fault}}],
+                    "backendRefs": [{"name": backend, "port": 80}],
+                }],
+            },
+        }))))
+    }
+
+    fn fault(name: &str, status: u16) -> Object {
+        Object::HttpFault(Box::new(crate::route::parse_fault(&json!({
+            "apiVersion": "trellis.dev/v1alpha1", "kind": "HTTPFault",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"abort": {"httpStatus": status}},
+        }))))
+    }
+
+    #[test]
+    fn a_backend_or_fault_change_touches_the_parents_of_the_routes_that_use_it() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1"]),
+            service("b", &["10.96.0.2"]),
+            service("c", &["10.96.0.3"]),
+            route("a-to-b", "a", "b", "f"),
+        ]);
+        // The backend's slice: b itself, and a, whose route sends to b.
+        let t = m.apply(Change::Apply(slice("b-1", "b", "10.0.0.2")));
+        assert_eq!(t.services, refs(&["a", "b"]));
+        // An unrelated Service's slice touches only it.
+        let t = m.apply(Change::Apply(slice("c-1", "c", "10.0.0.3")));
+        assert_eq!(t.services, refs(&["c"]));
+        // The fault the route names.
+        let t = m.apply(Change::Apply(fault("f", 503)));
+        assert_eq!(t.services, refs(&["a"]));
+        let t = m.apply(Change::Apply(fault("other", 503)));
+        assert!(t.is_empty());
+        // The route moved to backend c: a is touched (its own route changed); later b is not.
+        let t = m.apply(Change::Apply(route("a-to-b", "a", "c", "f")));
+        assert_eq!(t.services, refs(&["a"]));
+        let t = m.apply(Change::Apply(slice("b-1", "b", "10.0.0.9")));
+        assert_eq!(t.services, refs(&["b"]));
+        let t = m.apply(Change::Delete(Key {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "c".into(),
+        }));
+        assert_eq!(t.services, refs(&["a", "c"]));
+        // The route goes: its parent is touched, and the indexes are empty again.
+        let t = m.apply(Change::Delete(Key {
+            kind: Kind::HttpRoute,
+            namespace: "default".into(),
+            name: "a-to-b".into(),
+        }));
+        assert_eq!(t.services, refs(&["a"]));
+        assert!(m.routes_by_parent.is_empty());
+        assert!(m.routes_by_backend.is_empty());
+        assert!(m.routes_by_fault.is_empty());
+    }
+
     #[test]
     fn indexes_every_cluster_ip_and_tcp_port_but_not_headless() {
         let mut m = Model::new();
