@@ -13,13 +13,13 @@ if [ ${#manifests[@]} -gt 0 ]; then
     echo "schema: ${#manifests[@]} manifest files valid against Kubernetes $K8S_VERSION"
 fi
 
-# TrafficPolicy examples (a custom kind kubernetes-validate cannot check) against the CRD's own
-# schema, with jsonschema (installed with kubernetes-validate, which requires it).
+# TrafficPolicy and HTTPFault examples (custom kinds kubernetes-validate cannot check) against
+# their CRDs' own schemas, with jsonschema (installed with kubernetes-validate, which requires it).
 rc=0
-"$PY" scripts/validate-trafficpolicies.py || rc=$?
+"$PY" scripts/validate-crd-examples.py || rc=$?
 case $rc in
     0) ;;
-    3) echo "schema: SKIPPED the TrafficPolicy examples under control/testdata: python package jsonschema is not installed" ;;
+    3) echo "schema: SKIPPED the TrafficPolicy and HTTPFault examples under control/testdata: python package jsonschema is not installed" ;;
     *) exit "$rc" ;;
 esac
 

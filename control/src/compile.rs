@@ -1,14 +1,24 @@
 //! Model + address -> what a proxy is told. Pure (no I/O, no clock), so every answer the control
 //! plane can give is a golden file under `testdata/compile/`, and `describe` prints exactly what
 //! the server streams.
+//!
+//! Routes: a Service port's answer carries the HTTPRoutes attached to it (and a Gateway's answer
+//! those attached to the Gateway), flattened into one table of matches sorted by Gateway API
+//! precedence, the rules they pick, and every backend those rules send or mirror to, each
+//! compiled as a destination of its own (endpoints and policy, no routes).
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use config::api::{Destination, Endpoint, Policy};
+use config::api::{
+    self, Destination, Endpoint, Mirror, PathMatch, Policy, Routes, ServiceRef, WeightedBackend,
+};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::{Model, PortRef};
+use crate::route::{BackendRef, Parent, ParsedRoute, RouteError, RouteProblem, MAX_MATCHES};
 
 /// The Service port at `address` with its ready endpoints and policy; `None` when no Service
 /// port has that ClusterIP:port (the proxy then forwards to the address as it is).
@@ -16,9 +26,61 @@ use crate::model::{Model, PortRef};
 /// Endpoints: every address of every EndpointSlice endpoint labelled for the Service whose
 /// `conditions.ready` is not `false`, on the slice port named like the Service port, of the same
 /// IP family as `address` (as kube-proxy does); sorted, one entry per address.
+///
+/// `routes`: see [`compile_routes`]; `None` when no HTTPRoute is attached to this Service port.
 pub fn compile(model: &Model, address: SocketAddr) -> Option<Destination> {
+    compile_with_reports(model, address, &mut Vec::new())
+}
+
+/// [`compile`], and the problems found resolving the routes' references (missing backends and
+/// HTTPFaults, a full table) into `reports`.
+pub fn compile_with_reports(
+    model: &Model,
+    address: SocketAddr,
+    reports: &mut Vec<RouteError>,
+) -> Option<Destination> {
     let port = model.port(address)?;
     let v4 = model_ip_is_v4(address.ip());
+    let mut d = destination(model, port, v4);
+    d.routes = compile_routes(
+        model,
+        &Parent::Service(port.service.clone()),
+        Some((port.port, port.port_name.as_deref())),
+        Some(v4),
+        reports,
+    );
+    Some(d)
+}
+
+/// What a gateway proxy is told about Gateway `gateway`: `None` unless it exists and is of class
+/// `trellis`; else its routes (an empty table when none is attached: every request is 404 `NR`).
+pub fn compile_gateway(model: &Model, gateway: &ServiceRef) -> Option<Routes> {
+    compile_gateway_with_reports(model, gateway, &mut Vec::new())
+}
+
+/// [`compile_gateway`], with the resolution problems (see [`compile_with_reports`]).
+pub fn compile_gateway_with_reports(
+    model: &Model,
+    gateway: &ServiceRef,
+    reports: &mut Vec<RouteError>,
+) -> Option<Routes> {
+    if !model.gateway(gateway)?.is_ours() {
+        return None;
+    }
+    Some(
+        compile_routes(
+            model,
+            &Parent::Gateway(gateway.clone()),
+            None,
+            None,
+            reports,
+        )
+        .unwrap_or_default(),
+    )
+}
+
+/// A Service port's endpoints (of one IP family) and policy, without routes.
+fn destination(model: &Model, port: &PortRef, v4: bool) -> Destination {
     let mut endpoints = BTreeSet::new();
     for slice in model.slices(&port.service) {
         collect(slice, port, v4, &mut endpoints);
@@ -26,20 +88,334 @@ pub fn compile(model: &Model, address: SocketAddr) -> Option<Destination> {
     let mut endpoints: Vec<Endpoint> = endpoints.into_iter().collect();
     // One entry per address (the BTreeSet kept the one with the smallest pod name).
     endpoints.dedup_by(|b, a| a.address == b.address);
-    let policy = match model.winning_policy(&port.service) {
+    Destination {
+        service: port.service.clone(),
+        port: port.port,
+        endpoints,
+        policy: policy(model, &port.service),
+        routes: None,
+    }
+}
+
+fn policy(model: &Model, service: &ServiceRef) -> Policy {
+    match model.winning_policy(service) {
         Some(p) => Policy {
             source: Some(p.id()),
             ..p.result.clone().unwrap_or_default()
         },
         None => Policy::default(),
+    }
+}
+
+/// Does this route apply to `parent` (for a Service, to its port `port`)?
+fn attached(route: &ParsedRoute, parent: &Parent, port: Option<(u16, Option<&str>)>) -> bool {
+    route
+        .parents
+        .iter()
+        .any(|p| p.parent == *parent && port.is_none_or(|(n, name)| p.applies_to_port(n, name)))
+}
+
+/// The routes attached to `parent` (for a Service: the ones whose parentRef applies to Service
+/// port `port`), compiled into one table; `None` when no valid route is attached.
+///
+/// Precedence (Gateway API's, with RegularExpression placed between Exact and PathPrefix): an
+/// Exact path first, then a RegularExpression path, then PathPrefix by longest prefix; then a
+/// match with a method before one without; then the most header matches; then the most query
+/// matches; ties go to the oldest route (`creationTimestamp`), then `namespace/name`, then the
+/// rule's index, then the match's.
+///
+/// Refused routes are left out (the model reports them); so is any route that would take the
+/// table past [`MAX_MATCHES`] (reported here). A backend is `family`'s endpoints of that Service
+/// port (`None`: the backend Service's own primary family, for a Gateway).
+pub fn compile_routes(
+    model: &Model,
+    parent: &Parent,
+    port: Option<(u16, Option<&str>)>,
+    family: Option<bool>,
+    reports: &mut Vec<RouteError>,
+) -> Option<Routes> {
+    let mut routes: Vec<&ParsedRoute> = model
+        .routes_for(parent)
+        .filter(|r| r.result.is_ok() && attached(r, parent, port))
+        .collect();
+    if routes.is_empty() {
+        return None;
+    }
+    routes.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+    let mut table = Routes::default();
+    let mut backends: BTreeMap<BackendRef, usize> = BTreeMap::new();
+    let mut backend_list: Vec<Destination> = Vec::new();
+    let mut keyed = Vec::new();
+    let mut total = 0;
+    for (ri, route) in routes.iter().enumerate() {
+        let Ok(rules) = &route.result else { continue };
+        let n: usize = rules.iter().map(|r| r.matches.len()).sum();
+        if total + n > MAX_MATCHES {
+            reports.push(RouteError {
+                object: route.id(),
+                field: "spec.rules".into(),
+                problem: RouteProblem::ParentFull {
+                    parent: match port {
+                        Some((p, _)) => format!("{parent} port {p}"),
+                        None => parent.to_string(),
+                    },
+                },
+            });
+            continue;
+        }
+        total += n;
+        let mut backend = |b: &BackendRef, field: &str, reports: &mut Vec<RouteError>| {
+            if let Some(i) = backends.get(b) {
+                // Each reference to a missing backend is reported, with its own field.
+                if let Some(problem) = backend_problem(model, b) {
+                    reports.push(RouteError {
+                        object: route.id(),
+                        field: field.to_string(),
+                        problem,
+                    });
+                }
+                return *i;
+            }
+            let (d, problem) = backend_destination(model, b, family);
+            if let Some(problem) = problem {
+                reports.push(RouteError {
+                    object: route.id(),
+                    field: field.to_string(),
+                    problem,
+                });
+            }
+            let i = backend_list.len();
+            backend_list.push(d);
+            backends.insert(b.clone(), i);
+            i
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            let index = table.rules.len();
+            let mut r = rule.rule.clone();
+            r.source = format!("{}#{i}", route.id());
+            for (b, weight, field) in &rule.backends {
+                r.backends.push(WeightedBackend {
+                    backend: backend(b, field, reports),
+                    weight: *weight,
+                });
+            }
+            for (b, per_million, field) in &rule.mirrors {
+                r.mirrors.push(Mirror {
+                    backend: backend(b, field, reports),
+                    per_million: *per_million,
+                });
+            }
+            if let Some((name, field)) = &rule.fault {
+                r.fault = Some(fault(model, route, name, field, reports));
+            }
+            table.rules.push(r);
+            for (j, m) in rule.matches.iter().enumerate() {
+                let mut m = m.clone();
+                m.rule = index;
+                keyed.push(((precedence(&m), ri, i, j), m));
+            }
+        }
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    table.backends = backend_list;
+    table.matches = keyed.into_iter().map(|(_, m)| m).collect();
+    Some(table)
+}
+
+/// The sort key of one match (smaller first); see [`compile_routes`].
+fn precedence(m: &api::RouteMatch) -> (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>) {
+    let (rank, len) = match &m.path {
+        Some(PathMatch::Exact(p)) => (0, p.len()),
+        Some(PathMatch::Regex(_)) => (1, 0),
+        Some(PathMatch::Prefix(p)) => (2, p.len()),
+        None => (2, 1),
     };
-    Some(Destination {
-        service: port.service.clone(),
-        port: port.port,
-        endpoints,
-        policy,
-        routes: None,
-    })
+    (
+        rank,
+        Reverse(len),
+        m.method.is_none(),
+        Reverse(m.headers.len()),
+        Reverse(m.query.len()),
+    )
+}
+
+/// The rule's HTTPFault; a missing or refused one is a 500 abort for every request, as Gateway
+/// API says of a filter that cannot be resolved, so the misconfiguration is loud.
+fn fault(
+    model: &Model,
+    route: &ParsedRoute,
+    name: &str,
+    field: &str,
+    reports: &mut Vec<RouteError>,
+) -> api::Fault {
+    let key = ServiceRef {
+        namespace: route.namespace.clone(),
+        name: name.to_string(),
+    };
+    let problem = match model.fault(&key).map(|f| &f.result) {
+        Some(Ok(f)) => return f.clone(),
+        Some(Err(e)) => RouteProblem::FaultInvalid {
+            namespace: key.namespace,
+            name: key.name,
+            error: e.to_string(),
+        },
+        None => RouteProblem::FaultNotFound {
+            namespace: key.namespace,
+            name: key.name,
+        },
+    };
+    reports.push(RouteError {
+        object: route.id(),
+        field: field.to_string(),
+        problem,
+    });
+    api::Fault {
+        delay: None,
+        abort: Some(api::Abort {
+            status: 500,
+            per_million: 1_000_000,
+        }),
+    }
+}
+
+/// Why a backend has no endpoints by construction: its Service or port does not exist.
+fn backend_problem(model: &Model, b: &BackendRef) -> Option<RouteProblem> {
+    match model.service(&b.service) {
+        None => Some(RouteProblem::BackendNotFound {
+            service: b.service.clone(),
+        }),
+        Some(svc) if service_port(svc, b.port).is_none() => {
+            Some(RouteProblem::BackendPortNotFound {
+                service: b.service.clone(),
+                port: b.port,
+            })
+        }
+        Some(_) => None,
+    }
+}
+
+/// A backend as a destination of its own; with no endpoints (503 `UH` at the proxy) when its
+/// Service or port does not exist, and then the problem.
+fn backend_destination(
+    model: &Model,
+    b: &BackendRef,
+    family: Option<bool>,
+) -> (Destination, Option<RouteProblem>) {
+    if let Some(svc) = model.service(&b.service) {
+        if let Some(port_name) = service_port(svc, b.port) {
+            let port = PortRef {
+                service: b.service.clone(),
+                port: b.port,
+                port_name,
+            };
+            let v4 = family.unwrap_or_else(|| primary_is_v4(svc));
+            return (destination(model, &port, v4), None);
+        }
+    }
+    (
+        Destination {
+            service: b.service.clone(),
+            port: b.port,
+            endpoints: Vec::new(),
+            policy: policy(model, &b.service),
+            routes: None,
+        },
+        backend_problem(model, b),
+    )
+}
+
+/// The name (`None` when unnamed) of the Service's TCP port `port`, if it has one.
+fn service_port(svc: &Service, port: u16) -> Option<Option<String>> {
+    svc.spec
+        .as_ref()?
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == i32::from(port) && p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .map(|p| p.name.clone().filter(|n| !n.is_empty()))
+}
+
+/// A Service's first IP family (`ipFamilies[0]`, else the family of its ClusterIP) is IPv4.
+fn primary_is_v4(svc: &Service) -> bool {
+    let Some(spec) = &svc.spec else { return true };
+    if let Some(f) = spec.ip_families.as_ref().and_then(|f| f.first()) {
+        return f != "IPv6";
+    }
+    spec.cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .is_none_or(|ip| ip.is_ipv4())
+}
+
+/// The problems of the routes attached to one parent (for a Service, to its port `port`): the
+/// refusals and warnings of each route, then what compiling them found.
+pub fn parent_reports(
+    model: &Model,
+    parent: &Parent,
+    port: Option<(u16, Option<&str>)>,
+) -> Vec<RouteError> {
+    let mut out = Vec::new();
+    let mut routes: Vec<&ParsedRoute> = model
+        .routes_for(parent)
+        .filter(|r| attached(r, parent, port))
+        .collect();
+    routes.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+    for r in routes {
+        out.extend(r.result.as_ref().err().cloned());
+        out.extend(r.warnings.iter().cloned());
+    }
+    compile_routes(model, parent, port, None, &mut out);
+    dedup(out)
+}
+
+/// Every route, HTTPFault and Gateway problem: each refused or warned object once (by key), then
+/// what compiling each parent found (missing backends and faults, full tables).
+pub fn route_reports(model: &Model) -> Vec<RouteError> {
+    let mut out = Vec::new();
+    for r in model.routes() {
+        out.extend(r.result.as_ref().err().cloned());
+        out.extend(r.warnings.iter().cloned());
+    }
+    out.extend(
+        model
+            .faults()
+            .filter_map(|f| f.result.as_ref().err().cloned()),
+    );
+    out.extend(
+        model
+            .gateways()
+            .filter_map(|g| g.class.as_ref().err().cloned()),
+    );
+    for parent in model.parents() {
+        match parent {
+            Parent::Service(s) => {
+                let Some(svc) = model.service(s) else {
+                    continue;
+                };
+                let ports = svc.spec.iter().flat_map(|s| s.ports.iter().flatten());
+                for p in ports {
+                    let Ok(n) = u16::try_from(p.port) else {
+                        continue;
+                    };
+                    let name = p.name.as_deref().filter(|n| !n.is_empty());
+                    compile_routes(model, parent, Some((n, name)), None, &mut out);
+                }
+            }
+            Parent::Gateway(_) => {
+                compile_routes(model, parent, None, None, &mut out);
+            }
+        }
+    }
+    dedup(out)
+}
+
+/// Each problem once, in first-seen order.
+fn dedup(reports: Vec<RouteError>) -> Vec<RouteError> {
+    let mut seen = BTreeSet::new();
+    reports
+        .into_iter()
+        .filter(|r| seen.insert(r.to_string()))
+        .collect()
 }
 
 fn model_ip_is_v4(ip: IpAddr) -> bool {

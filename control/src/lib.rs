@@ -3,6 +3,7 @@
 //! with a stream of [`config::api::Update`]s: the whole answer first, then every change.
 //!
 //! - [`policy`]: the `TrafficPolicy` resource, validated into an [`config::api::Policy`];
+//! - [`route`]: `HTTPRoute`, `HTTPFault` and `Gateway`, read and validated one by one;
 //! - [`model`]: the objects, indexed by ClusterIP:port, with a version and touched-Service sets;
 //! - [`compile`]: the pure function model + address -> [`config::api::Destination`];
 //! - [`source`]: where objects come from (Kubernetes watchers, or a directory);
@@ -18,6 +19,7 @@ pub mod describe;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod route;
 pub mod serve;
 pub mod source;
 pub mod store;

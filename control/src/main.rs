@@ -53,10 +53,15 @@ struct ServeArgs {
 enum Command {
     /// Serve destination streams to proxies.
     Serve(ServeArgs),
-    /// Print, as JSON, exactly what a proxy is told about destination ADDR (ip:port).
+    /// Print, as JSON, exactly what a proxy is told about destination ADDR (ip:port), or with
+    /// --gateway NS/NAME what a gateway proxy is told about that Gateway.
     Describe {
         /// The destination address: ip:port, or [v6]:port.
-        address: String,
+        #[arg(required_unless_present = "gateway", conflicts_with = "gateway")]
+        address: Option<String>,
+        /// Describe the Gateway NAMESPACE/NAME (its HTTPRoutes) instead of an address.
+        #[arg(long, value_name = "NS/NAME")]
+        gateway: Option<String>,
         /// Compute the answer from the files in DIR.
         #[arg(
             long,
@@ -103,9 +108,23 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(run_serve(args)),
         Command::Describe {
             address,
+            gateway: Some(gateway),
             from_dir,
             control_plane,
-        } => runtime.block_on(describe(&address, from_dir, control_plane)),
+        } => {
+            let _ = address;
+            runtime.block_on(describe_gateway(&gateway, from_dir, control_plane))
+        }
+        Command::Describe {
+            address,
+            gateway: None,
+            from_dir,
+            control_plane,
+        } => runtime.block_on(describe(
+            address.as_deref().unwrap_or_default(),
+            from_dir,
+            control_plane,
+        )),
         Command::Convert { .. } => unreachable!("handled before the runtime starts"),
     };
     match result {
@@ -169,14 +188,48 @@ async fn describe(
         (Some(dir), _) => {
             let (update, problems) = control::describe::from_dir(&dir, address)?;
             for p in problems {
-                eprintln!("policy: {p}");
+                eprintln!("problem: {p}");
             }
             update
         }
         (None, Some(server)) => control::describe::from_server(&server, address).await?,
         (None, None) => anyhow::bail!("describe needs --from-dir DIR or --control-plane HOST:PORT"),
     };
-    let text = serde_json::to_string_pretty(&update)?;
+    print_json(&update)
+}
+
+async fn describe_gateway(
+    gateway: &str,
+    from_dir: Option<PathBuf>,
+    control_plane: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let gateway = match gateway.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            config::api::ServiceRef {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }
+        }
+        _ => anyhow::bail!(
+            "--gateway `{gateway}` is not NAMESPACE/NAME: expected e.g. default/ingress"
+        ),
+    };
+    let update = match (from_dir, control_plane) {
+        (Some(dir), _) => {
+            let (update, problems) = control::describe::gateway_from_dir(&dir, &gateway)?;
+            for p in problems {
+                eprintln!("gateway: {p}");
+            }
+            update
+        }
+        (None, Some(server)) => control::describe::gateway_from_server(&server, &gateway).await?,
+        (None, None) => anyhow::bail!("describe needs --from-dir DIR or --control-plane HOST:PORT"),
+    };
+    print_json(&update)
+}
+
+fn print_json(update: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
+    let text = serde_json::to_string_pretty(update)?;
     // A closed pipe (`| head`) is not an error worth a panic.
     match writeln!(std::io::stdout(), "{text}") {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),

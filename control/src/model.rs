@@ -1,10 +1,17 @@
-//! The control plane's picture of the cluster: Services, EndpointSlices and TrafficPolicies,
-//! indexed by ClusterIP:port, with one global `version`.
+//! The control plane's picture of the cluster: Services, EndpointSlices, TrafficPolicies, and the
+//! Gateway API objects (HTTPRoutes, Gateways, HTTPFaults), indexed by ClusterIP:port, with one
+//! global `version`.
 //!
 //! It exists so that the sources (a directory, the Kubernetes watchers) and the compiler
 //! never meet: sources feed [`Change`]s or whole snapshots in, [`crate::compile`] reads out. Every
-//! mutation returns the set of Services it [`Touched`], so the server recompiles and pushes only
-//! the destinations that could have changed.
+//! mutation returns the set of Services (and Gateways) it [`Touched`], so the server recompiles and
+//! pushes only the destinations that could have changed.
+//!
+//! Routes make answers depend on other objects: a Service's answer holds, for each of its routes'
+//! backends, that backend's endpoints and policy, and the `HTTPFault`s its rules name. So the model
+//! keeps reverse indexes (backend Service -> routes, HTTPFault -> routes, parent -> routes), and a
+//! change to a backend, its EndpointSlices or its TrafficPolicy, or to an HTTPFault, touches the
+//! parents of every route that references it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +21,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::policy::{self, Parsed};
+use crate::route::{Parent, ParsedFault, ParsedGateway, ParsedRoute, RouteError};
 
 /// The label that joins an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -24,6 +32,9 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     TrafficPolicy(Box<Parsed>),
+    HttpRoute(Box<ParsedRoute>),
+    HttpFault(Box<ParsedFault>),
+    Gateway(Box<ParsedGateway>),
 }
 
 /// Which kind of object, for keys and deletes.
@@ -32,6 +43,9 @@ pub enum Kind {
     Service,
     EndpointSlice,
     TrafficPolicy,
+    HttpRoute,
+    HttpFault,
+    Gateway,
 }
 
 /// A kind, namespace and name: the identity of an object across changes.
@@ -50,13 +64,10 @@ impl Object {
             Object::EndpointSlice(e) => {
                 (Kind::EndpointSlice, &e.metadata.namespace, &e.metadata.name)
             }
-            Object::TrafficPolicy(p) => {
-                return Key {
-                    kind: Kind::TrafficPolicy,
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                }
-            }
+            Object::TrafficPolicy(p) => return named(Kind::TrafficPolicy, &p.namespace, &p.name),
+            Object::HttpRoute(r) => return named(Kind::HttpRoute, &r.namespace, &r.name),
+            Object::HttpFault(f) => return named(Kind::HttpFault, &f.namespace, &f.name),
+            Object::Gateway(g) => return named(Kind::Gateway, &g.namespace, &g.name),
         };
         Key {
             kind,
@@ -65,10 +76,22 @@ impl Object {
         }
     }
 
-    /// The Services whose answers depend on this object.
+    /// The Services whose answers depend on this object directly (routes: their parent
+    /// Services; see [`Object::parents`]).
     fn services(&self) -> Vec<ServiceRef> {
         let key = self.key();
         let names = match self {
+            Object::HttpRoute(r) => {
+                return r
+                    .parents
+                    .iter()
+                    .filter_map(|p| match &p.parent {
+                        Parent::Service(s) => Some(s.clone()),
+                        Parent::Gateway(_) => None,
+                    })
+                    .collect()
+            }
+            Object::HttpFault(_) | Object::Gateway(_) => Vec::new(),
             Object::Service(_) => vec![key.name.clone()],
             Object::EndpointSlice(e) => e
                 .metadata
@@ -88,6 +111,47 @@ impl Object {
             })
             .collect()
     }
+
+    /// The Gateways whose answers depend on this object directly.
+    fn gateways(&self) -> Vec<ServiceRef> {
+        match self {
+            Object::Gateway(g) => vec![ServiceRef {
+                namespace: g.namespace.clone(),
+                name: g.name.clone(),
+            }],
+            Object::HttpRoute(r) => r
+                .parents
+                .iter()
+                .filter_map(|p| match &p.parent {
+                    Parent::Gateway(g) => Some(g.clone()),
+                    Parent::Service(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A route's parents, backend Services and HTTPFaults (nothing for another object).
+type RouteRefs = (Vec<Parent>, Vec<ServiceRef>, Vec<ServiceRef>);
+
+fn route_refs(o: Option<&Object>) -> RouteRefs {
+    match o {
+        Some(Object::HttpRoute(r)) => (
+            r.parents.iter().map(|p| p.parent.clone()).collect(),
+            r.backend_services(),
+            r.fault_refs(),
+        ),
+        _ => Default::default(),
+    }
+}
+
+fn named(kind: Kind, namespace: &str, name: &str) -> Key {
+    Key {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
 }
 
 /// One event from a source.
@@ -98,15 +162,25 @@ pub enum Change {
     Delete(Key),
 }
 
-/// What a change may have altered: the Services whose compiled answers must be looked at again.
+/// What a change may have altered: the Services and Gateways whose compiled answers must be
+/// looked at again (a route's parents included when one of its backends or faults changed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
     pub services: BTreeSet<ServiceRef>,
+    pub gateways: BTreeSet<ServiceRef>,
 }
 
 impl Touched {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.services.is_empty() && self.gateways.is_empty()
+    }
+
+    /// Was this parent touched?
+    pub fn has(&self, parent: &Parent) -> bool {
+        match parent {
+            Parent::Service(s) => self.services.contains(s),
+            Parent::Gateway(g) => self.gateways.contains(g),
+        }
     }
 }
 
@@ -130,6 +204,9 @@ pub enum Report {
         winner: String,
         service: ServiceRef,
     },
+    /// A route, HTTPFault or Gateway problem: refused (the object is ignored) or a warning (the
+    /// rest applies); the message says which.
+    Route(RouteError),
 }
 
 impl std::fmt::Display for Report {
@@ -145,6 +222,8 @@ impl std::fmt::Display for Report {
                 "{loser}: spec.targetRefs: Service {service} is already targeted by the older \
                  policy {winner}, which wins; this policy is ignored for it"
             ),
+            Report::Route(e) if e.problem.is_warning() => write!(f, "{e}"),
+            Report::Route(e) => write!(f, "{e} (the object is ignored)"),
         }
     }
 }
@@ -160,6 +239,12 @@ pub struct Model {
     /// Service -> the names of the EndpointSlices labelled for it (same namespace), kept with
     /// every change: compiling an answer must not filter every slice of a large namespace.
     slices_by_service: BTreeMap<ServiceRef, BTreeSet<String>>,
+    /// Parent (Service or Gateway) -> the routes attached to it.
+    routes_by_parent: BTreeMap<Parent, BTreeSet<Key>>,
+    /// Backend Service -> the routes that send or mirror to it.
+    routes_by_backend: BTreeMap<ServiceRef, BTreeSet<Key>>,
+    /// HTTPFault (namespace/name) -> the routes that name it.
+    routes_by_fault: BTreeMap<ServiceRef, BTreeSet<Key>>,
 }
 
 impl Model {
@@ -249,13 +334,80 @@ impl Model {
                     .insert(key.name.clone());
             }
         }
+        if key.kind == Kind::HttpRoute {
+            let (was, is) = (route_refs(old.as_ref()), route_refs(self.objects.get(&key)));
+            self.index_route(&key, was, is);
+        }
+        for o in old.iter().chain(self.objects.get(&key)) {
+            touched.gateways.extend(o.gateways());
+        }
         touched
             .services
             .extend(old.iter().flat_map(Object::services));
         touched.services.extend(new_services);
+        // The parents of the routes that depend on what changed: a backend Service (itself, its
+        // slices, its policy) or an HTTPFault.
+        let mut dependents: BTreeSet<Key> = BTreeSet::new();
+        if matches!(
+            key.kind,
+            Kind::Service | Kind::EndpointSlice | Kind::TrafficPolicy
+        ) {
+            for s in old
+                .iter()
+                .chain(self.objects.get(&key))
+                .flat_map(Object::services)
+            {
+                dependents.extend(
+                    self.routes_by_backend
+                        .get(&s)
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
+            }
+        }
+        if key.kind == Kind::HttpFault {
+            let f = ServiceRef {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            };
+            dependents.extend(self.routes_by_fault.get(&f).into_iter().flatten().cloned());
+        }
+        for route in dependents {
+            if let Some(o) = self.objects.get(&route) {
+                touched.services.extend(o.services());
+                touched.gateways.extend(o.gateways());
+            }
+        }
         // Reindexed once per apply/sync, not per Service (a snapshot holds many).
         self.index_dirty |= key.kind == Kind::Service;
         true
+    }
+
+    /// Keeps the route indexes in step with one route's change.
+    fn index_route(&mut self, key: &Key, old: RouteRefs, new: RouteRefs) {
+        fn update<K: Ord + Clone>(
+            index: &mut BTreeMap<K, BTreeSet<Key>>,
+            old: &[K],
+            new: &[K],
+            key: &Key,
+        ) {
+            for k in old {
+                if let Some(set) = index.get_mut(k) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        index.remove(k);
+                    }
+                }
+            }
+            for k in new {
+                index.entry(k.clone()).or_default().insert(key.clone());
+            }
+        }
+        let ((op, ob, of), (np, nb, nf)) = (old, new);
+        update(&mut self.routes_by_parent, &op, &np, key);
+        update(&mut self.routes_by_backend, &ob, &nb, key);
+        update(&mut self.routes_by_fault, &of, &nf, key);
     }
 
     fn finish(&mut self, changed: bool, touched: Touched) -> Touched {
@@ -359,8 +511,20 @@ impl Model {
         out
     }
 
-    /// Every problem with every policy: each refused policy once, then each conflict.
+    /// Every problem: each policy's (see [`Model::policy_reports`]), then every route's, HTTPFault's
+    /// and Gateway's (see [`crate::compile::route_reports`]).
     pub fn reports(&self) -> Vec<Report> {
+        let mut out = self.policy_reports();
+        out.extend(
+            crate::compile::route_reports(self)
+                .into_iter()
+                .map(Report::Route),
+        );
+        out
+    }
+
+    /// Every problem with every policy: each refused policy once, then each conflict.
+    pub fn policy_reports(&self) -> Vec<Report> {
         let mut out: Vec<Report> = self
             .policies()
             .filter_map(|p| p.result.as_ref().err())
@@ -395,15 +559,78 @@ impl Model {
     /// changes look at them on every event, and walking every Service and slice instead made each
     /// event cost O(cluster size) (about 2 ms at 10,000 Services and their slices).
     fn policies(&self) -> impl Iterator<Item = &Parsed> {
-        let first = Key {
-            kind: Kind::TrafficPolicy,
-            namespace: String::new(),
-            name: String::new(),
-        };
-        self.objects.range(first..).filter_map(|(_, o)| match o {
+        self.of_kind(Kind::TrafficPolicy).filter_map(|o| match o {
             Object::TrafficPolicy(p) => Some(&**p),
             _ => None,
         })
+    }
+
+    /// Every object of one kind (one range of the map).
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        let first = Key {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(first..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, o)| o)
+    }
+
+    /// Every HTTPRoute, valid or not.
+    pub fn routes(&self) -> impl Iterator<Item = &ParsedRoute> {
+        self.of_kind(Kind::HttpRoute).filter_map(|o| match o {
+            Object::HttpRoute(r) => Some(&**r),
+            _ => None,
+        })
+    }
+
+    /// Every HTTPFault, valid or not.
+    pub fn faults(&self) -> impl Iterator<Item = &ParsedFault> {
+        self.of_kind(Kind::HttpFault).filter_map(|o| match o {
+            Object::HttpFault(f) => Some(&**f),
+            _ => None,
+        })
+    }
+
+    /// Every Gateway.
+    pub fn gateways(&self) -> impl Iterator<Item = &ParsedGateway> {
+        self.of_kind(Kind::Gateway).filter_map(|o| match o {
+            Object::Gateway(g) => Some(&**g),
+            _ => None,
+        })
+    }
+
+    /// The routes (valid or not) with a parentRef naming this parent, by key.
+    pub fn routes_for<'a>(&'a self, parent: &Parent) -> impl Iterator<Item = &'a ParsedRoute> {
+        self.routes_by_parent
+            .get(parent)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| match self.objects.get(k) {
+                Some(Object::HttpRoute(r)) => Some(&**r),
+                _ => None,
+            })
+    }
+
+    /// Every parent some route names.
+    pub fn parents(&self) -> impl Iterator<Item = &Parent> {
+        self.routes_by_parent.keys()
+    }
+
+    pub fn fault(&self, fault: &ServiceRef) -> Option<&ParsedFault> {
+        match self.objects.get(&key(Kind::HttpFault, fault)) {
+            Some(Object::HttpFault(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn gateway(&self, gateway: &ServiceRef) -> Option<&ParsedGateway> {
+        match self.objects.get(&key(Kind::Gateway, gateway)) {
+            Some(Object::Gateway(g)) => Some(g),
+            _ => None,
+        }
     }
 }
 
@@ -637,6 +864,72 @@ mod tests {
             name: "a".into(),
         };
         assert_eq!(m.winning_policy(&a).map(|p| p.name.as_str()), Some("good"));
+    }
+
+    fn route(name: &str, parent: &str, backend: &str, fault: &str) -> Object {
+        Object::HttpRoute(Box::new(crate::route::parse_route(&json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": parent}],
+                "rules": [{
+                    "filters": [{"type": "ExtensionRef", "extensionRef":
+                        {"group": "trellis.dev", "kind": "HTTPFault", "name": fault}}],
+                    "backendRefs": [{"name": backend, "port": 80}],
+                }],
+            },
+        }))))
+    }
+
+    fn fault(name: &str, status: u16) -> Object {
+        Object::HttpFault(Box::new(crate::route::parse_fault(&json!({
+            "apiVersion": "trellis.dev/v1alpha1", "kind": "HTTPFault",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"abort": {"httpStatus": status}},
+        }))))
+    }
+
+    #[test]
+    fn a_backend_or_fault_change_touches_the_parents_of_the_routes_that_use_it() {
+        let mut m = Model::new();
+        m.sync([
+            service("a", &["10.96.0.1"]),
+            service("b", &["10.96.0.2"]),
+            service("c", &["10.96.0.3"]),
+            route("a-to-b", "a", "b", "f"),
+        ]);
+        // The backend's slice: b itself, and a, whose route sends to b.
+        let t = m.apply(Change::Apply(slice("b-1", "b", "10.0.0.2")));
+        assert_eq!(t.services, refs(&["a", "b"]));
+        // An unrelated Service's slice touches only it.
+        let t = m.apply(Change::Apply(slice("c-1", "c", "10.0.0.3")));
+        assert_eq!(t.services, refs(&["c"]));
+        // The fault the route names.
+        let t = m.apply(Change::Apply(fault("f", 503)));
+        assert_eq!(t.services, refs(&["a"]));
+        let t = m.apply(Change::Apply(fault("other", 503)));
+        assert!(t.is_empty());
+        // The route moved to backend c: a is touched (its own route changed); later b is not.
+        let t = m.apply(Change::Apply(route("a-to-b", "a", "c", "f")));
+        assert_eq!(t.services, refs(&["a"]));
+        let t = m.apply(Change::Apply(slice("b-1", "b", "10.0.0.9")));
+        assert_eq!(t.services, refs(&["b"]));
+        let t = m.apply(Change::Delete(Key {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "c".into(),
+        }));
+        assert_eq!(t.services, refs(&["a", "c"]));
+        // The route goes: its parent is touched, and the indexes are empty again.
+        let t = m.apply(Change::Delete(Key {
+            kind: Kind::HttpRoute,
+            namespace: "default".into(),
+            name: "a-to-b".into(),
+        }));
+        assert_eq!(t.services, refs(&["a"]));
+        assert!(m.routes_by_parent.is_empty());
+        assert!(m.routes_by_backend.is_empty());
+        assert!(m.routes_by_fault.is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The discovery server: `GET /v1/destinations/{ip:port}` answers a stream of NDJSON
 //! [`config::api::Update`] lines (the current answer at once, then one line per change of that
-//! answer), plus `/ready`; and the metrics server (`/metrics`, `/ready`).
+//! answer), `GET /v1/gateways/{namespace}/{name}` likewise a stream of
+//! [`config::api::GatewayUpdate`]s, plus `/ready`; and the metrics server (`/metrics`, `/ready`).
 //!
 //! [`serve`] runs hyper-util's auto connection builder, so one port takes HTTP/1.1 and HTTP/2
 //! with prior knowledge (h2c), as proxies may use either. Everything is bounded: at most
@@ -24,7 +25,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::store::{Store, Subscription};
+use crate::store::{Store, Subscription, Topic};
+use config::api::ServiceRef;
 
 /// The default of `--max-streams`.
 pub const DEFAULT_MAX_STREAMS: usize = 100_000;
@@ -51,6 +53,7 @@ pub fn router(store: Arc<Store>, max_streams: usize) -> Router {
     };
     Router::new()
         .route("/v1/destinations/{addr}", get(destination))
+        .route("/v1/gateways/{namespace}/{name}", get(gateway))
         .route("/ready", get(ready))
         .with_state(app)
 }
@@ -120,16 +123,41 @@ async fn destination(State(app): State<App>, Path(addr): Path<String>) -> Respon
             .into_response();
     };
     let Ok(permit) = app.streams.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "too many destination streams: all {} (--max-streams) are in use\n",
-                app.max_streams
-            ),
-        )
-            .into_response();
+        return too_many(&app);
     };
-    let sub = app.store.subscribe(address);
+    stream(app.store.subscribe(address), permit)
+}
+
+/// `GET /v1/gateways/{namespace}/{name}`: the routes of one Gateway, bounded by the same
+/// `--max-streams` as destinations.
+async fn gateway(
+    State(app): State<App>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return too_many(&app);
+    };
+    stream(
+        app.store.subscribe_gateway(ServiceRef { namespace, name }),
+        permit,
+    )
+}
+
+fn too_many(app: &App) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "too many streams: all {} (--max-streams) are in use\n",
+            app.max_streams
+        ),
+    )
+        .into_response()
+}
+
+fn stream<T: Topic + serde::Serialize>(
+    sub: Subscription<T>,
+    permit: OwnedSemaphorePermit,
+) -> Response {
     let stream = futures_util::stream::unfold(
         Stream {
             sub,
@@ -145,19 +173,21 @@ async fn destination(State(app): State<App>, Path(addr): Path<String>) -> Respon
         .expect("a static response head")
 }
 
-struct Stream {
-    sub: Subscription,
+struct Stream<T: Topic> {
+    sub: Subscription<T>,
     first: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 /// The current answer first, then the latest one after each change; ends if the store goes.
-async fn next_line(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
+async fn next_line<T: Topic + serde::Serialize>(
+    mut s: Stream<T>,
+) -> Option<(Result<Bytes, Infallible>, Stream<T>)> {
     if !std::mem::take(&mut s.first) && s.sub.rx.changed().await.is_err() {
         return None;
     }
     let update = s.sub.rx.borrow_and_update().clone();
-    let mut line = serde_json::to_vec(&*update).expect("an Update serializes");
+    let mut line = serde_json::to_vec(&*update).expect("an update serializes");
     line.push(b'\n');
     s.sub.store().metrics.pushes.inc();
     Some((Ok(Bytes::from(line)), s))

@@ -1,31 +1,62 @@
 //! The live model and its subscribers: sources write here, streams read here.
 //!
 //! One topic per watched address, holding only its latest [`Update`] (a `tokio::sync::watch`), so
-//! a slow proxy never makes memory grow: it simply gets the newest answer when it reads again.
-//! After every change only the topics whose Service was touched are recompiled, and a topic is
-//! pushed only if its compiled answer really differs.
+//! a slow proxy never makes memory grow: it simply gets the newest answer when it reads again;
+//! and likewise one per watched Gateway ([`GatewayUpdate`]). After every change only the topics
+//! whose Service (or Gateway) was touched are recompiled, and a topic is pushed only if its
+//! compiled answer really differs. "Touched" includes the parents of every route that sends to
+//! a changed Service or names a changed HTTPFault (see [`crate::model`]), so an answer is
+//! recomputed whenever anything it holds could have changed.
 //!
 //! Lock order (the one rule that keeps it deadlock-free and consistent): the model first, then
 //! the topics. A change holds the model's write lock while it pushes, and a subscription holds
 //! its read lock while it creates a topic, so no subscriber can start from a stale answer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use config::api::{Destination, Update};
+use config::api::{Destination, GatewayUpdate, Routes, ServiceRef, Update};
 use tokio::sync::watch;
 
-use crate::compile::compile;
+use crate::compile::{compile, compile_gateway, parent_reports};
 use crate::metrics::Metrics;
 use crate::model::{Change, Kind, Model, Object, Report, Touched};
+use crate::route::Parent;
+
+type Topics<K, T> = Mutex<HashMap<K, watch::Sender<Arc<T>>>>;
+
+/// What a stream can watch: a destination's [`Update`]s by address, or a Gateway's
+/// [`GatewayUpdate`]s by namespace/name.
+pub trait Topic: Sized + Send + Sync + 'static {
+    type Key: Clone + Eq + Hash + Send + Sync + 'static;
+    fn topics(store: &Store) -> &Topics<Self::Key, Self>;
+}
+
+impl Topic for Update {
+    type Key = SocketAddr;
+    fn topics(store: &Store) -> &Topics<SocketAddr, Update> {
+        &store.topics
+    }
+}
+
+impl Topic for GatewayUpdate {
+    type Key = ServiceRef;
+    fn topics(store: &Store) -> &Topics<ServiceRef, GatewayUpdate> {
+        &store.gateway_topics
+    }
+}
 
 /// The shared state of a running control plane.
 pub struct Store {
     model: RwLock<Model>,
-    topics: Mutex<HashMap<SocketAddr, watch::Sender<Arc<Update>>>>,
+    topics: Topics<SocketAddr, Update>,
+    gateway_topics: Topics<ServiceRef, GatewayUpdate>,
+    /// The route problems last logged per parent, so each new one is logged once.
+    route_problems: Mutex<BTreeMap<Parent, BTreeSet<String>>>,
     ready: AtomicBool,
     pub metrics: Arc<Metrics>,
 }
@@ -35,6 +66,8 @@ impl Store {
         Arc::new(Store {
             model: RwLock::new(Model::new()),
             topics: Mutex::new(HashMap::new()),
+            gateway_topics: Mutex::new(HashMap::new()),
+            route_problems: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             metrics,
         })
@@ -50,7 +83,16 @@ impl Store {
         self.change(|m| m.sync_kind(kind, objects))
     }
 
-    /// Every policy problem now (refused policies, then conflicts); see [`Model::reports`].
+    /// Every policy problem now (refused policies, then conflicts); see
+    /// [`Model::policy_reports`].
+    pub fn policy_reports(&self) -> Vec<Report> {
+        self.model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy_reports()
+    }
+
+    /// Every problem now, policies' and routes'; see [`Model::reports`].
     pub fn reports(&self) -> Vec<Report> {
         self.model
             .read()
@@ -75,9 +117,42 @@ impl Store {
             .policy_errors
             .set(i64::try_from(model.invalid_policies()).unwrap_or(i64::MAX));
         if !touched.is_empty() {
+            self.log_route_problems(&model, &touched);
             self.push(&model, &touched);
         }
         touched
+    }
+
+    /// Logs, once each, the new problems of the routes attached to touched parents (a refused
+    /// route, an unsupported field, a missing backend or HTTPFault).
+    fn log_route_problems(&self, model: &Model, touched: &Touched) {
+        let parents = touched
+            .services
+            .iter()
+            .map(|s| Parent::Service(s.clone()))
+            .chain(touched.gateways.iter().map(|g| Parent::Gateway(g.clone())));
+        let mut logged = self
+            .route_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for parent in parents {
+            if model.routes_for(&parent).next().is_none() {
+                logged.remove(&parent);
+                continue;
+            }
+            let now: BTreeSet<String> = parent_reports(model, &parent, None)
+                .iter()
+                .map(|r| Report::Route(r.clone()).to_string())
+                .collect();
+            let before = logged.get(&parent);
+            for p in now
+                .iter()
+                .filter(|p| before.is_none_or(|b| !b.contains(*p)))
+            {
+                tracing::warn!(parent = %parent, "route: {p}");
+            }
+            logged.insert(parent, now);
+        }
     }
 
     /// Recompiles the topics whose Service (before or after) was touched; pushes those that
@@ -109,6 +184,37 @@ impl Store {
                 true
             });
         }
+        drop(topics);
+        let gateways = self
+            .gateway_topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (gateway, tx) in gateways.iter() {
+            if !touched.gateways.contains(gateway) {
+                continue;
+            }
+            let routes = self.compile_gateway(model, gateway);
+            tx.send_if_modified(|current| {
+                if current.routes == routes {
+                    return false;
+                }
+                *current = Arc::new(GatewayUpdate {
+                    version: model.version(),
+                    gateway: gateway.clone(),
+                    routes,
+                });
+                true
+            });
+        }
+    }
+
+    fn compile_gateway(&self, model: &Model, gateway: &ServiceRef) -> Option<Routes> {
+        let start = Instant::now();
+        let r = compile_gateway(model, gateway);
+        self.metrics
+            .compile_seconds
+            .observe(start.elapsed().as_secs_f64());
+        r
     }
 
     fn compile(&self, model: &Model, addr: SocketAddr) -> Option<Destination> {
@@ -122,18 +228,35 @@ impl Store {
 
     /// Starts watching `address`: the receiver holds the current answer at once.
     pub fn subscribe(self: &Arc<Self>, address: SocketAddr) -> Subscription {
+        self.subscribe_to(address, |store, model| Update {
+            version: model.version(),
+            address,
+            destination: store.compile(model, address),
+        })
+    }
+
+    /// Starts watching Gateway `gateway`: the receiver holds the current answer at once.
+    pub fn subscribe_gateway(self: &Arc<Self>, gateway: ServiceRef) -> Subscription<GatewayUpdate> {
+        let key = gateway.clone();
+        self.subscribe_to(key, |store, model| GatewayUpdate {
+            version: model.version(),
+            routes: store.compile_gateway(model, &gateway),
+            gateway,
+        })
+    }
+
+    fn subscribe_to<T: Topic>(
+        self: &Arc<Self>,
+        key: T::Key,
+        first: impl FnOnce(&Store, &Model) -> T,
+    ) -> Subscription<T> {
         let model = self.model.read().unwrap_or_else(|e| e.into_inner());
-        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = match topics.get(&address) {
+        let mut topics = T::topics(self).lock().unwrap_or_else(|e| e.into_inner());
+        let rx = match topics.get(&key) {
             Some(tx) => tx.subscribe(),
             None => {
-                let update = Update {
-                    version: model.version(),
-                    address,
-                    destination: self.compile(&model, address),
-                };
-                let (tx, rx) = watch::channel(Arc::new(update));
-                topics.insert(address, tx);
+                let (tx, rx) = watch::channel(Arc::new(first(self, &model)));
+                topics.insert(key.clone(), tx);
                 rx
             }
         };
@@ -142,7 +265,7 @@ impl Store {
         Subscription {
             rx,
             store: self.clone(),
-            address,
+            key,
         }
     }
 
@@ -153,6 +276,16 @@ impl Store {
             version: model.version(),
             address,
             destination: self.compile(&model, address),
+        }
+    }
+
+    /// The answer a new subscriber to Gateway `gateway` would get now.
+    pub fn gateway_answer(&self, gateway: &ServiceRef) -> GatewayUpdate {
+        let model = self.model.read().unwrap_or_else(|e| e.into_inner());
+        GatewayUpdate {
+            version: model.version(),
+            gateway: gateway.clone(),
+            routes: self.compile_gateway(&model, gateway),
         }
     }
 
@@ -180,36 +313,38 @@ impl Store {
 
 fn conflicts(model: &Model) -> BTreeSet<String> {
     model
-        .reports()
+        .policy_reports()
         .into_iter()
         .filter(|r| matches!(r, Report::Conflict { .. }))
         .map(|r| r.to_string())
         .collect()
 }
 
-/// One stream's view of a topic. Dropping the last one for an address removes the topic.
-pub struct Subscription {
-    pub rx: watch::Receiver<Arc<Update>>,
+/// One stream's view of a topic. Dropping the last one for a key removes the topic.
+pub struct Subscription<T: Topic = Update> {
+    pub rx: watch::Receiver<Arc<T>>,
     store: Arc<Store>,
-    address: SocketAddr,
+    key: T::Key,
 }
 
-impl Subscription {
+impl<T: Topic> Subscription<T> {
     pub fn store(&self) -> &Store {
         &self.store
     }
 }
 
-impl Drop for Subscription {
+impl<T: Topic> Drop for Subscription<T> {
     fn drop(&mut self) {
         self.store.metrics.streams_active.dec();
-        let mut topics = self.store.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut topics = T::topics(&self.store)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // Our own receiver is still alive here: 1 means nobody else watches.
         if topics
-            .get(&self.address)
+            .get(&self.key)
             .is_some_and(|tx| tx.receiver_count() <= 1)
         {
-            topics.remove(&self.address);
+            topics.remove(&self.key);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Golden tests of `compile`: each `testdata/compile/<case>/` holds cluster objects as YAML,
-//! `ask.txt` (the addresses a proxy asks about, one a line) and `expected.json`: the answer for
+//! `ask.txt` (the addresses a proxy asks about, one a line, or `gateway NAMESPACE/NAME` for what
+//! a gateway proxy asks about a Gateway) and `expected.json`: the answer for
 //! each address, in order, plus every problem a user would be told about (bad documents with
 //! their file, refused policies, conflicts). `UPDATE_GOLDEN=1` rewrites the expected files.
 
@@ -34,6 +35,17 @@ fn run_case(case: &Path) -> String {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
+            if let Some(gateway) = line.trim().strip_prefix("gateway ") {
+                let (namespace, name) = gateway.split_once('/').expect("gateway NS/NAME");
+                let gateway = config::api::ServiceRef {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                };
+                return json!({
+                    "gateway": gateway,
+                    "routes": control::compile::compile_gateway(&model, &gateway),
+                });
+            }
             let address: SocketAddr = line.trim().parse().expect("an address in ask.txt");
             json!({
                 "address": address,
@@ -69,7 +81,7 @@ fn golden_compile_cases() {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 12,
+        cases.len() >= 27,
         "cases went missing from {}",
         root.display()
     );

@@ -12,7 +12,8 @@ use control::serve;
 use control::source::kube::KubeSource;
 use control::store::Store;
 use kit::apiserver::{
-    ApiServer, Options, ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, TRAFFICPOLICIES,
+    ApiServer, Gvr, Options, ResourceDef, ENDPOINTSLICES, NAMESPACES, PODS, SERVICES,
+    TRAFFICPOLICIES,
 };
 use serde_json::{json, Value};
 use support::{addresses, get, service, slice};
@@ -390,4 +391,199 @@ async fn the_binary_serves_from_a_kubeconfig() {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut s = get(addr, "/v1/destinations/10.96.0.10:80").await;
     assert_eq!(addresses(&s.update().await), ["10.0.0.1:8080"]);
+}
+
+const HTTPROUTES: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "httproutes",
+    },
+    kind: "HTTPRoute",
+    namespaced: true,
+    status: true,
+};
+const GATEWAYS: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "gateways",
+    },
+    kind: "Gateway",
+    namespaced: true,
+    status: true,
+};
+const HTTPFAULTS: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "trellis.dev",
+        version: "v1alpha1",
+        plural: "httpfaults",
+    },
+    kind: "HTTPFault",
+    namespaced: true,
+    status: false,
+};
+
+fn route(name: &str, parent: Value, backend: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [{
+                "filters": [{"type": "ExtensionRef", "extensionRef":
+                    {"group": "trellis.dev", "kind": "HTTPFault", "name": "slow"}}],
+                "backendRefs": [{"name": backend, "port": 80}],
+            }],
+        },
+    })
+}
+
+fn gateway_update(line: &str) -> config::api::GatewayUpdate {
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn routes_arrive_compiled_and_follow_their_backends_and_faults() {
+    let mut resources = kit::apiserver::DEFAULT_RESOURCES.to_vec();
+    resources.extend([HTTPROUTES, GATEWAYS, HTTPFAULTS]);
+    let server = ApiServer::with_options(Options {
+        resources,
+        ..Options::default()
+    })
+    .unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    server
+        .create(yaml(&service("reviews-v2", "10.96.0.12")))
+        .unwrap();
+    server
+        .create(yaml(&slice("reviews-v2", &["10.0.0.2"])))
+        .unwrap();
+    server
+        .create(route(
+            "to-v2",
+            json!({"group": "", "kind": "Service", "name": "reviews"}),
+            "reviews-v2",
+        ))
+        .unwrap();
+    let control = start(&server).await;
+
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.10:80").await;
+    let first = s.update().await;
+    let routes = first.destination.unwrap().routes.expect("the route");
+    assert_eq!(routes.backends.len(), 1);
+    assert_eq!(
+        routes.backends[0].endpoints[0].address.to_string(),
+        "10.0.0.2:8080"
+    );
+    let fault = routes.rules[0].fault.clone().unwrap();
+    assert_eq!(
+        fault.abort.unwrap().status,
+        500,
+        "no HTTPFault yet: a loud 500"
+    );
+
+    // The backend's slice changes: the parent's answer follows.
+    server
+        .patch(
+            &ENDPOINTSLICES.gvr,
+            "default",
+            "reviews-v2-1",
+            json!({"endpoints": [{"addresses": ["10.0.0.3"], "conditions": {"ready": true}}]}),
+        )
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update after the backend's slice changed");
+    let routes = next.destination.unwrap().routes.unwrap();
+    assert_eq!(
+        routes.backends[0].endpoints[0].address.to_string(),
+        "10.0.0.3:8080"
+    );
+
+    // The HTTPFault appears: the parent's answer follows.
+    server
+        .create(json!({
+            "apiVersion": "trellis.dev/v1alpha1", "kind": "HTTPFault",
+            "metadata": {"name": "slow", "namespace": "default"},
+            "spec": {"delay": {"fixedDelay": "2s", "percentage": 50}},
+        }))
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update after the HTTPFault appeared");
+    let fault = next.destination.unwrap().routes.unwrap().rules[0]
+        .fault
+        .clone()
+        .unwrap();
+    assert_eq!(fault.abort, None);
+    assert_eq!(fault.delay.unwrap().delay_ms, 2000);
+
+    // A Gateway of class trellis, and a route attached to it.
+    let mut g = get(control.addr, "/v1/gateways/default/ingress").await;
+    assert!(g.head.starts_with("HTTP/1.1 200"), "{}", g.head);
+    assert_eq!(
+        gateway_update(&g.line().await).routes,
+        None,
+        "no Gateway yet"
+    );
+    server
+        .create(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "ingress", "namespace": "default"},
+            "spec": {"gatewayClassName": "trellis",
+                     "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }))
+        .unwrap();
+    server
+        .create(route("ingress", json!({"name": "ingress"}), "reviews"))
+        .unwrap();
+    let mut routes = None;
+    for _ in 0..2 {
+        let u = tokio::time::timeout(Duration::from_secs(10), g.line())
+            .await
+            .expect("an update after the Gateway and its route appeared");
+        routes = gateway_update(&u).routes;
+        if routes.as_ref().is_some_and(|r| !r.rules.is_empty()) {
+            break;
+        }
+    }
+    let routes = routes.expect("the Gateway's routes");
+    assert_eq!(routes.rules[0].source, "default/ingress#0");
+    assert_eq!(routes.backends[0].service.name, "reviews");
+}
+
+#[tokio::test]
+async fn without_the_gateway_api_crds_services_are_served_without_routes() {
+    // The default double has no HTTPRoute, Gateway or HTTPFault resource: their lists are 404.
+    let server = ApiServer::start().unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    server
+        .create(yaml(&slice("reviews", &["10.0.0.1"])))
+        .unwrap();
+    let control = start(&server).await;
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.10:80").await;
+    let u = s.update().await;
+    assert_eq!(addresses(&u), ["10.0.0.1:8080"]);
+    assert_eq!(u.destination.unwrap().routes, None);
+    let mut g = get(control.addr, "/v1/gateways/default/ingress").await;
+    assert_eq!(gateway_update(&g.line().await).routes, None);
+
+    // The CRDs arrive later: the watches, retried with backoff, find them.
+    server.install(HTTPROUTES);
+    server
+        .create(route(
+            "r",
+            json!({"group": "", "kind": "Service", "name": "reviews"}),
+            "reviews",
+        ))
+        .unwrap();
+    let u = tokio::time::timeout(Duration::from_secs(60), s.update())
+        .await
+        .expect("an update with the route");
+    assert!(u.destination.unwrap().routes.is_some());
 }

@@ -4,7 +4,8 @@
 //! Every `*.yaml`, `*.yml` and `*.json` directly in DIR is read (YAML may hold several documents
 //! separated by `---`; a `List` is read item by item). Documents are dispatched on
 //! apiVersion/kind: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `trellis.dev/v1alpha1`
-//! TrafficPolicy; other kinds are skipped (debug log). A bad document is reported with its file
+//! TrafficPolicy and HTTPFault, `gateway.networking.k8s.io/v1` HTTPRoute and Gateway; other kinds
+//! are skipped (debug log). A bad document is reported with its file
 //! and index and never stops the others. Changes are followed by polling the files' mtimes and
 //! sizes (every 500 ms by default): cheap, dependency-free, and good enough for files edited by
 //! hand or by a test.
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::model::Object;
 use crate::policy;
+use crate::route;
 use crate::store::Store;
 
 /// How often the directory is checked for changes.
@@ -236,7 +238,8 @@ fn dispatch(path: &Path, index: String, v: serde_json::Value, out: &mut Loaded) 
             out,
             &index,
             "no apiVersion or kind: expected a Kubernetes object (v1 Service, \
-             discovery.k8s.io/v1 EndpointSlice or trellis.dev/v1alpha1 TrafficPolicy)"
+             discovery.k8s.io/v1 EndpointSlice, trellis.dev/v1alpha1 TrafficPolicy or \
+             HTTPFault, gateway.networking.k8s.io/v1 HTTPRoute or Gateway)"
                 .into(),
         );
     }
@@ -256,6 +259,38 @@ fn dispatch(path: &Path, index: String, v: serde_json::Value, out: &mut Loaded) 
                 return;
             }
             Ok(Object::TrafficPolicy(Box::new(parsed)))
+        }
+        (route::GATEWAY_API_VERSION, route::ROUTE_KIND) => {
+            let parsed = route::parse_route(&v);
+            if let Err(e) = &parsed.result {
+                // Kept in the model (so describe shows it next to its parents), and reported here
+                // with its file, as a refused policy is.
+                problem(out, &index, e.to_string());
+            }
+            if parsed.name.is_empty() {
+                return;
+            }
+            Ok(Object::HttpRoute(Box::new(parsed)))
+        }
+        (route::FAULT_API_VERSION, route::FAULT_KIND) => {
+            let parsed = route::parse_fault(&v);
+            if let Err(e) = &parsed.result {
+                problem(out, &index, e.to_string());
+            }
+            if parsed.name.is_empty() {
+                return;
+            }
+            Ok(Object::HttpFault(Box::new(parsed)))
+        }
+        (route::GATEWAY_API_VERSION, route::GATEWAY_KIND) => {
+            let parsed = route::parse_gateway(&v);
+            if let Err(e) = &parsed.class {
+                problem(out, &index, e.to_string());
+            }
+            if parsed.name.is_empty() {
+                return;
+            }
+            Ok(Object::Gateway(Box::new(parsed)))
         }
         (_, k) if k.ends_with("List") => {
             let items = v.get("items").and_then(|i| i.as_array()).cloned();

@@ -1,5 +1,5 @@
-//! The Kubernetes source: Services, EndpointSlices and TrafficPolicies watched in every namespace
-//! through kube-runtime watchers, fed to the [`Store`] as they change. It is how the control
+//! The Kubernetes source: Services, EndpointSlices, TrafficPolicies, HTTPRoutes, Gateways and
+//! HTTPFaults watched in every namespace through kube-runtime watchers, fed to the [`Store`] as they change. It is how the control
 //! plane runs in a cluster (in-cluster config, or `--kubeconfig PATH` from outside).
 //!
 //! Guarantees:
@@ -7,12 +7,14 @@
 //!   start, a `410 Gone` or an error) ends with the store holding exactly the listed objects of
 //!   that kind ([`Store::sync_kind`]), so whatever vanished meanwhile is deleted; every other
 //!   watch event is one [`Store::apply`];
-//! - the store is ready ([`Store::set_ready`]) once all three first lists are in;
+//! - the store is ready ([`Store::set_ready`]) once every kind's first list is in;
 //! - watch errors are logged and retried with kube-runtime's default backoff; nothing here stops
 //!   for good;
 //! - without the TrafficPolicy CRD (its list is 404) one warning names the CRD and how to install
 //!   it, Services are served with the default policy, and the policy watch is retried with
-//!   backoff (so installing the CRD later is picked up);
+//!   backoff (so installing the CRD later is picked up); the same holds for the Gateway API
+//!   CRDs (HTTPRoute, Gateway: Services are served without routes) and the HTTPFault CRD, through
+//!   one helper ([`follow_optional`]);
 //! - each TrafficPolicy's `status.conditions` holds one `Accepted` condition saying whether it is
 //!   used (`True`/`Accepted`) or not (`False`, reason `Invalid` or `Conflicted`, the error as the
 //!   message), written with a merge patch on the status subresource only when it differs from
@@ -34,12 +36,50 @@ use serde_json::{json, Value};
 
 use crate::model::{Change, Key, Kind, Object, Report};
 use crate::policy;
+use crate::route;
 use crate::store::Store;
 
 /// The CRD that defines TrafficPolicy, as `kubectl get crd` names it.
 pub const POLICY_CRD: &str = "trafficpolicies.trellis.dev";
 /// The condition type written to each TrafficPolicy's status.
 pub const ACCEPTED: &str = "Accepted";
+
+/// The CRDs of the Gateway API kinds and of HTTPFault.
+pub const ROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+pub const GATEWAY_CRD: &str = "gateways.gateway.networking.k8s.io";
+pub const FAULT_CRD: &str = "httpfaults.trellis.dev";
+
+/// Gateway API's HTTPRoute, read untyped (the `gateway-api` crate's own type is built on another
+/// kube version) and its spec deserialized with serde.
+pub fn route_resource() -> ApiResource {
+    ApiResource {
+        group: route::GATEWAY_GROUP.into(),
+        version: "v1".into(),
+        api_version: route::GATEWAY_API_VERSION.into(),
+        kind: route::ROUTE_KIND.into(),
+        plural: "httproutes".into(),
+    }
+}
+
+pub fn gateway_resource() -> ApiResource {
+    ApiResource {
+        group: route::GATEWAY_GROUP.into(),
+        version: "v1".into(),
+        api_version: route::GATEWAY_API_VERSION.into(),
+        kind: route::GATEWAY_KIND.into(),
+        plural: "gateways".into(),
+    }
+}
+
+pub fn fault_resource() -> ApiResource {
+    ApiResource {
+        group: route::FAULT_GROUP.into(),
+        version: "v1alpha1".into(),
+        api_version: route::FAULT_API_VERSION.into(),
+        kind: route::FAULT_KIND.into(),
+        plural: "httpfaults".into(),
+    }
+}
 
 /// The TrafficPolicy resource, for dynamic (untyped) watches and status patches.
 pub fn policy_resource() -> ApiResource {
@@ -130,10 +170,16 @@ impl KubeSource {
             |e| Object::EndpointSlice(Box::new(e)),
         );
         let policies = follow_policies(self.client.clone(), &store, &ready);
+        let routes = follow_routes(self.client.clone(), &store, &ready);
+        let gateways = follow_gateways(self.client.clone(), &store, &ready);
+        let faults = follow_faults(self.client.clone(), &store, &ready);
         tokio::select! {
             () = services => Err(KubeError::Ended("Service")),
             () = slices => Err(KubeError::Ended("EndpointSlice")),
             () = policies => Err(KubeError::Ended("TrafficPolicy")),
+            () = routes => Err(KubeError::Ended("HTTPRoute")),
+            () = gateways => Err(KubeError::Ended("Gateway")),
+            () = faults => Err(KubeError::Ended("HTTPFault")),
         }
     }
 }
@@ -149,9 +195,16 @@ impl Readiness {
         Readiness {
             store,
             pending: Mutex::new(
-                [Kind::Service, Kind::EndpointSlice, Kind::TrafficPolicy]
-                    .into_iter()
-                    .collect(),
+                [
+                    Kind::Service,
+                    Kind::EndpointSlice,
+                    Kind::TrafficPolicy,
+                    Kind::HttpRoute,
+                    Kind::Gateway,
+                    Kind::HttpFault,
+                ]
+                .into_iter()
+                .collect(),
             ),
         }
     }
@@ -162,7 +215,7 @@ impl Readiness {
             self.store.set_ready();
             tracing::info!(
                 version = self.store.version(),
-                "the first lists of Services, EndpointSlices and TrafficPolicies are in; ready"
+                "the first lists of every kind are in (or their CRDs are missing); ready"
             );
         }
     }
@@ -244,16 +297,24 @@ async fn follow<K>(
     }
 }
 
-/// A TrafficPolicy as the model reads it (apiVersion and kind filled in when a list left them
-/// out).
+/// A TrafficPolicy as the model reads it.
 fn policy_object(o: &DynamicObject) -> Object {
+    Object::TrafficPolicy(Box::new(policy::parse(&with_type(
+        o,
+        policy::API_VERSION,
+        policy::KIND,
+    ))))
+}
+
+/// An object as JSON, with apiVersion and kind filled in when a list left them out.
+fn with_type(o: &DynamicObject, api_version: &str, kind: &str) -> Value {
     let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
     if let Some(map) = v.as_object_mut() {
         map.entry("apiVersion")
-            .or_insert_with(|| json!(policy::API_VERSION));
-        map.entry("kind").or_insert_with(|| json!(policy::KIND));
+            .or_insert_with(|| json!(api_version));
+        map.entry("kind").or_insert_with(|| json!(kind));
     }
-    Object::TrafficPolicy(Box::new(policy::parse(&v)))
+    v
 }
 
 fn is_not_found(e: &watcher::Error) -> bool {
@@ -265,14 +326,40 @@ fn is_not_found(e: &watcher::Error) -> bool {
     )
 }
 
-async fn follow_policies(client: kube::Client, store: &Store, ready: &Readiness) {
-    let resource = policy_resource();
-    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+/// A kind defined by a CRD that may not be installed, and what to say when it is not.
+struct Optional {
+    resource: ApiResource,
+    kind: Kind,
+    /// The CRD's name, as `kubectl get crd` names it.
+    crd: &'static str,
+    /// What the control plane does without it.
+    meanwhile: &'static str,
+    /// How to install it.
+    install: &'static str,
+}
+
+/// How to install the Gateway API CRDs (HTTPRoute, Gateway), experimental channel.
+pub const GATEWAY_API_INSTALL: &str = "kubectl apply --server-side -f \
+    https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/experimental-install.yaml";
+
+/// Watches a kind whose CRD may be missing: while its list is 404, one warning names the CRD and
+/// how to install it, the kind counts as listed (empty), so everything else is served, and the
+/// watch is retried with backoff, so installing the CRD later is picked up. `status`, when
+/// given, writes each object's `Accepted` condition (TrafficPolicies).
+async fn follow_optional(
+    client: &kube::Client,
+    optional: Optional,
+    store: &Store,
+    ready: &Readiness,
+    convert: impl Fn(&DynamicObject) -> Object,
+    mut status: Option<StatusWriter>,
+) {
+    let kind = optional.kind;
+    let api = Api::<DynamicObject>::all_with(client.clone(), &optional.resource);
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut feed = Feed::new(Kind::TrafficPolicy);
-    let mut status = StatusWriter::new(client, resource);
+    let mut feed = Feed::new(kind);
     let mut missing = false;
     while let Some(item) = stream.next().await {
         let event = match item {
@@ -280,49 +367,130 @@ async fn follow_policies(client: kube::Client, store: &Store, ready: &Readiness)
             Err(e) if is_not_found(&e) => {
                 if !missing {
                     tracing::warn!(
-                        "the TrafficPolicy CRD ({POLICY_CRD}) is not installed: serving Services \
-                         with the default policy and retrying; install it with \
-                         `kubectl apply -k manifests/`"
+                        "the {} CRD ({}) is not installed: {} and retrying; install it with `{}`",
+                        optional.resource.kind,
+                        optional.crd,
+                        optional.meanwhile,
+                        optional.install,
                     );
                     missing = true;
                 }
-                // No CRD, no policies: a complete (empty) list.
-                store.sync_kind(Kind::TrafficPolicy, Vec::new());
-                status.relisted(BTreeSet::new());
-                ready.listed(Kind::TrafficPolicy);
+                // No CRD, no objects: a complete (empty) list.
+                store.sync_kind(kind, Vec::new());
+                if let Some(status) = &mut status {
+                    status.relisted(BTreeSet::new());
+                }
+                ready.listed(kind);
                 continue;
             }
             Err(e) => {
-                tracing::warn!(kind = "TrafficPolicy", "watch: {e}; retrying with backoff");
+                tracing::warn!(kind = ?kind, "watch: {e}; retrying with backoff");
                 continue;
             }
         };
         if std::mem::take(&mut missing) {
-            tracing::info!("the TrafficPolicy CRD ({POLICY_CRD}) is installed; watching policies");
+            tracing::info!(
+                "the {} CRD ({}) is installed; watching",
+                optional.resource.kind,
+                optional.crd
+            );
         }
         let mut settled = true;
-        match &event {
-            Event::Init => {
-                status.relisting();
-                settled = false;
+        if let Some(status) = &mut status {
+            match &event {
+                Event::Init => {
+                    status.relisting();
+                    settled = false;
+                }
+                Event::InitApply(o) => {
+                    status.seen(o);
+                    settled = false;
+                }
+                Event::Apply(o) => status.seen(o),
+                Event::Delete(o) => status.forget(o),
+                Event::InitDone => {}
             }
-            Event::InitApply(o) => {
-                status.seen(o);
-                settled = false;
-            }
-            Event::Apply(o) => status.seen(o),
-            Event::Delete(o) => status.forget(o),
-            Event::InitDone => {}
         }
-        let listed = feed.event(store, map_event(event, |o| policy_object(&o)));
+        let listed = feed.event(store, map_event(event, |o| convert(&o)));
         if listed {
-            status.relisted_done();
-            ready.listed(Kind::TrafficPolicy);
+            if let Some(status) = &mut status {
+                status.relisted_done();
+            }
+            ready.listed(kind);
         }
-        if settled {
-            status.reconcile(store).await;
+        if let Some(status) = &mut status {
+            if settled {
+                status.reconcile(store).await;
+            }
         }
     }
+}
+
+async fn follow_policies(client: kube::Client, store: &Store, ready: &Readiness) {
+    let resource = policy_resource();
+    let status = StatusWriter::new(client.clone(), resource.clone());
+    let optional = Optional {
+        resource,
+        kind: Kind::TrafficPolicy,
+        crd: POLICY_CRD,
+        meanwhile: "serving Services with the default policy",
+        install: "kubectl apply -k manifests/",
+    };
+    follow_optional(&client, optional, store, ready, policy_object, Some(status)).await;
+}
+
+async fn follow_routes(client: kube::Client, store: &Store, ready: &Readiness) {
+    let optional = Optional {
+        resource: route_resource(),
+        kind: Kind::HttpRoute,
+        crd: ROUTE_CRD,
+        meanwhile: "serving Services without routes",
+        install: GATEWAY_API_INSTALL,
+    };
+    let convert = |o: &DynamicObject| {
+        Object::HttpRoute(Box::new(route::parse_route(&with_type(
+            o,
+            route::GATEWAY_API_VERSION,
+            route::ROUTE_KIND,
+        ))))
+    };
+    follow_optional(&client, optional, store, ready, convert, None).await;
+}
+
+async fn follow_gateways(client: kube::Client, store: &Store, ready: &Readiness) {
+    let optional = Optional {
+        resource: gateway_resource(),
+        kind: Kind::Gateway,
+        crd: GATEWAY_CRD,
+        meanwhile: "answering every Gateway watch with no routes",
+        install: GATEWAY_API_INSTALL,
+    };
+    let convert = |o: &DynamicObject| {
+        Object::Gateway(Box::new(route::parse_gateway(&with_type(
+            o,
+            route::GATEWAY_API_VERSION,
+            route::GATEWAY_KIND,
+        ))))
+    };
+    follow_optional(&client, optional, store, ready, convert, None).await;
+}
+
+async fn follow_faults(client: kube::Client, store: &Store, ready: &Readiness) {
+    let optional = Optional {
+        resource: fault_resource(),
+        kind: Kind::HttpFault,
+        crd: FAULT_CRD,
+        meanwhile: "a route rule naming an HTTPFault answers 500",
+        install: "kubectl apply -k manifests/",
+    };
+    let convert = |o: &DynamicObject| {
+        Object::HttpFault(Box::new(route::parse_fault(&with_type(
+            o,
+            route::FAULT_API_VERSION,
+            route::FAULT_KIND,
+        ))))
+    };
+    follow_optional(&client, optional, store, ready, convert, None).await;
 }
 
 /// The `Accepted` condition as we compare it (the transition time aside).
@@ -456,6 +624,7 @@ impl StatusWriter {
             let (id, reason, message) = match r {
                 Report::Invalid(e) => (e.object.clone(), "Invalid", e.to_string()),
                 Report::Conflict { loser, .. } => (loser.clone(), "Conflicted", r.to_string()),
+                Report::Route(_) => continue,
             };
             let entry = problems.entry(id).or_insert((reason, Vec::new()));
             if entry.0 == "Conflicted" && reason == "Invalid" {
@@ -489,7 +658,7 @@ impl StatusWriter {
 
     /// Patches the status of every policy whose condition is not what it should be.
     async fn reconcile(&mut self, store: &Store) {
-        let desired = self.desired(&store.reports());
+        let desired = self.desired(&store.policy_reports());
         for (key, want) in desired {
             let Some(seen) = self.seen.get(&key) else {
                 continue;
