@@ -12,8 +12,7 @@ use control::serve;
 use control::source::kube::KubeSource;
 use control::store::Store;
 use kit::apiserver::{
-    ApiServer, Gvr, Options, ResourceDef, ENDPOINTSLICES, NAMESPACES, PODS, SERVICES,
-    TRAFFICPOLICIES,
+    ApiServer, Options, ENDPOINTSLICES, NAMESPACES, PODS, SERVICES, TRAFFICPOLICIES,
 };
 use serde_json::{json, Value};
 use support::{addresses, get, service, slice};
@@ -393,37 +392,6 @@ async fn the_binary_serves_from_a_kubeconfig() {
     assert_eq!(addresses(&s.update().await), ["10.0.0.1:8080"]);
 }
 
-const HTTPROUTES: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        plural: "httproutes",
-    },
-    kind: "HTTPRoute",
-    namespaced: true,
-    status: true,
-};
-const GATEWAYS: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        plural: "gateways",
-    },
-    kind: "Gateway",
-    namespaced: true,
-    status: true,
-};
-const HTTPFAULTS: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "trellis.dev",
-        version: "v1alpha1",
-        plural: "httpfaults",
-    },
-    kind: "HTTPFault",
-    namespaced: true,
-    status: false,
-};
-
 fn route(name: &str, parent: Value, backend: &str) -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -446,7 +414,7 @@ fn gateway_update(line: &str) -> config::api::GatewayUpdate {
 #[tokio::test]
 async fn routes_arrive_compiled_and_follow_their_backends_and_faults() {
     let mut resources = kit::apiserver::DEFAULT_RESOURCES.to_vec();
-    resources.extend([HTTPROUTES, GATEWAYS, HTTPFAULTS]);
+    resources.extend(kit::apiserver::ROUTE_RESOURCES);
     let server = ApiServer::with_options(Options {
         resources,
         ..Options::default()
@@ -574,7 +542,7 @@ async fn without_the_gateway_api_crds_services_are_served_without_routes() {
     assert_eq!(gateway_update(&g.line().await).routes, None);
 
     // The CRDs arrive later: the watches, retried with backoff, find them.
-    server.install(HTTPROUTES);
+    server.install(kit::apiserver::HTTPROUTES);
     server
         .create(route(
             "r",

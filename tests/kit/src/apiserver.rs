@@ -131,6 +131,41 @@ pub const TRAFFICPOLICIES: ResourceDef = ResourceDef {
     status: true,
 };
 
+pub const HTTPROUTES: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "httproutes",
+    },
+    kind: "HTTPRoute",
+    namespaced: true,
+    status: true,
+};
+pub const GATEWAYS: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "gateways",
+    },
+    kind: "Gateway",
+    namespaced: true,
+    status: true,
+};
+pub const HTTPFAULTS: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "trellis.dev",
+        version: "v1alpha1",
+        plural: "httpfaults",
+    },
+    kind: "HTTPFault",
+    namespaced: true,
+    status: false,
+};
+
+/// The Gateway API's CRDs (installed by the user, as in a cluster) and Trellis's HTTPFault:
+/// served only when a test adds them, so the default double has no Gateway API.
+pub const ROUTE_RESOURCES: [ResourceDef; 3] = [HTTPROUTES, GATEWAYS, HTTPFAULTS];
+
 /// The kinds served unless told otherwise.
 pub const DEFAULT_RESOURCES: [ResourceDef; 5] =
     [SERVICES, NAMESPACES, PODS, ENDPOINTSLICES, TRAFFICPOLICIES];

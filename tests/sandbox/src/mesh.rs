@@ -125,6 +125,11 @@ impl Mesh {
             .enter(|| {
                 kit::apiserver::ApiServer::with_options(kit::apiserver::Options {
                     addr: SocketAddr::from((NODE_IP, API_PORT)),
+                    // The Gateway API CRDs installed, as the README asks.
+                    resources: kit::apiserver::DEFAULT_RESOURCES
+                        .into_iter()
+                        .chain(kit::apiserver::ROUTE_RESOURCES)
+                        .collect(),
                     ..kit::apiserver::Options::default()
                 })
             })?
@@ -188,6 +193,7 @@ impl Mesh {
     pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> anyhow::Result<()> {
         let def = kit::apiserver::DEFAULT_RESOURCES
             .iter()
+            .chain(&kit::apiserver::ROUTE_RESOURCES)
             .find(|d| d.kind == kind)
             .with_context(|| format!("the API server double does not serve {kind}"))?;
         self.api
