@@ -108,7 +108,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 11] = [
+    let all: [(&str, Scenario); 21] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("outbound pool", |m| scenarios::outbound_pool(m)),
