@@ -339,15 +339,16 @@ pub fn fault_delay(mesh: &mut Mesh) -> anyhow::Result<Report> {
     mesh.apply(&route("reviews-delay", with_fault("two-seconds")))?;
     let deadline = Instant::now() + Duration::from_secs(15);
     let r = loop {
-        let r = call(mesh, "", 10, 10, &[])?;
+        // Three at once: the client's outbound pool (3 connections, 1 pending) takes them all.
+        let r = call(mesh, "", 3, 6, &[])?;
         if r.p50_ms >= 2000 || Instant::now() >= deadline {
             break r;
         }
     };
     rep.count(&r);
     rep.check(
-        "10 requests, all 200, median at least 2 s",
-        r.code(200) == 10 && r.p50_ms >= 2000,
+        "6 requests, all 200, median at least 2 s",
+        r.code(200) == 6 && r.p50_ms >= 2000,
         format!("p50 {} ms, max {} ms; {}", r.p50_ms, r.max_ms, summary(&r)),
     );
     let di = access_log_lines(mesh, "client", &["\" 200 DI "]);
@@ -500,7 +501,7 @@ pub fn retries(mesh: &mut Mesh) -> anyhow::Result<Report> {
 pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let mut rep = Report::new(
         "mirror",
-        "HTTPRoute RequestMirror to red (100%); red answers after 500 ms: red sees every request, \
+        "HTTPRoute RequestMirror to red (100%), a TrafficPolicy giving red's pool room; red answers after 500 ms: red sees every request, \
          the client's answers come from green at green's speed",
     );
     let mesh = &*mesh;
@@ -513,6 +514,17 @@ pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
         "/slow?ms=500",
         Vec::new(),
     )?;
+    // The copies go through the client's pool for red, which its annotations keep at 3
+    // connections and 1 pending (a full pool drops a copy): a policy gives the mirror room.
+    mesh.apply(&json!({
+        "apiVersion": "trellis.dev/v1alpha1",
+        "kind": "TrafficPolicy",
+        "metadata": {"name": "red-mirror-room", "namespace": "demo"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "red"}],
+            "connectionPool": {"tcp": {"maxConnections": 200}, "http": {"http1MaxPendingRequests": 200}},
+        },
+    }))?;
     mesh.apply(&route(
         "reviews-mirror",
         json!([{"filters": [{"type": "RequestMirror",
@@ -563,6 +575,7 @@ pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
         "/slow?ms=0",
         Vec::new(),
     )?;
+    mesh.delete_object("TrafficPolicy", "demo", "red-mirror-room")?;
     delete_route(mesh, "reviews-mirror")?;
     Ok(rep)
 }
