@@ -216,7 +216,7 @@ pub fn compile_routes(
             }
         }
     }
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|(key, _)| *key);
     table.backends = backend_list;
     table.matches = keyed.into_iter().map(|(_, m)| m).collect();
     Some(table)

@@ -236,7 +236,7 @@ fn soak(mesh: &mut Mesh, length: Duration) -> anyhow::Result<bool> {
             totals.other()
         );
         history.push(row);
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             // Its access log goes with it: count it first.
             non_2xx(mesh, "red", &mut non2xx);
             mesh.restart("red").context("restarting red")?;
