@@ -351,7 +351,7 @@ impl Exchange<'_> {
                                 tries_left -= 1;
                                 retried = true;
                                 st.upstream_rq_retry.inc();
-                                if !backoff(retry, retried, d, timer).await {
+                                if !backoff(retry, d, timer).await {
                                     return rq.local(d, &body, &req, Local::Timeout).await;
                                 }
                                 continue;
@@ -450,7 +450,7 @@ impl Exchange<'_> {
             }
             retried = true;
             st.upstream_rq_retry.inc();
-            if !backoff(retry, retried, d, timer).await {
+            if !backoff(retry, d, timer).await {
                 return rq.local(d, &body, &req, Local::Timeout).await;
             }
             timer.as_mut().reset(deadline);
@@ -958,12 +958,7 @@ fn hash_key(on: &config::api::HashOn, head: &[u8], peer: SocketAddr) -> Option<u
 
 /// Waits a retry's backoff: Envoy's, 25 ms (or the route's `backoff`) doubling per retry up to
 /// ten times that, jittered. False if the client went away or the route's time ran out.
-async fn backoff(
-    retry: Option<&Retry>,
-    _retried: bool,
-    d: &mut Downstream,
-    timer: &mut Pin<Box<Sleep>>,
-) -> bool {
+async fn backoff(retry: Option<&Retry>, d: &mut Downstream, timer: &mut Pin<Box<Sleep>>) -> bool {
     let base = retry.and_then(|r| r.backoff_ms).unwrap_or(25).max(1);
     let ms = base / 2 + crate::balancer::random() % (base / 2 + 1);
     tokio::select! {
@@ -1009,13 +1004,13 @@ fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Fram
     let host = v
         .header(b"host")
         .map(|h| {
-            let (name, port) = match h.iter().rposition(|b| *b == b':') {
-                Some(i) if !h.ends_with(b"]") => (&h[..i], &h[i..]),
-                _ => (h, &h[h.len()..]),
-            };
+            let (name, port) = router::split_host(h);
             let mut out = name.to_vec();
             out.extend_from_slice(b"-shadow");
-            out.extend_from_slice(port);
+            if let Some(port) = port {
+                out.push(b':');
+                out.extend_from_slice(port);
+            }
             String::from_utf8_lossy(&out).into_owned()
         })
         .unwrap_or_default();
@@ -1104,12 +1099,8 @@ impl Finish<'_> {
     ) -> bool {
         let v = View::of(head);
         let host = v.header(b"host").unwrap_or_default();
-        let (name, port) = match host.iter().rposition(|b| *b == b':') {
-            Some(i) if !host.ends_with(b"]") => {
-                (&host[..i], std::str::from_utf8(&host[i + 1..]).ok())
-            }
-            _ => (host, None),
-        };
+        let (name, port) = router::split_host(host);
+        let port = port.and_then(|p| std::str::from_utf8(p).ok());
         let scheme = r.scheme.as_deref().unwrap_or("http");
         let name = r.hostname.as_deref().map_or_else(
             || String::from_utf8_lossy(name).into_owned(),

@@ -349,6 +349,14 @@ impl<'h> View<'h> {
     }
 }
 
+/// A `host` header's name and port (`[v6]` literals keep their brackets; no port: `None`).
+pub fn split_host(host: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match host.iter().rposition(|b| *b == b':') {
+        Some(i) if !host.ends_with(b"]") => (&host[..i], Some(&host[i + 1..])),
+        _ => (host, None),
+    }
+}
+
 /// `(name, value)` of each `name: value CRLF` line.
 fn header_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     block.split(|b| *b == b'\n').filter_map(|line| {
