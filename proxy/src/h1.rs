@@ -22,11 +22,11 @@ pub use body::Body;
 #[cfg(test)]
 use chunked::Chunked;
 pub use chunked::ChunkedError;
-pub use head::{Framing, HeadError};
+pub use head::{Framing, HeadError, Lines};
 #[cfg(test)]
 use head::{MAX_HEAD, MAX_HEADERS};
 pub use local_reply::local_reply;
-pub use request::{parse_request, Request, RequestOpts};
+pub use request::{parse_request, parse_request_indexed, Request, RequestOpts};
 pub use response::{parse_response, Response, ResponseOpts};
 
 #[cfg(test)]

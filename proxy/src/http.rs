@@ -69,6 +69,8 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     let mut timer = Box::pin(tokio::time::sleep(ctx.idle_timeout));
     let drain = ctx.drain.clone();
     let mut drained = pin!(drain.signaled());
+    // Where each header line of a request head starts, kept only where routes read them.
+    let mut lines = matches!(up, Upstream::Routed { .. }).then(h1::Lines::default);
     loop {
         let mut up_head = Vec::new();
         let opts = RequestOpts {
@@ -77,7 +79,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         };
         let next = tokio::select! {
             biased;
-            r = d.read_head(&opts, &mut up_head) => r,
+            r = d.read_head(&opts, &mut up_head, lines.as_mut()) => r,
             _ = timer.as_mut() => return, // idle (or a head too slow): close
             _ = drained.as_mut(), if d.buf.is_empty() => return,
         };
@@ -114,6 +116,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         let keep = Exchange {
             ctx: &ctx,
             up: &up,
+            lines: lines.as_ref(),
             timer: &mut timer,
             peer,
         }
@@ -140,11 +143,17 @@ impl Downstream {
         &mut self,
         opts: &RequestOpts<'_>,
         out: &mut Vec<u8>,
+        mut lines: Option<&mut h1::Lines>,
     ) -> Result<Option<Request>, HeadError> {
         loop {
             if !self.buf.is_empty() {
                 out.clear();
-                if let Some(r) = h1::parse_request(self.buf.data(), opts, out)? {
+                let data = self.buf.data();
+                let parsed = match lines.as_deref_mut() {
+                    Some(lines) => h1::parse_request_indexed(data, opts, out, lines)?,
+                    None => h1::parse_request(data, opts, out)?,
+                };
+                if let Some(r) = parsed {
                     return Ok(Some(r));
                 }
             } else {
@@ -165,6 +174,8 @@ impl Downstream {
 struct Exchange<'a> {
     ctx: &'a Arc<HttpCtx>,
     up: &'a Upstream,
+    /// The request head's line starts, on a connection with routes.
+    lines: Option<&'a h1::Lines>,
     timer: &'a mut Pin<Box<Sleep>>,
     peer: SocketAddr,
 }
@@ -221,6 +232,7 @@ impl Exchange<'_> {
         let Exchange {
             ctx,
             up,
+            lines,
             timer,
             peer,
         } = self;
@@ -241,7 +253,10 @@ impl Exchange<'_> {
                 match &table {
                     None if default.is_none() => (None, Some(Local::NoRoute)),
                     None => (default.as_ref(), None),
-                    Some(t) => match t.pick(&View::of(&up_head)) {
+                    Some(t) => match t.pick(&match lines {
+                        Some(lines) => View::of_request(&up_head, &req, lines),
+                        None => View::of(&up_head),
+                    }) {
                         None => (None, Some(Local::NoRoute)),
                         Some(p) => {
                             let c = p.rule.backend();

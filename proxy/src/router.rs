@@ -70,13 +70,21 @@ impl RouteSlot {
 pub struct Table {
     matches: Vec<Match>,
     pub rules: Vec<Rule>,
+    /// The distinct header names the matches ask for (lower-case), in first-use order: the
+    /// first [`INDEXED`] are found in one pass over a request's header lines.
+    header_names: Vec<Box<[u8]>>,
 }
+
+/// How many distinct header names one pass over the header lines finds (more are looked up
+/// one by one).
+const INDEXED: usize = 8;
 
 struct Match {
     rule: usize,
     path: Option<Path>,
     method: Option<Box<[u8]>>,
-    headers: Vec<(Box<[u8]>, Value)>,
+    /// Index into [`Table::header_names`], and the value wanted.
+    headers: Vec<(usize, Value)>,
     query: Vec<(Box<[u8]>, Value)>,
 }
 
@@ -163,6 +171,7 @@ impl Table {
             });
         }
         let mut matches = Vec::with_capacity(routes.matches.len());
+        let mut header_names: Vec<Box<[u8]>> = Vec::new();
         for m in &routes.matches {
             let Some(rule) = rules.get(m.rule) else {
                 return Err(TableError::Rule(m.rule));
@@ -199,10 +208,15 @@ impl Table {
                     .headers
                     .iter()
                     .map(|h| {
-                        Ok((
-                            h.name.to_ascii_lowercase().into_bytes().into(),
-                            value(&h.value)?,
-                        ))
+                        let name = h.name.to_ascii_lowercase().into_bytes();
+                        let at = match header_names.iter().position(|n| **n == *name) {
+                            Some(at) => at,
+                            None => {
+                                header_names.push(name.into());
+                                header_names.len() - 1
+                            }
+                        };
+                        Ok((at, value(&h.value)?))
                     })
                     .collect::<Result<_, TableError>>()?,
                 query: m
@@ -212,14 +226,23 @@ impl Table {
                     .collect::<Result<_, TableError>>()?,
             });
         }
-        Ok(Table { matches, rules })
+        Ok(Table {
+            matches,
+            rules,
+            header_names,
+        })
     }
 
     /// The first match the request satisfies (`None`: no route, 404 `NR`).
     pub fn pick(&self, req: &View) -> Option<Picked<'_>> {
+        let mut headers = Headers {
+            view: req,
+            names: &self.header_names,
+            found: None,
+        };
         self.matches
             .iter()
-            .find(|m| m.matches(req))
+            .find(|m| m.matches(req, &mut headers))
             .map(|m| Picked {
                 rule: &self.rules[m.rule],
                 prefix: match &m.path {
@@ -231,8 +254,26 @@ impl Table {
     }
 }
 
+/// The header values a request's matches ask for: found in one pass over the header lines, the
+/// first time a match needs one (rules decided by path or method alone never pay for it).
+struct Headers<'t, 'v, 'h> {
+    view: &'v View<'h>,
+    names: &'t [Box<[u8]>],
+    found: Option<[Option<&'h [u8]>; INDEXED]>,
+}
+
+impl<'h> Headers<'_, '_, 'h> {
+    fn get(&mut self, at: usize) -> Option<&'h [u8]> {
+        let Headers { view, names, found } = self;
+        if at >= INDEXED {
+            return view.header(&names[at]);
+        }
+        found.get_or_insert_with(|| view.headers(&names[..names.len().min(INDEXED)]))[at]
+    }
+}
+
 impl Match {
-    fn matches(&self, req: &View) -> bool {
+    fn matches(&self, req: &View, headers: &mut Headers) -> bool {
         if let Some(m) = &self.method {
             if **m != *req.method {
                 return false;
@@ -251,7 +292,7 @@ impl Match {
         }
         self.headers
             .iter()
-            .all(|(name, v)| req.header(name).is_some_and(|got| v.matches(got)))
+            .all(|(at, v)| headers.get(*at).is_some_and(|got| v.matches(got)))
             && self
                 .query
                 .iter()
@@ -304,37 +345,117 @@ pub struct View<'h> {
     pub query: &'h [u8],
     /// The header lines, each ending in CRLF (the blank line excluded).
     headers: &'h [u8],
+    /// Where each line of `headers` starts (offsets into the head), when the codec said.
+    lines: Option<(&'h [u8], &'h [u16])>,
 }
 
 impl<'h> View<'h> {
     /// Reads a head as [`crate::h1`] writes it: `METHOD SP TARGET SP HTTP/1.1 CRLF`, then
     /// `name: value CRLF` lines, then CRLF.
     pub fn of(head: &'h [u8]) -> View<'h> {
-        let line_end = head
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .unwrap_or(head.len());
-        let line = &head[..line_end];
-        let mut parts = line.splitn(3, |b| *b == b' ');
-        let method = parts.next().unwrap_or_default();
-        let target = parts.next().unwrap_or_default();
-        let (path, query) = match target.iter().position(|b| *b == b'?') {
+        let line_end = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
+        let line = head[..line_end].trim_ascii_end();
+        // h1 writes every request line as HTTP/1.1; any other version is cut at the last space.
+        let line = match line.strip_suffix(b" HTTP/1.1") {
+            Some(l) => l,
+            None => line
+                .iter()
+                .rposition(|b| *b == b' ')
+                .map_or(line, |i| &line[..i]),
+        };
+        let (method, target) = match memchr::memchr(b' ', line) {
+            Some(sp) => (&line[..sp], &line[sp + 1..]),
+            None => (line, &line[line.len()..]),
+        };
+        View::with(head, method, target, line_end, None)
+    }
+
+    /// The view of a head the codec has just written (`req` says where its parts are): no
+    /// scanning for the request line's parts or for header line ends.
+    pub fn of_request(
+        head: &'h [u8],
+        req: &crate::h1::Request,
+        lines: &'h crate::h1::Lines,
+    ) -> View<'h> {
+        let t = req.target.clone();
+        let Some(target) = head.get(t.clone()) else {
+            return View::of(head);
+        };
+        let method = &head[..t.start.saturating_sub(1)];
+        let line_end = t.end + b" HTTP/1.1\r\n".len();
+        View::with(head, method, target, line_end, lines.get())
+    }
+
+    fn with(
+        head: &'h [u8],
+        method: &'h [u8],
+        target: &'h [u8],
+        line_end: usize,
+        lines: Option<&'h [u16]>,
+    ) -> View<'h> {
+        let (path, query) = match memchr::memchr(b'?', target) {
             Some(q) => (&target[..q], &target[q + 1..]),
             None => (target, &target[target.len()..]),
         };
-        let rest = head.get(line_end + 2..).unwrap_or_default();
+        let rest = head.get(line_end..).unwrap_or_default();
         let headers = rest.strip_suffix(b"\r\n").unwrap_or(rest);
         View {
             method,
             path,
             query,
             headers,
+            lines: lines.map(|l| (&head[..line_end + headers.len()], l)),
         }
     }
 
-    /// The first value of a header (`name` lower-case), trimmed.
+    /// Calls `f` with each header line (CRLF included) until it returns true.
+    #[inline]
+    fn each_line(&self, mut f: impl FnMut(&'h [u8]) -> bool) {
+        if let Some((head, starts)) = self.lines {
+            for (i, &at) in starts.iter().enumerate() {
+                let end = starts.get(i + 1).map_or(head.len(), |&n| usize::from(n));
+                if f(head.get(usize::from(at)..end).unwrap_or_default()) {
+                    return;
+                }
+            }
+            return;
+        }
+        let mut rest = self.headers;
+        while !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (line, next) = rest.split_at(end);
+            rest = next;
+            if f(line) {
+                return;
+            }
+        }
+    }
+
+    /// The first value of a header (`name` lower-case), trimmed. Only a line's start is
+    /// compared (h1 has refused whitespace before a colon).
     pub fn header(&self, name: &[u8]) -> Option<&'h [u8]> {
-        header_lines(self.headers).find_map(|(n, v)| n.eq_ignore_ascii_case(name).then_some(v))
+        let mut found = None;
+        self.each_line(|line| {
+            found = value_of(line, name);
+            found.is_some()
+        });
+        found
+    }
+
+    /// The first value of each of `names` (lower-case, at most [`INDEXED`]), in one pass.
+    fn headers(&self, names: &[Box<[u8]>]) -> [Option<&'h [u8]>; INDEXED] {
+        let mut found = [None; INDEXED];
+        self.each_line(|line| {
+            // Most lines are none of the names: their first letter says so.
+            let first = line.first().map_or(0, u8::to_ascii_lowercase);
+            for (name, slot) in names.iter().zip(found.iter_mut()) {
+                if name.first() == Some(&first) && slot.is_none() {
+                    *slot = value_of(line, name);
+                }
+            }
+            false
+        });
+        found
     }
 
     /// The first value of a query parameter (not percent-decoded).
@@ -349,21 +470,19 @@ impl<'h> View<'h> {
     }
 }
 
+/// The value of a `name: value CRLF` line, if it is `name`'s (`name` lower-case).
+#[inline]
+fn value_of<'h>(line: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    (line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name))
+        .then(|| line[name.len() + 1..].trim_ascii())
+}
+
 /// A `host` header's name and port (`[v6]` literals keep their brackets; no port: `None`).
 pub fn split_host(host: &[u8]) -> (&[u8], Option<&[u8]>) {
     match host.iter().rposition(|b| *b == b':') {
         Some(i) if !host.ends_with(b"]") => (&host[..i], Some(&host[i + 1..])),
         _ => (host, None),
     }
-}
-
-/// `(name, value)` of each `name: value CRLF` line.
-fn header_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    block.split(|b| *b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|b| *b == b':')?;
-        Some((&line[..colon], line[colon + 1..].trim_ascii()))
-    })
 }
 
 /// Rewrites a head (request or response, as [`crate::h1`] wrote it): a new request target if

@@ -350,6 +350,7 @@ pub(super) fn first_pass<'b>(
 /// treats differently (`Some(keep)`); the others follow the shared rule. A repeated
 /// `content-length` goes on as one value.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_headers<'b>(
     out: &mut Vec<u8>,
     headers: &[httparse::Header<'b>],
@@ -358,6 +359,7 @@ pub(super) fn write_headers<'b>(
     framing: &FramingHeaders,
     upgrading: bool,
     mut role: impl FnMut(&httparse::Header<'b>, Known) -> Option<bool>,
+    lines: &mut impl Mark,
 ) {
     for (h, &k) in headers.iter().zip(kinds.iter()) {
         let keep = match role(h, k) {
@@ -365,16 +367,73 @@ pub(super) fn write_headers<'b>(
             None => conn.forwards(h.name, k, upgrading),
         };
         if keep && !(k == Known::ContentLength && framing.length_repeated) {
+            lines.mark(out.len());
             push_header(out, h.name.as_bytes(), h.value);
         }
     }
     if let (true, Some(n)) = (framing.length_repeated, framing.length) {
+        lines.mark(out.len());
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(n.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if upgrading {
+        lines.mark(out.len());
         out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+}
+
+/// Told where each header line written starts.
+pub(super) trait Mark {
+    fn mark(&mut self, at: usize);
+}
+
+/// A response's lines are not needed again.
+impl Mark for () {
+    #[inline]
+    fn mark(&mut self, _: usize) {}
+}
+
+/// How many header lines [`Lines`] remembers.
+const LINES: usize = 32;
+
+/// Where each header line of a written request head starts, so that the router reads a header
+/// per route match without scanning for line ends. Only the first [`LINES`] are kept; a head
+/// with more is read by scanning.
+#[derive(Debug, Clone)]
+pub struct Lines {
+    at: [u16; LINES],
+    n: u8,
+    overflow: bool,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Lines {
+            at: [0; LINES],
+            n: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl Lines {
+    /// Every line's start, in order, unless there were too many to keep.
+    pub fn get(&self) -> Option<&[u16]> {
+        (!self.overflow).then(|| &self.at[..usize::from(self.n)])
+    }
+}
+
+impl Mark for Lines {
+    #[inline]
+    fn mark(&mut self, at: usize) {
+        match (self.at.get_mut(usize::from(self.n)), u16::try_from(at)) {
+            (Some(slot), Ok(at)) => {
+                *slot = at;
+                self.n += 1;
+            }
+            _ => self.overflow = true,
+        }
     }
 }
 

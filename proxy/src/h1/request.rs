@@ -1,7 +1,7 @@
 //! The request role: a client's head parsed, judged (framing, persistence, upgrade, expectation)
 //! and written out for upstream with what the proxy adds (`x-request-id`, `x-forwarded-for`).
 
-use super::head::{self, Framing, HeadError, Known, Seen, MAX_HEADERS};
+use super::head::{self, Framing, HeadError, Known, Lines, Mark, Seen, MAX_HEADERS};
 use crate::access_log::Entry;
 
 /// A request head, as far as forwarding needs it.
@@ -25,6 +25,9 @@ pub struct Request {
     pub replayable: bool,
     /// The access log's entry, its request fields filled as forwarded, when the log is on.
     pub log: Option<Box<Entry>>,
+    /// Where, in the `out` the head was written to, its request target is: the router's view
+    /// of the request without a second parse (with [`parse_request_indexed`]'s lines).
+    pub target: std::ops::Range<usize>,
 }
 
 /// What the proxy adds to a request on its way upstream.
@@ -43,6 +46,28 @@ pub fn parse_request(
     buf: &[u8],
     opts: &RequestOpts,
     out: &mut Vec<u8>,
+) -> Result<Option<Request>, HeadError> {
+    parse(buf, opts, out, &mut ())
+}
+
+/// [`parse_request`], also noting in `lines` where each header line written starts (for a
+/// router; a connection without routes does not pay for it).
+pub fn parse_request_indexed(
+    buf: &[u8],
+    opts: &RequestOpts,
+    out: &mut Vec<u8>,
+    lines: &mut Lines,
+) -> Result<Option<Request>, HeadError> {
+    *lines = Lines::default();
+    parse(buf, opts, out, lines)
+}
+
+#[inline(always)]
+fn parse(
+    buf: &[u8],
+    opts: &RequestOpts,
+    out: &mut Vec<u8>,
+    lines: &mut impl Mark,
 ) -> Result<Option<Request>, HeadError> {
     let mut storage = head::header_storage();
     let mut req = httparse::Request::new(&mut []);
@@ -106,6 +131,7 @@ pub fn parse_request(
     out.reserve(head_len + 128);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
+    let target = out.len()..out.len() + path.len();
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut log = opts.log.then(|| {
@@ -146,9 +172,11 @@ pub fn parse_request(
                 _ => None,
             }
         },
+        lines,
     );
     if !has_request_id {
         let id = crate::request_id::generate();
+        lines.mark(out.len());
         head::push_header(out, b"x-request-id", &id);
         if let Some(l) = log.as_deref_mut() {
             l.request_id = Some(String::from_utf8_lossy(&id).into_owned());
@@ -156,6 +184,7 @@ pub fn parse_request(
     }
     let xff_at = out.len();
     if let Some(ip) = opts.forwarded_for {
+        lines.mark(out.len());
         out.extend_from_slice(b"x-forwarded-for: ");
         for v in xff.iter().filter(|v| !v.trim_ascii().is_empty()) {
             out.extend_from_slice(v.trim_ascii());
@@ -185,5 +214,6 @@ pub fn parse_request(
         head_method: method == "HEAD",
         replayable: body == Framing::Empty && IDEMPOTENT.contains(&method),
         log,
+        target,
     }))
 }

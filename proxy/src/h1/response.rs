@@ -111,6 +111,7 @@ pub fn parse_response(
             // A chunked body decoded for an HTTP/1.0 client is no longer chunked.
             (k == Known::TransferEncoding).then_some(!decode_chunked)
         },
+        &mut (),
     );
     if !upgrading && !interim {
         if !keep_alive && !opts.http10_client {

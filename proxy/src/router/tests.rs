@@ -56,11 +56,38 @@ fn head(line: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     h.into_bytes()
 }
 
-/// The source of the rule the head picks, or "NR".
+/// The source of the rule the head picks, or "NR"; the same whether the view scans the head or
+/// takes the codec's word for where its parts are.
 fn pick(t: &Table, line: &str, headers: &[(&str, &str)]) -> String {
     let h = head(line, headers);
-    t.pick(&View::of(&h))
-        .map_or("NR".into(), |p| p.rule.source.clone())
+    let source = |v: View| t.pick(&v).map_or("NR".into(), |p| p.rule.source.clone());
+    let scanned = source(View::of(&h));
+    // The codec refuses a head without a host.
+    let mut with_host = headers.to_vec();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        with_host.push(("host", "svc"));
+    }
+    let (written, req, lines) = written(&head(line, &with_host));
+    assert_eq!(
+        source(View::of_request(&written, &req, &lines)),
+        scanned,
+        "{line} {headers:?}"
+    );
+    scanned
+}
+
+/// The head as the codec writes it upstream (an `x-request-id` added), and what it says of it.
+fn written(h: &[u8]) -> (Vec<u8>, crate::h1::Request, crate::h1::Lines) {
+    let mut out = Vec::new();
+    let opts = crate::h1::RequestOpts {
+        forwarded_for: Some(b"10.0.0.9"),
+        log: false,
+    };
+    let mut lines = crate::h1::Lines::default();
+    let req = crate::h1::parse_request_indexed(h, &opts, &mut out, &mut lines)
+        .unwrap()
+        .unwrap();
+    (out, req, lines)
 }
 
 fn table(matches: Vec<RouteMatch>, rules: Vec<ApiRule>, backends: usize) -> Table {
@@ -334,5 +361,50 @@ fn prefix_rewrites_follow_gateway_api_examples() {
     assert_eq!(
         new_path(&to("/bar"), b"/foo/x", b"a=1", Some(b"/foo")),
         b"/bar/x?a=1"
+    );
+}
+
+#[test]
+fn many_header_matches_and_many_lines_read_the_same_either_way() {
+    // Twelve distinct names (more than one pass indexes), each match wanting one of them.
+    let names: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
+    let matches = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| RouteMatch {
+            headers: vec![ValueMatch {
+                name: n.clone(),
+                value: StringMatch::Exact("yes".into()),
+            }],
+            ..m(i)
+        })
+        .collect();
+    let rules = (0..12).map(|i| rule(&format!("r{i}"), 0)).collect();
+    let t = table(matches, rules, 1);
+    for i in [0, 7, 8, 11] {
+        let want = format!("X-H{i}");
+        assert_eq!(
+            pick(&t, "GET /", &[("host", "a"), (&want, "yes")]),
+            format!("r{i}")
+        );
+    }
+    assert_eq!(pick(&t, "GET /", &[("host", "a"), ("x-h3", "no")]), "NR");
+    // The lines the proxy adds are found too.
+    let (w, req, lines) = written(&head("GET /", &[("host", "a")]));
+    let v = View::of_request(&w, &req, &lines);
+    assert_eq!(v.header(b"x-forwarded-for"), Some(&b"10.0.0.9"[..]));
+    assert_eq!(v.header(b"x-request-id").map(<[u8]>::len), Some(36));
+    assert_eq!(v.header(b"host"), Some(&b"a"[..]));
+    // Forty lines: more than the codec remembers, so the view scans.
+    let filler: Vec<(String, String)> = (0..40).map(|i| (format!("f{i}"), "v".into())).collect();
+    let mut hs: Vec<(&str, &str)> = filler.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+    hs.insert(0, ("host", "a"));
+    hs.push(("x-h9", "yes"));
+    assert_eq!(pick(&t, "GET /", &hs), "r9");
+    let (w, req, lines) = written(&head("GET /", &hs));
+    assert!(lines.get().is_none());
+    assert_eq!(
+        View::of_request(&w, &req, &lines).header(b"x-h9"),
+        Some(&b"yes"[..])
     );
 }
