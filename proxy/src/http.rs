@@ -69,17 +69,18 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     let mut timer = Box::pin(tokio::time::sleep(ctx.idle_timeout));
     let drain = ctx.drain.clone();
     let mut drained = pin!(drain.signaled());
-    // Where each header line of a request head starts, kept only where routes read them.
-    let mut lines = matches!(up, Upstream::Routed { .. }).then(h1::Lines::default);
+    // Where each header line of a request head starts, noted only while routes read them.
+    let mut lines = h1::Lines::default();
     loop {
         let mut up_head = Vec::new();
+        let routed = matches!(&up, Upstream::Routed { routes, .. } if routes.installed());
         let opts = RequestOpts {
             forwarded_for: client_ip.as_deref(),
             log: ctx.access_log.is_some(),
         };
         let next = tokio::select! {
             biased;
-            r = d.read_head(&opts, &mut up_head, lines.as_mut()) => r,
+            r = d.read_head(&opts, &mut up_head, routed.then_some(&mut lines)) => r,
             _ = timer.as_mut() => return, // idle (or a head too slow): close
             _ = drained.as_mut(), if d.buf.is_empty() => return,
         };
@@ -116,7 +117,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         let keep = Exchange {
             ctx: &ctx,
             up: &up,
-            lines: lines.as_ref(),
+            lines: routed.then_some(&lines),
             timer: &mut timer,
             peer,
         }

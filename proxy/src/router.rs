@@ -52,6 +52,11 @@ pub struct RouteSlot {
 }
 
 impl RouteSlot {
+    /// Whether a table is installed (one load, no lock).
+    pub fn installed(&self) -> bool {
+        self.has.load(Relaxed)
+    }
+
     pub fn get(&self) -> Option<Arc<Table>> {
         if !self.has.load(Relaxed) {
             return None;
