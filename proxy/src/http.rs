@@ -948,14 +948,7 @@ impl Finish<'_> {
 /// address. `None` (the header or cookie is absent) balances the request at random.
 fn hash_key(on: &config::api::HashOn, head: &[u8], peer: SocketAddr) -> Option<u64> {
     use config::api::HashOn;
-    let header = |name: &str| -> Option<&[u8]> {
-        head.split(|b| *b == b'\n').skip(1).find_map(|line| {
-            let colon = line.iter().position(|b| *b == b':')?;
-            line[..colon]
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| line[colon + 1..].trim_ascii())
-        })
-    };
+    let header = |name: &str| View::of(head).header(name.as_bytes());
     let bytes = match on {
         HashOn::SourceIp => {
             return Some(crate::balancer::stable_hash(
@@ -1164,5 +1157,39 @@ impl Finish<'_> {
             linger_close(&mut d.io).await;
         }
         ok && keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use config::api::HashOn;
+
+    use super::hash_key;
+    use crate::balancer::stable_hash;
+
+    #[test]
+    fn the_hash_key_is_a_header_a_cookie_or_the_client() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-User: jason \r\n\
+                     Cookie: theme=dark; session=s1\r\n\r\n";
+        let peer = "10.0.0.7:4000".parse().unwrap();
+        let on_header = |n: &str| hash_key(&HashOn::Header(n.into()), head, peer);
+        // Header names in any case; the value trimmed.
+        assert_eq!(on_header("x-user"), Some(stable_hash(b"jason")));
+        assert_eq!(on_header("X-USER"), Some(stable_hash(b"jason")));
+        assert_eq!(on_header("absent"), None);
+        let cookie = |n: &str| {
+            let on = HashOn::Cookie {
+                name: n.into(),
+                ttl_ms: None,
+            };
+            hash_key(&on, head, peer)
+        };
+        assert_eq!(cookie("session"), Some(stable_hash(b"s1")));
+        assert_eq!(cookie("theme"), Some(stable_hash(b"dark")));
+        assert_eq!(cookie("other"), None);
+        assert_eq!(
+            hash_key(&HashOn::SourceIp, head, peer),
+            Some(stable_hash(b"10.0.0.7"))
+        );
     }
 }

@@ -58,7 +58,7 @@ impl RouteSlot {
     }
 
     pub fn get(&self) -> Option<Arc<Table>> {
-        if !self.has.load(Relaxed) {
+        if !self.installed() {
             return None;
         }
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -382,12 +382,12 @@ impl<'h> View<'h> {
         req: &crate::h1::Request,
         lines: &'h crate::h1::Lines,
     ) -> View<'h> {
-        let t = req.target.clone();
-        let Some(target) = head.get(t.clone()) else {
+        let (start, end) = (req.target.start, req.target.end);
+        let Some(target) = head.get(start..end) else {
             return View::of(head);
         };
-        let method = &head[..t.start.saturating_sub(1)];
-        let line_end = t.end + b" HTTP/1.1\r\n".len();
+        let method = &head[..start.saturating_sub(1)];
+        let line_end = end + b" HTTP/1.1\r\n".len();
         View::with(head, method, target, line_end, lines.get())
     }
 
@@ -436,7 +436,7 @@ impl<'h> View<'h> {
         }
     }
 
-    /// The first value of a header (`name` lower-case), trimmed. Only a line's start is
+    /// The first value of a header (`name` in any case), trimmed. Only a line's start is
     /// compared (h1 has refused whitespace before a colon).
     pub fn header(&self, name: &[u8]) -> Option<&'h [u8]> {
         let mut found = None;
@@ -475,7 +475,7 @@ impl<'h> View<'h> {
     }
 }
 
-/// The value of a `name: value CRLF` line, if it is `name`'s (`name` lower-case).
+/// The value of a `name: value CRLF` line, if it is `name`'s (compared in any case).
 #[inline]
 fn value_of<'h>(line: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     (line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name))

@@ -400,21 +400,11 @@ const LINES: usize = 32;
 /// Where each header line of a written request head starts, so that the router reads a header
 /// per route match without scanning for line ends. Only the first [`LINES`] are kept; a head
 /// with more is read by scanning.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Lines {
     at: [u16; LINES],
     n: u8,
     overflow: bool,
-}
-
-impl Default for Lines {
-    fn default() -> Self {
-        Lines {
-            at: [0; LINES],
-            n: 0,
-            overflow: false,
-        }
-    }
 }
 
 impl Lines {
