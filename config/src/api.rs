@@ -150,6 +150,11 @@ pub struct Rule {
     /// a rule with nothing to send to).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<WeightedBackend>,
+    /// The weight of the rule's `backendRefs` that cannot be used (another kind than Service,
+    /// another namespace, a Service or port that does not exist): their share of requests is
+    /// answered 500, as Gateway API requires, instead of going to the other backends.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub invalid_weight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderModifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -374,6 +379,11 @@ impl Default for Outlier {
             max_ejection_percent: 10,
         }
     }
+}
+
+/// For `skip_serializing_if`: a zero weight is left out.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -194,6 +194,17 @@ pub fn compile_routes(
             let mut r = rule.rule.clone();
             r.source = format!("{}#{i}", route.id());
             for (b, weight, field) in &rule.backends {
+                // A missing Service or port: its share is answered 500 (Gateway API), not sent
+                // to the other backends and not to a backend without endpoints (503).
+                if let Some(problem) = backend_problem(model, b) {
+                    reports.push(RouteError {
+                        object: route.id(),
+                        field: field.clone(),
+                        problem,
+                    });
+                    r.invalid_weight += weight;
+                    continue;
+                }
                 r.backends.push(WeightedBackend {
                     backend: backend(b, field, reports),
                     weight: *weight,
@@ -294,8 +305,8 @@ fn backend_problem(model: &Model, b: &BackendRef) -> Option<RouteProblem> {
     }
 }
 
-/// A backend as a destination of its own; with no endpoints (503 `UH` at the proxy) when its
-/// Service or port does not exist, and then the problem.
+/// A backend as a destination of its own; with no endpoints when its Service or port does not
+/// exist (a mirror to it sends nothing), and then the problem.
 fn backend_destination(
     model: &Model,
     b: &BackendRef,

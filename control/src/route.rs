@@ -101,7 +101,8 @@ pub enum RouteProblem {
     UnsupportedValue { what: String },
     #[error(
         "RefNotPermitted: {kind} {namespace}/{name} is in another namespace, and ReferenceGrants \
-         are not supported yet; this reference is ignored"
+         are not supported yet; this reference is ignored (a backend's share of requests is \
+         answered 500)"
     )]
     RefNotPermitted {
         kind: &'static str,
@@ -109,8 +110,8 @@ pub enum RouteProblem {
         name: String,
     },
     #[error(
-        "InvalidKind: {group:?}/{kind} is not a Service; this backend is ignored (expected \
-         group \"\" and kind Service)"
+        "InvalidKind: {group:?}/{kind} is not a Service (expected group \"\" and kind \
+         Service); its share of requests is answered 500"
     )]
     InvalidKind { group: String, kind: String },
     #[error("only one HTTPFault applies per rule; this one is ignored")]
@@ -122,10 +123,10 @@ pub enum RouteProblem {
     ConsumerRoute { namespace: String, name: String },
     // Found while compiling (they depend on other objects).
     #[error(
-        "BackendNotFound: Service {service} does not exist; its share of requests is answered 503"
+        "BackendNotFound: Service {service} does not exist; its share of requests is answered 500"
     )]
     BackendNotFound { service: ServiceRef },
-    #[error("BackendNotFound: Service {service} has no port {port}; its share of requests is answered 503")]
+    #[error("BackendNotFound: Service {service} has no port {port}; its share of requests is answered 500")]
     BackendPortNotFound { service: ServiceRef, port: u16 },
     #[error(
         "HTTPFault {namespace}/{name} does not exist; the rule answers 500 to every request until \
@@ -537,10 +538,11 @@ fn read_rule(
             namespace: b.namespace.as_deref(),
             port: b.port,
         };
-        if let Some(backend) = backend_ref(&target, &f, namespace, warn)? {
-            if weight > 0 {
-                rule.backends.push((backend, weight, f));
-            }
+        match backend_ref(&target, &f, namespace, warn)? {
+            Some(backend) if weight > 0 => rule.backends.push((backend, weight, f)),
+            Some(_) => {}
+            // Its share is answered 500 (Gateway API: an invalid backendRef's requests).
+            None => rule.rule.invalid_weight += weight,
         }
     }
     for (j, filter) in r.filters.iter().flatten().enumerate() {

@@ -337,9 +337,15 @@ impl Exchange<'_> {
             .hash_on()
             .and_then(|on| hash_key(&on, &up_head, peer));
         // The route's timeout covers every try; a delay is not counted (Envoy's fault filter
-        // runs before the router's timer starts).
-        let deadline = tokio::time::Instant::now() + rq.timeout;
-        timer.as_mut().reset(deadline);
+        // runs before the router's timer starts). Without either, the timer set above stands
+        // (re-arming it costs a clock read and a timer-wheel move per request).
+        let deadline = if rq.delayed || rq.timeout != ctx.request_timeout {
+            let deadline = tokio::time::Instant::now() + rq.timeout;
+            timer.as_mut().reset(deadline);
+            deadline
+        } else {
+            timer.deadline()
+        };
 
         let mut attempts = 0;
         let mut tries_left = retry.map_or(0, |r| r.attempts);

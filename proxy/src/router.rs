@@ -78,6 +78,10 @@ pub struct Table {
     /// The distinct header names the matches ask for (lower-case), in first-use order: the
     /// first [`INDEXED`] are found in one pass over a request's header lines.
     header_names: Vec<Box<[u8]>>,
+    /// For each byte a header line can start with, which of the first [`INDEXED`] names start
+    /// with it, in either case (bit `i`: name `i`): most lines are none of them, and one load
+    /// says so.
+    first: Box<[u8; 256]>,
 }
 
 /// How many distinct header names one pass over the header lines finds (more are looked up
@@ -109,7 +113,9 @@ enum Value {
 pub struct Rule {
     pub source: String,
     backends: Vec<(Arc<Cluster>, u32)>,
-    total_weight: u32,
+    /// The weight of `backends`, and that plus the invalid backends' (answered 500).
+    valid_weight: u64,
+    total_weight: u64,
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub redirect: Option<Redirect>,
@@ -162,7 +168,9 @@ impl Table {
                 .collect::<Result<Vec<_>, TableError>>()?;
             rules.push(Rule {
                 source: r.source.clone(),
-                total_weight: backends.iter().map(|b| b.1).sum(),
+                valid_weight: backends.iter().map(|b| u64::from(b.1)).sum(),
+                total_weight: backends.iter().map(|b| u64::from(b.1)).sum::<u64>()
+                    + u64::from(r.invalid_weight),
                 backends,
                 request_headers: r.request_headers.clone(),
                 response_headers: r.response_headers.clone(),
@@ -231,10 +239,18 @@ impl Table {
                     .collect::<Result<_, TableError>>()?,
             });
         }
+        let mut first = Box::new([0u8; 256]);
+        for (i, name) in header_names.iter().take(INDEXED).enumerate() {
+            if let Some(&b) = name.first() {
+                first[usize::from(b.to_ascii_lowercase())] |= 1 << i;
+                first[usize::from(b.to_ascii_uppercase())] |= 1 << i;
+            }
+        }
         Ok(Table {
             matches,
             rules,
             header_names,
+            first,
         })
     }
 
@@ -242,8 +258,9 @@ impl Table {
     pub fn pick(&self, req: &View) -> Option<Picked<'_>> {
         let mut headers = Headers {
             view: req,
-            names: &self.header_names,
-            found: None,
+            table: self,
+            found: [None; INDEXED],
+            filled: false,
         };
         self.matches
             .iter()
@@ -263,17 +280,26 @@ impl Table {
 /// first time a match needs one (rules decided by path or method alone never pay for it).
 struct Headers<'t, 'v, 'h> {
     view: &'v View<'h>,
-    names: &'t [Box<[u8]>],
-    found: Option<[Option<&'h [u8]>; INDEXED]>,
+    table: &'t Table,
+    found: [Option<&'h [u8]>; INDEXED],
+    filled: bool,
 }
 
 impl<'h> Headers<'_, '_, 'h> {
     fn get(&mut self, at: usize) -> Option<&'h [u8]> {
-        let Headers { view, names, found } = self;
+        let names = &self.table.header_names;
         if at >= INDEXED {
-            return view.header(&names[at]);
+            return self.view.header(&names[at]);
         }
-        found.get_or_insert_with(|| view.headers(&names[..names.len().min(INDEXED)]))[at]
+        if !self.filled {
+            self.filled = true;
+            self.view.headers(
+                &names[..names.len().min(INDEXED)],
+                &self.table.first,
+                &mut self.found,
+            );
+        }
+        self.found[at]
     }
 }
 
@@ -316,23 +342,25 @@ impl Value {
 
 impl Rule {
     /// A backend by weight (`None`: the rule has none, or all weights are 0: 500).
+    /// The share of the invalid backends (`invalid_weight`) gets `None` too.
     pub fn backend(&self) -> Option<&Arc<Cluster>> {
-        match self.backends.len() {
-            0 => None,
-            1 => (self.total_weight > 0).then(|| &self.backends[0].0),
-            _ if self.total_weight == 0 => None,
-            _ => {
-                let mut at = (crate::balancer::random() % u64::from(self.total_weight)) as u32;
-                self.backends.iter().find_map(|(c, w)| {
-                    if at < *w {
-                        Some(c)
-                    } else {
-                        at -= w;
-                        None
-                    }
-                })
+        if self.total_weight == 0 {
+            return None;
+        }
+        if let [(only, _)] = &self.backends[..] {
+            if self.total_weight == self.valid_weight {
+                return Some(only);
             }
         }
+        let mut at = crate::balancer::random() % self.total_weight;
+        self.backends.iter().find_map(|(c, w)| {
+            if at < u64::from(*w) {
+                Some(c)
+            } else {
+                at -= u64::from(*w);
+                None
+            }
+        })
     }
 }
 
@@ -413,13 +441,18 @@ impl<'h> View<'h> {
         }
     }
 
-    /// Calls `f` with each header line (CRLF included) until it returns true.
+    /// Calls `f` with each header line (CRLF included) whose first byte `wanted` accepts,
+    /// until `f` returns true.
     #[inline]
-    fn each_line(&self, mut f: impl FnMut(&'h [u8]) -> bool) {
+    fn each_line(&self, wanted: impl Fn(u8) -> bool, mut f: impl FnMut(&'h [u8]) -> bool) {
         if let Some((head, starts)) = self.lines {
             for (i, &at) in starts.iter().enumerate() {
+                let at = usize::from(at);
+                if !head.get(at).is_some_and(|b| wanted(*b)) {
+                    continue;
+                }
                 let end = starts.get(i + 1).map_or(head.len(), |&n| usize::from(n));
-                if f(head.get(usize::from(at)..end).unwrap_or_default()) {
+                if f(head.get(at..end).unwrap_or_default()) {
                     return;
                 }
             }
@@ -430,7 +463,7 @@ impl<'h> View<'h> {
             let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
             let (line, next) = rest.split_at(end);
             rest = next;
-            if f(line) {
+            if wanted(line[0]) && f(line) {
                 return;
             }
         }
@@ -439,32 +472,47 @@ impl<'h> View<'h> {
     /// The first value of a header (`name` in any case), trimmed. Only a line's start is
     /// compared (h1 has refused whitespace before a colon).
     pub fn header(&self, name: &[u8]) -> Option<&'h [u8]> {
+        let first = *name.first()?;
         let mut found = None;
-        self.each_line(|line| {
-            found = value_of(line, name);
-            found.is_some()
-        });
+        self.each_line(
+            |b| b.eq_ignore_ascii_case(&first),
+            |line| {
+                found = value_of(line, name);
+                found.is_some()
+            },
+        );
         found
     }
 
-    /// The first value of each of `names` (lower-case, at most [`INDEXED`]), in one pass.
-    fn headers(&self, names: &[Box<[u8]>]) -> [Option<&'h [u8]>; INDEXED] {
-        let mut found = [None; INDEXED];
-        self.each_line(|line| {
-            // Most lines are none of the names: their first letter says so.
-            let first = line.first().map_or(0, u8::to_ascii_lowercase);
-            for (name, slot) in names.iter().zip(found.iter_mut()) {
-                if name.first() == Some(&first) && slot.is_none() {
-                    *slot = value_of(line, name);
+    /// The first value of each of `names` (lower-case, at most [`INDEXED`]) into `found`, in
+    /// one pass; `first` says which names start with a byte (see [`Table::first`]).
+    fn headers(
+        &self,
+        names: &[Box<[u8]>],
+        first: &[u8; 256],
+        found: &mut [Option<&'h [u8]>; INDEXED],
+    ) {
+        self.each_line(
+            |b| first[usize::from(b)] != 0,
+            |line| {
+                let mut which = line.first().map_or(0, |b| first[usize::from(*b)]);
+                while which != 0 {
+                    let i = which.trailing_zeros() as usize;
+                    which &= which - 1;
+                    if found[i].is_none() {
+                        found[i] = names.get(i).and_then(|name| value_of(line, name));
+                    }
                 }
-            }
-            false
-        });
-        found
+                false
+            },
+        );
     }
 
     /// The first value of a query parameter (not percent-decoded).
     fn query(&self, name: &[u8]) -> Option<&'h [u8]> {
+        if self.query.is_empty() {
+            return None;
+        }
         self.query.split(|b| *b == b'&').find_map(|kv| {
             let (k, v) = match kv.iter().position(|b| *b == b'=') {
                 Some(eq) => (&kv[..eq], &kv[eq + 1..]),

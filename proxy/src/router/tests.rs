@@ -254,6 +254,38 @@ fn weights_split_requests_in_proportion() {
 }
 
 #[test]
+fn the_share_of_invalid_backends_has_none() {
+    // Gateway API: requests that would have gone to an invalid backendRef get 500, the others
+    // are not given more than their share.
+    let t = table(
+        vec![m(0), m(1)],
+        vec![
+            ApiRule {
+                source: "half".into(),
+                backends: vec![WeightedBackend {
+                    backend: 0,
+                    weight: 50,
+                }],
+                invalid_weight: 50,
+                ..ApiRule::default()
+            },
+            ApiRule {
+                source: "all".into(),
+                invalid_weight: 1,
+                ..ApiRule::default()
+            },
+        ],
+        1,
+    );
+    let none = (0..10_000)
+        .filter(|_| t.rules[0].backend().is_none())
+        .count();
+    // Binomial(10000, 0.5): mean 5000, sd 50; ±6 sd.
+    assert!((4700..=5300).contains(&none), "{none}");
+    assert!((0..100).all(|_| t.rules[1].backend().is_none()));
+}
+
+#[test]
 fn a_rule_without_a_backend_or_weight_has_none() {
     let t = table(
         vec![m(0), m(1)],
