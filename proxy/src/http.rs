@@ -71,8 +71,12 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     let mut drained = pin!(drain.signaled());
     // Where each header line of a request head starts, noted only while routes read them.
     let mut lines = h1::Lines::default();
+    // The heads written for upstream and for the client: kept for the connection's next request
+    // (a fresh pair per request cost two allocations), and dropped when a large head grew them.
+    let mut up_head = Vec::new();
+    let mut down_head = Vec::new();
     loop {
-        let mut up_head = Vec::new();
+        up_head.clear();
         let routed = matches!(&up, Upstream::Routed { routes, .. } if routes.installed());
         let opts = RequestOpts {
             forwarded_for: client_ip.as_deref(),
@@ -119,12 +123,18 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
             up: &up,
             lines: routed.then_some(&lines),
             timer: &mut timer,
+            down_head: &mut down_head,
             peer,
         }
-        .run(&mut d, req, up_head)
+        .run(&mut d, req, &mut up_head)
         .await;
         if !keep || ctx.drain.is_draining() {
             return;
+        }
+        for head in [&mut up_head, &mut down_head] {
+            if head.capacity() > KEPT_HEAD {
+                *head = Vec::new();
+            }
         }
         timer
             .as_mut()
@@ -178,8 +188,13 @@ struct Exchange<'a> {
     /// The request head's line starts, on a connection with routes.
     lines: Option<&'a h1::Lines>,
     timer: &'a mut Pin<Box<Sleep>>,
+    /// Where the response head is written for the client (empty; see [`KEPT_HEAD`]).
+    down_head: &'a mut Vec<u8>,
     peer: SocketAddr,
 }
+
+/// A connection keeps its head buffers between requests up to this capacity.
+const KEPT_HEAD: usize = 4096;
 
 /// How the exchange with upstream ended before anything of a final response reached the client.
 enum Early {
@@ -229,12 +244,13 @@ enum Pump {
 
 impl Exchange<'_> {
     /// Forwards one request and its response. True if the client's connection can be reused.
-    async fn run(self, d: &mut Downstream, mut req: Request, mut up_head: Vec<u8>) -> bool {
+    async fn run(self, d: &mut Downstream, mut req: Request, up_head: &mut Vec<u8>) -> bool {
         let Exchange {
             ctx,
             up,
             lines,
             timer,
+            down_head,
             peer,
         } = self;
         let start = Instant::now();
@@ -255,8 +271,8 @@ impl Exchange<'_> {
                     None if default.is_none() => (None, Some(Local::NoRoute)),
                     None => (default.as_ref(), None),
                     Some(t) => match t.pick(&match lines {
-                        Some(lines) => View::of_request(&up_head, &req, lines),
-                        None => View::of(&up_head),
+                        Some(lines) => View::of_request(up_head, &req, lines),
+                        None => View::of(up_head),
                     }) {
                         None => (None, Some(Local::NoRoute)),
                         Some(p) => {
@@ -309,15 +325,15 @@ impl Exchange<'_> {
             if let Some(redirect) = &r.redirect {
                 ctx.listener.http.rq_redirect.inc();
                 return rq
-                    .redirect(d, &body, &req, &up_head, redirect, p.prefix)
+                    .redirect(d, &body, &req, up_head, redirect, p.prefix)
                     .await;
             }
             if r.rewrite.is_some() || r.request_headers.is_some() {
-                up_head = rewrite(&up_head, r, p.prefix);
+                *up_head = rewrite(up_head, r, p.prefix);
             }
             for (mirror, share) in &r.mirrors {
                 if router::roll(*share) {
-                    mirror_request(ctx, mirror, &up_head, req.body);
+                    mirror_request(ctx, mirror, up_head, req.body);
                 }
             }
             rq.response_headers = r.response_headers.as_ref();
@@ -335,7 +351,7 @@ impl Exchange<'_> {
         let st = &cluster.stats;
         let key = cluster
             .hash_on()
-            .and_then(|on| hash_key(&on, &up_head, peer));
+            .and_then(|on| hash_key(&on, up_head, peer));
         // The route's timeout covers every try; a delay is not counted (Envoy's fault filter
         // runs before the router's timer starts). Without either, the timer set above stands
         // (re-arming it costs a clock read and a timer-wheel move per request).
@@ -411,14 +427,7 @@ impl Exchange<'_> {
                 None => None,
             };
             let ended = forward(
-                &mut lease,
-                d,
-                &req,
-                &mut up_head,
-                &mut body,
-                timer,
-                &rq,
-                retry_on,
+                &mut lease, d, &req, up_head, &mut body, down_head, timer, &rq, retry_on,
             )
             .await;
             let failed = match &ended {
@@ -599,6 +608,7 @@ async fn forward(
     req: &Request,
     up_head: &mut Vec<u8>,
     body: &mut Body,
+    down_head: &mut Vec<u8>,
     timer: &mut Pin<Box<Sleep>>,
     rq: &Finish<'_>,
     mut retry_on: Option<&mut (dyn FnMut(u16) -> bool + Send)>,
@@ -646,14 +656,14 @@ async fn forward(
         &mut dr, &mut d.buf, &mut uw, body, &body_sent, rq
     ));
     let mut resp = pin!(async {
-        let head = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st).await?;
+        let head = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st, down_head).await?;
         if let Some(retry_on) = retry_on.as_mut() {
-            if retry_on(head.0.status) {
-                return Err(Early::Retry(head.0.status));
+            if retry_on(head.status) {
+                return Err(Early::Retry(head.status));
             }
         }
-        rq.stats.count_code(head.0.status);
-        relay_response(&mut ur, ubuf, &mut dw, head, rq).await
+        rq.stats.count_code(head.status);
+        relay_response(&mut ur, ubuf, &mut dw, head, down_head, rq).await
     });
     let mut idle = pin!(rq.activity.expired(rq.ctx.idle_timeout));
     let r = poll_fn(|cx| {
@@ -693,7 +703,7 @@ async fn forward(
 }
 
 /// Reads until a final response head, forwarding interim (1xx) ones. Returns the head (already
-/// re-encoded for the client in the second field).
+/// re-encoded for the client in `out`).
 async fn read_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ur: &mut R,
     ubuf: &mut Buf,
@@ -701,25 +711,26 @@ async fn read_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     opts: &ResponseOpts,
     body_sent: &AtomicBool,
     st: &ClusterStats,
-) -> Result<(h1::Response, Vec<u8>), Early> {
+    out: &mut Vec<u8>,
+) -> Result<h1::Response, Early> {
     let mut got_any = false;
     loop {
         if !ubuf.is_empty() {
-            let mut out = Vec::new();
+            out.clear();
             let opts = ResponseOpts {
                 keep_alive: opts.keep_alive && body_sent.load(Relaxed),
                 ..*opts
             };
-            match h1::parse_response(ubuf.data(), &opts, &mut out) {
+            match h1::parse_response(ubuf.data(), &opts, out) {
                 Ok(Some(r)) if r.interim => {
                     ubuf.consume(r.head_len);
                     st.upstream_cx_rx_bytes_total.add(r.head_len as u64);
-                    if !out.is_empty() && dw.write_all(&out).await.is_err() {
+                    if !out.is_empty() && dw.write_all(out).await.is_err() {
                         return Err(Early::ClientGone);
                     }
                     continue;
                 }
-                Ok(Some(r)) => return Ok((r, out)),
+                Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
                 Err(e) => return Err(Early::Protocol(e)),
             }
@@ -737,13 +748,14 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ur: &mut R,
     ubuf: &mut Buf,
     dw: &mut W,
-    (head, mut out): (h1::Response, Vec<u8>),
+    head: h1::Response,
+    out: &mut Vec<u8>,
     rq: &Finish<'_>,
 ) -> Result<(u16, Delivered, bool), Early> {
     let st = rq.stats;
     let code = head.status;
     if let Some(m) = rq.response_headers {
-        out = router::edit_head(&out, None, m);
+        *out = router::edit_head(out, None, m);
     }
     rq.code_sent.store(code, Relaxed);
     if rq.log.is_some() {
@@ -756,7 +768,7 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut body = Body::new(head.body);
     let decode = head.decode_chunked;
     if head.body == Framing::Upgrade {
-        if dw.write_all(&out).await.is_err() {
+        if dw.write_all(out).await.is_err() {
             return Ok((code, Delivered::ClientGone, false));
         }
         return Ok((code, Delivered::Upgrade, false));
@@ -766,7 +778,7 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     // the payload to `out`, and `out` is what is written.
     loop {
         let taken = if decode {
-            body.take(ubuf.data(), Some(&mut out))
+            body.take(ubuf.data(), Some(&mut *out))
         } else {
             body.take(ubuf.data(), None)
         };
@@ -779,7 +791,7 @@ async fn relay_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             if !decode {
                 out.extend_from_slice(data);
             }
-            let w = dw.write_all(&out).await;
+            let w = dw.write_all(out).await;
             out.clear();
             w
         } else {
