@@ -9,6 +9,7 @@
 //! - [`source`]: where objects come from (Kubernetes watchers, or a directory);
 //! - [`store`]: the live model and one latest-answer topic per watched address;
 //! - [`serve`]: the HTTP discovery and metrics servers; [`metrics`]: their Prometheus metrics;
+//! - [`status`]: what each HTTPRoute's `status.parents` should say;
 //! - [`describe`]: what a proxy would be told, for humans;
 //! - [`convert`]: Istio DestinationRules and VirtualServices as Trellis objects (`control convert`).
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod policy;
 pub mod route;
 pub mod serve;
 pub mod source;
+pub mod status;
 pub mod store;
 
 pub use compile::compile;

@@ -626,6 +626,13 @@ impl Model {
         }
     }
 
+    pub fn route(&self, route: &ServiceRef) -> Option<&ParsedRoute> {
+        match self.objects.get(&key(Kind::HttpRoute, route)) {
+            Some(Object::HttpRoute(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn gateway(&self, gateway: &ServiceRef) -> Option<&ParsedGateway> {
         match self.objects.get(&key(Kind::Gateway, gateway)) {
             Some(Object::Gateway(g)) => Some(g),

@@ -58,6 +58,9 @@ pub struct Store {
     /// The route problems last logged per parent, so each new one is logged once.
     route_problems: Mutex<BTreeMap<Parent, BTreeSet<String>>>,
     ready: AtomicBool,
+    /// The model's version after each change that touched something: for writers that follow
+    /// the whole model (HTTPRoute status).
+    changed: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -69,6 +72,7 @@ impl Store {
             gateway_topics: Mutex::new(HashMap::new()),
             route_problems: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            changed: watch::Sender::new(0),
             metrics,
         })
     }
@@ -100,6 +104,16 @@ impl Store {
             .reports()
     }
 
+    /// Wakes after each change that touched something (the value: the model's version).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Reads the model (under its read lock: keep `f` short).
+    pub fn with_model<T>(&self, f: impl FnOnce(&Model) -> T) -> T {
+        f(&self.model.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Applies one event; see [`Model::apply`].
     pub fn apply(&self, change: Change) -> Touched {
         self.change(|m| m.apply(change))
@@ -119,6 +133,7 @@ impl Store {
         if !touched.is_empty() {
             self.log_route_problems(&model, &touched);
             self.push(&model, &touched);
+            self.changed.send_replace(model.version());
         }
         touched
     }
@@ -304,6 +319,8 @@ impl Store {
     /// Called by the source once its first load is in the model.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+        // Writers that wait for the whole first picture (route status) look now.
+        self.changed.send_modify(|_| {});
     }
 
     pub fn is_ready(&self) -> bool {

@@ -523,6 +523,124 @@ async fn routes_arrive_compiled_and_follow_their_backends_and_faults() {
     assert_eq!(routes.backends[0].service.name, "reviews");
 }
 
+/// The route's Trellis entry in `status.parents`, once it satisfies `done` (within 10 s).
+async fn route_parent_status(
+    server: &ApiServer,
+    name: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..500 {
+        let entry = server
+            .object(&kit::apiserver::HTTPROUTES.gvr, "default", name)
+            .and_then(|r| {
+                r.pointer("/status/parents")?
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["controllerName"] == "trellis.dev/control")
+                    .cloned()
+            });
+        if let Some(e) = entry.filter(|e| done(e)) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "route {name}: no such status within 10s: {:?}",
+        server.object(&kit::apiserver::HTTPROUTES.gvr, "default", name)
+    );
+}
+
+fn route_status_patches(server: &ApiServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PATCH ") && r.contains("/httproutes/") && r.contains("/status"))
+        .count()
+}
+
+#[tokio::test]
+async fn route_status_says_accepted_and_resolved_refs_and_follows_the_backends() {
+    let mut resources = kit::apiserver::DEFAULT_RESOURCES.to_vec();
+    resources.extend(kit::apiserver::ROUTE_RESOURCES);
+    let server = ApiServer::with_options(Options {
+        resources,
+        ..Options::default()
+    })
+    .unwrap();
+    server
+        .create(yaml(&service("reviews", "10.96.0.10")))
+        .unwrap();
+    let mut to_v2 = route(
+        "to-v2",
+        json!({"group": "", "kind": "Service", "name": "reviews", "port": 80}),
+        "reviews-v2",
+    );
+    to_v2["spec"]["rules"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("filters");
+    // Another controller's entry, which Trellis keeps.
+    server.create(to_v2).unwrap();
+    let theirs = json!({"parentRef": {"name": "mesh"}, "controllerName": "example.com/other",
+                        "conditions": []});
+    server
+        .patch_status(
+            &kit::apiserver::HTTPROUTES.gvr,
+            "default",
+            "to-v2",
+            json!({"status": {"parents": [theirs]}}),
+        )
+        .unwrap();
+    let control = start(&server).await;
+
+    // The backend Service does not exist: accepted, but a reference does not resolve.
+    let e = route_parent_status(&server, "to-v2", |e| e["conditions"].is_array()).await;
+    assert_eq!(
+        e["parentRef"],
+        json!({"group": "", "kind": "Service", "name": "reviews", "port": 80})
+    );
+    let c = &e["conditions"];
+    assert_eq!(
+        (&c[0]["type"], &c[0]["status"]),
+        (&json!("Accepted"), &json!("True"))
+    );
+    assert_eq!(
+        (&c[1]["type"], &c[1]["status"], &c[1]["reason"]),
+        (
+            &json!("ResolvedRefs"),
+            &json!("False"),
+            &json!("BackendNotFound")
+        )
+    );
+    assert!(
+        c[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.rules[0].backendRefs[0]: BackendNotFound: Service default/reviews-v2"),
+        "{c}"
+    );
+    let r = server
+        .object(&kit::apiserver::HTTPROUTES.gvr, "default", "to-v2")
+        .unwrap();
+    assert_eq!(
+        r["status"]["parents"][0], theirs,
+        "the other controller's entry stays"
+    );
+
+    // The Service appears: the reference resolves.
+    server
+        .create(yaml(&service("reviews-v2", "10.96.0.12")))
+        .unwrap();
+    route_parent_status(&server, "to-v2", |e| e["conditions"][1]["status"] == "True").await;
+    // Settled: our own writes cause no more writes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let n = route_status_patches(&server);
+    assert_eq!(n, 2, "{:?}", server.requests());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(route_status_patches(&server), n);
+    drop(control);
+}
+
 #[tokio::test]
 async fn without_the_gateway_api_crds_services_are_served_without_routes() {
     // The default double has no HTTPRoute, Gateway or HTTPFault resource: their lists are 404.

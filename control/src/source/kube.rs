@@ -18,7 +18,11 @@
 //! - each TrafficPolicy's `status.conditions` holds one `Accepted` condition saying whether it is
 //!   used (`True`/`Accepted`) or not (`False`, reason `Invalid` or `Conflicted`, the error as the
 //!   message), written with a merge patch on the status subresource only when it differs from
-//!   what the object already says, so our own writes never cause more writes.
+//!   what the object already says, so our own writes never cause more writes;
+//! - each HTTPRoute's `status.parents` holds, per parentRef Trellis serves, the `Accepted` and
+//!   `ResolvedRefs` conditions [`crate::status`] computes, written (merge patch on the status
+//!   subresource, other controllers' entries kept) after any change of the model that alters
+//!   them (a backend Service appearing resolves a reference), again only when they differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -34,9 +38,12 @@ use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt as _;
 use serde_json::{json, Value};
 
+use config::api::ServiceRef;
+
 use crate::model::{Change, Key, Kind, Object, Report};
 use crate::policy;
 use crate::route;
+use crate::status;
 use crate::store::Store;
 
 /// The CRD that defines TrafficPolicy, as `kubectl get crd` names it.
@@ -170,7 +177,14 @@ impl KubeSource {
             |e| Object::EndpointSlice(Box::new(e)),
         );
         let policies = follow_policies(self.client.clone(), &store, &ready);
-        let routes = follow_routes(self.client.clone(), &store, &ready);
+        let seen = Arc::new(Mutex::new(RoutesSeen::default()));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let route_watch = RouteWatch {
+            seen: seen.clone(),
+            wake: wake.clone(),
+        };
+        let routes = follow_routes(self.client.clone(), &store, &ready, route_watch);
+        let route_status = write_route_status(self.client.clone(), &store, &seen, &wake);
         let gateways = follow_gateways(self.client.clone(), &store, &ready);
         let faults = follow_faults(self.client.clone(), &store, &ready);
         tokio::select! {
@@ -178,6 +192,7 @@ impl KubeSource {
             () = slices => Err(KubeError::Ended("EndpointSlice")),
             () = policies => Err(KubeError::Ended("TrafficPolicy")),
             () = routes => Err(KubeError::Ended("HTTPRoute")),
+            () = route_status => Err(KubeError::Ended("HTTPRoute status")),
             () = gateways => Err(KubeError::Ended("Gateway")),
             () = faults => Err(KubeError::Ended("HTTPFault")),
         }
@@ -345,14 +360,15 @@ pub const GATEWAY_API_INSTALL: &str = "kubectl apply --server-side -f \
 /// Watches a kind whose CRD may be missing: while its list is 404, one warning names the CRD and
 /// how to install it, the kind counts as listed (empty), so everything else is served, and the
 /// watch is retried with backoff, so installing the CRD later is picked up. `status`, when
-/// given, writes each object's `Accepted` condition (TrafficPolicies).
-async fn follow_optional(
+/// given, sees every object as listed and watched, and is told when the store has settled
+/// (TrafficPolicy and HTTPRoute status).
+async fn follow_optional<S: Observer>(
     client: &kube::Client,
     optional: Optional,
     store: &Store,
     ready: &Readiness,
     convert: impl Fn(&DynamicObject) -> Object,
-    mut status: Option<StatusWriter>,
+    mut status: Option<S>,
 ) {
     let kind = optional.kind;
     let api = Api::<DynamicObject>::all_with(client.clone(), &optional.resource);
@@ -420,7 +436,7 @@ async fn follow_optional(
         }
         if let Some(status) = &mut status {
             if settled {
-                status.reconcile(store).await;
+                status.settled(store).await;
             }
         }
     }
@@ -439,7 +455,7 @@ async fn follow_policies(client: kube::Client, store: &Store, ready: &Readiness)
     follow_optional(&client, optional, store, ready, policy_object, Some(status)).await;
 }
 
-async fn follow_routes(client: kube::Client, store: &Store, ready: &Readiness) {
+async fn follow_routes(client: kube::Client, store: &Store, ready: &Readiness, watch: RouteWatch) {
     let optional = Optional {
         resource: route_resource(),
         kind: Kind::HttpRoute,
@@ -454,7 +470,7 @@ async fn follow_routes(client: kube::Client, store: &Store, ready: &Readiness) {
             route::ROUTE_KIND,
         ))))
     };
-    follow_optional(&client, optional, store, ready, convert, None).await;
+    follow_optional(&client, optional, store, ready, convert, Some(watch)).await;
 }
 
 async fn follow_gateways(client: kube::Client, store: &Store, ready: &Readiness) {
@@ -472,7 +488,15 @@ async fn follow_gateways(client: kube::Client, store: &Store, ready: &Readiness)
             route::GATEWAY_KIND,
         ))))
     };
-    follow_optional(&client, optional, store, ready, convert, None).await;
+    follow_optional(
+        &client,
+        optional,
+        store,
+        ready,
+        convert,
+        None::<StatusWriter>,
+    )
+    .await;
 }
 
 async fn follow_faults(client: kube::Client, store: &Store, ready: &Readiness) {
@@ -490,7 +514,15 @@ async fn follow_faults(client: kube::Client, store: &Store, ready: &Readiness) {
             route::FAULT_KIND,
         ))))
     };
-    follow_optional(&client, optional, store, ready, convert, None).await;
+    follow_optional(
+        &client,
+        optional,
+        store,
+        ready,
+        convert,
+        None::<StatusWriter>,
+    )
+    .await;
 }
 
 /// The `Accepted` condition as we compare it (the transition time aside).
@@ -543,6 +575,39 @@ fn key_of(o: &DynamicObject) -> Key {
             .clone()
             .unwrap_or_else(|| "default".into()),
         name: o.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// What a watch tells a status writer: each object seen or gone, relists, and when the store
+/// has taken an event in (so a write can follow).
+trait Observer {
+    fn seen(&mut self, o: &DynamicObject);
+    fn forget(&mut self, o: &DynamicObject);
+    fn relisting(&mut self);
+    fn relisted_done(&mut self);
+    /// Forgets every object not in `listed`.
+    fn relisted(&mut self, listed: BTreeSet<Key>);
+    async fn settled(&mut self, store: &Store);
+}
+
+impl Observer for StatusWriter {
+    fn seen(&mut self, o: &DynamicObject) {
+        StatusWriter::seen(self, o);
+    }
+    fn forget(&mut self, o: &DynamicObject) {
+        StatusWriter::forget(self, o);
+    }
+    fn relisting(&mut self) {
+        StatusWriter::relisting(self);
+    }
+    fn relisted_done(&mut self) {
+        StatusWriter::relisted_done(self);
+    }
+    fn relisted(&mut self, listed: BTreeSet<Key>) {
+        StatusWriter::relisted(self, listed);
+    }
+    async fn settled(&mut self, store: &Store) {
+        self.reconcile(store).await;
     }
 }
 
@@ -707,6 +772,183 @@ impl StatusWriter {
                     policy = %format!("{}/{}", key.namespace, key.name),
                     "cannot write the policy's status: {e}"
                 ),
+            }
+        }
+    }
+}
+
+/// The HTTPRoutes as last seen (generation and `status.parents`), and what we last wrote to
+/// each: shared by the route watch ([`RouteWatch`]) and the writer ([`write_route_status`]).
+#[derive(Default)]
+struct RoutesSeen {
+    routes: BTreeMap<ServiceRef, SeenRoute>,
+    relist: Option<BTreeSet<ServiceRef>>,
+    written: BTreeMap<ServiceRef, Vec<Value>>,
+}
+
+struct SeenRoute {
+    generation: Option<i64>,
+    parents: Vec<Value>,
+}
+
+fn route_ref(o: &DynamicObject) -> ServiceRef {
+    ServiceRef {
+        namespace: o
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: o.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// The route watch's side: records what each route says and wakes the writer.
+struct RouteWatch {
+    seen: Arc<Mutex<RoutesSeen>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl RouteWatch {
+    fn seen(&self) -> std::sync::MutexGuard<'_, RoutesSeen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Observer for RouteWatch {
+    fn seen(&mut self, o: &DynamicObject) {
+        let key = route_ref(o);
+        let parents = o
+            .data
+            .pointer("/status/parents")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut seen = RouteWatch::seen(self);
+        // Someone else changed our entries: what we wrote no longer stands.
+        if seen
+            .written
+            .get(&key)
+            .is_some_and(|w| !status::says(&parents, w))
+        {
+            seen.written.remove(&key);
+        }
+        if let Some(r) = &mut seen.relist {
+            r.insert(key.clone());
+        }
+        seen.routes.insert(
+            key,
+            SeenRoute {
+                generation: o.metadata.generation,
+                parents,
+            },
+        );
+    }
+    fn forget(&mut self, o: &DynamicObject) {
+        let key = route_ref(o);
+        let mut seen = RouteWatch::seen(self);
+        seen.routes.remove(&key);
+        seen.written.remove(&key);
+    }
+    fn relisting(&mut self) {
+        RouteWatch::seen(self).relist = Some(BTreeSet::new());
+    }
+    fn relisted_done(&mut self) {
+        let listed = RouteWatch::seen(self).relist.take().unwrap_or_default();
+        let mut seen = RouteWatch::seen(self);
+        seen.routes.retain(|k, _| listed.contains(k));
+        seen.written.retain(|k, _| listed.contains(k));
+    }
+    fn relisted(&mut self, listed: BTreeSet<Key>) {
+        let listed: BTreeSet<ServiceRef> = listed
+            .into_iter()
+            .map(|k| ServiceRef {
+                namespace: k.namespace,
+                name: k.name,
+            })
+            .collect();
+        let mut seen = RouteWatch::seen(self);
+        seen.routes.retain(|k, _| listed.contains(k));
+        seen.written.retain(|k, _| listed.contains(k));
+    }
+    async fn settled(&mut self, _store: &Store) {
+        self.wake.notify_one();
+    }
+}
+
+/// How long the writer lets a burst of changes settle before it compares.
+const ROUTE_STATUS_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes each seen HTTPRoute's `status.parents` when what [`status::route_status`] says differs
+/// from what the route says (and from what we last wrote): after every change of the model, and
+/// after every route event. Runs until the task is dropped.
+async fn write_route_status(
+    client: kube::Client,
+    store: &Store,
+    seen: &Mutex<RoutesSeen>,
+    wake: &tokio::sync::Notify,
+) {
+    let mut changes = store.changes();
+    let resource = route_resource();
+    // Routes whose last write failed: warned once, until a write succeeds.
+    let mut failing = BTreeSet::new();
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            () = wake.notified() => {}
+        }
+        tokio::time::sleep(ROUTE_STATUS_SETTLE).await;
+        changes.mark_unchanged();
+        // Before every kind's first list is in, a route's backends or parent may only seem
+        // missing: nothing is written until the picture is whole.
+        if !store.is_ready() {
+            continue;
+        }
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap_or(Value::Null);
+        let plan: Vec<(ServiceRef, Vec<Value>)> = {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            store.with_model(|model| {
+                seen.routes
+                    .iter()
+                    .filter_map(|(key, s)| {
+                        let route = model.route(key)?;
+                        let want = status::route_status(model, route);
+                        let parents =
+                            status::parents_json(route, &want, s.generation, &s.parents, &now);
+                        let done = status::says(&s.parents, &parents)
+                            || seen
+                                .written
+                                .get(key)
+                                .is_some_and(|w| status::says(w, &parents));
+                        (!done).then(|| (key.clone(), parents))
+                    })
+                    .collect()
+            })
+        };
+        for (key, parents) in plan {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &key.namespace, &resource);
+            let patch = json!({"status": {"parents": parents}});
+            match api
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(route = %key, "wrote the route's status.parents");
+                    failing.remove(&key);
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .written
+                        .insert(key, parents);
+                }
+                // Tried again at the next change.
+                Err(e) if failing.insert(key.clone()) => tracing::warn!(
+                    route = %key,
+                    "cannot write the route's status (needs RBAC patch on httproutes/status): {e}"
+                ),
+                Err(e) => tracing::debug!(route = %key, "cannot write the route's status: {e}"),
             }
         }
     }

@@ -1,0 +1,180 @@
+use serde_json::{json, Value};
+
+use super::*;
+use crate::model::{Model, Object};
+use crate::route::{parse_gateway, parse_route};
+
+fn service(name: &str, ip: &str) -> Object {
+    Object::Service(Box::new(
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap(),
+    ))
+}
+
+fn route(spec: Value) -> ParsedRoute {
+    parse_route(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "default"},
+        "spec": spec,
+    }))
+}
+
+fn gateway(name: &str, class: &str) -> Object {
+    Object::Gateway(Box::new(parse_gateway(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+    }))))
+}
+
+/// The model with `objects` and the route, and the route's status.
+fn status(objects: Vec<Object>, r: &ParsedRoute) -> Vec<ParentStatus> {
+    let mut m = Model::new();
+    let mut all = objects;
+    all.push(Object::HttpRoute(Box::new(r.clone())));
+    m.sync(all);
+    route_status(&m, r)
+}
+
+fn to_reviews(backends: Value) -> Value {
+    json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
+        "rules": [{"backendRefs": backends}],
+    })
+}
+
+#[test]
+fn a_route_whose_references_resolve_is_accepted_and_resolved() {
+    let r = route(to_reviews(json!([{"name": "reviews-v1", "port": 80}])));
+    let s = status(
+        vec![
+            service("reviews", "10.96.0.10"),
+            service("reviews-v1", "10.96.0.11"),
+        ],
+        &r,
+    );
+    assert_eq!(s.len(), 1);
+    assert!(s[0].accepted.ok, "{s:?}");
+    assert_eq!(s[0].accepted.reason, "Accepted");
+    assert!(s[0].resolved_refs.ok, "{s:?}");
+    assert_eq!(
+        parent_ref_json("default", &s[0].parent),
+        json!({"group": "", "kind": "Service", "name": "reviews", "port": 80})
+    );
+}
+
+#[test]
+fn missing_other_namespace_and_other_kind_backends_are_unresolved_refs() {
+    let r = route(to_reviews(json!([
+        {"name": "reviews-v1", "port": 80},
+        {"name": "reviews-v3", "port": 80},
+        {"name": "reviews-v2", "namespace": "other", "port": 80},
+        {"group": "example.com", "kind": "Bucket", "name": "b", "port": 80},
+    ])));
+    let s = status(
+        vec![
+            service("reviews", "10.96.0.10"),
+            service("reviews-v1", "10.96.0.11"),
+        ],
+        &r,
+    );
+    assert!(s[0].accepted.ok, "the rest of the route applies: {s:?}");
+    let rr = &s[0].resolved_refs;
+    assert!(!rr.ok);
+    // The first problem names the reason; the message has every one, with its field.
+    assert_eq!(rr.reason, "RefNotPermitted", "{rr:?}");
+    for part in [
+        "spec.rules[0].backendRefs[1]: BackendNotFound: Service default/reviews-v3",
+        "spec.rules[0].backendRefs[2]: RefNotPermitted",
+        "spec.rules[0].backendRefs[3]: InvalidKind",
+    ] {
+        assert!(rr.message.contains(part), "{part} in {}", rr.message);
+    }
+}
+
+#[test]
+fn a_refused_route_and_a_missing_parent_are_not_accepted() {
+    let mut spec = to_reviews(json!([{"name": "reviews", "port": 80}]));
+    spec["rules"][0]["matches"] =
+        json!([{"path": {"type": "RegularExpression", "value": "/(unclosed"}}]);
+    let s = status(vec![service("reviews", "10.96.0.10")], &route(spec));
+    assert!(!s[0].accepted.ok);
+    assert_eq!(s[0].accepted.reason, "UnsupportedValue");
+    assert!(
+        s[0].accepted
+            .message
+            .contains("spec.rules[0].matches[0].path.value"),
+        "{}",
+        s[0].accepted.message
+    );
+
+    let r = route(to_reviews(json!([{"name": "reviews", "port": 80}])));
+    let s = status(vec![], &r);
+    assert!(!s[0].accepted.ok);
+    assert_eq!(s[0].accepted.reason, "NoMatchingParent");
+    assert_eq!(
+        s[0].accepted.message,
+        "Service default/reviews does not exist"
+    );
+}
+
+#[test]
+fn gateways_of_another_class_are_left_to_their_controller() {
+    let r = route(json!({
+        "parentRefs": [{"name": "ours"}, {"name": "theirs"}, {"name": "nowhere"}],
+        "rules": [{"backendRefs": [{"name": "reviews", "port": 80}]}],
+    }));
+    let s = status(
+        vec![
+            service("reviews", "10.96.0.10"),
+            gateway("ours", "trellis"),
+            gateway("theirs", "istio"),
+        ],
+        &r,
+    );
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(
+        parent_ref_json("default", &s[0].parent),
+        json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "ours"})
+    );
+    assert!(s[0].accepted.ok && s[0].resolved_refs.ok, "{s:?}");
+}
+
+#[test]
+fn the_written_list_keeps_other_controllers_and_unchanged_transition_times() {
+    let r = route(to_reviews(json!([{"name": "reviews-v3", "port": 80}])));
+    let want = status(vec![service("reviews", "10.96.0.10")], &r);
+    let theirs = json!({"parentRef": {"name": "mesh"}, "controllerName": "istio.io/gateway-controller",
+                        "conditions": []});
+    let t0 = json!("2026-01-01T00:00:00Z");
+    let first = parents_json(&r, &want, Some(1), std::slice::from_ref(&theirs), &t0);
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0], theirs);
+    assert_eq!(first[1]["controllerName"], CONTROLLER_NAME);
+    assert_eq!(first[1]["conditions"][1]["reason"], "BackendNotFound");
+    assert_eq!(first[1]["conditions"][1]["observedGeneration"], 1);
+    assert!(says(&first, &first));
+
+    // Later, same answer: nothing to write, and the times stay.
+    let t1 = json!("2026-01-02T00:00:00Z");
+    let again = parents_json(&r, &want, Some(1), &first, &t1);
+    assert_eq!(again, first);
+
+    // The backend appears: ResolvedRefs turns True with a new time; Accepted keeps its time.
+    let fixed = status(
+        vec![
+            service("reviews", "10.96.0.10"),
+            service("reviews-v3", "10.96.0.13"),
+        ],
+        &r,
+    );
+    let next = parents_json(&r, &fixed, Some(1), &first, &t1);
+    assert!(!says(&first, &next));
+    assert_eq!(next[1]["conditions"][0]["lastTransitionTime"], t0);
+    assert_eq!(next[1]["conditions"][1]["status"], "True");
+    assert_eq!(next[1]["conditions"][1]["lastTransitionTime"], t1);
+}
