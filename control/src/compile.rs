@@ -115,6 +115,31 @@ fn attached(route: &ParsedRoute, parent: &Parent, port: Option<(u16, Option<&str
         .any(|p| p.parent == *parent && port.is_none_or(|(n, name)| p.applies_to_port(n, name)))
 }
 
+/// For a Gateway parent: whether one of the route's parentRefs to it is taken by its listeners
+/// (the first refusal otherwise). A Service takes every route that names it.
+pub fn gateway_admits(
+    model: &Model,
+    route: &ParsedRoute,
+    parent: &Parent,
+) -> Result<(), (&'static str, String)> {
+    let Parent::Gateway(g) = parent else {
+        return Ok(());
+    };
+    let Some(gateway) = model.gateway(g) else {
+        return Ok(()); // not served at all (compile_gateway answers None)
+    };
+    let mut first = None;
+    for p in route.parents.iter().filter(|p| p.parent == *parent) {
+        match gateway.admits(&route.namespace, p) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// The routes attached to `parent` (for a Service: the ones whose parentRef applies to Service
 /// port `port`), compiled into one table; `None` when no valid route is attached.
 ///
@@ -137,6 +162,17 @@ pub fn compile_routes(
     let mut routes: Vec<&ParsedRoute> = model
         .routes_for(parent)
         .filter(|r| r.result.is_ok() && attached(r, parent, port))
+        .filter(|r| match gateway_admits(model, r, parent) {
+            Ok(()) => true,
+            Err((reason, why)) => {
+                reports.push(RouteError {
+                    object: r.id(),
+                    field: "spec.parentRefs".into(),
+                    problem: RouteProblem::NotAttached { reason, why },
+                });
+                false
+            }
+        })
         .collect();
     if routes.is_empty() {
         return None;

@@ -147,6 +147,8 @@ pub enum RouteProblem {
          newer one) is left out for it"
     )]
     ParentFull { parent: String },
+    #[error("{reason}: {why}; the route is not attached to it")]
+    NotAttached { reason: &'static str, why: String },
 }
 
 impl RouteProblem {
@@ -195,7 +197,7 @@ pub struct ParentRef {
     pub parent: Parent,
     /// `port`: only this Service port.
     pub port: Option<u16>,
-    /// `sectionName`: only the Service port of this name (or the Gateway listener; ignored).
+    /// `sectionName`: only the Service port of this name (or the Gateway listener of this name).
     pub section: Option<String>,
 }
 
@@ -1271,6 +1273,29 @@ pub struct ParsedGateway {
     pub name: String,
     /// `spec.gatewayClassName`, or why the spec could not be read.
     pub class: Result<String, RouteError>,
+    /// `spec.listeners`, as far as attaching routes goes (empty when the spec is unreadable).
+    pub listeners: Vec<Listener>,
+}
+
+/// One Gateway listener, as far as attaching HTTPRoutes goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub port: i32,
+    /// `protocol: HTTP`, and `allowedRoutes.kinds` (when given) names HTTPRoute: the gateway
+    /// proxy serves cleartext HTTP only.
+    pub takes_http_routes: bool,
+    /// `allowedRoutes.namespaces.from` (`Same` when absent, as Gateway API defaults).
+    pub from: RoutesFrom,
+}
+
+/// Which namespaces' routes a listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutesFrom {
+    Same,
+    All,
+    /// By Namespace labels: Trellis does not watch Namespaces, so no route attaches (reported).
+    Selector,
 }
 
 impl ParsedGateway {
@@ -1289,20 +1314,113 @@ pub fn parse_gateway(doc: &serde_json::Value) -> ParsedGateway {
     let (namespace, name, _) = meta(doc);
     let object = object_id(&namespace, &name);
     let spec = doc.get("spec").cloned().unwrap_or(serde_json::Value::Null);
-    let class = serde_path_to_error::deserialize::<
+    let spec = serde_path_to_error::deserialize::<
         _,
         gateway_api::experimental::gateways::GatewaySpec,
     >(&spec)
-    .map(|s| s.gateway_class_name)
     .map_err(|e| RouteError {
         object,
         field: format!("spec.{}", e.path()),
         problem: RouteProblem::Shape(e.into_inner().to_string()),
     });
+    let listeners = match &spec {
+        Ok(s) => s.listeners.iter().map(listener).collect(),
+        Err(_) => Vec::new(),
+    };
     ParsedGateway {
         namespace,
         name,
-        class,
+        class: spec.map(|s| s.gateway_class_name),
+        listeners,
+    }
+}
+
+fn listener(l: &gateway_api::experimental::gateways::GatewayListeners) -> Listener {
+    use gateway_api::experimental::gateways::GatewayListenersAllowedRoutesNamespacesFrom as From;
+    let allowed = l.allowed_routes.as_ref();
+    let kinds_ok = allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| {
+        kinds.iter().any(|k| {
+            k.kind == ROUTE_KIND && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        })
+    });
+    Listener {
+        name: l.name.clone(),
+        port: l.port,
+        takes_http_routes: l.protocol == "HTTP" && kinds_ok,
+        from: match allowed
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_ref())
+        {
+            None | Some(From::Same) => RoutesFrom::Same,
+            Some(From::All) => RoutesFrom::All,
+            Some(From::Selector) => RoutesFrom::Selector,
+        },
+    }
+}
+
+impl ParsedGateway {
+    /// Whether the listeners a parentRef names (by `sectionName` and `port`; all when neither is
+    /// given) take an HTTPRoute from `route_namespace`; if not, Gateway API's reason and why.
+    pub fn admits(
+        &self,
+        route_namespace: &str,
+        p: &ParentRef,
+    ) -> Result<(), (&'static str, String)> {
+        let gateway = self.id();
+        let named: Vec<&Listener> = self
+            .listeners
+            .iter()
+            .filter(|l| p.section.as_deref().is_none_or(|s| s == l.name))
+            .filter(|l| p.port.is_none_or(|port| i32::from(port) == l.port))
+            .collect();
+        if named.is_empty() {
+            let which = match (&p.section, p.port) {
+                (Some(s), Some(port)) => format!("named {s:?} on port {port}"),
+                (Some(s), None) => format!("named {s:?}"),
+                (None, Some(port)) => format!("on port {port}"),
+                (None, None) => "at all".into(),
+            };
+            return Err((
+                "NoMatchingParent",
+                format!("Gateway {gateway} has no listener {which}"),
+            ));
+        }
+        let http: Vec<&&Listener> = named.iter().filter(|l| l.takes_http_routes).collect();
+        if http.is_empty() {
+            return Err((
+                "NotAllowedByListeners",
+                format!(
+                    "no listener of Gateway {gateway} it names takes HTTPRoutes (expected \
+                     protocol HTTP, and HTTPRoute among allowedRoutes.kinds when given)"
+                ),
+            ));
+        }
+        let allowed = http.iter().any(|l| match l.from {
+            RoutesFrom::All => true,
+            RoutesFrom::Same => route_namespace == self.namespace,
+            RoutesFrom::Selector => false,
+        });
+        if allowed {
+            return Ok(());
+        }
+        let selector = http.iter().any(|l| l.from == RoutesFrom::Selector);
+        Err((
+            "NotAllowedByListeners",
+            if selector {
+                format!(
+                    "the listeners of Gateway {gateway} take routes by Namespace selector, \
+                     which Trellis does not support (it does not watch Namespaces); use \
+                     allowedRoutes.namespaces.from: All or Same"
+                )
+            } else {
+                format!(
+                    "the listeners of Gateway {gateway} take routes from namespace {} only \
+                     (allowedRoutes.namespaces.from: Same, the default); set it to All to take \
+                     this one from {route_namespace}",
+                    self.namespace
+                )
+            },
+        ))
     }
 }
 

@@ -5,9 +5,11 @@
 //! cluster), and so that writing it ([`crate::source::kube`]) only compares and patches. The
 //! conditions say what the proxies are really told:
 //! - `Accepted` is `False` when the route is refused (`UnsupportedValue`, the field and the
-//!   problem as the message), when its parent Service does not exist (`NoMatchingParent`), or
-//!   when the parent's table is full ([`crate::route::MAX_MATCHES`]); otherwise `True`, with the
-//!   fields Trellis ignores in the message;
+//!   problem as the message), when its parent Service does not exist (`NoMatchingParent`), when
+//!   a Gateway's listeners do not take it (`NoMatchingParent`: no listener of that sectionName or
+//!   port; `NotAllowedByListeners`: not HTTP, or another namespace than `allowedRoutes` allows),
+//!   or when the parent's table is full ([`crate::route::MAX_MATCHES`]); otherwise `True`, with
+//!   the fields Trellis ignores in the message;
 //! - `ResolvedRefs` is `False` when a backendRef, a mirror or an `HTTPFault` cannot be resolved
 //!   (`BackendNotFound`, `RefNotPermitted`, `InvalidKind`), every such reference in the message.
 //!
@@ -50,11 +52,13 @@ pub fn route_status(model: &Model, route: &ParsedRoute) -> Vec<ParentStatus> {
         if out.iter().any(|s| s.parent == *p) {
             continue;
         }
+        let mut refused_by_gateway = None;
         let missing = match &p.parent {
             Parent::Gateway(g) => {
-                if !model.gateway(g).is_some_and(|g| g.is_ours()) {
+                let Some(gateway) = model.gateway(g).filter(|g| g.is_ours()) else {
                     continue;
-                }
+                };
+                refused_by_gateway = gateway.admits(&route.namespace, p).err();
                 None
             }
             Parent::Service(s) => model
@@ -72,10 +76,11 @@ pub fn route_status(model: &Model, route: &ParsedRoute) -> Vec<ParentStatus> {
         let full = found
             .iter()
             .find(|e| matches!(e.problem, RouteProblem::ParentFull { .. }));
-        let accepted = match (&route.result, missing, full) {
-            (Err(e), _, _) => refused("UnsupportedValue", e.to_string()),
-            (_, Some(m), _) => refused("NoMatchingParent", m),
-            (_, _, Some(e)) => refused("UnsupportedValue", e.to_string()),
+        let accepted = match (&route.result, missing, refused_by_gateway, full) {
+            (Err(e), ..) => refused("UnsupportedValue", e.to_string()),
+            (_, Some(m), ..) => refused("NoMatchingParent", m),
+            (_, _, Some((reason, why)), _) => refused(reason, why),
+            (_, _, _, Some(e)) => refused("UnsupportedValue", e.to_string()),
             _ => {
                 let ignored: Vec<String> = route
                     .warnings

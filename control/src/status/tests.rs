@@ -178,3 +178,90 @@ fn the_written_list_keeps_other_controllers_and_unchanged_transition_times() {
     assert_eq!(next[1]["conditions"][1]["status"], "True");
     assert_eq!(next[1]["conditions"][1]["lastTransitionTime"], t1);
 }
+
+#[test]
+fn a_gateway_takes_routes_by_listener_name_port_protocol_and_namespace() {
+    let gw = |listeners: Value| {
+        Object::Gateway(Box::new(parse_gateway(&json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "infra"},
+            "spec": {"gatewayClassName": "trellis", "listeners": listeners},
+        }))))
+    };
+    let from_default = |parent: Value| {
+        parse_route(&json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"parentRefs": [parent],
+                     "rules": [{"backendRefs": [{"name": "reviews", "port": 80}]}]},
+        }))
+    };
+    let reviews = || service("reviews", "10.96.0.10");
+    let accepted = |listeners: Value, parent: Value| {
+        let s = status(vec![reviews(), gw(listeners)], &from_default(parent));
+        let a = &s[0].accepted;
+        (a.ok, a.reason, a.message.clone())
+    };
+    let http_all = json!([{"name": "http", "port": 8088, "protocol": "HTTP",
+                           "allowedRoutes": {"namespaces": {"from": "All"}}}]);
+    let to_gw = json!({"name": "gw", "namespace": "infra"});
+
+    assert_eq!(accepted(http_all.clone(), to_gw.clone()).0, true);
+    // The default is Same: a route from another namespace is not taken.
+    let (ok, reason, why) = accepted(
+        json!([{"name": "http", "port": 8088, "protocol": "HTTP"}]),
+        to_gw.clone(),
+    );
+    assert_eq!((ok, reason), (false, "NotAllowedByListeners"));
+    assert!(why.contains("from namespace infra only"), "{why}");
+    // sectionName and port pick listeners.
+    let (ok, reason, why) = accepted(
+        http_all.clone(),
+        json!({"name": "gw", "namespace": "infra", "sectionName": "https"}),
+    );
+    assert_eq!((ok, reason), (false, "NoMatchingParent"));
+    assert!(why.contains(r#"no listener named "https""#), "{why}");
+    assert_eq!(
+        accepted(
+            http_all.clone(),
+            json!({"name": "gw", "namespace": "infra", "port": 8088})
+        )
+        .0,
+        true
+    );
+    // Not HTTP, or by Namespace selector: not taken, and said why.
+    let (ok, reason, _) = accepted(
+        json!([{"name": "tls", "port": 443, "protocol": "TLS",
+                "allowedRoutes": {"namespaces": {"from": "All"}}}]),
+        to_gw.clone(),
+    );
+    assert_eq!((ok, reason), (false, "NotAllowedByListeners"));
+    let (ok, _, why) = accepted(
+        json!([{"name": "http", "port": 80, "protocol": "HTTP",
+                "allowedRoutes": {"namespaces": {"from": "Selector",
+                                                 "selector": {"matchLabels": {"a": "b"}}}}}]),
+        to_gw,
+    );
+    assert!(!ok);
+    assert!(why.contains("Namespace selector"), "{why}");
+
+    // A route the listeners do not take is not in the Gateway's table.
+    let mut m = Model::new();
+    let r = from_default(json!({"name": "gw", "namespace": "infra"}));
+    m.sync([
+        reviews(),
+        gw(json!([{"name": "http", "port": 80, "protocol": "HTTP"}])),
+        Object::HttpRoute(Box::new(r)),
+    ]);
+    let g = config::api::ServiceRef {
+        namespace: "infra".into(),
+        name: "gw".into(),
+    };
+    let mut reports = Vec::new();
+    let routes = crate::compile::compile_gateway_with_reports(&m, &g, &mut reports).unwrap();
+    assert!(routes.rules.is_empty(), "{routes:?}");
+    assert!(
+        reports[0].to_string().contains("NotAllowedByListeners"),
+        "{reports:?}"
+    );
+}
