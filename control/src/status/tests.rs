@@ -206,7 +206,7 @@ fn a_gateway_takes_routes_by_listener_name_port_protocol_and_namespace() {
                            "allowedRoutes": {"namespaces": {"from": "All"}}}]);
     let to_gw = json!({"name": "gw", "namespace": "infra"});
 
-    assert_eq!(accepted(http_all.clone(), to_gw.clone()).0, true);
+    assert!(accepted(http_all.clone(), to_gw.clone()).0);
     // The default is Same: a route from another namespace is not taken.
     let (ok, reason, why) = accepted(
         json!([{"name": "http", "port": 8088, "protocol": "HTTP"}]),
@@ -221,13 +221,12 @@ fn a_gateway_takes_routes_by_listener_name_port_protocol_and_namespace() {
     );
     assert_eq!((ok, reason), (false, "NoMatchingParent"));
     assert!(why.contains(r#"no listener named "https""#), "{why}");
-    assert_eq!(
+    assert!(
         accepted(
             http_all.clone(),
             json!({"name": "gw", "namespace": "infra", "port": 8088})
         )
-        .0,
-        true
+        .0
     );
     // Not HTTP, or by Namespace selector: not taken, and said why.
     let (ok, reason, _) = accepted(
