@@ -68,6 +68,36 @@ fn policy(name: &str, target: &str, simple: &str) -> Value {
     })
 }
 
+/// The entry of object `name`'s status list at `list` (a JSON pointer) that `which` picks, once
+/// there is one and it satisfies `done` (waiting up to `secs`).
+async fn status_entry(
+    server: &ApiServer,
+    gvr: &kit::apiserver::Gvr,
+    name: &str,
+    list: &str,
+    which: impl Fn(&Value) -> bool,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..secs * 50 {
+        let entry = server.object(gvr, "default", name).and_then(|o| {
+            o.pointer(list)?
+                .as_array()?
+                .iter()
+                .find(|e| which(e))
+                .cloned()
+        });
+        if let Some(e) = entry.filter(|e| done(e)) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{name}: no such {list} entry within {secs}s: {:?}",
+        server.object(gvr, "default", name)
+    );
+}
+
 /// The policy's `Accepted` condition, once it has one (waiting up to `secs`) and it satisfies
 /// `done`.
 async fn accepted(
@@ -76,33 +106,26 @@ async fn accepted(
     secs: u64,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    for _ in 0..secs * 50 {
-        let c = server
-            .object(&TRAFFICPOLICIES.gvr, "default", name)
-            .and_then(|p| {
-                p.pointer("/status/conditions")?
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["type"] == "Accepted")
-                    .cloned()
-            });
-        if let Some(c) = c.filter(|c| done(c)) {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "policy {name}: no such Accepted condition within {secs}s: {:?}",
-        server.object(&TRAFFICPOLICIES.gvr, "default", name)
-    );
+    let gvr = &TRAFFICPOLICIES.gvr;
+    let accepted = |c: &Value| c["type"] == "Accepted";
+    status_entry(
+        server,
+        gvr,
+        name,
+        "/status/conditions",
+        accepted,
+        secs,
+        done,
+    )
+    .await
 }
 
-fn status_patches(server: &ApiServer) -> usize {
+fn status_patches(server: &ApiServer, plural: &str) -> usize {
     server
         .requests()
         .iter()
         .filter(|r| {
-            r.starts_with("PATCH ") && r.contains("/trafficpolicies/") && r.contains("/status")
+            r.starts_with("PATCH ") && r.contains(&format!("/{plural}/")) && r.contains("/status")
         })
         .count()
 }
@@ -185,9 +208,19 @@ async fn policy_conditions_say_accepted_invalid_or_conflicted_and_are_written_on
     assert_eq!(policy.source.as_deref(), Some("default/good"), "{policy:?}");
 
     // Written once each, and our own writes do not cause more.
-    assert_eq!(status_patches(&server), 3, "{:?}", server.requests());
+    assert_eq!(
+        status_patches(&server, "trafficpolicies"),
+        3,
+        "{:?}",
+        server.requests()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(status_patches(&server), 3, "{:?}", server.requests());
+    assert_eq!(
+        status_patches(&server, "trafficpolicies"),
+        3,
+        "{:?}",
+        server.requests()
+    );
 
     // `bad` is fixed: now valid and the oldest, it wins; `good` becomes a conflict.
     server
@@ -216,7 +249,12 @@ async fn policy_conditions_say_accepted_invalid_or_conflicted_and_are_written_on
     .await;
     assert_eq!(late["reason"], "Conflicted");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(status_patches(&server), 6, "{:?}", server.requests());
+    assert_eq!(
+        status_patches(&server, "trafficpolicies"),
+        6,
+        "{:?}",
+        server.requests()
+    );
 }
 
 #[tokio::test]
@@ -529,33 +567,9 @@ async fn route_parent_status(
     name: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    for _ in 0..500 {
-        let entry = server
-            .object(&kit::apiserver::HTTPROUTES.gvr, "default", name)
-            .and_then(|r| {
-                r.pointer("/status/parents")?
-                    .as_array()?
-                    .iter()
-                    .find(|p| p["controllerName"] == "trellis.dev/control")
-                    .cloned()
-            });
-        if let Some(e) = entry.filter(|e| done(e)) {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "route {name}: no such status within 10s: {:?}",
-        server.object(&kit::apiserver::HTTPROUTES.gvr, "default", name)
-    );
-}
-
-fn route_status_patches(server: &ApiServer) -> usize {
-    server
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("PATCH ") && r.contains("/httproutes/") && r.contains("/status"))
-        .count()
+    let gvr = &kit::apiserver::HTTPROUTES.gvr;
+    let ours = |e: &Value| e["controllerName"] == "trellis.dev/control";
+    status_entry(server, gvr, name, "/status/parents", ours, 10, done).await
 }
 
 #[tokio::test]
@@ -634,10 +648,10 @@ async fn route_status_says_accepted_and_resolved_refs_and_follows_the_backends()
     route_parent_status(&server, "to-v2", |e| e["conditions"][1]["status"] == "True").await;
     // Settled: our own writes cause no more writes.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let n = route_status_patches(&server);
+    let n = status_patches(&server, "httproutes");
     assert_eq!(n, 2, "{:?}", server.requests());
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(route_status_patches(&server), n);
+    assert_eq!(status_patches(&server, "httproutes"), n);
     drop(control);
 }
 

@@ -567,14 +567,11 @@ struct StatusWriter {
 }
 
 fn key_of(o: &DynamicObject) -> Key {
+    let ServiceRef { namespace, name } = object_ref(o);
     Key {
         kind: Kind::TrafficPolicy,
-        namespace: o
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: o.metadata.name.clone().unwrap_or_default(),
+        namespace,
+        name,
     }
 }
 
@@ -791,7 +788,16 @@ struct SeenRoute {
     parents: Vec<Value>,
 }
 
-fn route_ref(o: &DynamicObject) -> ServiceRef {
+impl RoutesSeen {
+    /// Forgets every route not in `listed`.
+    fn keep_only(&mut self, listed: &BTreeSet<ServiceRef>) {
+        self.routes.retain(|k, _| listed.contains(k));
+        self.written.retain(|k, _| listed.contains(k));
+    }
+}
+
+/// An object's namespace (`default` when a list left it out) and name.
+fn object_ref(o: &DynamicObject) -> ServiceRef {
     ServiceRef {
         namespace: o
             .metadata
@@ -816,7 +822,7 @@ impl RouteWatch {
 
 impl Observer for RouteWatch {
     fn seen(&mut self, o: &DynamicObject) {
-        let key = route_ref(o);
+        let key = object_ref(o);
         let parents = o
             .data
             .pointer("/status/parents")
@@ -844,7 +850,7 @@ impl Observer for RouteWatch {
         );
     }
     fn forget(&mut self, o: &DynamicObject) {
-        let key = route_ref(o);
+        let key = object_ref(o);
         let mut seen = RouteWatch::seen(self);
         seen.routes.remove(&key);
         seen.written.remove(&key);
@@ -853,10 +859,9 @@ impl Observer for RouteWatch {
         RouteWatch::seen(self).relist = Some(BTreeSet::new());
     }
     fn relisted_done(&mut self) {
-        let listed = RouteWatch::seen(self).relist.take().unwrap_or_default();
         let mut seen = RouteWatch::seen(self);
-        seen.routes.retain(|k, _| listed.contains(k));
-        seen.written.retain(|k, _| listed.contains(k));
+        let listed = seen.relist.take().unwrap_or_default();
+        seen.keep_only(&listed);
     }
     fn relisted(&mut self, listed: BTreeSet<Key>) {
         let listed: BTreeSet<ServiceRef> = listed
@@ -866,9 +871,7 @@ impl Observer for RouteWatch {
                 name: k.name,
             })
             .collect();
-        let mut seen = RouteWatch::seen(self);
-        seen.routes.retain(|k, _| listed.contains(k));
-        seen.written.retain(|k, _| listed.contains(k));
+        RouteWatch::seen(self).keep_only(&listed);
     }
     async fn settled(&mut self, _store: &Store) {
         self.wake.notify_one();
