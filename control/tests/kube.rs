@@ -445,19 +445,24 @@ fn route(name: &str, parent: Value, backend: &str) -> Value {
     })
 }
 
+/// The double with the Gateway API and HTTPFault resources installed.
+fn with_route_crds() -> ApiServer {
+    let mut resources = kit::apiserver::DEFAULT_RESOURCES.to_vec();
+    resources.extend(kit::apiserver::ROUTE_RESOURCES);
+    ApiServer::with_options(Options {
+        resources,
+        ..Options::default()
+    })
+    .unwrap()
+}
+
 fn gateway_update(line: &str) -> config::api::GatewayUpdate {
     serde_json::from_str(line).unwrap()
 }
 
 #[tokio::test]
 async fn routes_arrive_compiled_and_follow_their_backends_and_faults() {
-    let mut resources = kit::apiserver::DEFAULT_RESOURCES.to_vec();
-    resources.extend(kit::apiserver::ROUTE_RESOURCES);
-    let server = ApiServer::with_options(Options {
-        resources,
-        ..Options::default()
-    })
-    .unwrap();
+    let server = with_route_crds();
     server
         .create(yaml(&service("reviews", "10.96.0.10")))
         .unwrap();
@@ -574,13 +579,7 @@ async fn route_parent_status(
 
 #[tokio::test]
 async fn route_status_says_accepted_and_resolved_refs_and_follows_the_backends() {
-    let mut resources = kit::apiserver::DEFAULT_RESOURCES.to_vec();
-    resources.extend(kit::apiserver::ROUTE_RESOURCES);
-    let server = ApiServer::with_options(Options {
-        resources,
-        ..Options::default()
-    })
-    .unwrap();
+    let server = with_route_crds();
     server
         .create(yaml(&service("reviews", "10.96.0.10")))
         .unwrap();

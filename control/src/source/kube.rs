@@ -488,15 +488,7 @@ async fn follow_gateways(client: kube::Client, store: &Store, ready: &Readiness)
             route::GATEWAY_KIND,
         ))))
     };
-    follow_optional(
-        &client,
-        optional,
-        store,
-        ready,
-        convert,
-        None::<StatusWriter>,
-    )
-    .await;
+    follow_optional(&client, optional, store, ready, convert, NO_STATUS).await;
 }
 
 async fn follow_faults(client: kube::Client, store: &Store, ready: &Readiness) {
@@ -514,16 +506,11 @@ async fn follow_faults(client: kube::Client, store: &Store, ready: &Readiness) {
             route::FAULT_KIND,
         ))))
     };
-    follow_optional(
-        &client,
-        optional,
-        store,
-        ready,
-        convert,
-        None::<StatusWriter>,
-    )
-    .await;
+    follow_optional(&client, optional, store, ready, convert, NO_STATUS).await;
 }
+
+/// For kinds whose status Trellis does not write.
+const NO_STATUS: Option<StatusWriter> = None;
 
 /// The `Accepted` condition as we compare it (the transition time aside).
 #[derive(Debug, Clone, PartialEq, Eq)]
