@@ -757,6 +757,18 @@ fn backend_ref(
     }))
 }
 
+/// The `set` or `add` list of either header modifier (two generated types of one shape), as
+/// `(name, value)` pairs.
+macro_rules! named_values {
+    ($list:expr) => {
+        $list
+            .iter()
+            .flatten()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect::<Vec<(String, String)>>()
+    };
+}
+
 fn read_filter(
     filter: &HttpRouteRulesFilters,
     f: &str,
@@ -785,21 +797,9 @@ fn read_filter(
                 "requestHeaderModifier",
                 "RequestHeaderModifier",
             )?;
-            let set: Vec<(String, String)> = m
-                .set
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
-            let add: Vec<(String, String)> = m
-                .add
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
             rule.rule.request_headers = Some(header_modifier(
-                &set,
-                &add,
+                &named_values!(m.set),
+                &named_values!(m.add),
                 m.remove.as_deref().unwrap_or_default(),
                 &format!("{f}.requestHeaderModifier"),
             )?);
@@ -811,21 +811,9 @@ fn read_filter(
                 "responseHeaderModifier",
                 "ResponseHeaderModifier",
             )?;
-            let set: Vec<(String, String)> = m
-                .set
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
-            let add: Vec<(String, String)> = m
-                .add
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
             rule.rule.response_headers = Some(header_modifier(
-                &set,
-                &add,
+                &named_values!(m.set),
+                &named_values!(m.add),
                 m.remove.as_deref().unwrap_or_default(),
                 &format!("{f}.responseHeaderModifier"),
             )?);
