@@ -395,8 +395,7 @@ impl Exchange<'_> {
                                 continue;
                             }
                         } else {
-                            rq.retries_exhausted = true;
-                            st.upstream_rq_retry_limit_exceeded.inc();
+                            rq.retries_ran_out();
                         }
                     }
                     let what = match e {
@@ -465,8 +464,7 @@ impl Exchange<'_> {
                         });
                     if !again {
                         if tries_left == 0 {
-                            rq.retries_exhausted = true;
-                            st.upstream_rq_retry_limit_exceeded.inc();
+                            rq.retries_ran_out();
                         }
                         break (lease, ended);
                     }
@@ -493,8 +491,7 @@ impl Exchange<'_> {
                 lease.report(Outcome::Status(*code));
                 if let Some(r) = retry {
                     if r.codes.contains(code) && tries_left == 0 && r.attempts > 0 {
-                        rq.retries_exhausted = true;
-                        st.upstream_rq_retry_limit_exceeded.inc();
+                        rq.retries_ran_out();
                     } else if retried {
                         st.upstream_rq_retry_success.inc();
                     }

@@ -541,10 +541,7 @@ pub fn split_host(host: &[u8]) -> (&[u8], Option<&[u8]>) {
 /// Rewrites a head (request or response, as [`crate::h1`] wrote it): a new request target if
 /// `target` is given, then the header edits. The first line is kept otherwise.
 pub fn edit_head(head: &[u8], target: Option<&[u8]>, edits: &HeaderModifier) -> Vec<u8> {
-    let line_end = head
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map_or(head.len(), |p| p + 2);
+    let line_end = memchr::memchr(b'\n', head).map_or(head.len(), |p| p + 1);
     let mut out = Vec::with_capacity(head.len() + 64);
     match target {
         Some(t) => {
@@ -559,27 +556,20 @@ pub fn edit_head(head: &[u8], target: Option<&[u8]>, edits: &HeaderModifier) -> 
         }
         None => out.extend_from_slice(&head[..line_end]),
     }
-    let rest = head.get(line_end..).unwrap_or_default();
-    let block = rest.strip_suffix(b"\r\n").unwrap_or(rest);
-    let named = |list: &[(String, String)], n: &[u8]| {
-        list.iter()
-            .any(|(name, _)| name.as_bytes().eq_ignore_ascii_case(n))
-    };
-    for line in block.split_inclusive(|b| *b == b'\n') {
-        let name = line
-            .iter()
-            .position(|b| *b == b':')
-            .map_or(&line[..0], |c| &line[..c]);
-        if named(&edits.set, name)
-            || edits
-                .remove
-                .iter()
-                .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        out.extend_from_slice(line);
-    }
+    // Every line of a header that is set (replaced) or removed goes; the others stay.
+    let dropped = edits.set.iter().map(|(n, _)| n).chain(&edits.remove);
+    View::of(head).each_line(
+        |_| true,
+        |line| {
+            if !dropped
+                .clone()
+                .any(|n| value_of(line, n.as_bytes()).is_some())
+            {
+                out.extend_from_slice(line);
+            }
+            false
+        },
+    );
     for (n, v) in edits.set.iter().chain(&edits.add) {
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");

@@ -68,6 +68,12 @@ impl<'a> Finish<'a> {
         }
     }
 
+    /// The route's retries ran out: flag `URX`, `upstream_rq_retry_limit_exceeded`.
+    pub(super) fn retries_ran_out(&mut self) {
+        self.retries_exhausted = true;
+        self.stats.upstream_rq_retry_limit_exceeded.inc();
+    }
+
     /// The response was delivered in full.
     pub(super) fn complete(mut self) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
