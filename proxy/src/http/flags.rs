@@ -19,7 +19,8 @@ pub const NO_HEALTHY_UPSTREAM_BODY: &str = "no healthy upstream";
 pub const TIMEOUT_BODY: &str = "upstream request timeout";
 pub const STREAM_IDLE_BODY: &str = "stream timeout";
 pub const FAULT_ABORT_BODY: &str = "fault filter abort";
-pub const NO_BACKEND_BODY: &str = "the route has no backend to send to";
+pub const NO_BACKEND_BODY: &str =
+    "the route has no usable backend for this request (the HTTPRoute's status.parents says why)";
 
 /// Envoy's response flags, as the access log shows them (`-`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
