@@ -84,6 +84,11 @@ pub struct Lb {
 }
 
 impl Lb {
+    /// The address of the host the balancer picks (the HTTP/2 path's choice per stream).
+    pub fn pick_host(&self, key: Option<u64>) -> Option<SocketAddr> {
+        self.pick(key).map(|h| h.addr)
+    }
+
     fn pick(&self, key: Option<u64>) -> Option<&Arc<Host>> {
         let any_ejected = self.detector.ejected_now() > 0;
         let now = if any_ejected { now_ms() } else { 0 };
@@ -111,6 +116,8 @@ pub struct Cluster {
     /// circuit breaker, default 3).
     retries_active: AtomicU32,
     max_retries: AtomicU32,
+    /// The HTTP/2 path's streams and connections (see [`crate::http2`]).
+    pub h2: crate::http2::Streams,
 }
 
 /// Envoy's default `max_retries` circuit breaker.
@@ -177,6 +184,7 @@ impl Cluster {
             hashing: AtomicBool::new(false),
             retries_active: AtomicU32::new(0),
             max_retries: AtomicU32::new(DEFAULT_MAX_RETRIES),
+            h2: crate::http2::Streams::default(),
         };
         c.sync(&c.pool.lock().expect("pool lock"));
         Arc::new(c)

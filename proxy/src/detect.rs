@@ -1,7 +1,8 @@
 //! Protocol detection: peek (never consume) the first bytes. What starts like an HTTP/1 request
 //! line gets the HTTP path, where the codec judges it (a malformed line gets 400, never a raw
-//! tunnel past the proxy's checks). Anything else, including HTTP/2's preface, TLS, and protocols
-//! where the server speaks first (nothing arrives before the timeout), is proxied as opaque TCP.
+//! tunnel past the proxy's checks). HTTP/2's prior-knowledge preface gets the HTTP/2 path
+//! ([`crate::http2`]). Anything else, including TLS and protocols where the server speaks first
+//! (nothing arrives before the timeout), is proxied as opaque TCP.
 //!
 //! "Starts like a request line" (RFC 9112 §3): optional empty lines (§2.2), then a method token
 //! followed by a space. Upper-case tokens are methods whatever they are (`PROPFIND`, `PURGE`,
@@ -16,6 +17,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
+    /// HTTP/2 with prior knowledge (its connection preface).
+    Http2,
     Opaque,
 }
 
@@ -42,7 +45,7 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     let b = &buf[start..];
     let n = b.len().min(H2_PREFACE.len());
     if b[..n] == H2_PREFACE[..n] {
-        return (n == H2_PREFACE.len()).then_some(Protocol::Opaque);
+        return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
     let token = b.iter().take_while(|&&c| is_tchar(c)).count();
     if token == b.len() {
@@ -109,7 +112,7 @@ mod tests {
 
     #[test]
     fn classifies_prefixes() {
-        use Protocol::{Http1, Opaque};
+        use Protocol::{Http1, Http2, Opaque};
         for (input, want) in [
             (&b"GET / HTTP/1.1\r\n"[..], Some(Http1)),
             (b"POST /x", Some(Http1)),
@@ -132,7 +135,7 @@ mod tests {
             (b"\r\n", None),
             (&[b'\n'; PEEK], Some(Opaque)),
             // Not HTTP/1.
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Opaque)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Http2)),
             (b"PRI * HTTP/2", None),
             (b"\x16\x03\x01", Some(Opaque)),
             (b"GETX", None),

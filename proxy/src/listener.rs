@@ -163,6 +163,13 @@ impl Conns {
                 crate::http::serve(stream, peer, up, http.clone()).await;
                 http.listener.http.downstream_cx_active.dec();
             }
+            Protocol::Http2 => {
+                let l = &http.listener;
+                l.http.downstream_cx_total.inc();
+                l.http.downstream_cx_active.inc();
+                crate::http2::serve(stream, peer, up, http.clone()).await;
+                http.listener.http.downstream_cx_active.dec();
+            }
             Protocol::Opaque => {
                 let Some(cluster) = up.tcp_cluster().cloned() else {
                     tracing::debug!(%peer, "not HTTP, and no route table can take opaque TCP: closing");

@@ -193,6 +193,7 @@ stats! {
     pub struct ClusterStats {
         pub upstream_cx_total: Counter,
         pub upstream_cx_http1_total: Counter,
+        pub upstream_cx_http2_total: Counter,
         pub upstream_cx_active: Gauge,
         pub upstream_cx_overflow: Counter,
         pub upstream_cx_connect_fail: Counter,

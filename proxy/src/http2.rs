@@ -1,0 +1,418 @@
+//! The HTTP/2 path (cleartext, prior knowledge, as gRPC speaks it): each downstream stream is
+//! forwarded on its own over pooled upstream HTTP/2 connections, so the pool limits mean for
+//! HTTP/2 what they mean for HTTP/1 (Envoy's, App Mesh's `http2`/`grpc` pools, Istio's
+//! `http2MaxRequests`):
+//! - `max-requests` bounds the streams in flight to a cluster; more wait, FIFO, while fewer than
+//!   `max-pending-requests` wait; past that a stream is refused at once: 503 with
+//!   `x-envoy-overloaded: true` (`UO`), or for gRPC a trailers-only answer with
+//!   `grpc-status: 14` (UNAVAILABLE), as Envoy answers;
+//! - `max-connections` bounds the upstream HTTP/2 connections (one per host is opened while under
+//!   it; past it, streams share an open one); each connection respects the peer's
+//!   `SETTINGS_MAX_CONCURRENT_STREAMS` (streams beyond it wait inside the connection).
+//!
+//! Frames are hyper's (the `h2` crate underneath): bodies stream with flow control end to end (a
+//! slow reader on one stream holds back only that stream's window), trailers pass through, and
+//! nothing is buffered whole. Routes and per-stream balancing use the same [`Upstream`] as
+//! HTTP/1: the seam for GRPCRoute is [`cluster_for`], which picks a stream's cluster.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::cluster::Cluster;
+use crate::http::HttpCtx;
+use crate::idle::{Activity, Tracked};
+use crate::router::Upstream;
+
+/// What a stream's answer carries: the upstream's body, or one the proxy made.
+type ReplyBody = Either<Relayed, Full<Bytes>>;
+
+/// A cluster's HTTP/2 state: streams in flight, streams waiting, open connections.
+#[derive(Default)]
+pub struct Streams {
+    inner: Mutex<StreamsInner>,
+    /// Held while a connection is opened, so that streams arriving together share it rather
+    /// than each opening one.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct StreamsInner {
+    active: u32,
+    waiting: VecDeque<oneshot::Sender<()>>,
+    conns: Vec<(SocketAddr, SendRequest<Incoming>)>,
+}
+
+/// A stream's admission.
+enum Admit {
+    Go,
+    Wait(oneshot::Receiver<()>),
+    Overflow,
+}
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admit(&self, max_requests: Option<u32>, max_pending: Option<u32>) -> Admit {
+        let mut s = self.lock();
+        if max_requests.is_none_or(|m| s.active < m) {
+            s.active += 1;
+            return Admit::Go;
+        }
+        s.waiting.retain(|w| !w.is_closed());
+        if max_pending.is_none_or(|m| (s.waiting.len() as u64) < u64::from(m)) {
+            let (tx, rx) = oneshot::channel();
+            s.waiting.push_back(tx);
+            return Admit::Wait(rx);
+        }
+        Admit::Overflow
+    }
+
+    /// A stream ended: its slot goes to the first waiter still there, else it is freed.
+    fn release(&self) {
+        let mut s = self.lock();
+        while let Some(w) = s.waiting.pop_front() {
+            if w.send(()).is_ok() {
+                return;
+            }
+        }
+        s.active = s.active.saturating_sub(1);
+    }
+
+    /// Streams in flight and waiting (for tests and gauges).
+    pub fn state(&self) -> (u32, usize) {
+        let s = self.lock();
+        (s.active, s.waiting.len())
+    }
+}
+
+/// A stream's slot in its cluster, given back when dropped (when the answer's body ends, or the
+/// stream is reset).
+struct Slot(Arc<Cluster>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.h2.release();
+    }
+}
+
+/// The upstream's answer body, holding the stream's slot until it ends.
+pub struct Relayed {
+    body: Incoming,
+    _slot: Slot,
+}
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves one downstream HTTP/2 connection until it closes.
+pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpCtx>) {
+    let (idle, drain) = (ctx.idle_timeout, ctx.drain.clone());
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let up = up.clone();
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx).await) }
+    });
+    let activity = Activity::since(std::time::Instant::now());
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        // A CONTINUATION flood or a header list past this costs the sender its connection.
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(MAX_DOWNSTREAM_STREAMS)
+        .serve_connection(TokioIo::new(Tracked::new(io, &activity)), service);
+    let mut conn = std::pin::pin!(conn);
+    // No byte either way for the idle timeout, or a drain: GOAWAY, then the open streams get
+    // one more idle timeout to finish.
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = activity.expired(idle) => None,
+        () = drain.signaled() => None,
+    };
+    let ended = match ended {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(idle, conn).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended");
+    }
+}
+
+/// Streams one client connection may have open at once (each is a task's worth of state).
+const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
+
+/// The cluster a stream goes to (the seam for GRPCRoute / HTTPRoute per stream).
+fn cluster_for(up: &Upstream) -> Option<&Arc<Cluster>> {
+    up.tcp_cluster()
+}
+
+/// Forwards one stream and returns its answer.
+async fn stream(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    up: &Upstream,
+    ctx: &HttpCtx,
+) -> Response<ReplyBody> {
+    let grpc = is_grpc(&req);
+    ctx.listener.http.downstream_rq_total.inc();
+    let Some(cluster) = cluster_for(up).cloned() else {
+        ctx.listener.http.no_route.inc();
+        return local(grpc, StatusCode::NOT_FOUND, 12, "no route", false);
+    };
+    let st = &cluster.stats;
+    let limits = cluster.limits();
+    let admitted = match cluster
+        .h2
+        .admit(limits.max_requests, limits.max_pending_requests)
+    {
+        Admit::Go => true,
+        Admit::Wait(rx) => {
+            st.upstream_rq_pending_total.inc();
+            matches!(
+                tokio::time::timeout(ctx.request_timeout, rx).await,
+                Ok(Ok(()))
+            )
+        }
+        Admit::Overflow => false,
+    };
+    if !admitted {
+        st.upstream_rq_pending_overflow.inc();
+        return local(
+            grpc,
+            StatusCode::SERVICE_UNAVAILABLE,
+            14,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            true,
+        );
+    }
+    let slot = Slot(cluster.clone());
+    let Some(host) = cluster.lb().pick_host(None) else {
+        st.upstream_cx_none_healthy.inc();
+        return local(
+            grpc,
+            StatusCode::SERVICE_UNAVAILABLE,
+            14,
+            "no healthy upstream",
+            false,
+        );
+    };
+    let mut send = match connection(&cluster, host, limits.max_connections).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name, %host, error = %e, "HTTP/2 connect failed");
+            st.upstream_cx_connect_fail.inc();
+            return local(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                false,
+            );
+        }
+    };
+    let req = upstream_request(req, peer, ctx);
+    st.upstream_rq_total.inc();
+    let sent = tokio::time::timeout(ctx.request_timeout, async {
+        send.ready().await?;
+        send.send_request(req).await
+    })
+    .await;
+    match sent {
+        Ok(Ok(resp)) => {
+            st.count_code(resp.status().as_u16());
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, Either::Left(Relayed { body, _slot: slot }))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, error = %e, "upstream stream reset");
+            st.upstream_rq_rx_reset.inc();
+            local(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                false,
+            )
+        }
+        Err(_) => {
+            st.upstream_rq_timeout.inc();
+            local(
+                grpc,
+                StatusCode::GATEWAY_TIMEOUT,
+                4,
+                "upstream request timeout",
+                false,
+            )
+        }
+    }
+}
+
+/// An open HTTP/2 connection to `host`: the one the cluster has, or a new one while under
+/// `max_connections` (past it, any open one of the cluster's).
+async fn connection(
+    cluster: &Arc<Cluster>,
+    host: SocketAddr,
+    max_connections: Option<u32>,
+) -> std::io::Result<SendRequest<Incoming>> {
+    // The open one to this host, or past `max_connections` any open one.
+    let existing = || {
+        let mut s = cluster.h2.lock();
+        s.conns.retain(|(_, c)| !c.is_closed());
+        if let Some((_, c)) = s.conns.iter().find(|(h, _)| *h == host) {
+            return Some(c.clone());
+        }
+        let full = max_connections.is_some_and(|m| s.conns.len() as u64 >= u64::from(m));
+        let any = s.conns.first().filter(|_| full).map(|(_, c)| c.clone());
+        if any.is_some() {
+            cluster.stats.upstream_cx_overflow.inc();
+        }
+        any
+    };
+    if let Some(c) = existing() {
+        return Ok(c);
+    }
+    let _opening = cluster.h2.connecting.lock().await;
+    if let Some(c) = existing() {
+        return Ok(c);
+    }
+    let send = open(cluster, host).await?;
+    cluster.h2.lock().conns.push((host, send.clone()));
+    Ok(send)
+}
+
+async fn open(cluster: &Arc<Cluster>, host: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+    let _ = tcp.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(std::io::Error::other)?;
+    let st = cluster.stats.clone();
+    st.upstream_cx_total.inc();
+    st.upstream_cx_http2_total.inc();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+        st.upstream_cx_destroy.inc();
+    });
+    Ok(send)
+}
+
+/// How long opening an upstream HTTP/2 connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The request as it goes upstream: hop-by-hop headers dropped (RFC 9113 §8.2.2), the client
+/// appended to `x-forwarded-for` where the listener says so.
+fn upstream_request(req: Request<Incoming>, peer: SocketAddr, ctx: &HttpCtx) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        parts.headers.remove(h);
+    }
+    if ctx.add_forwarded_for {
+        let ip = peer.ip().to_canonical().to_string();
+        let value = match parts.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(v)) => format!("{v}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// An answer the proxy makes: for gRPC a trailers-only response (`grpc-status` in the headers,
+/// HTTP 200, no body), as Envoy sends; else `status` with `text`.
+fn local(
+    grpc: bool,
+    status: StatusCode,
+    grpc_status: u16,
+    text: &'static str,
+    overloaded: bool,
+) -> Response<ReplyBody> {
+    let mut r = if grpc {
+        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(grpc_status),
+        );
+        h.insert(
+            HeaderName::from_static("grpc-message"),
+            HeaderValue::from_static(text),
+        );
+        r
+    } else {
+        let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        r
+    };
+    if overloaded {
+        r.headers_mut().insert(
+            HeaderName::from_static("x-envoy-overloaded"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    r
+}
