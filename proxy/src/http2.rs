@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
@@ -111,10 +112,20 @@ impl Drop for Slot {
     }
 }
 
-/// The upstream's answer body, holding the stream's slot until it ends.
+/// The upstream's answer body, holding the stream's slot until it ends (and its log line).
 pub struct Relayed {
     body: Incoming,
+    sent: u64,
+    log: Option<Logged>,
     _slot: Slot,
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
+            l.done(self.sent);
+        }
+    }
 }
 
 impl Body for Relayed {
@@ -125,7 +136,14 @@ impl Body for Relayed {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.sent += d.len() as u64;
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -182,7 +200,7 @@ fn cluster_for(up: &Upstream) -> Option<&Arc<Cluster>> {
     up.tcp_cluster()
 }
 
-/// Forwards one stream and returns its answer.
+/// Forwards one stream and returns its answer (logged when its body ends).
 async fn stream(
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -191,9 +209,87 @@ async fn stream(
 ) -> Response<ReplyBody> {
     let grpc = is_grpc(&req);
     ctx.listener.http.downstream_rq_total.inc();
+    let mut log = ctx
+        .access_log
+        .as_ref()
+        .map(|l| Logged::new(l.clone(), &req));
+    match forward(req, peer, up, ctx).await {
+        Ok((resp, slot, host)) => {
+            let (parts, body) = resp.into_parts();
+            if let Some(l) = &mut log {
+                l.entry.code = parts.status.as_u16();
+                l.entry.upstream_host = Some(host);
+            }
+            let body = Relayed {
+                body,
+                sent: 0,
+                log,
+                _slot: slot,
+            };
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(what) => {
+            let (status, grpc_status, text, flag) = what.answer();
+            let resp = local(grpc, status, grpc_status, text, what == Local::Overflow);
+            if let Some(mut l) = log {
+                l.entry.code = resp.status().as_u16();
+                l.entry.flags = flag.into();
+                l.done(if grpc { 0 } else { text.len() as u64 });
+            }
+            resp
+        }
+    }
+}
+
+/// The answers the proxy makes itself on the HTTP/2 path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    NoRoute,
+    Overflow,
+    NoHealthyUpstream,
+    ConnectFailed,
+    /// Upstream reset the stream, or its connection went away, before a response head.
+    Reset,
+    Timeout,
+}
+
+impl Local {
+    /// HTTP status, gRPC status, text, and Envoy's response flag.
+    fn answer(self) -> (StatusCode, u16, &'static str, &'static str) {
+        const OVERFLOW: &str =
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+        const CONNECT: &str = "upstream connect error or disconnect/reset before headers. \
+                               reset reason: connection failure";
+        const RESET: &str = "upstream connect error or disconnect/reset before headers. \
+                             reset reason: remote reset";
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        match self {
+            Local::NoRoute => (StatusCode::NOT_FOUND, 12, "no route", "NR"),
+            Local::Overflow => (unavailable, 14, OVERFLOW, "UO"),
+            Local::NoHealthyUpstream => (unavailable, 14, "no healthy upstream", "UH"),
+            Local::ConnectFailed => (unavailable, 14, CONNECT, "UF"),
+            Local::Reset => (unavailable, 14, RESET, "UR"),
+            Local::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                4,
+                "upstream request timeout",
+                "UT",
+            ),
+        }
+    }
+}
+
+/// Admits the stream to its cluster, picks a host and a connection, and sends it: the
+/// upstream's response head, with the stream's slot and the host.
+async fn forward(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    up: &Upstream,
+    ctx: &HttpCtx,
+) -> Result<(Response<Incoming>, Slot, SocketAddr), Local> {
     let Some(cluster) = cluster_for(up).cloned() else {
         ctx.listener.http.no_route.inc();
-        return local(grpc, StatusCode::NOT_FOUND, 12, "no route", false);
+        return Err(Local::NoRoute);
     };
     let st = &cluster.stats;
     let limits = cluster.limits();
@@ -213,37 +309,19 @@ async fn stream(
     };
     if !admitted {
         st.upstream_rq_pending_overflow.inc();
-        return local(
-            grpc,
-            StatusCode::SERVICE_UNAVAILABLE,
-            14,
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            true,
-        );
+        return Err(Local::Overflow);
     }
     let slot = Slot(cluster.clone());
     let Some(host) = cluster.lb().pick_host(None) else {
         st.upstream_cx_none_healthy.inc();
-        return local(
-            grpc,
-            StatusCode::SERVICE_UNAVAILABLE,
-            14,
-            "no healthy upstream",
-            false,
-        );
+        return Err(Local::NoHealthyUpstream);
     };
     let mut send = match connection(&cluster, host, limits.max_connections).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, %host, error = %e, "HTTP/2 connect failed");
             st.upstream_cx_connect_fail.inc();
-            return local(
-                grpc,
-                StatusCode::SERVICE_UNAVAILABLE,
-                14,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                false,
-            );
+            return Err(Local::ConnectFailed);
         }
     };
     let req = upstream_request(req, peer, ctx);
@@ -256,30 +334,63 @@ async fn stream(
     match sent {
         Ok(Ok(resp)) => {
             st.count_code(resp.status().as_u16());
-            let (parts, body) = resp.into_parts();
-            Response::from_parts(parts, Either::Left(Relayed { body, _slot: slot }))
+            Ok((resp, slot, host))
         }
         Ok(Err(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream stream reset");
             st.upstream_rq_rx_reset.inc();
-            local(
-                grpc,
-                StatusCode::SERVICE_UNAVAILABLE,
-                14,
-                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
-                false,
-            )
+            Err(Local::Reset)
         }
         Err(_) => {
             st.upstream_rq_timeout.inc();
-            local(
-                grpc,
-                StatusCode::GATEWAY_TIMEOUT,
-                4,
-                "upstream request timeout",
-                false,
-            )
+            Err(Local::Timeout)
         }
+    }
+}
+
+/// A stream's access log line, written when the stream ends.
+struct Logged {
+    log: AccessLog,
+    entry: Entry,
+    start: Instant,
+}
+
+impl Logged {
+    fn new(log: AccessLog, req: &Request<Incoming>) -> Logged {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        Logged {
+            log,
+            entry: Entry {
+                start: Some(SystemTime::now()),
+                method: req.method().as_str().to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".into(), |p| p.as_str().to_string()),
+                protocol: "HTTP/2",
+                flags: "-".into(),
+                xff: header("x-forwarded-for"),
+                user_agent: header("user-agent"),
+                request_id: header("x-request-id"),
+                authority: req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| header("host")),
+                ..Entry::default()
+            },
+            start: Instant::now(),
+        }
+    }
+
+    fn done(mut self, bytes_sent: u64) {
+        self.entry.bytes_sent = bytes_sent;
+        self.entry.duration_ms = self.start.elapsed().as_millis() as u64;
+        self.log.log(self.entry);
     }
 }
 

@@ -87,7 +87,7 @@ fn grpc_call(body: &'static str) -> Request<Full<Bytes>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_and_its_trailers_pass_through() {
     let app = start_h2_app(Duration::ZERO).await;
-    let px = ProxyProc::gateway(app.addr, &[]).await;
+    let px = ProxyProc::gateway(app.addr, &["--access-log"]).await;
     let mut c = client(px.listen).await;
     for _ in 0..3 {
         let resp = c.send_request(grpc_call("hello")).await.unwrap();
@@ -108,6 +108,9 @@ async fn a_stream_and_its_trailers_pass_through() {
         Some(3),
         "{stats}"
     );
+    // Envoy's access log line, protocol HTTP/2, the body's 5 bytes sent, the upstream host.
+    let line = support::wait_log(&px, "\"POST /echo.Echo/Say HTTP/2\" 200 - 0 5 ").await;
+    assert!(line.contains(&app.addr.to_string()), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
