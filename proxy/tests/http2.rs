@@ -184,3 +184,93 @@ async fn an_idle_connection_is_closed() {
         .ok();
     assert!(send.is_closed());
 }
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Writes `frames` after the preface and an empty SETTINGS until the proxy stops reading;
+/// returns whether it closed the connection (reads end) within 10 s, and what was written.
+async fn flood(
+    px: &ProxyProc,
+    frames: impl Iterator<Item = Vec<u8>> + Send + 'static,
+) -> (bool, usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = TcpStream::connect(px.listen).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut written = 0;
+        let mut start = PREFACE.to_vec();
+        start.extend(frame(4, 0, 0, &[]));
+        if w.write_all(&start).await.is_err() {
+            return written;
+        }
+        for f in frames {
+            if w.write_all(&f).await.is_err() {
+                break;
+            }
+            written += f.len();
+        }
+        written
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    writer.abort();
+    (closed, writer.await.unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_or_a_malformed_frame_costs_the_sender_its_connection() {
+    let app = start_h2_app(Duration::ZERO).await;
+    let px = ProxyProc::gateway(app.addr, &[]).await;
+    // HEADERS without END_HEADERS, then CONTINUATION frames of literal headers, endlessly
+    // (the 2024 CONTINUATION-flood class): at most 64 MiB are offered.
+    let mut block = Vec::new();
+    for i in 0..100 {
+        let name = format!("x-flood-{i:03}");
+        block.push(0x00); // literal without indexing, new name
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(100);
+        block.extend_from_slice(&[b'a'; 100]);
+    }
+    let first = frame(1, 0, 1, &[0x82, 0x86, 0x84]); // :method GET, :scheme http, :path /
+    let n = 64 * 1024 * 1024 / block.len();
+    let rest = std::iter::repeat_with(move || frame(9, 0, 1, &block)).take(n);
+    let (closed, written) = flood(&px, std::iter::once(first).chain(rest)).await;
+    assert!(closed, "the flooding connection is closed");
+    assert!(
+        written < 16 * 1024 * 1024,
+        "closed only after {written} bytes"
+    );
+
+    // A frame on stream 0 that must not be there (DATA), and a SETTINGS frame of a bad size.
+    for bad in [frame(0, 0, 0, b"data"), frame(4, 0, 0, &[0; 5])] {
+        let (closed, _) = flood(&px, std::iter::once(bad)).await;
+        assert!(closed, "a malformed frame closes its connection");
+    }
+
+    // The proxy serves the next client as before.
+    let mut c = client(px.listen).await;
+    let resp = c.send_request(grpc_call("still here")).await.unwrap();
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "still here"
+    );
+}
