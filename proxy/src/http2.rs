@@ -36,7 +36,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
-use crate::router::Upstream;
+use crate::router::{Upstream, View};
 
 /// What a stream's answer carries: the upstream's body, or one the proxy made.
 type ReplyBody = Either<Relayed, Full<Bytes>>;
@@ -195,9 +195,45 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
 /// Streams one client connection may have open at once (each is a task's worth of state).
 const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
 
-/// The cluster a stream goes to (the seam for GRPCRoute / HTTPRoute per stream).
-fn cluster_for(up: &Upstream) -> Option<&Arc<Cluster>> {
-    up.tcp_cluster()
+/// The cluster a stream goes to: the destination's own, or the one its routes pick (HTTPRoute
+/// matches on the stream's method, path, query and headers, then the rule's weights). This is
+/// the seam for GRPCRoute. The rules' filters, timeouts and retries are HTTP/1's only so far.
+fn cluster_for(up: &Upstream, req: &Request<Incoming>) -> Result<Arc<Cluster>, Local> {
+    match up {
+        Upstream::Cluster(c) => Ok(c.clone()),
+        Upstream::Routed { default, routes } => match routes.get() {
+            None => default.clone().ok_or(Local::NoRoute),
+            Some(table) => {
+                let head = head_of(req);
+                let picked = table.pick(&View::of(&head)).ok_or(Local::NoRoute)?;
+                picked.rule.backend().cloned().ok_or(Local::NoBackend)
+            }
+        },
+    }
+}
+
+/// A stream's head as [`crate::h1`] would write it (`host` from `:authority`), for the router:
+/// bounded by the connection's header list limit.
+fn head_of(req: &Request<Incoming>) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(a) = req.uri().authority() {
+        head.extend_from_slice(b"host: ");
+        head.extend_from_slice(a.as_str().as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in req.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// Forwards one stream and returns its answer (logged when its body ends).
@@ -245,6 +281,8 @@ async fn stream(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Local {
     NoRoute,
+    /// The matched rule's backend for this stream cannot be used (500).
+    NoBackend,
     Overflow,
     NoHealthyUpstream,
     ConnectFailed,
@@ -265,6 +303,12 @@ impl Local {
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
         match self {
             Local::NoRoute => (StatusCode::NOT_FOUND, 12, "no route", "NR"),
+            Local::NoBackend => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                2,
+                "the route has no usable backend for this request",
+                "-",
+            ),
             Local::Overflow => (unavailable, 14, OVERFLOW, "UO"),
             Local::NoHealthyUpstream => (unavailable, 14, "no healthy upstream", "UH"),
             Local::ConnectFailed => (unavailable, 14, CONNECT, "UF"),
@@ -287,10 +331,11 @@ async fn forward(
     up: &Upstream,
     ctx: &HttpCtx,
 ) -> Result<(Response<Incoming>, Slot, SocketAddr), Local> {
-    let Some(cluster) = cluster_for(up).cloned() else {
-        ctx.listener.http.no_route.inc();
-        return Err(Local::NoRoute);
-    };
+    let cluster = cluster_for(up, &req).inspect_err(|e| {
+        if *e == Local::NoRoute {
+            ctx.listener.http.no_route.inc();
+        }
+    })?;
     let st = &cluster.stats;
     let limits = cluster.limits();
     let admitted = match cluster

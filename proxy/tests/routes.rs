@@ -88,7 +88,8 @@ async fn app(name: &'static str, delay: Duration) -> App {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                // HTTP/1.1 and HTTP/2 (prior knowledge), as a gRPC-capable app serves.
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
             });
@@ -661,4 +662,44 @@ async fn a_gateway_serves_the_routes_attached_to_it() {
         .metric("cluster.outbound|8080||color-red.default.svc.cluster.local.upstream_rq_200")
         .now_eq(1)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_follow_the_routes_one_by_one() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let v2 = app("v2", Duration::ZERO).await;
+    let jason = header(0, "end-user", StringMatch::Exact("jason".into()));
+    let (_cp, px) = gateway(reviews(
+        &[&v1, &v2],
+        vec![jason, any(1)],
+        vec![
+            rule("default/reviews#0", vec![to(1, 1)]),
+            rule("default/reviews#1", vec![to(0, 1)]),
+        ],
+    ))
+    .await;
+    // One HTTP/2 connection; each stream is routed on its own headers.
+    let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (user, want) in [("jason", "v2"), ("bob", "v1"), ("jason", "v2")] {
+        let req = Request::builder()
+            .uri(format!("http://reviews/reviews/0?user={user}"))
+            .header("end-user", user)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.starts_with(want), "{user}: {body}");
+    }
+    assert_eq!(v2.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 1);
 }
