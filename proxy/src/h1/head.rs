@@ -231,13 +231,17 @@ impl<'b> ConnectionTokens<'b> {
         }
     }
 
-    /// `name` was listed in `connection` (framing headers can never be).
+    /// `name` was listed in `connection` (framing headers and `host` can never be: the next hop
+    /// needs them whatever the client says; dropping `host` made the head one the next hop
+    /// refuses, found by fuzzing).
     #[inline]
     fn names(&self, name: &str, k: Known) -> bool {
-        !matches!(k, Known::ContentLength | Known::TransferEncoding)
-            && self.named[..self.n_named]
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        !matches!(
+            k,
+            Known::ContentLength | Known::TransferEncoding | Known::Host
+        ) && self.named[..self.n_named]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
     }
 
     /// The rule both roles share: hop-by-hop headers stay on their hop, `upgrade` goes on only

@@ -18,6 +18,19 @@ fn ok_req(raw: &str, xff: Option<&str>) -> (Request, String) {
 }
 
 #[test]
+fn connection_cannot_remove_host_or_framing_headers() {
+    // Found by fuzzing: `connection: host` dropped the host header, so the next hop got a head
+    // it must refuse.
+    let raw = "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n\
+               Connection: keep-alive, Host, Content-Length, X-Hop\r\nX-Hop: 1\r\n\r\nhi";
+    let (r, out) = ok_req(raw, None);
+    assert_eq!(r.body, Framing::Length(2));
+    assert!(out.contains("Host: app\r\n"), "{out}");
+    assert!(out.contains("Content-Length: 2\r\n"), "{out}");
+    assert!(!out.contains("X-Hop"), "{out}");
+}
+
+#[test]
 fn request_head_is_forwarded_with_only_the_proxy_changes() {
     let raw =
         "GET /a?b=1 HTTP/1.1\r\nHost: app\r\nX-Custom:  v \r\nConnection: keep-alive, X-Hop\r\n\
