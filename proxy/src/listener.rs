@@ -156,18 +156,15 @@ impl Conns {
             }
         };
         match proto {
-            Protocol::Http1 => {
+            Protocol::Http1 | Protocol::Http2 => {
                 let l = &http.listener;
                 l.http.downstream_cx_total.inc();
                 l.http.downstream_cx_active.inc();
-                crate::http::serve(stream, peer, up, http.clone()).await;
-                http.listener.http.downstream_cx_active.dec();
-            }
-            Protocol::Http2 => {
-                let l = &http.listener;
-                l.http.downstream_cx_total.inc();
-                l.http.downstream_cx_active.inc();
-                crate::http2::serve(stream, peer, up, http.clone()).await;
+                if proto == Protocol::Http1 {
+                    crate::http::serve(stream, peer, up, http.clone()).await;
+                } else {
+                    crate::http2::serve(stream, peer, up, http.clone()).await;
+                }
                 http.listener.http.downstream_cx_active.dec();
             }
             Protocol::Opaque => {
