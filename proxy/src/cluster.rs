@@ -84,9 +84,9 @@ pub struct Lb {
 }
 
 impl Lb {
-    /// The address of the host the balancer picks (the HTTP/2 path's choice per stream).
-    pub fn pick_host(&self, key: Option<u64>) -> Option<SocketAddr> {
-        self.pick(key).map(|h| h.addr)
+    /// The host the balancer picks (the HTTP/2 path's choice per stream).
+    pub fn pick_host(&self, key: Option<u64>) -> Option<Arc<Host>> {
+        self.pick(key).cloned()
     }
 
     fn pick(&self, key: Option<u64>) -> Option<&Arc<Host>> {

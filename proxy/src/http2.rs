@@ -34,9 +34,12 @@ use tokio::sync::oneshot;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
+use crate::host::{Active, Host};
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
+use crate::outlier::Outcome;
 use crate::router::{Upstream, View};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// What a stream's answer carries: the upstream's body, or one the proxy made.
 type ReplyBody = Either<Relayed, Full<Bytes>>;
@@ -103,8 +106,9 @@ impl Streams {
 }
 
 /// A stream's slot in its cluster, given back when dropped (when the answer's body ends, or the
-/// stream is reset).
-struct Slot(Arc<Cluster>);
+/// stream is reset); and, once a host is picked, its count of requests in flight there (what
+/// least-request balancing compares).
+struct Slot(Arc<Cluster>, Option<Active>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -356,16 +360,20 @@ async fn forward(
         st.upstream_rq_pending_overflow.inc();
         return Err(Local::Overflow);
     }
-    let slot = Slot(cluster.clone());
-    let Some(host) = cluster.lb().pick_host(None) else {
+    let mut slot = Slot(cluster.clone(), None);
+    let lb = cluster.lb();
+    let Some(host) = lb.pick_host(None) else {
         st.upstream_cx_none_healthy.inc();
         return Err(Local::NoHealthyUpstream);
     };
-    let mut send = match connection(&cluster, host, limits.max_connections).await {
+    slot.1 = Some(Active::new(host.clone()));
+    let mut send = match connection(&cluster, &host, limits.max_connections).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::debug!(cluster = %cluster.name, %host, error = %e, "HTTP/2 connect failed");
+            tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "HTTP/2 connect failed");
             st.upstream_cx_connect_fail.inc();
+            host.cx_connect_fail.fetch_add(1, Relaxed);
+            cluster.report(&lb, &host, Outcome::ConnectFailed);
             return Err(Local::ConnectFailed);
         }
     };
@@ -376,18 +384,24 @@ async fn forward(
         send.send_request(req).await
     })
     .await;
+    // Outlier detection and the host's counters see each stream's outcome, as for HTTP/1.
     match sent {
         Ok(Ok(resp)) => {
-            st.count_code(resp.status().as_u16());
-            Ok((resp, slot, host))
+            let code = resp.status().as_u16();
+            st.count_code(code);
+            cluster.report(&lb, &host, Outcome::Status(code));
+            Ok((resp, slot, host.addr))
         }
         Ok(Err(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream stream reset");
             st.upstream_rq_rx_reset.inc();
+            cluster.report(&lb, &host, Outcome::ConnectFailed);
             Err(Local::Reset)
         }
         Err(_) => {
             st.upstream_rq_timeout.inc();
+            host.rq_timeout.fetch_add(1, Relaxed);
+            cluster.report(&lb, &host, Outcome::Status(504));
             Err(Local::Timeout)
         }
     }
@@ -443,14 +457,15 @@ impl Logged {
 /// `max_connections` (past it, any open one of the cluster's).
 async fn connection(
     cluster: &Arc<Cluster>,
-    host: SocketAddr,
+    host: &Host,
     max_connections: Option<u32>,
 ) -> std::io::Result<SendRequest<Incoming>> {
+    let addr = host.addr;
     // The open one to this host, or past `max_connections` any open one.
     let existing = || {
         let mut s = cluster.h2.lock();
         s.conns.retain(|(_, c)| !c.is_closed());
-        if let Some((_, c)) = s.conns.iter().find(|(h, _)| *h == host) {
+        if let Some((_, c)) = s.conns.iter().find(|(h, _)| *h == addr) {
             return Some(c.clone());
         }
         let full = max_connections.is_some_and(|m| s.conns.len() as u64 >= u64::from(m));
@@ -467,8 +482,9 @@ async fn connection(
     if let Some(c) = existing() {
         return Ok(c);
     }
-    let send = open(cluster, host).await?;
-    cluster.h2.lock().conns.push((host, send.clone()));
+    let send = open(cluster, addr).await?;
+    host.cx_total.fetch_add(1, Relaxed);
+    cluster.h2.lock().conns.push((addr, send.clone()));
     Ok(send)
 }
 

@@ -108,6 +108,14 @@ async fn a_stream_and_its_trailers_pass_through() {
         Some(3),
         "{stats}"
     );
+    // The host's counters, as HTTP/1 keeps them (least-request and /clusters read them).
+    let clusters = kit::http::get(px.admin, "/clusters").await.unwrap().body;
+    for want in ["rq_total::3", "cx_total::1", "rq_active::0", "rq_error::0"] {
+        assert!(
+            clusters.contains(&format!("{}::{want}\n", app.addr)),
+            "{want} in {clusters}"
+        );
+    }
     // Envoy's access log line, protocol HTTP/2, the body's 5 bytes sent, the upstream host.
     let line = support::wait_log(&px, "\"POST /echo.Echo/Say HTTP/2\" 200 - 0 5 ").await;
     assert!(line.contains(&app.addr.to_string()), "{line}");
