@@ -57,7 +57,15 @@ pub struct Streams {
 struct StreamsInner {
     active: u32,
     waiting: VecDeque<oneshot::Sender<()>>,
-    conns: Vec<(SocketAddr, SendRequest<Incoming>)>,
+    conns: Vec<Upconn>,
+}
+
+/// A pooled upstream HTTP/2 connection.
+struct Upconn {
+    host: SocketAddr,
+    send: SendRequest<Incoming>,
+    /// Streams it has been given.
+    streams: u32,
 }
 
 /// A stream's admission.
@@ -367,7 +375,7 @@ async fn forward(
         return Err(Local::NoHealthyUpstream);
     };
     slot.1 = Some(Active::new(host.clone()));
-    let mut send = match connection(&cluster, &host, limits.max_connections).await {
+    let mut send = match connection(&cluster, &host, &limits).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "HTTP/2 connect failed");
@@ -454,26 +462,42 @@ impl Logged {
 }
 
 /// An open HTTP/2 connection to `host`: the one the cluster has, or a new one while under
-/// `max_connections` (past it, any open one of the cluster's).
+/// `max_connections` (past it, any open one of the cluster's). A connection that has been given
+/// `max-requests-per-connection` streams leaves the pool: it finishes those and closes.
 async fn connection(
     cluster: &Arc<Cluster>,
     host: &Host,
-    max_connections: Option<u32>,
+    limits: &config::Limits,
 ) -> std::io::Result<SendRequest<Incoming>> {
     let addr = host.addr;
+    // Takes a stream on connection `i`, retiring it at its last.
+    let take = |s: &mut StreamsInner, i: usize| {
+        let c = &mut s.conns[i];
+        c.streams += 1;
+        let send = c.send.clone();
+        if limits
+            .max_requests_per_connection
+            .is_some_and(|m| c.streams >= m)
+        {
+            s.conns.swap_remove(i);
+        }
+        send
+    };
     // The open one to this host, or past `max_connections` any open one.
     let existing = || {
         let mut s = cluster.h2.lock();
-        s.conns.retain(|(_, c)| !c.is_closed());
-        if let Some((_, c)) = s.conns.iter().find(|(h, _)| *h == addr) {
-            return Some(c.clone());
+        s.conns.retain(|c| !c.send.is_closed());
+        if let Some(i) = s.conns.iter().position(|c| c.host == addr) {
+            return Some(take(&mut s, i));
         }
-        let full = max_connections.is_some_and(|m| s.conns.len() as u64 >= u64::from(m));
-        let any = s.conns.first().filter(|_| full).map(|(_, c)| c.clone());
-        if any.is_some() {
+        let full = limits
+            .max_connections
+            .is_some_and(|m| s.conns.len() as u64 >= u64::from(m));
+        if full && !s.conns.is_empty() {
             cluster.stats.upstream_cx_overflow.inc();
+            return Some(take(&mut s, 0));
         }
-        any
+        None
     };
     if let Some(c) = existing() {
         return Ok(c);
@@ -484,8 +508,14 @@ async fn connection(
     }
     let send = open(cluster, addr).await?;
     host.cx_total.fetch_add(1, Relaxed);
-    cluster.h2.lock().conns.push((addr, send.clone()));
-    Ok(send)
+    let mut s = cluster.h2.lock();
+    s.conns.push(Upconn {
+        host: addr,
+        send,
+        streams: 0,
+    });
+    let last = s.conns.len() - 1;
+    Ok(take(&mut s, last))
 }
 
 async fn open(cluster: &Arc<Cluster>, host: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {

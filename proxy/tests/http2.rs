@@ -282,3 +282,24 @@ async fn a_continuation_flood_or_a_malformed_frame_costs_the_sender_its_connecti
         "still here"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_retires_upstream_connections() {
+    let app = start_h2_app(Duration::ZERO).await;
+    let px = ProxyProc::gateway(app.addr, &["--max-requests-per-connection=2"]).await;
+    let mut c = client(px.listen).await;
+    for _ in 0..6 {
+        let resp = c.send_request(grpc_call("x")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    // Two streams each: three upstream connections, each closed once its streams are done.
+    let c = format!("cluster.{}", app.addr);
+    px.stats()
+        .metric(format!("{c}.upstream_cx_http2_total"))
+        .now_eq(3)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_destroy"))
+        .eventually_eq(3)
+        .await;
+}
