@@ -217,8 +217,13 @@ impl Cluster {
         let s = p.state();
         let st = &self.stats;
         st.upstream_cx_active.set(s.connections as i64);
-        st.upstream_rq_active.set(s.requests as i64);
-        st.upstream_rq_pending_active.set(s.pending as i64);
+        // HTTP/2 streams in flight and waiting count too (lock order: the pool, then the
+        // streams' state).
+        let (streams, waiting) = self.h2.state();
+        st.upstream_rq_active
+            .set(i64::from(s.requests) + i64::from(streams));
+        st.upstream_rq_pending_active
+            .set(i64::from(s.pending) + waiting as i64);
         st.cb_cx_open.set(p.cx_open() as i64);
         st.cb_rq_pending_open.set(p.rq_pending_open() as i64);
         st.cb_rq_open.set(p.rq_open() as i64);
@@ -226,6 +231,11 @@ impl Cluster {
         st.cb_remaining_cx.set(opt(p.remaining_cx()));
         st.cb_remaining_pending.set(opt(p.remaining_pending()));
         st.cb_remaining_rq.set(opt(p.remaining_rq()));
+    }
+
+    /// Brings the gauges up to date (after an HTTP/2 stream starts, waits or ends).
+    pub fn sync_gauges(&self) {
+        self.with_pool(|_| ());
     }
 
     fn with_pool<T>(&self, f: impl FnOnce(&mut Pool<Conn, Waiter>) -> T) -> T {

@@ -121,6 +121,7 @@ struct Slot(Arc<Cluster>, Option<Active>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.h2.release();
+        self.0.sync_gauges();
     }
 }
 
@@ -354,9 +355,13 @@ async fn forward(
         .h2
         .admit(limits.max_requests, limits.max_pending_requests)
     {
-        Admit::Go => true,
+        Admit::Go => {
+            cluster.sync_gauges();
+            true
+        }
         Admit::Wait(rx) => {
             st.upstream_rq_pending_total.inc();
+            cluster.sync_gauges();
             matches!(
                 tokio::time::timeout(ctx.request_timeout, rx).await,
                 Ok(Ok(()))

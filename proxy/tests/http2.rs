@@ -124,9 +124,11 @@ async fn a_stream_and_its_trailers_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_requests_bounds_streams_and_the_overflow_gets_grpc_unavailable() {
     // App Mesh's pool walkthrough as gRPC: 30 callers on one connection, max-requests 10.
-    let app = start_h2_app(Duration::from_millis(800)).await;
+    let app = start_h2_app(Duration::from_millis(1500)).await;
     let px = ProxyProc::gateway(app.addr, &["--max-requests=10", "--max-pending-requests=1"]).await;
     let c = client(px.listen).await;
+    let stats = px.stats();
+    let cname = format!("cluster.{}", app.addr);
     let calls: Vec<_> = (0..30)
         .map(|_| {
             let mut c = c.clone();
@@ -144,6 +146,15 @@ async fn max_requests_bounds_streams_and_the_overflow_gets_grpc_unavailable() {
             })
         })
         .collect();
+    // While they run: 10 streams active upstream, 1 waiting.
+    stats
+        .metric(format!("{cname}.upstream_rq_active"))
+        .eventually_eq(10)
+        .await;
+    stats
+        .metric(format!("{cname}.upstream_rq_pending_active"))
+        .eventually_eq(1)
+        .await;
     let mut ok = 0;
     let mut unavailable = 0;
     for call in calls {
@@ -169,6 +180,11 @@ async fn max_requests_bounds_streams_and_the_overflow_gets_grpc_unavailable() {
     assert_eq!(
         stats.value(&format!("{c}.upstream_cx_http2_total")),
         Some(1)
+    );
+    assert_eq!(stats.value(&format!("{c}.upstream_rq_active")), Some(0));
+    assert_eq!(
+        stats.value(&format!("{c}.upstream_rq_pending_active")),
+        Some(0)
     );
 }
 
