@@ -217,13 +217,12 @@ impl Cluster {
         let s = p.state();
         let st = &self.stats;
         st.upstream_cx_active.set(s.connections as i64);
-        // HTTP/2 streams in flight and waiting count too (lock order: the pool, then the
-        // streams' state).
+        // HTTP/2 streams in flight and waiting count too (two loads, no lock).
         let (streams, waiting) = self.h2.state();
         st.upstream_rq_active
             .set(i64::from(s.requests) + i64::from(streams));
         st.upstream_rq_pending_active
-            .set(i64::from(s.pending) + waiting as i64);
+            .set(i64::from(s.pending) + i64::from(waiting));
         st.cb_cx_open.set(p.cx_open() as i64);
         st.cb_rq_pending_open.set(p.rq_pending_open() as i64);
         st.cb_rq_open.set(p.rq_open() as i64);

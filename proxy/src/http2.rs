@@ -39,7 +39,7 @@ use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
 use crate::router::{Upstream, View};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// What a stream's answer carries: the upstream's body, or one the proxy made.
 type ReplyBody = Either<Relayed, Full<Bytes>>;
@@ -51,6 +51,9 @@ pub struct Streams {
     /// Held while a connection is opened, so that streams arriving together share it rather
     /// than each opening one.
     connecting: tokio::sync::Mutex<()>,
+    /// `active` and the waiters' count, copied out for the gauges: read with the cluster's pool
+    /// lock held on the HTTP/1 path, which must not take this state's lock for it.
+    seen: (AtomicU32, AtomicU32),
 }
 
 #[derive(Default)]
@@ -82,34 +85,47 @@ impl Streams {
 
     fn admit(&self, max_requests: Option<u32>, max_pending: Option<u32>) -> Admit {
         let mut s = self.lock();
-        if max_requests.is_none_or(|m| s.active < m) {
+        let admit = if max_requests.is_none_or(|m| s.active < m) {
             s.active += 1;
-            return Admit::Go;
-        }
-        s.waiting.retain(|w| !w.is_closed());
-        if max_pending.is_none_or(|m| (s.waiting.len() as u64) < u64::from(m)) {
-            let (tx, rx) = oneshot::channel();
-            s.waiting.push_back(tx);
-            return Admit::Wait(rx);
-        }
-        Admit::Overflow
+            Admit::Go
+        } else {
+            s.waiting.retain(|w| !w.is_closed());
+            if max_pending.is_none_or(|m| (s.waiting.len() as u64) < u64::from(m)) {
+                let (tx, rx) = oneshot::channel();
+                s.waiting.push_back(tx);
+                Admit::Wait(rx)
+            } else {
+                Admit::Overflow
+            }
+        };
+        self.copy_out(&s);
+        admit
     }
 
     /// A stream ended: its slot goes to the first waiter still there, else it is freed.
     fn release(&self) {
         let mut s = self.lock();
+        let mut handed = false;
         while let Some(w) = s.waiting.pop_front() {
             if w.send(()).is_ok() {
-                return;
+                handed = true;
+                break;
             }
         }
-        s.active = s.active.saturating_sub(1);
+        if !handed {
+            s.active = s.active.saturating_sub(1);
+        }
+        self.copy_out(&s);
     }
 
-    /// Streams in flight and waiting (for tests and gauges).
-    pub fn state(&self) -> (u32, usize) {
-        let s = self.lock();
-        (s.active, s.waiting.len())
+    fn copy_out(&self, s: &StreamsInner) {
+        self.seen.0.store(s.active, Relaxed);
+        self.seen.1.store(s.waiting.len() as u32, Relaxed);
+    }
+
+    /// Streams in flight and waiting (two loads, no lock: for the gauges).
+    pub fn state(&self) -> (u32, u32) {
+        (self.seen.0.load(Relaxed), self.seen.1.load(Relaxed))
     }
 }
 
