@@ -232,6 +232,15 @@ impl Cluster {
         st.cb_remaining_rq.set(opt(p.remaining_rq()));
     }
 
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long a pooled upstream connection may stay idle.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// Brings the gauges up to date (after an HTTP/2 stream starts, waits or ends).
     pub fn sync_gauges(&self) {
         self.with_pool(|_| ());

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -539,29 +539,49 @@ async fn connection(
     Ok(take(&mut s, last))
 }
 
+/// Opens an upstream HTTP/2 connection (connect and handshake within the cluster's connect
+/// timeout). Its task closes it when no byte has moved for the cluster's idle timeout, as an
+/// idle pooled HTTP/1 connection is closed (`upstream_cx_idle_timeout`).
 async fn open(cluster: &Arc<Cluster>, host: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+    let (connect, idle) = (cluster.connect_timeout(), cluster.idle_timeout());
+    let tcp = tokio::time::timeout(connect, TcpStream::connect(host))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        .map_err(|_| timed_out())??;
     let _ = tcp.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(std::io::Error::other)?;
+    let (tx, rx) = oneshot::channel();
     let st = cluster.stats.clone();
-    st.upstream_cx_total.inc();
-    st.upstream_cx_http2_total.inc();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        let activity = Arc::new(Activity::since(Instant::now()));
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(Tracked::new(tcp, activity.clone())));
+        let (send, conn) = match tokio::time::timeout(connect, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let _ = tx.send(Err(std::io::Error::other(e)));
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(Err(timed_out()));
+                return;
+            }
+        };
+        st.upstream_cx_total.inc();
+        st.upstream_cx_http2_total.inc();
+        let _ = tx.send(Ok(send));
+        tokio::select! {
+            r = conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            }
+            () = activity.expired(idle) => st.upstream_cx_idle_timeout.inc(),
         }
         st.upstream_cx_destroy.inc();
     });
-    Ok(send)
+    rx.await
+        .map_err(|_| std::io::Error::other("the connection's task ended"))?
 }
-
-/// How long opening an upstream HTTP/2 connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The request as it goes upstream: hop-by-hop headers dropped (RFC 9113 §8.2.2), the client
 /// appended to `x-forwarded-for` where the listener says so.

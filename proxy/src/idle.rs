@@ -62,14 +62,16 @@ impl Activity {
 }
 
 /// A stream that touches `activity` whenever bytes pass, and counts the bytes it read.
-pub struct Tracked<'a, S> {
+/// `A` is how it reaches the activity: borrowed (`&Activity`), or shared (`Arc<Activity>`) where
+/// the stream must be `'static` (an upstream HTTP/2 connection's).
+pub struct Tracked<S, A> {
     io: S,
-    activity: &'a Activity,
+    activity: A,
     pub read: u64,
 }
 
-impl<'a, S> Tracked<'a, S> {
-    pub fn new(io: S, activity: &'a Activity) -> Self {
+impl<S, A: std::ops::Deref<Target = Activity>> Tracked<S, A> {
+    pub fn new(io: S, activity: A) -> Self {
         Tracked {
             io,
             activity,
@@ -78,7 +80,9 @@ impl<'a, S> Tracked<'a, S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
+impl<S: AsyncRead + Unpin, A: std::ops::Deref<Target = Activity> + Unpin> AsyncRead
+    for Tracked<S, A>
+{
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -95,7 +99,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
+impl<S: AsyncWrite + Unpin, A: std::ops::Deref<Target = Activity> + Unpin> AsyncWrite
+    for Tracked<S, A>
+{
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -207,6 +207,16 @@ async fn an_idle_connection_is_closed() {
         .unwrap()
         .ok();
     assert!(send.is_closed());
+    // So does the idle upstream connection.
+    let c = format!("cluster.{}", app.addr);
+    px.stats()
+        .metric(format!("{c}.upstream_cx_idle_timeout"))
+        .eventually_eq(1)
+        .await;
+    px.stats()
+        .metric(format!("{c}.upstream_cx_destroy"))
+        .eventually_eq(1)
+        .await;
 }
 
 /// One HTTP/2 frame: length, type, flags, stream id, payload.
