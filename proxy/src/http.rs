@@ -35,7 +35,7 @@ use crate::stats::{ClusterStats, ListenerStats};
 use config::api::{Redirect, Retry};
 
 mod accounting;
-mod flags;
+pub(crate) mod flags;
 
 use accounting::Finish;
 use flags::{Local, ResponseFlag};

@@ -35,6 +35,9 @@ use tokio::sync::oneshot;
 use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
 use crate::host::{Active, Host};
+use crate::http::flags::{
+    CONNECT_FAIL_BODY, NO_BACKEND_BODY, NO_HEALTHY_UPSTREAM_BODY, OVERFLOW_BODY, TIMEOUT_BODY,
+};
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
@@ -323,31 +326,17 @@ enum Local {
 impl Local {
     /// HTTP status, gRPC status, text, and Envoy's response flag.
     fn answer(self) -> (StatusCode, u16, &'static str, &'static str) {
-        const OVERFLOW: &str =
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow";
-        const CONNECT: &str = "upstream connect error or disconnect/reset before headers. \
-                               reset reason: connection failure";
         const RESET: &str = "upstream connect error or disconnect/reset before headers. \
                              reset reason: remote reset";
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
         match self {
             Local::NoRoute => (StatusCode::NOT_FOUND, 12, "no route", "NR"),
-            Local::NoBackend => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                2,
-                "the route has no usable backend for this request",
-                "-",
-            ),
-            Local::Overflow => (unavailable, 14, OVERFLOW, "UO"),
-            Local::NoHealthyUpstream => (unavailable, 14, "no healthy upstream", "UH"),
-            Local::ConnectFailed => (unavailable, 14, CONNECT, "UF"),
+            Local::NoBackend => (StatusCode::INTERNAL_SERVER_ERROR, 2, NO_BACKEND_BODY, "-"),
+            Local::Overflow => (unavailable, 14, OVERFLOW_BODY, "UO"),
+            Local::NoHealthyUpstream => (unavailable, 14, NO_HEALTHY_UPSTREAM_BODY, "UH"),
+            Local::ConnectFailed => (unavailable, 14, CONNECT_FAIL_BODY, "UF"),
             Local::Reset => (unavailable, 14, RESET, "UR"),
-            Local::Timeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                4,
-                "upstream request timeout",
-                "UT",
-            ),
+            Local::Timeout => (StatusCode::GATEWAY_TIMEOUT, 4, TIMEOUT_BODY, "UT"),
         }
     }
 }

@@ -66,12 +66,21 @@ async fn start_h2_app(delay: Duration) -> App {
 
 /// One client HTTP/2 connection to the proxy.
 async fn client(to: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    client_and_connection(to).await.0
+}
+
+/// [`client`], and the task driving its connection (done when the connection closes).
+async fn client_and_connection(
+    to: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
     let s = TcpStream::connect(to).await.unwrap();
     let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
         .await
         .unwrap();
-    tokio::spawn(conn);
-    send
+    (send, tokio::spawn(conn))
 }
 
 fn grpc_call(body: &'static str) -> Request<Full<Bytes>> {
@@ -192,12 +201,7 @@ async fn max_requests_bounds_streams_and_the_overflow_gets_grpc_unavailable() {
 async fn an_idle_connection_is_closed() {
     let app = start_h2_app(Duration::ZERO).await;
     let px = ProxyProc::gateway(app.addr, &["--idle-timeout=1s"]).await;
-    let s = TcpStream::connect(px.listen).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = client_and_connection(px.listen).await;
     let resp = send.send_request(grpc_call("once")).await.unwrap();
     resp.into_body().collect().await.unwrap();
     // Quiet for the idle timeout: the proxy says GOAWAY and closes.

@@ -574,27 +574,6 @@ trait Observer {
     async fn settled(&mut self, store: &Store);
 }
 
-impl Observer for StatusWriter {
-    fn seen(&mut self, o: &DynamicObject) {
-        StatusWriter::seen(self, o);
-    }
-    fn forget(&mut self, o: &DynamicObject) {
-        StatusWriter::forget(self, o);
-    }
-    fn relisting(&mut self) {
-        StatusWriter::relisting(self);
-    }
-    fn relisted_done(&mut self) {
-        StatusWriter::relisted_done(self);
-    }
-    fn relisted(&mut self, listed: BTreeSet<Key>) {
-        StatusWriter::relisted(self, listed);
-    }
-    async fn settled(&mut self, store: &Store) {
-        self.reconcile(store).await;
-    }
-}
-
 impl StatusWriter {
     fn new(client: kube::Client, resource: ApiResource) -> StatusWriter {
         StatusWriter {
@@ -605,7 +584,9 @@ impl StatusWriter {
             written: BTreeMap::new(),
         }
     }
+}
 
+impl Observer for StatusWriter {
     fn seen(&mut self, o: &DynamicObject) {
         let key = key_of(o);
         let conditions: Vec<Value> = o
@@ -666,6 +647,12 @@ impl StatusWriter {
         self.written.retain(|k, _| listed.contains(k));
     }
 
+    async fn settled(&mut self, store: &Store) {
+        self.reconcile(store).await;
+    }
+}
+
+impl StatusWriter {
     /// The condition each known policy should carry, from the model's reports.
     fn desired(&self, reports: &[Report]) -> BTreeMap<Key, Condition> {
         let mut problems: BTreeMap<String, (&'static str, Vec<String>)> = BTreeMap::new();
@@ -802,7 +789,7 @@ struct RouteWatch {
 }
 
 impl RouteWatch {
-    fn seen(&self) -> std::sync::MutexGuard<'_, RoutesSeen> {
+    fn state(&self) -> std::sync::MutexGuard<'_, RoutesSeen> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -816,7 +803,7 @@ impl Observer for RouteWatch {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let mut seen = RouteWatch::seen(self);
+        let mut seen = self.state();
         // Someone else changed our entries: what we wrote no longer stands.
         if seen
             .written
@@ -838,15 +825,15 @@ impl Observer for RouteWatch {
     }
     fn forget(&mut self, o: &DynamicObject) {
         let key = object_ref(o);
-        let mut seen = RouteWatch::seen(self);
+        let mut seen = self.state();
         seen.routes.remove(&key);
         seen.written.remove(&key);
     }
     fn relisting(&mut self) {
-        RouteWatch::seen(self).relist = Some(BTreeSet::new());
+        self.state().relist = Some(BTreeSet::new());
     }
     fn relisted_done(&mut self) {
-        let mut seen = RouteWatch::seen(self);
+        let mut seen = self.state();
         let listed = seen.relist.take().unwrap_or_default();
         seen.keep_only(&listed);
     }
@@ -858,7 +845,7 @@ impl Observer for RouteWatch {
                 name: k.name,
             })
             .collect();
-        RouteWatch::seen(self).keep_only(&listed);
+        self.state().keep_only(&listed);
     }
     async fn settled(&mut self, _store: &Store) {
         self.wake.notify_one();
