@@ -2,10 +2,11 @@
 //! plane can give is a golden file under `testdata/compile/`, and `describe` prints exactly what
 //! the server streams.
 //!
-//! Routes: a Service port's answer carries the HTTPRoutes attached to it (and a Gateway's answer
-//! those attached to the Gateway), flattened into one table of matches sorted by Gateway API
-//! precedence, the rules they pick, and every backend those rules send or mirror to, each
-//! compiled as a destination of its own (endpoints and policy, no routes).
+//! Routes: a Service port's answer carries the HTTPRoutes or GRPCRoutes attached to it (and a
+//! Gateway's answer those attached to the Gateway), flattened into one table of matches sorted by
+//! Gateway API precedence, the rules they pick, and every backend those rules send or mirror to,
+//! each compiled as a destination of its own (endpoints and policy, no routes). A GRPCRoute's
+//! rules are an HTTPRoute's by then ([`crate::route`]), so the proxy needs nothing of its own.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +19,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::{Model, PortRef};
-use crate::route::{BackendRef, Parent, ParsedRoute, RouteError, RouteProblem, MAX_MATCHES};
+use crate::route::{
+    BackendRef, Parent, ParsedRoute, RouteError, RouteKind, RouteProblem, MAX_MATCHES,
+};
 
 /// The Service port at `address` with its ready endpoints and policy; `None` when no Service
 /// port has that ClusterIP:port (the proxy then forwards to the address as it is).
@@ -27,7 +30,7 @@ use crate::route::{BackendRef, Parent, ParsedRoute, RouteError, RouteProblem, MA
 /// `conditions.ready` is not `false`, on the slice port named like the Service port, of the same
 /// IP family as `address` (as kube-proxy does); sorted, one entry per address.
 ///
-/// `routes`: see [`compile_routes`]; `None` when no HTTPRoute is attached to this Service port.
+/// `routes`: see [`compile_routes`]; `None` when no route is attached to this Service port.
 pub fn compile(model: &Model, address: SocketAddr) -> Option<Destination> {
     compile_with_reports(model, address, &mut Vec::new())
 }
@@ -130,7 +133,7 @@ pub fn gateway_admits(
     };
     let mut first = None;
     for p in route.parents.iter().filter(|p| p.parent == *parent) {
-        match gateway.admits(&route.namespace, p) {
+        match gateway.admits(route.kind, &route.namespace, p) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 first.get_or_insert(e);
@@ -148,6 +151,12 @@ pub fn gateway_admits(
 /// match with a method before one without; then the most header matches; then the most query
 /// matches; ties go to the oldest route (`creationTimestamp`), then `namespace/name`, then the
 /// rule's index, then the match's.
+///
+/// A GRPCRoute's matches are ranked by Gateway API's GRPCRoute precedence instead (the most
+/// characters of exactly matched service, then of method, then the most header matches; then
+/// the order above), as they never share a table with an HTTPRoute's: Gateway API forbids
+/// merging the two kinds, so when both are attached here one kind is applied and every route of
+/// the other is reported `Conflicted` and left out (see [`winning_kind`]).
 ///
 /// Refused routes are left out (the model reports them); so is any route that would take the
 /// table past [`MAX_MATCHES`] (reported here). A backend is `family`'s endpoints of that Service
@@ -178,6 +187,19 @@ pub fn compile_routes(
         return None;
     }
     routes.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+    if let Some((winner, why)) = winning_kind(&routes, parent, port) {
+        routes.retain(|r| {
+            if r.kind == winner {
+                return true;
+            }
+            reports.push(RouteError {
+                object: r.id(),
+                field: "spec.parentRefs".into(),
+                problem: RouteProblem::Conflicted { why: why.clone() },
+            });
+            false
+        });
+    }
     let mut table = Routes::default();
     let mut backends: BTreeMap<BackendRef, usize> = BTreeMap::new();
     let mut backend_list: Vec<Destination> = Vec::new();
@@ -259,7 +281,8 @@ pub fn compile_routes(
             for (j, m) in rule.matches.iter().enumerate() {
                 let mut m = m.clone();
                 m.rule = index;
-                keyed.push(((precedence(&m), ri, i, j), m));
+                let grpc = rule.grpc_precedence.get(j).copied();
+                keyed.push(((precedence(&m, grpc), ri, i, j), m));
             }
         }
     }
@@ -269,15 +292,81 @@ pub fn compile_routes(
     Some(table)
 }
 
-/// The sort key of one match (smaller first); see [`compile_routes`].
-fn precedence(m: &api::RouteMatch) -> (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>) {
+/// When routes of both kinds are attached to one parent (for a Service, to one port): the kind
+/// applied there, and why the other is not. `routes` is in [`ParsedRoute::precedence`] order.
+///
+/// - A Service port: GRPCRoutes (GAMMA, GEP-1426: "GRPCRoute, then HTTPRoute" by route type
+///   specificity).
+/// - A Gateway: the kind of the oldest route (then by `namespace/name`), as GRPCRoute's spec
+///   says of an HTTPRoute and a GRPCRoute on one listener whose hostnames intersect: Trellis
+///   serves a Gateway's routes as one table and does not read `hostnames`, so every two routes
+///   of it intersect.
+///
+/// `None` when the routes are all of one kind; also for a Service without a port (the status
+/// writer's look at a whole Service, which asks again per port).
+pub fn winning_kind(
+    routes: &[&ParsedRoute],
+    parent: &Parent,
+    port: Option<(u16, Option<&str>)>,
+) -> Option<(RouteKind, String)> {
+    let first = routes.first()?;
+    let other = routes.iter().find(|r| r.kind != first.kind)?;
+    match parent {
+        Parent::Service(s) => {
+            let (port, _) = port?;
+            let grpc = if first.kind == RouteKind::Grpc {
+                first
+            } else {
+                other
+            };
+            Some((
+                RouteKind::Grpc,
+                format!(
+                    "{} is attached to Service {s} port {port} too, and a GRPCRoute wins over \
+                     an HTTPRoute on a Service port (Gateway API GEP-1426)",
+                    grpc.named()
+                ),
+            ))
+        }
+        Parent::Gateway(g) => Some((
+            first.kind,
+            format!(
+                "{} is attached to Gateway {g} too, and is older (or first by namespace/name): \
+                 a Gateway listener takes either HTTPRoutes or GRPCRoutes for a hostname, and \
+                 Trellis does not read hostnames",
+                first.named()
+            ),
+        )),
+    }
+}
+
+/// The sort key of one match (smaller first); see [`compile_routes`]. `grpc`: a GRPCRoute
+/// match's [`crate::route::ParsedRule::grpc_precedence`] (`None` for an HTTPRoute's).
+#[allow(clippy::type_complexity)]
+fn precedence(
+    m: &api::RouteMatch,
+    grpc: Option<(usize, usize)>,
+) -> (
+    (Reverse<usize>, Reverse<usize>, Reverse<usize>),
+    u8,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+) {
     let (rank, len) = match &m.path {
         Some(PathMatch::Exact(p)) => (0, p.len()),
         Some(PathMatch::Regex(_)) => (1, 0),
         Some(PathMatch::Prefix(p)) => (2, p.len()),
         None => (2, 1),
     };
+    // GRPCRoute's own order first; it is all zeros for every HTTPRoute match (no GRPCRoute
+    // shares their table), which leaves HTTPRoute's order as it was.
+    let grpc = grpc.map_or((0, 0, 0), |(service, method)| {
+        (service, method, m.headers.len())
+    });
     (
+        (Reverse(grpc.0), Reverse(grpc.1), Reverse(grpc.2)),
         rank,
         Reverse(len),
         m.method.is_none(),

@@ -3,13 +3,13 @@
 //! with a stream of [`config::api::Update`]s: the whole answer first, then every change.
 //!
 //! - [`policy`]: the `TrafficPolicy` resource, validated into an [`config::api::Policy`];
-//! - [`route`]: `HTTPRoute`, `HTTPFault` and `Gateway`, read and validated one by one;
+//! - [`route`]: `HTTPRoute`, `GRPCRoute`, `HTTPFault` and `Gateway`, read and validated one by one;
 //! - [`model`]: the objects, indexed by ClusterIP:port, with a version and touched-Service sets;
 //! - [`compile`]: the pure function model + address -> [`config::api::Destination`];
 //! - [`source`]: where objects come from (Kubernetes watchers, or a directory);
 //! - [`store`]: the live model and one latest-answer topic per watched address;
 //! - [`serve`]: the HTTP discovery and metrics servers; [`metrics`]: their Prometheus metrics;
-//! - [`status`]: what each HTTPRoute's `status.parents` should say;
+//! - [`status`]: what each HTTPRoute's and GRPCRoute's `status.parents` should say;
 //! - [`describe`]: what a proxy would be told, for humans;
 //! - [`convert`]: Istio DestinationRules and VirtualServices as Trellis objects (`control convert`).
 #![forbid(unsafe_code)]

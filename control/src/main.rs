@@ -59,7 +59,8 @@ enum Command {
         /// The destination address: ip:port, or [v6]:port.
         #[arg(required_unless_present = "gateway", conflicts_with = "gateway")]
         address: Option<String>,
-        /// Describe the Gateway NAMESPACE/NAME (its HTTPRoutes) instead of an address.
+        /// Describe the Gateway NAMESPACE/NAME (its HTTPRoutes and GRPCRoutes) instead of an
+        /// address.
         #[arg(long, value_name = "NS/NAME")]
         gateway: Option<String>,
         /// Compute the answer from the files in DIR.

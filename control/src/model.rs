@@ -1,6 +1,6 @@
 //! The control plane's picture of the cluster: Services, EndpointSlices, TrafficPolicies, and the
-//! Gateway API objects (HTTPRoutes, Gateways, HTTPFaults), indexed by ClusterIP:port, with one
-//! global `version`.
+//! Gateway API objects (HTTPRoutes, GRPCRoutes, Gateways, HTTPFaults), indexed by ClusterIP:port,
+//! with one global `version`.
 //!
 //! It exists so that the sources (a directory, the Kubernetes watchers) and the compiler
 //! never meet: sources feed [`Change`]s or whole snapshots in, [`crate::compile`] reads out. Every
@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::policy::{self, Parsed};
-use crate::route::{Parent, ParsedFault, ParsedGateway, ParsedRoute, RouteError};
+use crate::route::{Parent, ParsedFault, ParsedGateway, ParsedRoute, RouteError, RouteKind};
 
 /// The label that joins an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -32,7 +32,8 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     TrafficPolicy(Box<Parsed>),
-    HttpRoute(Box<ParsedRoute>),
+    /// An HTTPRoute or a GRPCRoute (its [`ParsedRoute::kind`] says which).
+    Route(Box<ParsedRoute>),
     HttpFault(Box<ParsedFault>),
     Gateway(Box<ParsedGateway>),
 }
@@ -44,8 +45,23 @@ pub enum Kind {
     EndpointSlice,
     TrafficPolicy,
     HttpRoute,
+    GrpcRoute,
     HttpFault,
     Gateway,
+}
+
+impl Kind {
+    /// The key kind of a route of kind `kind`.
+    pub fn of_route(kind: RouteKind) -> Kind {
+        match kind {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+        }
+    }
+
+    pub fn is_route(self) -> bool {
+        matches!(self, Kind::HttpRoute | Kind::GrpcRoute)
+    }
 }
 
 /// A kind, namespace and name: the identity of an object across changes.
@@ -65,7 +81,7 @@ impl Object {
                 (Kind::EndpointSlice, &e.metadata.namespace, &e.metadata.name)
             }
             Object::TrafficPolicy(p) => return named(Kind::TrafficPolicy, &p.namespace, &p.name),
-            Object::HttpRoute(r) => return named(Kind::HttpRoute, &r.namespace, &r.name),
+            Object::Route(r) => return named(Kind::of_route(r.kind), &r.namespace, &r.name),
             Object::HttpFault(f) => return named(Kind::HttpFault, &f.namespace, &f.name),
             Object::Gateway(g) => return named(Kind::Gateway, &g.namespace, &g.name),
         };
@@ -81,7 +97,7 @@ impl Object {
     fn services(&self) -> Vec<ServiceRef> {
         let key = self.key();
         let names = match self {
-            Object::HttpRoute(r) => {
+            Object::Route(r) => {
                 return r
                     .parents
                     .iter()
@@ -119,7 +135,7 @@ impl Object {
                 namespace: g.namespace.clone(),
                 name: g.name.clone(),
             }],
-            Object::HttpRoute(r) => r
+            Object::Route(r) => r
                 .parents
                 .iter()
                 .filter_map(|p| match &p.parent {
@@ -137,7 +153,7 @@ type RouteRefs = (Vec<Parent>, Vec<ServiceRef>, Vec<ServiceRef>);
 
 fn route_refs(o: Option<&Object>) -> RouteRefs {
     match o {
-        Some(Object::HttpRoute(r)) => (
+        Some(Object::Route(r)) => (
             r.parents.iter().map(|p| p.parent.clone()).collect(),
             r.backend_services(),
             r.fault_refs(),
@@ -334,7 +350,7 @@ impl Model {
                     .insert(key.name.clone());
             }
         }
-        if key.kind == Kind::HttpRoute {
+        if key.kind.is_route() {
             let (was, is) = (route_refs(old.as_ref()), route_refs(self.objects.get(&key)));
             self.index_route(&key, was, is);
         }
@@ -578,12 +594,14 @@ impl Model {
             .map(|(_, o)| o)
     }
 
-    /// Every HTTPRoute, valid or not.
+    /// Every HTTPRoute, then every GRPCRoute, valid or not.
     pub fn routes(&self) -> impl Iterator<Item = &ParsedRoute> {
-        self.of_kind(Kind::HttpRoute).filter_map(|o| match o {
-            Object::HttpRoute(r) => Some(&**r),
-            _ => None,
-        })
+        self.of_kind(Kind::HttpRoute)
+            .chain(self.of_kind(Kind::GrpcRoute))
+            .filter_map(|o| match o {
+                Object::Route(r) => Some(&**r),
+                _ => None,
+            })
     }
 
     /// Every HTTPFault, valid or not.
@@ -609,7 +627,7 @@ impl Model {
             .into_iter()
             .flatten()
             .filter_map(|k| match self.objects.get(k) {
-                Some(Object::HttpRoute(r)) => Some(&**r),
+                Some(Object::Route(r)) => Some(&**r),
                 _ => None,
             })
     }
@@ -626,9 +644,10 @@ impl Model {
         }
     }
 
-    pub fn route(&self, route: &ServiceRef) -> Option<&ParsedRoute> {
-        match self.objects.get(&key(Kind::HttpRoute, route)) {
-            Some(Object::HttpRoute(r)) => Some(r),
+    /// The route of kind `kind` named `route`.
+    pub fn route(&self, kind: RouteKind, route: &ServiceRef) -> Option<&ParsedRoute> {
+        match self.objects.get(&key(Kind::of_route(kind), route)) {
+            Some(Object::Route(r)) => Some(r),
             _ => None,
         }
     }
@@ -874,7 +893,7 @@ mod tests {
     }
 
     fn route(name: &str, parent: &str, backend: &str, fault: &str) -> Object {
-        Object::HttpRoute(Box::new(crate::route::parse_route(&json!({
+        Object::Route(Box::new(crate::route::parse_route(&json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": name, "namespace": "default"},
             "spec": {
@@ -937,6 +956,37 @@ mod tests {
         assert!(m.routes_by_parent.is_empty());
         assert!(m.routes_by_backend.is_empty());
         assert!(m.routes_by_fault.is_empty());
+    }
+
+    #[test]
+    fn an_http_route_and_a_grpc_route_of_one_name_are_two_objects() {
+        let doc = |kind: &str| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": kind,
+                "metadata": {"name": "r", "namespace": "default"},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "a"}]},
+            })
+        };
+        let http = Object::Route(Box::new(crate::route::parse_route(&doc("HTTPRoute"))));
+        let grpc = Object::Route(Box::new(crate::route::parse_grpc_route(&doc("GRPCRoute"))));
+        assert_eq!(grpc.key().kind, Kind::GrpcRoute);
+        let mut m = Model::new();
+        m.sync([service("a", &["10.96.0.1"]), http, grpc]);
+        let a = Parent::Service(ServiceRef {
+            namespace: "default".into(),
+            name: "a".into(),
+        });
+        assert_eq!(m.routes_for(&a).count(), 2);
+        assert_eq!(m.routes().count(), 2);
+        let r = ServiceRef {
+            namespace: "default".into(),
+            name: "r".into(),
+        };
+        assert_eq!(m.route(RouteKind::Grpc, &r).unwrap().kind, RouteKind::Grpc);
+        // A relist of GRPCRoutes without it deletes the GRPCRoute only.
+        m.sync_kind(Kind::GrpcRoute, []);
+        assert!(m.route(RouteKind::Grpc, &r).is_none());
+        assert!(m.route(RouteKind::Http, &r).is_some());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Gateway API objects read and validated one by one: `HTTPRoute` (`gateway.networking.k8s.io/v1`),
-//! `Gateway` (only its class matters here) and Trellis's `HTTPFault` (`trellis.dev/v1alpha1`).
+//! Gateway API objects read and validated one by one: `HTTPRoute` and `GRPCRoute`
+//! (`gateway.networking.k8s.io/v1`), `Gateway` (only its class and listeners matter here) and
+//! Trellis's `HTTPFault` (`trellis.dev/v1alpha1`).
 //!
 //! This module exists so that everything about a route that does not depend on the rest of the
 //! cluster (shapes, regexes, durations, percentages, which references are allowed) is decided
@@ -7,14 +8,24 @@
 //! sources. What does depend on the cluster (does a backend Service exist, does an `HTTPFault`
 //! exist, which routes a parent has and in which order) is [`crate::compile`]'s job.
 //!
-//! Every problem names the object (`namespace/name`), the field path
-//! (`spec.rules[0].matches[1].path.value`) and what was expected, as [`crate::policy`]'s do. A
-//! route with an error is refused as a whole (its parents answer as if it did not exist); a
-//! field Trellis does not support is a warning, and the rest of the route still applies.
+//! A GRPCRoute becomes the same [`ParsedRule`]s an HTTPRoute does, as Envoy and Istio compile it:
+//! a gRPC call is an HTTP/2 POST to `/<service>/<method>`, so its method match is a path match
+//! (see [`grpc_path`]); its headers, backendRefs and filters (RequestHeaderModifier,
+//! ResponseHeaderModifier, RequestMirror, ExtensionRef) are read by the HTTPRoute code itself.
+//!
+//! Every problem names the object (`namespace/name`, `GRPCRoute namespace/name` for a GRPCRoute),
+//! the field path (`spec.rules[0].matches[1].path.value`) and what was expected, as
+//! [`crate::policy`]'s do. A route with an error is refused as a whole (its parents answer as if it
+//! did not exist); a field Trellis does not support is a warning, and the rest of the route still
+//! applies.
 
 use std::time::Duration;
 
 use config::api::{self, PathMatch, StringMatch, ValueMatch};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRouteRules, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType, GrpcRouteSpec,
+};
 use gateway_api::experimental::httproutes::{
     HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersType,
     HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
@@ -24,11 +35,12 @@ use serde::Deserialize;
 
 use config::api::ServiceRef;
 
-/// The API version of `HTTPRoute` and `Gateway`.
+/// The API version of `HTTPRoute`, `GRPCRoute` and `Gateway`.
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 /// The Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const ROUTE_KIND: &str = "HTTPRoute";
+pub const GRPC_ROUTE_KIND: &str = "GRPCRoute";
 pub const GATEWAY_KIND: &str = "Gateway";
 /// The API version of `HTTPFault`.
 pub const FAULT_API_VERSION: &str = "trellis.dev/v1alpha1";
@@ -44,6 +56,23 @@ pub const MAX_MATCHES: usize = 1000;
 
 /// Response codes retried when a `retry` leaves `codes` unset.
 pub const DEFAULT_RETRY_CODES: [u16; 4] = [500, 502, 503, 504];
+
+/// The kind of a route: both compile to the same tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => ROUTE_KIND,
+            RouteKind::Grpc => GRPC_ROUTE_KIND,
+        }
+    }
+}
 
 /// A problem with one field of one object. Displays as `namespace/name: field.path: problem`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +123,17 @@ pub enum RouteProblem {
     },
     #[error("has {count} matches: expected at most {MAX_MATCHES} (the route is refused)")]
     TooManyMatches { count: usize },
+    #[error("{value:?} is not a gRPC {what} name: expected {expected}")]
+    GrpcName {
+        value: String,
+        what: &'static str,
+        expected: &'static str,
+    },
+    #[error(
+        "has neither service nor method: expected at least one of them (or no method match, \
+         which matches every call)"
+    )]
+    NoServiceOrMethod,
     // Warnings: the rest of the route still applies.
     #[error("is not supported by Trellis; ignored")]
     Unsupported,
@@ -149,6 +189,10 @@ pub enum RouteProblem {
     ParentFull { parent: String },
     #[error("{reason}: {why}; the route is not attached to it")]
     NotAttached { reason: &'static str, why: String },
+    /// An HTTPRoute and a GRPCRoute on one parent: one kind is applied there (see
+    /// [`crate::compile::compile_routes`]).
+    #[error("Conflicted: {why}; this route is not applied there")]
+    Conflicted { why: String },
 }
 
 impl RouteProblem {
@@ -168,6 +212,8 @@ impl RouteProblem {
                 | RouteProblem::EmptyFault
                 | RouteProblem::Wrong { .. }
                 | RouteProblem::TooManyMatches { .. }
+                | RouteProblem::GrpcName { .. }
+                | RouteProblem::NoServiceOrMethod
         )
     }
 }
@@ -221,6 +267,10 @@ pub struct BackendRef {
 pub struct ParsedRule {
     /// Its matches (`rule` left 0; set when the parent's table is built).
     pub matches: Vec<api::RouteMatch>,
+    /// A GRPCRoute's only, one per match: the characters of the service and of the method it
+    /// names exactly, which Gateway API's GRPCRoute precedence ranks by (a RegularExpression
+    /// counts none). Empty for an HTTPRoute.
+    pub grpc_precedence: Vec<(usize, usize)>,
     /// `(backend, weight, field path)`; weight 0 is kept out (it gets no traffic).
     pub backends: Vec<(BackendRef, u32, String)>,
     /// `(backend, per_million, field path)`.
@@ -232,9 +282,10 @@ pub struct ParsedRule {
     pub rule: api::Rule,
 }
 
-/// One `HTTPRoute` as the model holds it.
+/// One `HTTPRoute` or `GRPCRoute` as the model holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedRoute {
+    pub kind: RouteKind,
     pub namespace: String,
     pub name: String,
     /// `metadata.creationTimestamp` (RFC 3339) when present: the older route wins ties.
@@ -248,18 +299,31 @@ pub struct ParsedRoute {
 }
 
 impl ParsedRoute {
+    /// `namespace/name` for an HTTPRoute, `GRPCRoute namespace/name` for a GRPCRoute (so the two
+    /// kinds' problems and rule sources never read alike).
     pub fn id(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        route_id(self.kind, &self.namespace, &self.name)
+    }
+
+    /// `HTTPRoute namespace/name` or `GRPCRoute namespace/name`.
+    pub fn named(&self) -> String {
+        format!(
+            "{} {}",
+            self.kind.name(),
+            object_id(&self.namespace, &self.name)
+        )
     }
 
     /// Gateway API's tie-break among routes: oldest first, then `namespace/name`; a route without
-    /// a creationTimestamp (a file) after those with one.
-    pub fn precedence(&self) -> (bool, Option<&str>, &str, &str) {
+    /// a creationTimestamp (a file) after those with one; an HTTPRoute before a GRPCRoute of the
+    /// same name.
+    pub fn precedence(&self) -> (bool, Option<&str>, &str, &str, RouteKind) {
         (
             self.created.is_none(),
             self.created.as_deref(),
             &self.namespace,
             &self.name,
+            self.kind,
         )
     }
 
@@ -318,10 +382,27 @@ fn object_id(namespace: &str, name: &str) -> String {
     }
 }
 
+fn route_id(kind: RouteKind, namespace: &str, name: &str) -> String {
+    match kind {
+        RouteKind::Http => object_id(namespace, name),
+        RouteKind::Grpc => format!("{GRPC_ROUTE_KIND} {}", object_id(namespace, name)),
+    }
+}
+
 /// Reads one `HTTPRoute` document. Never fails: a refused route carries its error.
 pub fn parse_route(doc: &serde_json::Value) -> ParsedRoute {
+    parse_any_route(RouteKind::Http, doc)
+}
+
+/// Reads one `GRPCRoute` document into the same rules an HTTPRoute gives (see the module's
+/// documentation). Never fails: a refused route carries its error.
+pub fn parse_grpc_route(doc: &serde_json::Value) -> ParsedRoute {
+    parse_any_route(RouteKind::Grpc, doc)
+}
+
+fn parse_any_route(kind: RouteKind, doc: &serde_json::Value) -> ParsedRoute {
     let (namespace, name, created) = meta(doc);
-    let object = object_id(&namespace, &name);
+    let object = route_id(kind, &namespace, &name);
     let mut warnings = Vec::new();
     let mut warn = |field: String, problem: RouteProblem| {
         warnings.push(RouteError {
@@ -334,9 +415,10 @@ pub fn parse_route(doc: &serde_json::Value) -> ParsedRoute {
     let result = if name.is_empty() {
         Err(("metadata.name".to_string(), RouteProblem::MissingName))
     } else {
-        read_route(doc, &namespace, &mut warn)
+        read_route(kind, doc, &namespace, &mut warn)
     };
     ParsedRoute {
+        kind,
         result: result.map_err(|(field, problem)| RouteError {
             object: object.clone(),
             field,
@@ -427,6 +509,7 @@ struct RouteDoc {
 }
 
 fn read_route(
+    kind: RouteKind,
     doc: &serde_json::Value,
     namespace: &str,
     warn: &mut impl FnMut(String, RouteProblem),
@@ -444,24 +527,71 @@ fn read_route(
             },
         ));
     }
-    if d.kind != ROUTE_KIND {
+    if d.kind != kind.name() {
         return Err((
             "kind".into(),
             RouteProblem::Wrong {
                 value: d.kind,
-                expected: ROUTE_KIND,
+                expected: kind.name(),
             },
         ));
     }
-    let spec: HttpRouteSpec = serde_path_to_error::deserialize(&d.spec).map_err(|e| {
+    // The two kinds' specs differ in their matches only: the rest is read once, below.
+    match kind {
+        RouteKind::Http => {
+            let spec: HttpRouteSpec = spec_of(&d.spec)?;
+            let rules = spec.rules.unwrap_or_default();
+            read_common(
+                spec.parent_refs.iter().flatten().map(|p| p.port),
+                spec.hostnames.as_deref(),
+                rules.iter().map(|r| r.matches.as_ref().map_or(0, Vec::len)),
+                warn,
+            )?;
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| read_rule(r, &format!("spec.rules[{i}]"), namespace, warn))
+                .collect()
+        }
+        RouteKind::Grpc => {
+            let spec: GrpcRouteSpec = spec_of(&d.spec)?;
+            let rules = spec.rules.unwrap_or_default();
+            read_common(
+                spec.parent_refs.iter().flatten().map(|p| p.port),
+                spec.hostnames.as_deref(),
+                rules.iter().map(|r| r.matches.as_ref().map_or(0, Vec::len)),
+                warn,
+            )?;
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| read_grpc_rule(r, &format!("spec.rules[{i}]"), namespace, warn))
+                .collect()
+        }
+    }
+}
+
+/// A route's `spec` as the Gateway API crate's type, a bad field named by its path.
+fn spec_of<T: serde::de::DeserializeOwned>(spec: &serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
         (
             format!("spec.{path}"),
             RouteProblem::Shape(e.into_inner().to_string()),
         )
-    })?;
-    for (i, p) in spec.parent_refs.iter().flatten().enumerate() {
-        if let Some(port) = p.port {
+    })
+}
+
+/// What both kinds check alike: the parentRefs' ports, hostnames (unsupported), and the number of
+/// matches (`matches`: each rule's count; a rule without matches counts one).
+fn read_common(
+    parent_ports: impl Iterator<Item = Option<i32>>,
+    hostnames: Option<&[String]>,
+    matches: impl Iterator<Item = usize>,
+    warn: &mut impl FnMut(String, RouteProblem),
+) -> Result<(), FieldError> {
+    for (i, port) in parent_ports.enumerate() {
+        if let Some(port) = port {
             if !(1..=65535).contains(&port) {
                 return Err((
                     format!("spec.parentRefs[{i}].port"),
@@ -473,22 +603,22 @@ fn read_route(
             }
         }
     }
-    if spec.hostnames.as_ref().is_some_and(|h| !h.is_empty()) {
+    if hostnames.is_some_and(|h| !h.is_empty()) {
         warn("spec.hostnames".into(), RouteProblem::Unsupported);
     }
-    let rules = spec.rules.unwrap_or_default();
-    let count: usize = rules
-        .iter()
-        .map(|r| r.matches.as_ref().map_or(1, |m| m.len().max(1)))
-        .sum();
+    let count: usize = matches.map(|n| n.max(1)).sum();
     if count > MAX_MATCHES {
         return Err(("spec.rules".into(), RouteProblem::TooManyMatches { count }));
     }
-    rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| read_rule(r, &format!("spec.rules[{i}]"), namespace, warn))
-        .collect()
+    Ok(())
+}
+
+/// The match of a rule without matches: every request.
+fn match_all() -> api::RouteMatch {
+    api::RouteMatch {
+        path: Some(PathMatch::Prefix("/".into())),
+        ..api::RouteMatch::default()
+    }
 }
 
 fn read_rule(
@@ -498,18 +628,62 @@ fn read_rule(
     warn: &mut impl FnMut(String, RouteProblem),
 ) -> Result<ParsedRule, FieldError> {
     let matches = match r.matches.as_deref() {
-        None | Some([]) => vec![api::RouteMatch {
-            path: Some(PathMatch::Prefix("/".into())),
-            ..api::RouteMatch::default()
-        }],
+        None | Some([]) => vec![match_all()],
         Some(ms) => ms
             .iter()
             .enumerate()
             .map(|(j, m)| read_match(m, &format!("{p}.matches[{j}]")))
             .collect::<Result<_, _>>()?,
     };
+    read_actions(r, matches, Vec::new(), p, namespace, warn)
+}
+
+/// A GRPCRoute rule: its matches as path and header matches, and the rest (backendRefs, filters,
+/// sessionPersistence, all of the HTTPRoute's shape) read as an HTTPRoute rule's.
+fn read_grpc_rule(
+    r: &GrpcRouteRules,
+    p: &str,
+    namespace: &str,
+    warn: &mut impl FnMut(String, RouteProblem),
+) -> Result<ParsedRule, FieldError> {
+    let (matches, grpc_precedence) = match r.matches.as_deref() {
+        None | Some([]) => (vec![match_all()], vec![(0, 0)]),
+        Some(ms) => ms
+            .iter()
+            .enumerate()
+            .map(|(j, m)| read_grpc_match(m, &format!("{p}.matches[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip(),
+    };
+    // GRPCRoute's backendRefs, filters and sessionPersistence are HTTPRoute's fields with fewer
+    // filter types, so they read as an HTTPRoute rule without matches (what GRPCRoute lacks,
+    // timeouts and retry, stays unset).
+    let mut as_http = serde_json::to_value(r).map_err(|e| (p.to_string(), shape(e)))?;
+    if let Some(o) = as_http.as_object_mut() {
+        o.remove("matches");
+    }
+    let as_http: HttpRouteRules =
+        serde_json::from_value(as_http).map_err(|e| (p.to_string(), shape(e)))?;
+    read_actions(&as_http, matches, grpc_precedence, p, namespace, warn)
+}
+
+fn shape(e: serde_json::Error) -> RouteProblem {
+    RouteProblem::Shape(e.to_string())
+}
+
+/// Everything of a rule but its matches: backendRefs, filters, timeouts, retry.
+fn read_actions(
+    r: &HttpRouteRules,
+    matches: Vec<api::RouteMatch>,
+    grpc_precedence: Vec<(usize, usize)>,
+    p: &str,
+    namespace: &str,
+    warn: &mut impl FnMut(String, RouteProblem),
+) -> Result<ParsedRule, FieldError> {
     let mut rule = ParsedRule {
         matches,
+        grpc_precedence,
         backends: Vec::new(),
         mirrors: Vec::new(),
         fault: None,
@@ -634,29 +808,19 @@ fn read_match(m: &HttpRouteRulesMatches, p: &str) -> Result<api::RouteMatch, Fie
             }
         }
     };
-    let mut headers = Vec::new();
-    for (k, h) in m.headers.iter().flatten().enumerate() {
-        let f = format!("{p}.headers[{k}]");
-        if !is_token(&h.name) {
-            return Err((
-                format!("{f}.name"),
-                RouteProblem::HeaderName {
-                    value: h.name.clone(),
-                },
-            ));
-        }
-        let value = match h.r#type {
-            Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                regex(&h.value, &format!("{f}.value"))?;
-                StringMatch::Regex(h.value.clone())
-            }
-            _ => StringMatch::Exact(h.value.clone()),
-        };
-        headers.push(ValueMatch {
-            name: h.name.to_ascii_lowercase(),
-            value,
-        });
-    }
+    let headers = m
+        .headers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(k, h)| {
+            let regex = matches!(
+                h.r#type,
+                Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+            );
+            header_match(&h.name, &h.value, regex, &format!("{p}.headers[{k}]"))
+        })
+        .collect::<Result<_, _>>()?;
     let mut query = Vec::new();
     for (k, q) in m.query_params.iter().flatten().enumerate() {
         let f = format!("{p}.queryParams[{k}]");
@@ -688,6 +852,178 @@ fn read_match(m: &HttpRouteRulesMatches, p: &str) -> Result<api::RouteMatch, Fie
         headers,
         query,
     })
+}
+
+/// One header match of either kind (`f` is its field path).
+fn header_match(
+    name: &str,
+    value: &str,
+    is_regex: bool,
+    f: &str,
+) -> Result<ValueMatch, FieldError> {
+    if !is_token(name) {
+        return Err((
+            format!("{f}.name"),
+            RouteProblem::HeaderName {
+                value: name.to_string(),
+            },
+        ));
+    }
+    let value = if is_regex {
+        regex(value, &format!("{f}.value"))?;
+        StringMatch::Regex(value.to_string())
+    } else {
+        StringMatch::Exact(value.to_string())
+    };
+    Ok(ValueMatch {
+        name: name.to_ascii_lowercase(),
+        value,
+    })
+}
+
+/// The longest service or method name (or regex) a GRPCMethodMatch takes, as Gateway API's
+/// schema says.
+pub const MAX_GRPC_NAME: usize = 1024;
+
+/// One GRPCRoute match as a path and header match, with its precedence (see
+/// [`ParsedRule::grpc_precedence`]).
+fn read_grpc_match(
+    m: &GrpcRouteRulesMatches,
+    p: &str,
+) -> Result<(api::RouteMatch, (usize, usize)), FieldError> {
+    let (path, precedence) = match &m.method {
+        None => (PathMatch::Prefix("/".into()), (0, 0)),
+        Some(mm) => {
+            let f = format!("{p}.method");
+            // Gateway API: empty is the same as omitted (any service, any method).
+            let service = mm.service.as_deref().filter(|s| !s.is_empty());
+            let method = mm.method.as_deref().filter(|s| !s.is_empty());
+            if service.is_none() && method.is_none() {
+                return Err((f, RouteProblem::NoServiceOrMethod));
+            }
+            for (value, field) in [(service, "service"), (method, "method")] {
+                if let Some(v) = value.filter(|v| v.len() > MAX_GRPC_NAME) {
+                    return Err((
+                        format!("{f}.{field}"),
+                        RouteProblem::OutOfRange {
+                            value: format!("a {field} of {} characters", v.len()),
+                            expected: "at most 1024 characters",
+                        },
+                    ));
+                }
+            }
+            let regex_type = matches!(
+                mm.r#type,
+                Some(GrpcRouteRulesMatchesMethodType::RegularExpression)
+            );
+            if regex_type {
+                if let Some(s) = service {
+                    regex(s, &format!("{f}.service"))?;
+                }
+                if let Some(m) = method {
+                    regex(m, &format!("{f}.method"))?;
+                }
+            } else {
+                if let Some(s) = service.filter(|s| !is_grpc_service(s)) {
+                    return Err((
+                        format!("{f}.service"),
+                        RouteProblem::GrpcName {
+                            value: s.to_string(),
+                            what: "service",
+                            expected: "dot-separated parts of letters, digits and _, each \
+                                       starting with a letter or _, like helloworld.Greeter (or \
+                                       type: RegularExpression)",
+                        },
+                    ));
+                }
+                if let Some(m) = method.filter(|m| !is_grpc_identifier(m)) {
+                    return Err((
+                        format!("{f}.method"),
+                        RouteProblem::GrpcName {
+                            value: m.to_string(),
+                            what: "method",
+                            expected: "letters, digits and _, starting with a letter or _, \
+                                       like SayHello (or type: RegularExpression)",
+                        },
+                    ));
+                }
+            }
+            let path = grpc_path(regex_type, service, method);
+            if let PathMatch::Regex(re) = &path {
+                regex(re, &f)?;
+            }
+            let precedence = if regex_type {
+                (0, 0)
+            } else {
+                (service.map_or(0, str::len), method.map_or(0, str::len))
+            };
+            (path, precedence)
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(k, h)| {
+            let regex = matches!(
+                h.r#type,
+                Some(GrpcRouteRulesMatchesHeadersType::RegularExpression)
+            );
+            header_match(&h.name, &h.value, regex, &format!("{p}.headers[{k}]"))
+        })
+        .collect::<Result<_, _>>()?;
+    let m = api::RouteMatch {
+        rule: 0,
+        path: Some(path),
+        method: None,
+        headers,
+        query: Vec::new(),
+    };
+    Ok((m, precedence))
+}
+
+/// The path match of a GRPCMethodMatch (at least one of `service` and `method` given), as Envoy
+/// and Istio compile it, a gRPC call's path being `/<service>/<method>`:
+/// - `Exact` with both: the exact path `/<service>/<method>`;
+/// - `Exact` with a service only: the path prefix `/<service>/` (every method of it);
+/// - `Exact` with a method only: the regex `/[^/]+/<method>` (that method of any service);
+/// - `RegularExpression`: the regex `/(?:<service>)/(?:<method>)`, an absent one `[^/]+`;
+/// - neither (which [`parse_grpc_route`] refuses): every path.
+///
+/// Regexes match the whole path, as every route regex does.
+pub fn grpc_path(regex_type: bool, service: Option<&str>, method: Option<&str>) -> PathMatch {
+    const ANY: &str = "[^/]+";
+    if regex_type {
+        return PathMatch::Regex(format!(
+            "/(?:{})/(?:{})",
+            service.unwrap_or(ANY),
+            method.unwrap_or(ANY)
+        ));
+    }
+    match (service, method) {
+        (Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}")),
+        (Some(s), None) => PathMatch::Prefix(format!("/{s}/")),
+        (None, Some(m)) => PathMatch::Regex(format!("/{ANY}/{}", regex::escape(m))),
+        (None, None) => PathMatch::Prefix("/".into()),
+    }
+}
+
+/// A gRPC identifier: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_grpc_identifier(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// A fully-qualified gRPC service name as Gateway API accepts it: identifiers joined by `.`, with
+/// an optional leading `.`.
+fn is_grpc_service(s: &str) -> bool {
+    s.strip_prefix('.')
+        .unwrap_or(s)
+        .split('.')
+        .all(is_grpc_identifier)
 }
 
 /// A backendRef or a mirror's backendRef, as written.
@@ -1265,14 +1601,15 @@ pub struct ParsedGateway {
     pub listeners: Vec<Listener>,
 }
 
-/// One Gateway listener, as far as attaching HTTPRoutes goes.
+/// One Gateway listener, as far as attaching routes goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
     pub port: i32,
-    /// `protocol: HTTP`, and `allowedRoutes.kinds` (when given) names HTTPRoute: the gateway
-    /// proxy serves cleartext HTTP only.
-    pub takes_http_routes: bool,
+    /// The route kinds it takes: with `protocol: HTTP` (the gateway proxy serves cleartext
+    /// HTTP only), HTTPRoute and GRPCRoute, or those of them `allowedRoutes.kinds` names when
+    /// given; none with another protocol.
+    pub takes: Vec<RouteKind>,
     /// `allowedRoutes.namespaces.from` (`Same` when absent, as Gateway API defaults).
     pub from: RoutesFrom,
 }
@@ -1326,15 +1663,21 @@ pub fn parse_gateway(doc: &serde_json::Value) -> ParsedGateway {
 fn listener(l: &gateway_api::experimental::gateways::GatewayListeners) -> Listener {
     use gateway_api::experimental::gateways::GatewayListenersAllowedRoutesNamespacesFrom as From;
     let allowed = l.allowed_routes.as_ref();
-    let kinds_ok = allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| {
-        kinds.iter().any(|k| {
-            k.kind == ROUTE_KIND && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+    let kind_ok = |kind: RouteKind| {
+        allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| {
+            kinds.iter().any(|k| {
+                k.kind == kind.name()
+                    && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+            })
         })
-    });
+    };
     Listener {
         name: l.name.clone(),
         port: l.port,
-        takes_http_routes: l.protocol == "HTTP" && kinds_ok,
+        takes: [RouteKind::Http, RouteKind::Grpc]
+            .into_iter()
+            .filter(|k| l.protocol == "HTTP" && kind_ok(*k))
+            .collect(),
         from: match allowed
             .and_then(|a| a.namespaces.as_ref())
             .and_then(|n| n.from.as_ref())
@@ -1348,9 +1691,11 @@ fn listener(l: &gateway_api::experimental::gateways::GatewayListeners) -> Listen
 
 impl ParsedGateway {
     /// Whether the listeners a parentRef names (by `sectionName` and `port`; all when neither is
-    /// given) take an HTTPRoute from `route_namespace`; if not, Gateway API's reason and why.
+    /// given) take a route of kind `kind` from `route_namespace`; if not, Gateway API's reason
+    /// and why.
     pub fn admits(
         &self,
+        kind: RouteKind,
         route_namespace: &str,
         p: &ParentRef,
     ) -> Result<(), (&'static str, String)> {
@@ -1373,13 +1718,14 @@ impl ParsedGateway {
                 format!("Gateway {gateway} has no listener {which}"),
             ));
         }
-        let http: Vec<&&Listener> = named.iter().filter(|l| l.takes_http_routes).collect();
+        let http: Vec<&&Listener> = named.iter().filter(|l| l.takes.contains(&kind)).collect();
         if http.is_empty() {
+            let kind = kind.name();
             return Err((
                 "NotAllowedByListeners",
                 format!(
-                    "no listener of Gateway {gateway} it names takes HTTPRoutes (expected \
-                     protocol HTTP, and HTTPRoute among allowedRoutes.kinds when given)"
+                    "no listener of Gateway {gateway} it names takes {kind}s (expected \
+                     protocol HTTP, and {kind} among allowedRoutes.kinds when given)"
                 ),
             ));
         }
@@ -1491,5 +1837,268 @@ mod tests {
         );
         assert_eq!(parse_gateway_duration("1.5s"), None);
         assert_eq!(parse_gateway_duration("10"), None);
+    }
+
+    fn grpc_route(spec: serde_json::Value) -> ParsedRoute {
+        parse_grpc_route(&json!({
+            "apiVersion": GATEWAY_API_VERSION, "kind": GRPC_ROUTE_KIND,
+            "metadata": {"name": "g", "namespace": "default"},
+            "spec": spec,
+        }))
+    }
+
+    /// The single match of a GRPCRoute whose only rule has `matches: [m]`, with its precedence.
+    fn grpc_match(m: serde_json::Value) -> (api::RouteMatch, (usize, usize)) {
+        let r = grpc_route(json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "greeter"}],
+            "rules": [{"matches": [m], "backendRefs": [{"name": "greeter", "port": 50051}]}],
+        }));
+        let mut rules = r.result.unwrap();
+        let rule = rules.remove(0);
+        assert_eq!(rule.matches.len(), 1);
+        (rule.matches[0].clone(), rule.grpc_precedence[0])
+    }
+
+    /// Whether `path` is what `m` matches, as the proxy matches paths (a regex is anchored at
+    /// both ends; a prefix ends at a segment boundary).
+    fn matches_path(m: &api::RouteMatch, path: &str) -> bool {
+        match m.path.as_ref().unwrap() {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => {
+                let p = p.strip_suffix('/').unwrap_or(p);
+                path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+            PathMatch::Regex(re) => regex::Regex::new(&format!("^(?:{re})$"))
+                .unwrap()
+                .is_match(path),
+        }
+    }
+
+    #[test]
+    fn grpc_method_matches_become_path_matches() {
+        let say = "/helloworld.Greeter/SayHello";
+        let other_method = "/helloworld.Greeter/SayGoodbye";
+        let other_service = "/routeguide.RouteGuide/SayHello";
+
+        // Exact, service and method: the exact path.
+        let (m, rank) = grpc_match(json!({"method":
+            {"type": "Exact", "service": "helloworld.Greeter", "method": "SayHello"}}));
+        assert_eq!(m.path, Some(PathMatch::Exact(say.into())));
+        assert_eq!(m.method, None, "gRPC is always POST: no method condition");
+        assert_eq!(rank, (18, 8));
+        assert!(matches_path(&m, say) && !matches_path(&m, other_method));
+
+        // The type defaults to Exact. A service only: every method of it.
+        let (m, rank) = grpc_match(json!({"method": {"service": "helloworld.Greeter"}}));
+        assert_eq!(
+            m.path,
+            Some(PathMatch::Prefix("/helloworld.Greeter/".into()))
+        );
+        assert_eq!(rank, (18, 0));
+        assert!(matches_path(&m, say) && matches_path(&m, other_method));
+        assert!(!matches_path(&m, other_service));
+        assert!(!matches_path(&m, "/helloworld.GreeterV2/SayHello"));
+
+        // A method only: that method of any service.
+        let (m, rank) = grpc_match(json!({"method": {"method": "SayHello"}}));
+        assert_eq!(m.path, Some(PathMatch::Regex("/[^/]+/SayHello".into())));
+        assert_eq!(rank, (0, 8));
+        assert!(matches_path(&m, say) && matches_path(&m, other_service));
+        assert!(!matches_path(&m, other_method));
+        assert!(!matches_path(&m, "/a/b/SayHello"));
+
+        // RegularExpression: the path regex built from both (an absent one: any name).
+        let (m, rank) = grpc_match(json!({"method": {"type": "RegularExpression",
+            "service": "helloworld\\.[A-Z].*", "method": "Say.*"}}));
+        assert_eq!(
+            m.path,
+            Some(PathMatch::Regex(
+                "/(?:helloworld\\.[A-Z].*)/(?:Say.*)".into()
+            ))
+        );
+        assert_eq!(rank, (0, 0), "a regex counts no characters");
+        assert!(matches_path(&m, say) && matches_path(&m, other_method));
+        assert!(!matches_path(&m, other_service));
+        let (m, _) =
+            grpc_match(json!({"method": {"type": "RegularExpression", "method": "Say(Hello|Hi)"}}));
+        assert_eq!(
+            m.path,
+            Some(PathMatch::Regex("/(?:[^/]+)/(?:Say(Hello|Hi))".into()))
+        );
+        assert!(matches_path(&m, other_service) && !matches_path(&m, other_method));
+
+        // No method: every call; headers as HTTPRoute's (names lowercased).
+        let (m, rank) = grpc_match(json!({"headers": [
+            {"name": "X-Version", "value": "2"},
+            {"name": "user-agent", "type": "RegularExpression", "value": "grpc-go/.*"}]}));
+        assert_eq!(m.path, Some(PathMatch::Prefix("/".into())));
+        assert_eq!(rank, (0, 0));
+        assert_eq!(
+            m.headers,
+            [
+                ValueMatch {
+                    name: "x-version".into(),
+                    value: StringMatch::Exact("2".into())
+                },
+                ValueMatch {
+                    name: "user-agent".into(),
+                    value: StringMatch::Regex("grpc-go/.*".into())
+                },
+            ]
+        );
+
+        // A rule without matches: every call.
+        let r =
+            grpc_route(json!({"rules": [{"backendRefs": [{"name": "greeter", "port": 50051}]}]}));
+        let rules = r.result.as_ref().unwrap();
+        assert_eq!(
+            rules[0].matches[0].path,
+            Some(PathMatch::Prefix("/".into()))
+        );
+        assert_eq!(r.kind, RouteKind::Grpc);
+        assert_eq!(r.id(), "GRPCRoute default/g");
+    }
+
+    #[test]
+    fn grpc_backends_weights_and_filters_read_as_an_http_routes() {
+        let r = grpc_route(json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": 50051}],
+            "rules": [{
+                "matches": [{"method": {"service": "helloworld.Greeter", "method": "SayHello"}}],
+                "filters": [
+                    {"type": "RequestHeaderModifier",
+                     "requestHeaderModifier": {"set": [{"name": "X-Canary", "value": "1"}]}},
+                    {"type": "ResponseHeaderModifier",
+                     "responseHeaderModifier": {"remove": ["x-internal"]}},
+                    {"type": "RequestMirror", "requestMirror":
+                        {"backendRef": {"name": "greeter-shadow", "port": 50051}, "percent": 25}},
+                ],
+                "backendRefs": [
+                    {"name": "greeter-v1", "port": 50051, "weight": 90},
+                    {"name": "greeter-v2", "port": 50051, "weight": 10},
+                ],
+            }],
+        }));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let rule = &r.result.as_ref().unwrap()[0];
+        let weights: Vec<(&str, u32)> = rule
+            .backends
+            .iter()
+            .map(|(b, w, _)| (b.service.name.as_str(), *w))
+            .collect();
+        assert_eq!(weights, [("greeter-v1", 90), ("greeter-v2", 10)]);
+        assert_eq!(rule.backends[1].2, "spec.rules[0].backendRefs[1]");
+        assert_eq!(
+            rule.rule.request_headers.as_ref().unwrap().set,
+            [("x-canary".to_string(), "1".to_string())]
+        );
+        assert_eq!(
+            rule.rule.response_headers.as_ref().unwrap().remove,
+            ["x-internal"]
+        );
+        assert_eq!(rule.mirrors[0].0.service.name, "greeter-shadow");
+        assert_eq!(rule.mirrors[0].1, 250_000);
+        assert_eq!(
+            r.parents[0].parent,
+            Parent::Service(ServiceRef {
+                namespace: "default".into(),
+                name: "greeter".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_grpc_matches_name_the_field_and_refuse_the_route() {
+        let error = |m: serde_json::Value| {
+            let r = grpc_route(json!({"rules": [{"matches": [{"headers": []}, m]}]}));
+            r.result.unwrap_err().to_string()
+        };
+        assert_eq!(
+            error(json!({"method": {"type": "Exact"}})),
+            "GRPCRoute default/g: spec.rules[0].matches[1].method: has neither service nor \
+             method: expected at least one of them (or no method match, which matches every \
+             call)"
+        );
+        assert_eq!(
+            error(json!({"method": {"service": "", "method": ""}})),
+            error(json!({"method": {}})),
+            "empty is absent"
+        );
+        assert!(
+            error(json!({"method": {"service": "hello world"}})).starts_with(
+                "GRPCRoute default/g: spec.rules[0].matches[1].method.service: \"hello world\" is \
+             not a gRPC service name: expected dot-separated parts"
+            )
+        );
+        assert!(error(json!({"method": {"service": "a..b"}})).contains("method.service"));
+        assert!(
+            error(json!({"method": {"service": "helloworld.Greeter", "method": "Say/Hello"}}))
+                .starts_with(
+                "GRPCRoute default/g: spec.rules[0].matches[1].method.method: \"Say/Hello\" is \
+                 not a gRPC method name"
+            )
+        );
+        let e = error(json!({"method": {"type": "RegularExpression", "service": "(unclosed"}}));
+        assert!(
+            e.starts_with(
+                "GRPCRoute default/g: spec.rules[0].matches[1].method.service: \"(unclosed\" is \
+                 not a valid regular expression"
+            ),
+            "{e}"
+        );
+        let e = error(json!({"method": {"type": "Prefix", "service": "a"}}));
+        assert!(
+            e.starts_with("GRPCRoute default/g: spec.rules[0].matches[1].method.type: unknown variant `Prefix`"),
+            "{e}"
+        );
+        let e = error(json!({"headers": [{"name": "bad name", "value": "x"}]}));
+        assert!(
+            e.starts_with("GRPCRoute default/g: spec.rules[0].matches[1].headers[0].name:"),
+            "{e}"
+        );
+        // A filter GRPCRoute does not have.
+        let r = grpc_route(json!({"rules": [{"filters": [{"type": "URLRewrite",
+            "urlRewrite": {"hostname": "x"}}]}]}));
+        let e = r.result.unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "GRPCRoute default/g: spec.rules[0].filters[0].type: unknown variant `URLRewrite`"
+            ),
+            "{e}"
+        );
+        // The kind must be the one parsed.
+        let r = parse_grpc_route(&json!({
+            "apiVersion": GATEWAY_API_VERSION, "kind": "HTTPRoute",
+            "metadata": {"name": "g"}, "spec": {},
+        }));
+        assert_eq!(
+            r.result.unwrap_err().to_string(),
+            "GRPCRoute default/g: kind: \"HTTPRoute\" is not \"GRPCRoute\""
+        );
+    }
+
+    #[test]
+    fn http_listeners_take_grpc_routes_unless_their_kinds_say_otherwise() {
+        let gw = |listener: serde_json::Value| {
+            parse_gateway(&json!({
+                "apiVersion": GATEWAY_API_VERSION, "kind": GATEWAY_KIND,
+                "metadata": {"name": "gw"},
+                "spec": {"gatewayClassName": "trellis", "listeners": [listener]},
+            }))
+            .listeners
+            .remove(0)
+            .takes
+        };
+        let both = vec![RouteKind::Http, RouteKind::Grpc];
+        assert_eq!(
+            gw(json!({"name": "a", "port": 80, "protocol": "HTTP"})),
+            both
+        );
+        assert_eq!(
+            gw(json!({"name": "a", "port": 80, "protocol": "HTTP",
+                      "allowedRoutes": {"kinds": [{"kind": "GRPCRoute"}]}})),
+            [RouteKind::Grpc]
+        );
+        assert!(gw(json!({"name": "a", "port": 443, "protocol": "HTTPS"})).is_empty());
     }
 }

@@ -1,5 +1,5 @@
-//! What each HTTPRoute's `status.parents` should say, as Gateway API asks of the controller of
-//! each parent: per parentRef an `Accepted` and a `ResolvedRefs` condition.
+//! What each HTTPRoute's and GRPCRoute's `status.parents` should say, as Gateway API asks of the
+//! controller of each parent: per parentRef an `Accepted` and a `ResolvedRefs` condition.
 //!
 //! This module exists so that the answer is a pure function of the model (tested here without a
 //! cluster), and so that writing it ([`crate::source::kube`]) only compares and patches. The
@@ -8,8 +8,12 @@
 //!   problem as the message), when its parent Service does not exist (`NoMatchingParent`), when
 //!   a Gateway's listeners do not take it (`NoMatchingParent`: no listener of that sectionName or
 //!   port; `NotAllowedByListeners`: not HTTP, or another namespace than `allowedRoutes` allows),
-//!   or when the parent's table is full ([`crate::route::MAX_MATCHES`]); otherwise `True`, with
-//!   the fields Trellis ignores in the message;
+//!   when routes of the other kind win the parent (`Conflicted`: an HTTPRoute on a Service port
+//!   a GRPCRoute is attached to too, or on a Gateway whose oldest route is a GRPCRoute, and the
+//!   other way round; see [`crate::compile::winning_kind`]; on a Service, only when that is so
+//!   on every port the parentRef applies to, the others being named in the message), or when the
+//!   parent's table is full ([`crate::route::MAX_MATCHES`]); otherwise `True`, with the fields
+//!   Trellis ignores in the message;
 //! - `ResolvedRefs` is `False` when a backendRef, a mirror or an `HTTPFault` cannot be resolved
 //!   (`BackendNotFound`, `RefNotPermitted`, `InvalidKind`), every such reference in the message.
 //!
@@ -58,7 +62,7 @@ pub fn route_status(model: &Model, route: &ParsedRoute) -> Vec<ParentStatus> {
                 let Some(gateway) = model.gateway(g).filter(|g| g.is_ours()) else {
                     continue;
                 };
-                refused_by_gateway = gateway.admits(&route.namespace, p).err();
+                refused_by_gateway = gateway.admits(route.kind, &route.namespace, p).err();
                 None
             }
             Parent::Service(s) => model
@@ -76,15 +80,40 @@ pub fn route_status(model: &Model, route: &ParsedRoute) -> Vec<ParentStatus> {
         let full = found
             .iter()
             .find(|e| matches!(e.problem, RouteProblem::ParentFull { .. }));
-        let accepted = match (&route.result, missing, refused_by_gateway, full) {
+        // Routes of the other kind win a Gateway as a whole, and a Service port by port.
+        let (conflicts, ports) = match &p.parent {
+            Parent::Gateway(_) => (
+                found
+                    .iter()
+                    .filter(|e| matches!(e.problem, RouteProblem::Conflicted { .. }))
+                    .cloned()
+                    .collect(),
+                1,
+            ),
+            Parent::Service(_) if route.result.is_ok() && missing.is_none() => {
+                service_conflicts(model, route, p)
+            }
+            Parent::Service(_) => (Vec::new(), 0),
+        };
+        let conflicted = (!conflicts.is_empty() && conflicts.len() == ports).then(|| {
+            conflicts
+                .iter()
+                .map(RouteError::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let accepted = match (&route.result, missing, refused_by_gateway, full, conflicted) {
             (Err(e), ..) => refused("UnsupportedValue", e.to_string()),
             (_, Some(m), ..) => refused("NoMatchingParent", m),
-            (_, _, Some((reason, why)), _) => refused(reason, why),
-            (_, _, _, Some(e)) => refused("UnsupportedValue", e.to_string()),
+            (_, _, Some((reason, why)), ..) => refused(reason, why),
+            (_, _, _, Some(e), _) => refused("UnsupportedValue", e.to_string()),
+            (.., Some(why)) => refused("Conflicted", why),
             _ => {
+                // Left out on some of the Service's ports only: said, but accepted.
                 let ignored: Vec<String> = route
                     .warnings
                     .iter()
+                    .chain(&conflicts)
                     .filter(|w| ref_reason(&w.problem).is_none())
                     .map(RouteError::to_string)
                     .collect();
@@ -131,6 +160,40 @@ pub fn route_status(model: &Model, route: &ParsedRoute) -> Vec<ParentStatus> {
         });
     }
     out
+}
+
+/// A route's `Conflicted` problems on the ports of Service parent `p` it applies to (one per
+/// port where routes of the other kind win), and the number of those ports.
+fn service_conflicts(
+    model: &Model,
+    route: &ParsedRoute,
+    p: &ParentRef,
+) -> (Vec<RouteError>, usize) {
+    let Parent::Service(s) = &p.parent else {
+        return (Vec::new(), 0);
+    };
+    let ports = model
+        .service(s)
+        .and_then(|svc| svc.spec.as_ref())
+        .and_then(|spec| spec.ports.as_ref());
+    let mut conflicts = Vec::new();
+    let mut n = 0;
+    for sp in ports.into_iter().flatten() {
+        let Ok(port) = u16::try_from(sp.port) else {
+            continue;
+        };
+        let name = sp.name.as_deref().filter(|n| !n.is_empty());
+        if !p.applies_to_port(port, name) {
+            continue;
+        }
+        n += 1;
+        let mut found = Vec::new();
+        compile_routes(model, &p.parent, Some((port, name)), None, &mut found);
+        conflicts.extend(found.into_iter().find(|e| {
+            e.object == route.id() && matches!(e.problem, RouteProblem::Conflicted { .. })
+        }));
+    }
+    (conflicts, n)
 }
 
 fn refused(reason: &'static str, message: String) -> Condition {

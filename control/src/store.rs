@@ -59,7 +59,7 @@ pub struct Store {
     route_problems: Mutex<BTreeMap<Parent, BTreeSet<String>>>,
     ready: AtomicBool,
     /// The model's version after each change that touched something: for writers that follow
-    /// the whole model (HTTPRoute status).
+    /// the whole model (route status).
     changed: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
 }

@@ -4,9 +4,9 @@
 //! Every `*.yaml`, `*.yml` and `*.json` directly in DIR is read (YAML may hold several documents
 //! separated by `---`; a `List` is read item by item). Documents are dispatched on
 //! apiVersion/kind: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `trellis.dev/v1alpha1`
-//! TrafficPolicy and HTTPFault, `gateway.networking.k8s.io/v1` HTTPRoute and Gateway; other kinds
-//! are skipped (debug log). A bad document is reported with its file
-//! and index and never stops the others. Changes are followed by polling the files' mtimes and
+//! TrafficPolicy and HTTPFault, `gateway.networking.k8s.io/v1` HTTPRoute, GRPCRoute and Gateway;
+//! other kinds are skipped (debug log). A bad document is reported with its file and index and
+//! never stops the others. Changes are followed by polling the files' mtimes and
 //! sizes (every 500 ms by default): cheap, dependency-free, and good enough for files edited by
 //! hand or by a test.
 
@@ -239,7 +239,7 @@ fn dispatch(path: &Path, index: String, v: serde_json::Value, out: &mut Loaded) 
             &index,
             "no apiVersion or kind: expected a Kubernetes object (v1 Service, \
              discovery.k8s.io/v1 EndpointSlice, trellis.dev/v1alpha1 TrafficPolicy or \
-             HTTPFault, gateway.networking.k8s.io/v1 HTTPRoute or Gateway)"
+             HTTPFault, gateway.networking.k8s.io/v1 HTTPRoute, GRPCRoute or Gateway)"
                 .into(),
         );
     }
@@ -260,8 +260,12 @@ fn dispatch(path: &Path, index: String, v: serde_json::Value, out: &mut Loaded) 
             }
             Ok(Object::TrafficPolicy(Box::new(parsed)))
         }
-        (route::GATEWAY_API_VERSION, route::ROUTE_KIND) => {
-            let parsed = route::parse_route(&v);
+        (route::GATEWAY_API_VERSION, kind @ (route::ROUTE_KIND | route::GRPC_ROUTE_KIND)) => {
+            let parsed = if kind == route::ROUTE_KIND {
+                route::parse_route(&v)
+            } else {
+                route::parse_grpc_route(&v)
+            };
             if let Err(e) = &parsed.result {
                 // Kept in the model (so describe shows it next to its parents), and reported here
                 // with its file, as a refused policy is.
@@ -270,7 +274,7 @@ fn dispatch(path: &Path, index: String, v: serde_json::Value, out: &mut Loaded) 
             if parsed.name.is_empty() {
                 return;
             }
-            Ok(Object::HttpRoute(Box::new(parsed)))
+            Ok(Object::Route(Box::new(parsed)))
         }
         (route::FAULT_API_VERSION, route::FAULT_KIND) => {
             let parsed = route::parse_fault(&v);

@@ -1,5 +1,5 @@
-//! The Kubernetes source: Services, EndpointSlices, TrafficPolicies, HTTPRoutes, Gateways and
-//! HTTPFaults watched in every namespace through kube-runtime watchers, fed to the [`Store`] as they change. It is how the control
+//! The Kubernetes source: Services, EndpointSlices, TrafficPolicies, HTTPRoutes, GRPCRoutes,
+//! Gateways and HTTPFaults watched in every namespace through kube-runtime watchers, fed to the [`Store`] as they change. It is how the control
 //! plane runs in a cluster (in-cluster config, or `--kubeconfig PATH` from outside).
 //!
 //! Guarantees:
@@ -13,13 +13,15 @@
 //! - without the TrafficPolicy CRD (its list is 404) one warning names the CRD and how to install
 //!   it, Services are served with the default policy, and the policy watch is retried with
 //!   backoff (so installing the CRD later is picked up); the same holds for the Gateway API
-//!   CRDs (HTTPRoute, Gateway: Services are served without routes) and the HTTPFault CRD, through
+//!   CRDs (HTTPRoute, GRPCRoute, Gateway: Services are served without those routes) and the
+//!   HTTPFault CRD, each on its own, through
 //!   one helper ([`follow_optional`]);
 //! - each TrafficPolicy's `status.conditions` holds one `Accepted` condition saying whether it is
 //!   used (`True`/`Accepted`) or not (`False`, reason `Invalid` or `Conflicted`, the error as the
 //!   message), written with a merge patch on the status subresource only when it differs from
 //!   what the object already says, so our own writes never cause more writes;
-//! - each HTTPRoute's `status.parents` holds, per parentRef Trellis serves, the `Accepted` and
+//! - each HTTPRoute's and GRPCRoute's `status.parents` holds, per parentRef Trellis serves, the
+//!   `Accepted` and
 //!   `ResolvedRefs` conditions [`crate::status`] computes, written (merge patch on the status
 //!   subresource, other controllers' entries kept) after any change of the model that alters
 //!   them (a backend Service appearing resolves a reference), again only when they differ.
@@ -42,7 +44,7 @@ use config::api::ServiceRef;
 
 use crate::model::{Change, Key, Kind, Object, Report};
 use crate::policy;
-use crate::route;
+use crate::route::{self, RouteKind};
 use crate::status;
 use crate::store::Store;
 
@@ -53,18 +55,35 @@ pub const ACCEPTED: &str = "Accepted";
 
 /// The CRDs of the Gateway API kinds and of HTTPFault.
 pub const ROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+pub const GRPC_ROUTE_CRD: &str = "grpcroutes.gateway.networking.k8s.io";
 pub const GATEWAY_CRD: &str = "gateways.gateway.networking.k8s.io";
 pub const FAULT_CRD: &str = "httpfaults.trellis.dev";
 
 /// Gateway API's HTTPRoute, read untyped (the `gateway-api` crate's own type is built on another
 /// kube version) and its spec deserialized with serde.
 pub fn route_resource() -> ApiResource {
+    route_resource_of(RouteKind::Http)
+}
+
+/// Gateway API's GRPCRoute, read as HTTPRoute is.
+pub fn grpc_route_resource() -> ApiResource {
+    route_resource_of(RouteKind::Grpc)
+}
+
+fn route_resource_of(kind: RouteKind) -> ApiResource {
     ApiResource {
         group: route::GATEWAY_GROUP.into(),
         version: "v1".into(),
         api_version: route::GATEWAY_API_VERSION.into(),
-        kind: route::ROUTE_KIND.into(),
-        plural: "httproutes".into(),
+        kind: kind.name().into(),
+        plural: route_plural(kind).into(),
+    }
+}
+
+fn route_plural(kind: RouteKind) -> &'static str {
+    match kind {
+        RouteKind::Http => "httproutes",
+        RouteKind::Grpc => "grpcroutes",
     }
 }
 
@@ -159,7 +178,7 @@ impl KubeSource {
         Ok(KubeSource::new(client))
     }
 
-    /// Watches the three kinds until the task is dropped.
+    /// Watches every kind until the task is dropped.
     pub async fn run(self, store: Arc<Store>) -> Result<(), KubeError> {
         let ready = Readiness::new(store.clone());
         let services = follow(
@@ -177,22 +196,16 @@ impl KubeSource {
             |e| Object::EndpointSlice(Box::new(e)),
         );
         let policies = follow_policies(self.client.clone(), &store, &ready);
-        let seen = Arc::new(Mutex::new(RoutesSeen::default()));
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let route_watch = RouteWatch {
-            seen: seen.clone(),
-            wake: wake.clone(),
-        };
-        let routes = follow_routes(self.client.clone(), &store, &ready, route_watch);
-        let route_status = write_route_status(self.client.clone(), &store, &seen, &wake);
+        let routes = routes_and_status(self.client.clone(), &store, &ready, RouteKind::Http);
+        let grpc_routes = routes_and_status(self.client.clone(), &store, &ready, RouteKind::Grpc);
         let gateways = follow_gateways(self.client.clone(), &store, &ready);
         let faults = follow_faults(self.client.clone(), &store, &ready);
         tokio::select! {
             () = services => Err(KubeError::Ended("Service")),
             () = slices => Err(KubeError::Ended("EndpointSlice")),
             () = policies => Err(KubeError::Ended("TrafficPolicy")),
-            () = routes => Err(KubeError::Ended("HTTPRoute")),
-            () = route_status => Err(KubeError::Ended("HTTPRoute status")),
+            e = routes => Err(e),
+            e = grpc_routes => Err(e),
             () = gateways => Err(KubeError::Ended("Gateway")),
             () = faults => Err(KubeError::Ended("HTTPFault")),
         }
@@ -215,6 +228,7 @@ impl Readiness {
                     Kind::EndpointSlice,
                     Kind::TrafficPolicy,
                     Kind::HttpRoute,
+                    Kind::GrpcRoute,
                     Kind::Gateway,
                     Kind::HttpFault,
                 ]
@@ -353,7 +367,7 @@ struct Optional {
     install: &'static str,
 }
 
-/// How to install the Gateway API CRDs (HTTPRoute, Gateway), experimental channel.
+/// How to install the Gateway API CRDs (HTTPRoute, GRPCRoute, Gateway), experimental channel.
 pub const GATEWAY_API_INSTALL: &str = "kubectl apply --server-side -f \
     https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/experimental-install.yaml";
 
@@ -361,7 +375,7 @@ pub const GATEWAY_API_INSTALL: &str = "kubectl apply --server-side -f \
 /// how to install it, the kind counts as listed (empty), so everything else is served, and the
 /// watch is retried with backoff, so installing the CRD later is picked up. `status`, when
 /// given, sees every object as listed and watched, and is told when the store has settled
-/// (TrafficPolicy and HTTPRoute status).
+/// (TrafficPolicy, HTTPRoute and GRPCRoute status).
 async fn follow_optional<S: Observer>(
     client: &kube::Client,
     optional: Optional,
@@ -455,20 +469,56 @@ async fn follow_policies(client: kube::Client, store: &Store, ready: &Readiness)
     follow_optional(&client, optional, store, ready, policy_object, Some(status)).await;
 }
 
-async fn follow_routes(client: kube::Client, store: &Store, ready: &Readiness, watch: RouteWatch) {
+/// The watch of one route kind and the writer of its routes' status, until either ends (which
+/// they never do): what ended, as the error.
+async fn routes_and_status(
+    client: kube::Client,
+    store: &Store,
+    ready: &Readiness,
+    kind: RouteKind,
+) -> KubeError {
+    let seen = Arc::new(Mutex::new(RoutesSeen::default()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let watch = RouteWatch {
+        seen: seen.clone(),
+        wake: wake.clone(),
+    };
+    let (ended, status_ended) = match kind {
+        RouteKind::Http => ("HTTPRoute", "HTTPRoute status"),
+        RouteKind::Grpc => ("GRPCRoute", "GRPCRoute status"),
+    };
+    tokio::select! {
+        () = follow_routes(client.clone(), store, ready, watch, kind) => KubeError::Ended(ended),
+        () = write_route_status(client, store, &seen, &wake, kind) => KubeError::Ended(status_ended),
+    }
+}
+
+async fn follow_routes(
+    client: kube::Client,
+    store: &Store,
+    ready: &Readiness,
+    watch: RouteWatch,
+    kind: RouteKind,
+) {
     let optional = Optional {
-        resource: route_resource(),
-        kind: Kind::HttpRoute,
-        crd: ROUTE_CRD,
-        meanwhile: "serving Services without routes",
+        resource: route_resource_of(kind),
+        kind: Kind::of_route(kind),
+        crd: match kind {
+            RouteKind::Http => ROUTE_CRD,
+            RouteKind::Grpc => GRPC_ROUTE_CRD,
+        },
+        meanwhile: match kind {
+            RouteKind::Http => "serving Services without HTTPRoutes",
+            RouteKind::Grpc => "serving Services without GRPCRoutes",
+        },
         install: GATEWAY_API_INSTALL,
     };
     let convert = |o: &DynamicObject| {
-        Object::HttpRoute(Box::new(route::parse_route(&with_type(
-            o,
-            route::GATEWAY_API_VERSION,
-            route::ROUTE_KIND,
-        ))))
+        let doc = with_type(o, route::GATEWAY_API_VERSION, kind.name());
+        Object::Route(Box::new(match kind {
+            RouteKind::Http => route::parse_route(&doc),
+            RouteKind::Grpc => route::parse_grpc_route(&doc),
+        }))
     };
     follow_optional(&client, optional, store, ready, convert, Some(watch)).await;
 }
@@ -748,8 +798,8 @@ impl StatusWriter {
     }
 }
 
-/// The HTTPRoutes as last seen (generation and `status.parents`), and what we last wrote to
-/// each: shared by the route watch ([`RouteWatch`]) and the writer ([`write_route_status`]).
+/// The routes of one kind as last seen (generation and `status.parents`), and what we last wrote
+/// to each: shared by the route watch ([`RouteWatch`]) and the writer ([`write_route_status`]).
 #[derive(Default)]
 struct RoutesSeen {
     routes: BTreeMap<ServiceRef, SeenRoute>,
@@ -855,17 +905,18 @@ impl Observer for RouteWatch {
 /// How long the writer lets a burst of changes settle before it compares.
 const ROUTE_STATUS_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Writes each seen HTTPRoute's `status.parents` when what [`status::route_status`] says differs
-/// from what the route says (and from what we last wrote): after every change of the model, and
-/// after every route event. Runs until the task is dropped.
+/// Writes each seen route's (of kind `kind`) `status.parents` when what [`status::route_status`]
+/// says differs from what the route says (and from what we last wrote): after every change of
+/// the model, and after every route event. Runs until the task is dropped.
 async fn write_route_status(
     client: kube::Client,
     store: &Store,
     seen: &Mutex<RoutesSeen>,
     wake: &tokio::sync::Notify,
+    kind: RouteKind,
 ) {
     let mut changes = store.changes();
-    let resource = route_resource();
+    let resource = route_resource_of(kind);
     // Routes whose last write failed: warned once, until a write succeeds.
     let mut failing = BTreeSet::new();
     loop {
@@ -890,7 +941,7 @@ async fn write_route_status(
                 seen.routes
                     .iter()
                     .filter_map(|(key, s)| {
-                        let route = model.route(key)?;
+                        let route = model.route(kind, key)?;
                         let want = status::route_status(model, route);
                         let parents =
                             status::parents_json(route, &want, s.generation, &s.parents, &now);
@@ -913,7 +964,7 @@ async fn write_route_status(
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(route = %key, "wrote the route's status.parents");
+                    tracing::info!(kind = kind.name(), route = %key, "wrote the route's status.parents");
                     failing.remove(&key);
                     seen.lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -922,10 +973,16 @@ async fn write_route_status(
                 }
                 // Tried again at the next change.
                 Err(e) if failing.insert(key.clone()) => tracing::warn!(
+                    kind = kind.name(),
                     route = %key,
-                    "cannot write the route's status (needs RBAC patch on httproutes/status): {e}"
+                    "cannot write the route's status (needs RBAC patch on {}/status): {e}",
+                    route_plural(kind)
                 ),
-                Err(e) => tracing::debug!(route = %key, "cannot write the route's status: {e}"),
+                Err(e) => tracing::debug!(
+                    kind = kind.name(),
+                    route = %key,
+                    "cannot write the route's status: {e}"
+                ),
             }
         }
     }

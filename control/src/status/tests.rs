@@ -35,7 +35,7 @@ fn gateway(name: &str, class: &str) -> Object {
 fn status(objects: Vec<Object>, r: &ParsedRoute) -> Vec<ParentStatus> {
     let mut m = Model::new();
     let mut all = objects;
-    all.push(Object::HttpRoute(Box::new(r.clone())));
+    all.push(Object::Route(Box::new(r.clone())));
     m.sync(all);
     route_status(&m, r)
 }
@@ -250,7 +250,7 @@ fn a_gateway_takes_routes_by_listener_name_port_protocol_and_namespace() {
     m.sync([
         reviews(),
         gw(json!([{"name": "http", "port": 80, "protocol": "HTTP"}])),
-        Object::HttpRoute(Box::new(r)),
+        Object::Route(Box::new(r)),
     ]);
     let g = config::api::ServiceRef {
         namespace: "infra".into(),
@@ -263,4 +263,122 @@ fn a_gateway_takes_routes_by_listener_name_port_protocol_and_namespace() {
         reports[0].to_string().contains("NotAllowedByListeners"),
         "{reports:?}"
     );
+}
+
+fn grpc_route(name: &str, created: &str, parent: Value) -> ParsedRoute {
+    crate::route::parse_grpc_route(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+        "spec": {"parentRefs": [parent],
+                 "rules": [{"matches": [{"method": {"service": "helloworld.Greeter"}}],
+                            "backendRefs": [{"name": "reviews", "port": 80}]}]},
+    }))
+}
+
+fn http_route(name: &str, created: &str, parent: Value) -> ParsedRoute {
+    parse_route(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+        "spec": {"parentRefs": [parent],
+                 "rules": [{"backendRefs": [{"name": "reviews", "port": 80}]}]},
+    }))
+}
+
+/// Every route's status in a model of `objects` and `routes`.
+fn statuses(objects: Vec<Object>, routes: &[&ParsedRoute]) -> Vec<Vec<ParentStatus>> {
+    let mut m = Model::new();
+    let mut all = objects;
+    all.extend(routes.iter().map(|r| Object::Route(Box::new((*r).clone()))));
+    m.sync(all);
+    routes.iter().map(|r| route_status(&m, r)).collect()
+}
+
+#[test]
+fn a_grpc_route_is_accepted_and_resolved_as_an_http_route_is() {
+    let g = grpc_route(
+        "g",
+        "2026-01-01T00:00:00Z",
+        json!({"group": "", "kind": "Service", "name": "reviews", "port": 80}),
+    );
+    let s = status(vec![service("reviews", "10.96.0.10")], &g);
+    assert_eq!(s.len(), 1);
+    assert!(s[0].accepted.ok && s[0].resolved_refs.ok, "{s:?}");
+    // Its missing backend is said as an HTTPRoute's, named as a GRPCRoute.
+    let s = status(vec![], &g);
+    assert_eq!(s[0].accepted.reason, "NoMatchingParent");
+}
+
+#[test]
+fn on_a_service_port_grpc_routes_win_and_http_routes_are_conflicted() {
+    let svc = || {
+        Object::Service(Box::new(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "reviews", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.10",
+                         "ports": [{"name": "http", "port": 80}, {"name": "grpc", "port": 9090}]}
+            }))
+            .unwrap(),
+        ))
+    };
+    let on = |port: Option<u16>| match port {
+        Some(p) => json!({"group": "", "kind": "Service", "name": "reviews", "port": p}),
+        None => json!({"group": "", "kind": "Service", "name": "reviews"}),
+    };
+    // Both on port 80: the GRPCRoute wins, though it is newer.
+    let h = http_route("h", "2026-01-01T00:00:00Z", on(Some(80)));
+    let g = grpc_route("g", "2026-02-01T00:00:00Z", on(Some(80)));
+    let s = statuses(vec![svc()], &[&h, &g]);
+    let (hs, gs) = (&s[0][0], &s[1][0]);
+    assert!(gs.accepted.ok, "{gs:?}");
+    assert!(!hs.accepted.ok);
+    assert_eq!(hs.accepted.reason, "Conflicted");
+    assert_eq!(
+        hs.accepted.message,
+        "default/h: spec.parentRefs: Conflicted: GRPCRoute default/g is attached to Service \
+         default/reviews port 80 too, and a GRPCRoute wins over an HTTPRoute on a Service port \
+         (Gateway API GEP-1426); this route is not applied there"
+    );
+
+    // The HTTPRoute on every port, the GRPCRoute on 9090 only: the HTTPRoute still applies on
+    // port 80 (accepted, the other port named).
+    let h = http_route("h", "2026-01-01T00:00:00Z", on(None));
+    let g = grpc_route("g", "2026-02-01T00:00:00Z", on(Some(9090)));
+    let s = statuses(vec![svc()], &[&h, &g]);
+    let hs = &s[0][0];
+    assert!(hs.accepted.ok, "{hs:?}");
+    assert!(
+        hs.accepted.message.contains("port 9090"),
+        "{}",
+        hs.accepted.message
+    );
+    assert!(s[1][0].accepted.ok);
+
+    // Different ports: no conflict at all.
+    let h = http_route("h", "2026-01-01T00:00:00Z", on(Some(80)));
+    let s = statuses(vec![svc()], &[&h, &g]);
+    assert_eq!(s[0][0].accepted.message, "the route applies");
+}
+
+#[test]
+fn on_a_gateway_the_oldest_route_decides_the_kind() {
+    let h = http_route("h", "2026-01-01T00:00:00Z", json!({"name": "ours"}));
+    let g = grpc_route("g", "2026-02-01T00:00:00Z", json!({"name": "ours"}));
+    let objects = || vec![service("reviews", "10.96.0.10"), gateway("ours", "trellis")];
+    let s = statuses(objects(), &[&h, &g]);
+    assert!(s[0][0].accepted.ok, "{:?}", s[0]);
+    assert_eq!(s[1][0].accepted.reason, "Conflicted", "{:?}", s[1]);
+    assert!(
+        s[1][0]
+            .accepted
+            .message
+            .contains("HTTPRoute default/h is attached to Gateway"),
+        "{}",
+        s[1][0].accepted.message
+    );
+    // The GRPCRoute older: it wins.
+    let g = grpc_route("g", "2025-12-01T00:00:00Z", json!({"name": "ours"}));
+    let s = statuses(objects(), &[&h, &g]);
+    assert_eq!(s[0][0].accepted.reason, "Conflicted");
+    assert!(s[1][0].accepted.ok);
 }
