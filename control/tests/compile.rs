@@ -81,7 +81,7 @@ fn golden_compile_cases() {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 27,
+        cases.len() >= 30,
         "cases went missing from {}",
         root.display()
     );
