@@ -655,6 +655,96 @@ async fn route_status_says_accepted_and_resolved_refs_and_follows_the_backends()
 }
 
 #[tokio::test]
+async fn grpc_routes_arrive_compiled_and_their_status_is_written() {
+    let server = with_route_crds();
+    server
+        .create(yaml(&service("greeter", "10.96.0.20")))
+        .unwrap();
+    server
+        .create(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "greeter", "namespace": "default"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "greeter", "port": 80}],
+                "rules": [{
+                    "matches": [{"method": {"service": "helloworld.Greeter", "method": "SayHello"}}],
+                    "backendRefs": [{"name": "greeter-v1", "port": 80, "weight": 90},
+                                    {"name": "greeter", "port": 80, "weight": 10}],
+                }],
+            },
+        }))
+        .unwrap();
+    let control = start(&server).await;
+
+    // The proxy's table: the method as an exact path, 90 of 100 answered 500 while greeter-v1
+    // does not exist.
+    let mut s = get(control.addr, "/v1/destinations/10.96.0.20:80").await;
+    let routes = s
+        .update()
+        .await
+        .destination
+        .unwrap()
+        .routes
+        .expect("the route");
+    assert_eq!(
+        routes.matches[0].path,
+        Some(config::api::PathMatch::Exact(
+            "/helloworld.Greeter/SayHello".into()
+        ))
+    );
+    assert_eq!(routes.rules[0].source, "GRPCRoute default/greeter#0");
+    assert_eq!(routes.rules[0].invalid_weight, 90);
+
+    // Its status, as an HTTPRoute's: accepted, a reference that does not resolve.
+    let gvr = &kit::apiserver::GRPCROUTES.gvr;
+    let ours = |e: &Value| e["controllerName"] == "trellis.dev/control";
+    let e = status_entry(&server, gvr, "greeter", "/status/parents", ours, 10, |e| {
+        e["conditions"].is_array()
+    })
+    .await;
+    let c = &e["conditions"];
+    assert_eq!(
+        (&c[0]["type"], &c[0]["status"]),
+        (&json!("Accepted"), &json!("True"))
+    );
+    assert_eq!(
+        (&c[1]["type"], &c[1]["status"], &c[1]["reason"]),
+        (
+            &json!("ResolvedRefs"),
+            &json!("False"),
+            &json!("BackendNotFound")
+        )
+    );
+    assert!(
+        c[1]["message"].as_str().unwrap().contains(
+            "GRPCRoute default/greeter: spec.rules[0].backendRefs[0]: BackendNotFound: Service \
+             default/greeter-v1"
+        ),
+        "{c}"
+    );
+
+    // The backend appears: the reference resolves, and the table sends to it.
+    server
+        .create(yaml(&service("greeter-v1", "10.96.0.21")))
+        .unwrap();
+    status_entry(&server, gvr, "greeter", "/status/parents", ours, 10, |e| {
+        e["conditions"][1]["status"] == "True"
+    })
+    .await;
+    let routes = tokio::time::timeout(Duration::from_secs(10), s.update())
+        .await
+        .expect("an update after the backend appeared")
+        .destination
+        .unwrap()
+        .routes
+        .unwrap();
+    assert_eq!(routes.rules[0].invalid_weight, 0);
+    assert_eq!(routes.rules[0].backends.len(), 2);
+    assert_eq!(status_patches(&server, "httproutes"), 0);
+    drop(control);
+}
+
+#[tokio::test]
 async fn without_the_gateway_api_crds_services_are_served_without_routes() {
     // The default double has no HTTPRoute, Gateway or HTTPFault resource: their lists are 404.
     let server = ApiServer::start().unwrap();

@@ -141,6 +141,16 @@ pub const HTTPROUTES: ResourceDef = ResourceDef {
     namespaced: true,
     status: true,
 };
+pub const GRPCROUTES: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "grpcroutes",
+    },
+    kind: "GRPCRoute",
+    namespaced: true,
+    status: true,
+};
 pub const GATEWAYS: ResourceDef = ResourceDef {
     gvr: Gvr {
         group: "gateway.networking.k8s.io",
@@ -164,7 +174,7 @@ pub const HTTPFAULTS: ResourceDef = ResourceDef {
 
 /// The Gateway API's CRDs (installed by the user, as in a cluster) and Trellis's HTTPFault:
 /// served only when a test adds them, so the default double has no Gateway API.
-pub const ROUTE_RESOURCES: [ResourceDef; 3] = [HTTPROUTES, GATEWAYS, HTTPFAULTS];
+pub const ROUTE_RESOURCES: [ResourceDef; 4] = [HTTPROUTES, GRPCROUTES, GATEWAYS, HTTPFAULTS];
 
 /// The kinds served unless told otherwise.
 pub const DEFAULT_RESOURCES: [ResourceDef; 5] =
