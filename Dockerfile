@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for all of Trellis: `webhook`, `proxyinit` (with iptables, legacy and nft), `proxy`,
-# `control`, plus the demo's `color` app and `loadgen` client. `make image` builds it as
+# `control`, plus the demo's `color` app, `loadgen` client and `grpc-echo` gRPC app. `make image` builds it as
 # ghcr.io/trellis-mesh/trellis:0.1.0, the tag the injector and manifests/ default to.
 
 ARG RUST_VERSION=1.95
@@ -22,9 +22,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
         -p webhook -p proxyinit -p proxy -p control -p sandbox \
         --bin webhook --bin proxyinit --bin proxy --bin control --bin color --bin loadgen \
+        --bin grpc-echo \
  && mkdir -p /out \
  && cp target/release/webhook target/release/proxyinit target/release/proxy target/release/control \
-       target/release/color target/release/loadgen /out/
+       target/release/color target/release/loadgen target/release/grpc-echo /out/
 
 FROM debian:${DEBIAN}-slim
 # iptables: both backends (iptables-legacy-* and iptables-nft-*); proxyinit picks the node's.

@@ -14,13 +14,14 @@ use anyhow::{bail, Context as _};
 use crate::cleanup;
 
 /// The programs a pod spec may name that come from this workspace (the image's `/usr/local/bin`).
-pub const OURS: [&str; 6] = [
+pub const OURS: [&str; 7] = [
     "webhook",
     "control",
     "proxyinit",
     "proxy",
     "color",
     "loadgen",
+    "grpc-echo",
 ];
 
 /// Where the build put them.

@@ -15,8 +15,10 @@ use crate::load::{self, LoadResult};
 use crate::manifests;
 use crate::mesh::{Mesh, ADMIN_PORT};
 
+mod grpc;
 mod routes;
 mod services;
+pub use grpc::{call as grpc_call, grpc_calls, grpc_many_streams, grpc_pool, Calls, GRPC};
 pub use routes::{
     fault_abort, fault_delay, gateway, header_match, live_switch, mirror, retries, timeout,
     user_agent, weights, ROUTES,

@@ -161,3 +161,11 @@ fn route_faults_timeouts_retries_mirrors_and_a_gateway() {
     assert_passed(scenarios::mirror(&mut m));
     assert_passed(scenarios::gateway(&mut m));
 }
+
+#[test]
+fn grpc_calls_streams_deadlines_and_the_pool_walkthrough() {
+    let mut m = mesh("grpc", scenarios::GRPC);
+    assert_passed(scenarios::grpc_calls(&mut m));
+    assert_passed(scenarios::grpc_many_streams(&mut m));
+    assert_passed(scenarios::grpc_pool(&mut m));
+}

@@ -65,7 +65,7 @@ fn run() -> anyhow::Result<bool> {
 }
 
 fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
-    for app in scenarios::ALL_PODS {
+    for app in scenarios::ALL_PODS.iter().chain(scenarios::GRPC) {
         let pod = mesh.deploy(app)?;
         println!(
             "pod {:<26} {:<12} init [{}]  containers [{}]",
@@ -108,7 +108,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 21] = [
+    let all: [(&str, Scenario); 24] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("outbound pool", |m| scenarios::outbound_pool(m)),
@@ -131,6 +131,9 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
         ("retries", scenarios::retries),
         ("mirror", scenarios::mirror),
         ("ingress gateway", scenarios::gateway),
+        ("gRPC calls", scenarios::grpc_calls),
+        ("1,000 gRPC streams", scenarios::grpc_many_streams),
+        ("gRPC pool", scenarios::grpc_pool),
         ("shutdown", scenarios::shutdown),
     ];
     for (name, f) in all {

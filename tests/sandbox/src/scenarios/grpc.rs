@@ -1,0 +1,346 @@
+//! gRPC through the sidecars, with a real gRPC client and server (`grpc-echo`, tonic): unary and
+//! streaming calls, metadata and trailers, a deadline, 16 MiB messages, 1,000 calls at once on one
+//! connection, and App Mesh's connection-pool walkthrough as gRPC (`max-requests` 10, 30 callers).
+//! The caller dials the Service's ClusterIP, as apps do; both sidecars detect HTTP/2 and forward
+//! per call (stream).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use kit::process::{wait_timeout, Spec};
+
+use super::{access_log_lines, Report};
+use crate::mesh::{Mesh, Pod, ADMIN_PORT};
+use crate::{bins, IMAGE_USER};
+
+/// The demo pods the gRPC scenarios start from.
+pub const GRPC: &[&str] = &["echo", "grpc-client"];
+
+/// The inbound cluster of echo's gRPC port, as its sidecar names it.
+const INBOUND: &str = "cluster.inbound_9090";
+
+/// What `grpc-echo call` reports (its JSON line).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Calls {
+    pub calls: u32,
+    /// gRPC code name (`Ok`, `Unavailable`, ...) → calls.
+    pub codes: BTreeMap<String, u32>,
+    pub overloaded: u32,
+    pub by_pod: BTreeMap<String, u32>,
+    pub messages: u64,
+    pub metadata_echoed: u32,
+    pub trailers_seen: u32,
+    pub payload_intact: u32,
+    pub peak_in_flight: u32,
+    pub p50_ms: u64,
+    pub max_ms: u64,
+    pub failed_max_ms: u64,
+    pub first_error: Option<String>,
+}
+
+impl Calls {
+    pub fn code(&self, name: &str) -> u32 {
+        self.codes.get(name).copied().unwrap_or(0)
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{} calls: {:?}; {} overloaded; {} messages; metadata {}, trailers {}, payload intact \
+             {}; app's peak in flight {}; p50 {} ms, max {} ms{}",
+            self.calls,
+            self.codes,
+            self.overloaded,
+            self.messages,
+            self.metadata_echoed,
+            self.trailers_seen,
+            self.payload_intact,
+            self.peak_in_flight,
+            self.p50_ms,
+            self.max_ms,
+            self.first_error
+                .as_deref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// `kubectl exec deploy/grpc-client -- grpc-echo call --target=... ARGS`, as the image's user.
+pub fn call(pod: &Pod, target: &str, args: &[&str]) -> anyhow::Result<Calls> {
+    let mut argv = vec![
+        bins::path("grpc-echo")?.display().to_string(),
+        "call".into(),
+        format!("--target={target}"),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = kit::process::temp_file("grpc-echo")?;
+    let mut child = Spec::new(argv.clone(), IMAGE_USER, IMAGE_USER).spawn_to(&pod.ns, &out)?;
+    let status = wait_timeout(&mut child, Duration::from_secs(120));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("{} did not finish within 120s: {text}", argv.join(" "));
+    }
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{} printed no result: {text}", argv.join(" ")))?;
+    serde_json::from_str(line).with_context(|| format!("grpc-echo's result {line:?}"))
+}
+
+fn echo_target(mesh: &Mesh) -> anyhow::Result<String> {
+    let svc = mesh
+        .services
+        .get("demo", "echo")
+        .context("no Service demo/echo")?;
+    Ok(format!("http://{}", svc.addr()))
+}
+
+/// Waits until `app`'s stat `name` reads `want`.
+fn wait_stat(mesh: &Mesh, app: &str, name: &str, want: i64) -> anyhow::Result<()> {
+    let m = mesh.stats_of(app).within(Duration::from_secs(10));
+    kit::block_on(m.metric(name).wait_until(&want.to_string(), |v| v == want))
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A run of calls: what it shows, `grpc-echo call`'s flags, and its check.
+type Run = (&'static str, &'static [&'static str], fn(&Calls) -> bool);
+
+/// Unary, server-streaming and bidi calls with metadata and trailers, 16 MiB messages, and a
+/// deadline, from grpc-client to echo's Service.
+pub fn grpc_calls(mesh: &mut Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "gRPC calls",
+        "tonic client -> sidecar -> sidecar -> tonic server, to echo's ClusterIP: unary, \
+         server-streaming and bidi calls with metadata and trailers, 16 MiB messages, a deadline",
+    );
+    let mesh = &*mesh;
+    let target = echo_target(mesh)?;
+    let client = mesh.pod("grpc-client");
+    let runs: [Run; 4] = [
+        (
+            "20 unary calls from 4 callers: all OK, metadata echoed, payload intact",
+            &[
+                "--rpc=unary",
+                "--callers=4",
+                "--calls=20",
+                "--payload-bytes=1024",
+            ],
+            |c| c.code("Ok") == 20 && c.metadata_echoed == 20 && c.payload_intact == 20,
+        ),
+        (
+            "5 server-streaming calls of 10 replies: 50 messages, each call's trailers arrive",
+            &[
+                "--rpc=server-stream",
+                "--callers=5",
+                "--calls=5",
+                "--messages=10",
+            ],
+            |c| c.code("Ok") == 5 && c.messages == 50 && c.trailers_seen == 5,
+        ),
+        (
+            "5 bidi calls of 10 messages each way: all echoed intact, trailers arrive",
+            &[
+                "--rpc=bidi",
+                "--callers=5",
+                "--calls=5",
+                "--messages=10",
+                "--payload-bytes=4096",
+            ],
+            |c| c.code("Ok") == 5 && c.payload_intact == 5 && c.trailers_seen == 5,
+        ),
+        (
+            "2 unary calls of 16 MiB each way: OK and intact",
+            &[
+                "--rpc=unary",
+                "--callers=2",
+                "--calls=2",
+                "--payload-bytes=16777216",
+            ],
+            |c| c.code("Ok") == 2 && c.payload_intact == 2,
+        ),
+    ];
+    for (what, args, ok) in runs {
+        let c = call(client, &target, args)?;
+        rep.ok_200 += u64::from(c.code("Ok"));
+        rep.other += u64::from(c.calls - c.code("Ok"));
+        rep.check(what, ok(&c), c.show());
+    }
+
+    // A deadline of 300 ms on a call the app answers after 3 s: the caller gets its deadline
+    // error near 300 ms (tonic reports its own expiry as CANCELLED "Timeout expired"; grpc-go as
+    // DEADLINE_EXCEEDED), and the abandoned stream is let go on both sidecars.
+    let c = call(
+        client,
+        &target,
+        &["--rpc=unary", "--delay-ms=3000", "--deadline-ms=300"],
+    )?;
+    rep.other += u64::from(c.calls - c.code("Ok"));
+    let expired = c.code("Cancelled") + c.code("DeadlineExceeded") == 1;
+    rep.check(
+        "a 300 ms deadline on a 3 s call ends the call before 1.5 s with a deadline error",
+        expired && c.failed_max_ms < 1500,
+        c.show(),
+    );
+    let c_out = "cluster.outbound|9090||echo.demo.svc.cluster.local";
+    let released =
+        wait_stat(mesh, "echo", &format!("{INBOUND}.upstream_rq_active"), 0).and_then(|()| {
+            wait_stat(
+                mesh,
+                "grpc-client",
+                &format!("{c_out}.upstream_rq_active"),
+                0,
+            )
+        });
+    rep.check(
+        "after it, no stream is left active on either sidecar (upstream_rq_active 0)",
+        released.is_ok(),
+        released.err().map(|e| e.to_string()).unwrap_or_default(),
+    );
+
+    let client_stats = mesh.stats("grpc-client")?;
+    let echo_stats = mesh.stats("echo")?;
+    let h2 = client_stats.num(&format!("{c_out}.upstream_cx_http2_total"));
+    rep.check(
+        "the client's sidecar pooled the calls onto few upstream HTTP/2 connections",
+        (1..=3).contains(&h2),
+        client_stats.line(&format!("{c_out}.upstream_cx_http2_total")),
+    );
+    let logs = access_log_lines(mesh, "echo", &["HTTP/2"]);
+    let h2_lines = logs.iter().filter(|l| l.contains("HTTP/2")).count();
+    rep.check(
+        "echo's access log reads HTTP/2 for the calls",
+        h2_lines >= 30,
+        format!(
+            "{h2_lines} HTTP/2 lines; last: {}",
+            logs.last().cloned().unwrap_or_default()
+        ),
+    );
+    if let Some(l) = logs
+        .iter()
+        .rev()
+        .find(|l| l.contains("/trellis.demo.Echo/"))
+    {
+        rep.notes.push(format!("echo access log: {l}"));
+    }
+    rep.stat(
+        "grpc-client",
+        &client_stats,
+        &format!("{c_out}.upstream_cx_http2_total"),
+    );
+    rep.stat(
+        "grpc-client",
+        &client_stats,
+        &format!("{c_out}.upstream_rq_total"),
+    );
+    rep.stat("echo", &echo_stats, &format!("{INBOUND}.upstream_rq_total"));
+    Ok(rep)
+}
+
+/// 1,000 calls at once from one caller on one HTTP/2 connection.
+pub fn grpc_many_streams(mesh: &mut Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "1,000 gRPC streams",
+        "1,000 unary calls at once on one client connection (each held 1 s by the app): all OK, \
+         all 1,000 in flight in the app together",
+    );
+    let mesh = &*mesh;
+    let target = echo_target(mesh)?;
+    let c = call(
+        mesh.pod("grpc-client"),
+        &target,
+        &[
+            "--rpc=unary",
+            "--callers=1000",
+            "--calls=1000",
+            "--delay-ms=1000",
+        ],
+    )?;
+    rep.ok_200 += u64::from(c.code("Ok"));
+    rep.other += u64::from(c.calls - c.code("Ok"));
+    rep.check(
+        "all 1,000 OK, and the app had all 1,000 in flight at once",
+        c.code("Ok") == 1000 && c.peak_in_flight == 1000,
+        c.show(),
+    );
+    Ok(rep)
+}
+
+/// App Mesh's connection-pool walkthrough as gRPC: an echo pod whose sidecar allows 10 calls in
+/// flight (`trellis.dev/max-requests: "10"`, 1 waiting), 30 callers.
+pub fn grpc_pool(mesh: &mut Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "gRPC pool",
+        "an echo pod annotated max-requests 10 (max-pending-requests 1); 30 concurrent callers, \
+         90 calls of 300 ms -> the overflow gets UNAVAILABLE with x-envoy-overloaded, never more \
+         than 10 calls reach the app at once",
+    );
+    let pod = mesh.deploy_with("echo", |pod| {
+        let a = &mut pod["metadata"]["annotations"];
+        a["trellis.dev/max-requests"] = "10".into();
+        a["trellis.dev/max-pending-requests"] = "1".into();
+    })?;
+    let (name, target) = (pod.name.clone(), format!("http://{}:9090", pod.ip));
+    let mesh = &*mesh;
+    let stats_of = |m: &Mesh| -> anyhow::Result<kit::stats::Stats> {
+        let p = m
+            .replicas("echo")
+            .into_iter()
+            .find(|p| p.name == name)
+            .context("the pool pod is gone")?;
+        kit::block_on(
+            kit::stats::Matcher::new(p.addr(ADMIN_PORT))
+                .from_netns(&m.node)
+                .fetch(),
+        )
+        .with_context(|| format!("{name}: reading /stats"))
+    };
+    let before = stats_of(mesh)?;
+    let c = call(
+        mesh.pod("grpc-client"),
+        &target,
+        &[
+            "--rpc=unary",
+            "--callers=30",
+            "--calls=90",
+            "--delay-ms=300",
+        ],
+    )?;
+    let after = stats_of(mesh)?;
+    rep.ok_200 += u64::from(c.code("Ok"));
+    rep.overflow_503 += u64::from(c.code("Unavailable"));
+    rep.other += u64::from(c.calls - c.code("Ok") - c.code("Unavailable"));
+    let overflow = after
+        .num(&format!("{INBOUND}.upstream_rq_pending_overflow"))
+        .saturating_sub(before.num(&format!("{INBOUND}.upstream_rq_pending_overflow")));
+    rep.check(
+        "some calls OK, the rest UNAVAILABLE, each of those with x-envoy-overloaded: true",
+        c.code("Ok") >= 10
+            && c.code("Unavailable") > 0
+            && c.code("Ok") + c.code("Unavailable") == 90
+            && c.overloaded == c.code("Unavailable"),
+        c.show(),
+    );
+    rep.check(
+        "the sidecar counted each UNAVAILABLE in upstream_rq_pending_overflow",
+        overflow == u64::from(c.code("Unavailable")),
+        format!("upstream_rq_pending_overflow grew by {overflow}"),
+    );
+    rep.check(
+        "the app never had more than 10 calls in flight",
+        (1..=10).contains(&c.peak_in_flight),
+        format!("peak in flight: {}", c.peak_in_flight),
+    );
+    rep.stat(
+        "echo",
+        &after,
+        &format!("{INBOUND}.upstream_rq_pending_overflow"),
+    );
+    rep.stat("echo", &after, &format!("{INBOUND}.upstream_rq_total"));
+    Ok(rep)
+}
