@@ -72,6 +72,27 @@ struct Upconn {
     send: SendRequest<Incoming>,
     /// Streams it has been given.
     streams: u32,
+    /// Streams open on it now (what its idle timer checks).
+    open: Arc<AtomicU32>,
+}
+
+/// A stream open on a connection (downstream or upstream), counted in the connection's open
+/// streams until dropped: when the answer's body ends, or the stream is reset or fails. A
+/// connection with a stream open is not idle, however long no byte moves (the stream is bounded
+/// by the request timeout instead), as Envoy counts its idle timeout only without streams.
+struct Open(Arc<AtomicU32>);
+
+impl Open {
+    fn new(n: &Arc<AtomicU32>) -> Open {
+        n.fetch_add(1, Relaxed);
+        Open(n.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A stream's admission.
@@ -134,8 +155,9 @@ impl Streams {
 
 /// A stream's slot in its cluster, given back when dropped (when the answer's body ends, or the
 /// stream is reset); and, once a host is picked, its count of requests in flight there (what
-/// least-request balancing compares).
-struct Slot(Arc<Cluster>, Option<Active>);
+/// least-request balancing compares); and once a connection is picked, the stream's place among
+/// its open streams.
+struct Slot(Arc<Cluster>, Option<Active>, Option<Open>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -150,6 +172,8 @@ pub struct Relayed {
     sent: u64,
     log: Option<Logged>,
     _slot: Slot,
+    /// The stream's place among its downstream connection's open streams.
+    _open: Open,
 }
 
 impl Drop for Relayed {
@@ -190,10 +214,13 @@ impl Body for Relayed {
 /// Serves one downstream HTTP/2 connection until it closes.
 pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpCtx>) {
     let (idle, drain) = (ctx.idle_timeout, ctx.drain.clone());
+    let open = Arc::new(AtomicU32::new(0));
+    let streams = open.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let up = up.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx).await) }
+        let opened = Open::new(&streams);
+        async move { Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx, opened).await) }
     });
     let activity = Activity::since(std::time::Instant::now());
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -202,11 +229,11 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         .max_concurrent_streams(MAX_DOWNSTREAM_STREAMS)
         .serve_connection(TokioIo::new(Tracked::new(io, &activity)), service);
     let mut conn = std::pin::pin!(conn);
-    // No byte either way for the idle timeout, or a drain: GOAWAY, then the open streams get
-    // one more idle timeout to finish.
+    // No stream open and no byte either way for the idle timeout, or a drain: GOAWAY, then the
+    // open streams get one more idle timeout to finish.
     let ended = tokio::select! {
         r = conn.as_mut() => Some(r),
-        () = activity.expired(idle) => None,
+        () = activity.expired_unless(idle, || open.load(Relaxed) > 0) => None,
         () = drain.signaled() => None,
     };
     let ended = match ended {
@@ -274,6 +301,7 @@ async fn stream(
     peer: SocketAddr,
     up: &Upstream,
     ctx: &HttpCtx,
+    opened: Open,
 ) -> Response<ReplyBody> {
     let grpc = is_grpc(&req);
     ctx.listener.http.downstream_rq_total.inc();
@@ -293,6 +321,7 @@ async fn stream(
                 sent: 0,
                 log,
                 _slot: slot,
+                _open: opened,
             };
             Response::from_parts(parts, Either::Left(body))
         }
@@ -378,7 +407,7 @@ async fn forward(
         st.upstream_rq_pending_overflow.inc();
         return Err(Local::Overflow);
     }
-    let mut slot = Slot(cluster.clone(), None);
+    let mut slot = Slot(cluster.clone(), None, None);
     let lb = cluster.lb();
     let Some(host) = lb.pick_host(None) else {
         st.upstream_cx_none_healthy.inc();
@@ -386,7 +415,10 @@ async fn forward(
     };
     slot.1 = Some(Active::new(host.clone()));
     let mut send = match connection(&cluster, &host, &limits).await {
-        Ok(s) => s,
+        Ok((s, open)) => {
+            slot.2 = Some(open);
+            s
+        }
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "HTTP/2 connect failed");
             st.upstream_cx_connect_fail.inc();
@@ -478,13 +510,13 @@ async fn connection(
     cluster: &Arc<Cluster>,
     host: &Host,
     limits: &config::Limits,
-) -> std::io::Result<SendRequest<Incoming>> {
+) -> std::io::Result<(SendRequest<Incoming>, Open)> {
     let addr = host.addr;
     // Takes a stream on connection `i`, retiring it at its last.
     let take = |s: &mut StreamsInner, i: usize| {
         let c = &mut s.conns[i];
         c.streams += 1;
-        let send = c.send.clone();
+        let send = (c.send.clone(), Open::new(&c.open));
         if limits
             .max_requests_per_connection
             .is_some_and(|m| c.streams >= m)
@@ -516,22 +548,29 @@ async fn connection(
     if let Some(c) = existing() {
         return Ok(c);
     }
-    let send = open(cluster, addr).await?;
+    let open_streams = Arc::new(AtomicU32::new(0));
+    let send = open(cluster, addr, open_streams.clone()).await?;
     host.cx_total.fetch_add(1, Relaxed);
     let mut s = cluster.h2.lock();
     s.conns.push(Upconn {
         host: addr,
         send,
         streams: 0,
+        open: open_streams,
     });
     let last = s.conns.len() - 1;
     Ok(take(&mut s, last))
 }
 
 /// Opens an upstream HTTP/2 connection (connect and handshake within the cluster's connect
-/// timeout). Its task closes it when no byte has moved for the cluster's idle timeout, as an
-/// idle pooled HTTP/1 connection is closed (`upstream_cx_idle_timeout`).
-async fn open(cluster: &Arc<Cluster>, host: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {
+/// timeout). Its task closes it when no stream has been open on it (`streams`) and no byte has
+/// moved for the cluster's idle timeout, as an idle pooled HTTP/1 connection is closed
+/// (`upstream_cx_idle_timeout`).
+async fn open(
+    cluster: &Arc<Cluster>,
+    host: SocketAddr,
+    streams: Arc<AtomicU32>,
+) -> std::io::Result<SendRequest<Incoming>> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
     let (connect, idle) = (cluster.connect_timeout(), cluster.idle_timeout());
     let tcp = tokio::time::timeout(connect, TcpStream::connect(host))
@@ -564,7 +603,9 @@ async fn open(cluster: &Arc<Cluster>, host: SocketAddr) -> std::io::Result<SendR
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             }
-            () = activity.expired(idle) => st.upstream_cx_idle_timeout.inc(),
+            () = activity.expired_unless(idle, || streams.load(Relaxed) > 0) => {
+                st.upstream_cx_idle_timeout.inc();
+            }
         }
         st.upstream_cx_destroy.inc();
     });

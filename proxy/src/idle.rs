@@ -61,6 +61,22 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// [`Activity::expired`], for a connection that is idle only while `busy()` is false (it has
+    /// no stream open): an expiry while busy counts as a touch, so the timer re-arms for another
+    /// `idle` (one check per idle timeout, no work per stream). Must be polled by the task that
+    /// touches, as the I/O's own touches are.
+    pub async fn expired_unless(&self, idle: Duration, busy: impl Fn() -> bool) {
+        loop {
+            self.expired(idle).await;
+            if !busy() {
+                return;
+            }
+            self.touch();
+        }
+    }
+}
+
 /// A stream that touches `activity` whenever bytes pass, and counts the bytes it read.
 /// `A` is how it reaches the activity: borrowed (`&Activity`), or shared (`Arc<Activity>`) where
 /// the stream must be `'static` (an upstream HTTP/2 connection's).

@@ -333,3 +333,40 @@ async fn max_requests_per_connection_retires_upstream_connections() {
         .eventually_eq(3)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_spares_connections_with_a_stream_open() {
+    // One stream waits on a slow upstream three times the idle timeout: no byte moves, but a
+    // stream is open, so neither connection is idle (Envoy counts idle only without streams).
+    let app = start_h2_app(Duration::from_secs(3)).await;
+    let px = ProxyProc::gateway(app.addr, &["--idle-timeout=1s"]).await;
+    let (mut send, conn) = client_and_connection(px.listen).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        send.send_request(grpc_call("slow")),
+    )
+    .await
+    .expect("an answer")
+    .expect("the stream's answer, not a GOAWAY");
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap();
+    assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(got.to_bytes(), "slow");
+    let c = format!("cluster.{}", app.addr);
+    let stats = px.stats().snapshot().await;
+    assert_eq!(
+        stats.value(&format!("{c}.upstream_cx_idle_timeout")),
+        Some(0),
+        "{stats}"
+    );
+    // Idle once the stream is done: both close after the idle timeout.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection closed")
+        .unwrap()
+        .ok();
+    px.stats()
+        .metric(format!("{c}.upstream_cx_idle_timeout"))
+        .eventually_eq(1)
+        .await;
+}
