@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # make e2e-kind: Trellis on a real cluster, from namespace label to 503.
 # Needs docker, kind and kubectl (see README.md here). Creates the kind cluster $CLUSTER, builds and
-# loads the image, installs Trellis, deploys the demo and a fortio client, checks the injection and
+# loads our image (the nodes pull fortio themselves), installs Trellis, deploys the demo and a fortio client, checks the injection and
 # the inbound/outbound pools, and deletes the cluster on exit (KEEP=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CLUSTER=${CLUSTER:-trellis-e2e}
 IMAGE=${IMAGE:-ghcr.io/trellis-mesh/trellis:0.1.0}
-FORTIO_IMAGE=${FORTIO_IMAGE:-fortio/fortio:1.69.4}
 KEEP=${KEEP:-0}
 NS=demo
 
@@ -50,9 +49,10 @@ fi
 
 step "image $IMAGE"
 docker build -t "$IMAGE" .
+# Only our image is pre-loaded: it is not published. The nodes pull public images (fortio) themselves;
+# `docker pull` + `kind load` of a multi-platform image fails with Docker's containerd image store
+# ("content digest ... not found", kind#3795).
 kind load docker-image "$IMAGE" --name "$CLUSTER"
-docker pull -q "$FORTIO_IMAGE" >/dev/null
-kind load docker-image "$FORTIO_IMAGE" --name "$CLUSTER"
 
 step "install: kubectl apply -k manifests/"
 k apply -k manifests/
@@ -107,12 +107,21 @@ n200=$(echo "$out" | sed -n 's/^Code 200 : \([0-9]*\).*/\1/p')
 [ "${n200:-0}" -gt 0 ] || fail "no 200 from green: $out"
 
 # A 503 seen by curl while fortio holds green's pool full carries x-envoy-overloaded.
+# -allow-initial-errors: with -t, fortio's warm-up sends one request per thread at once; about 10 of
+# the 30 get 503 from the 10/10 pool, and without the flag fortio aborts after ~2 s, leaving the pool
+# empty before the first sample. Every sample below first checks that the load is still running.
+hold_log=$(mktemp)
 k -n "$NS" exec deploy/fortio -c fortio -- \
-    fortio load -c 30 -qps 0 -t 20s -loglevel Error "http://green.$NS:8080/?delay_ms=1000" >/dev/null 2>&1 &
+    fortio load -c 30 -qps 0 -t 20s -allow-initial-errors -loglevel Error \
+    "http://green.$NS:8080/?delay_ms=1000" >"$hold_log" 2>&1 &
 hold=$!
 sleep 5
 overloaded=""
 for _ in $(seq 10); do
+    if ! kill -0 "$hold" 2>/dev/null; then
+        wait "$hold" || true
+        fail "the fortio load holding green's pool stopped before the sample: $(cat "$hold_log")"
+    fi
     answer=$(k -n "$NS" exec deploy/fortio -c fortio -- \
         fortio curl -loglevel Error "http://green.$NS:8080/" 2>&1) || true
     if grep -i '^x-envoy-overloaded: true' <<<"$answer"; then
@@ -122,6 +131,7 @@ for _ in $(seq 10); do
     sleep 1
 done
 wait "$hold" || true
+rm -f "$hold_log"
 [ -n "$overloaded" ] || fail "no 503 with x-envoy-overloaded: true while green's pool was full"
 
 step "green's sidecar: kubectl exec deploy/green -c proxy -- curl -s localhost:9901/stats"
