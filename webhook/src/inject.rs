@@ -20,7 +20,7 @@ use config::{proxy, proxyinit, CidrList, PortSpec, Render as _};
 
 use crate::annotations::{self, AnnotationError, PodSettings};
 use crate::injector::InjectorConfig;
-use crate::pod::{LimitError, PodView};
+use crate::pod::{LimitError, PodView, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER};
 
 pub const PROXY: &str = "proxy";
 pub const PROXYINIT: &str = "proxyinit";
@@ -261,6 +261,16 @@ fn build_patch(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) -> json_pat
             cfg.proxy_admin_port.to_string(),
         );
         added.insert("prometheus.io/path".into(), "/stats/prometheus".into());
+    }
+    // `kubectl exec`, `attach` and `logs` land in the app's first container, not in `proxy`
+    // (which injection puts first); a value the pod already has is never overwritten.
+    if let Some(app) = spec.containers().first().filter(|c| !c.name().is_empty()) {
+        if !existing.is_some_and(|a| a.default_container) {
+            added.insert(DEFAULT_CONTAINER.into(), app.name().into());
+        }
+        if !existing.is_some_and(|a| a.default_logs_container) {
+            added.insert(DEFAULT_LOGS_CONTAINER.into(), app.name().into());
+        }
     }
     if existing.is_some() {
         for (k, v) in added {

@@ -119,6 +119,10 @@ pub struct Annotations {
     pub trellis: BTreeMap<String, String>,
     /// Whether any key starts with `prometheus.io/`.
     pub prometheus: bool,
+    /// Whether `kubectl.kubernetes.io/default-container` is set (it is never overwritten).
+    pub default_container: bool,
+    /// Whether `kubectl.kubernetes.io/default-logs-container` is set.
+    pub default_logs_container: bool,
     count: usize,
     bytes: usize,
     /// The first key over [`MAX_ANNOTATION_KEY`]: as shown in a message, and its length.
@@ -303,8 +307,8 @@ fn is_tcp<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 enum Key {
     /// A `trellis.dev/` key, kept.
     Trellis(String),
-    /// Any other key of a plausible length.
-    Other { len: usize, prometheus: bool },
+    /// Any other key of a plausible length, and which of the others injection reads it is.
+    Other { len: usize, kind: OtherKey },
     /// A key over [`MAX_ANNOTATION_KEY`]: as shown in a message.
     TooLong { shown: String, len: usize },
 }
@@ -326,16 +330,36 @@ impl<'de> Deserialize<'de> for Key {
                 } else if s.starts_with(PREFIX) {
                     Key::Trellis(s.to_string())
                 } else {
-                    Key::Other {
-                        len: s.len(),
-                        prometheus: s.starts_with("prometheus.io/"),
-                    }
+                    let kind = if s.starts_with("prometheus.io/") {
+                        OtherKey::Prometheus
+                    } else if s == DEFAULT_CONTAINER {
+                        OtherKey::DefaultContainer
+                    } else if s == DEFAULT_LOGS_CONTAINER {
+                        OtherKey::DefaultLogsContainer
+                    } else {
+                        OtherKey::Unread
+                    };
+                    Key::Other { len: s.len(), kind }
                 })
             }
         }
         d.deserialize_str(V)
     }
 }
+
+/// The annotations other than Trellis's that injection must know are there.
+#[derive(Clone, Copy)]
+enum OtherKey {
+    Prometheus,
+    DefaultContainer,
+    DefaultLogsContainer,
+    Unread,
+}
+
+/// The container `kubectl exec` and `kubectl attach` pick when none is named.
+pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+/// The container `kubectl logs` picks when none is named.
+pub const DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-container";
 
 /// A string value measured, not kept.
 struct StrLen(usize);
@@ -381,8 +405,13 @@ impl<'de> Deserialize<'de> for Annotations {
                         Key::Trellis(k) => {
                             a.bytes += k.len() + map.next_value::<StrLen>()?.0;
                         }
-                        Key::Other { len, prometheus } => {
-                            a.prometheus |= prometheus;
+                        Key::Other { len, kind } => {
+                            match kind {
+                                OtherKey::Prometheus => a.prometheus = true,
+                                OtherKey::DefaultContainer => a.default_container = true,
+                                OtherKey::DefaultLogsContainer => a.default_logs_container = true,
+                                OtherKey::Unread => {}
+                            }
                             a.bytes += len + map.next_value::<StrLen>()?.0;
                         }
                         Key::TooLong { shown, len } => {

@@ -438,3 +438,26 @@ fn custom_ports_and_identity_flow_into_the_patch() {
         "15000"
     );
 }
+
+#[test]
+fn kubectl_lands_in_the_app_and_an_existing_default_is_kept() {
+    let mut v = basic();
+    v["spec"]["containers"] = json!([
+        { "name": "web", "image": "a" },
+        { "name": "worker", "image": "b" }
+    ]);
+    let out = injected(&v, &InjectorConfig::default());
+    assert_eq!(
+        names(&out["spec"]["containers"]),
+        ["proxy", "web", "worker"]
+    );
+    let ann = &out["metadata"]["annotations"];
+    assert_eq!(ann[DEFAULT_CONTAINER], "web", "the app's first, not proxy");
+    assert_eq!(ann[DEFAULT_LOGS_CONTAINER], "web");
+
+    let v = with_annotations(v, json!({ DEFAULT_CONTAINER: "worker" }));
+    let out = injected(&v, &InjectorConfig::default());
+    let ann = &out["metadata"]["annotations"];
+    assert_eq!(ann[DEFAULT_CONTAINER], "worker", "never overwritten");
+    assert_eq!(ann[DEFAULT_LOGS_CONTAINER], "web", "set where missing");
+}
