@@ -124,4 +124,68 @@ mod tests {
             "enabled"
         );
     }
+
+    /// The API server's label selector semantics (matchLabels and matchExpressions ANDed).
+    fn selects(selector: &Value, labels: &Value) -> bool {
+        let label = |k: &str| labels.get(k).and_then(Value::as_str);
+        let by_label = selector["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| label(k) == v.as_str());
+        let by_expr = selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| {
+                let key = e["key"].as_str().unwrap();
+                let values: Vec<&str> = e["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                match e["operator"].as_str().unwrap() {
+                    "In" => label(key).is_some_and(|v| values.contains(&v)),
+                    "NotIn" => !label(key).is_some_and(|v| values.contains(&v)),
+                    "Exists" => label(key).is_some(),
+                    "DoesNotExist" => label(key).is_none(),
+                    op => panic!("operator {op}"),
+                }
+            });
+        by_label && by_expr
+    }
+
+    #[test]
+    fn the_webhook_selects_labelled_namespaces_but_never_kube_system() {
+        let path = demo_dir().join("../mutatingwebhookconfiguration.yaml");
+        let config: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let webhooks = config["webhooks"].as_array().unwrap();
+        assert!(!webhooks.is_empty());
+        // Every namespace carries kubernetes.io/metadata.name (set by the API server).
+        let ns = |name: &str, enabled: bool| {
+            let mut l = json!({"kubernetes.io/metadata.name": name});
+            if enabled {
+                l["sidecarInjectorWebhook"] = json!("enabled");
+            }
+            l
+        };
+        for w in webhooks {
+            let sel = &w["namespaceSelector"];
+            assert!(selects(sel, &ns("demo", true)), "{sel}");
+            assert!(!selects(sel, &ns("demo", false)), "{sel}");
+            assert!(!selects(sel, &ns("kube-system", true)), "{sel}");
+            assert!(!selects(sel, &ns("kube-system", false)), "{sel}");
+            assert!(!selects(sel, &ns("default", false)), "{sel}");
+        }
+        // The demo namespace as shipped, with the label the API server adds.
+        let demo = demo_objects()
+            .unwrap()
+            .into_iter()
+            .find(|o| o["kind"] == "Namespace")
+            .unwrap();
+        let mut labels = demo["metadata"]["labels"].clone();
+        labels["kubernetes.io/metadata.name"] = demo["metadata"]["name"].clone();
+        assert!(selects(&webhooks[0]["namespaceSelector"], &labels));
+    }
 }
