@@ -2,6 +2,7 @@
 //! injected, so a bad value is refused at admission with its name, its value and what was expected.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use config::limits::{LimitField, Side};
 use config::parse::{parse_cidr, parse_log_level, parse_port_list, LOG_LEVELS};
@@ -25,6 +26,9 @@ pub const PROXY_MEMORY_LIMIT: &str = "trellis.dev/proxy-memory-limit";
 pub const LOG_LEVEL: &str = "trellis.dev/log-level";
 pub const ACCESS_LOG: &str = "trellis.dev/access-log";
 pub const NATIVE_SIDECAR: &str = "trellis.dev/native-sidecar";
+pub const REQUEST_TIMEOUT: &str = "trellis.dev/request-timeout";
+pub const IDLE_TIMEOUT: &str = "trellis.dev/idle-timeout";
+pub const DRAIN_TIME: &str = "trellis.dev/drain-time";
 
 /// The pool-limit annotations (`trellis.dev/max-connections`, `trellis.dev/outbound-max-requests`,
 /// ...) are named after the proxy's flags, from the `config` crate's one table of limits.
@@ -63,6 +67,9 @@ const OTHERS: &[&str] = &[
     LOG_LEVEL,
     ACCESS_LOG,
     NATIVE_SIDECAR,
+    REQUEST_TIMEOUT,
+    IDLE_TIMEOUT,
+    DRAIN_TIME,
 ];
 
 /// A refused annotation: the message names the annotation, the value, and what is expected. Both
@@ -93,6 +100,10 @@ pub struct PodSettings {
     pub log_level: Option<String>,
     pub access_log: bool,
     pub native_sidecar: bool,
+    /// The proxy's `--request-timeout`, `--idle-timeout` and `--drain-time`.
+    pub request_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub drain_time: Option<Duration>,
 }
 
 impl PodSettings {
@@ -161,6 +172,13 @@ impl PodSettings {
                 }
                 ACCESS_LOG => s.access_log = parse_switch(v).ok_or_else(|| err(SWITCH))?,
                 NATIVE_SIDECAR => s.native_sidecar = parse_switch(v).ok_or_else(|| err(SWITCH))?,
+                REQUEST_TIMEOUT => {
+                    s.request_timeout = Some(parse_timeout(v).ok_or_else(|| err(DURATION))?)
+                }
+                IDLE_TIMEOUT => {
+                    s.idle_timeout = Some(parse_timeout(v).ok_or_else(|| err(DURATION))?)
+                }
+                DRAIN_TIME => s.drain_time = Some(parse_timeout(v).ok_or_else(|| err(DURATION))?),
                 _ => {
                     let hint = match closest(name) {
                         Some(known) => format!("no such Trellis annotation; did you mean {known}?"),
@@ -178,6 +196,14 @@ impl PodSettings {
 }
 
 const SWITCH: &str = "`enabled` or `disabled`";
+const DURATION: &str = "a duration from 1ms to 24h, like 500ms, 15s, 2m or 1h";
+
+/// A timeout the proxy can use: more than zero, at most a day.
+fn parse_timeout(v: &str) -> Option<Duration> {
+    config::parse::parse_duration(v)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= Duration::from_secs(24 * 3600))
+}
 const LIMIT: &str = "a whole number from 1 to 4294967295";
 const PORTS_OR_STAR: &str =
     "`*` or a comma-separated list of ports from 1 to 65535, like 8080,9090";

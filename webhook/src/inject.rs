@@ -180,6 +180,9 @@ pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
         log_level: s.log_level.clone().unwrap_or(d.log_level.clone()),
         control_plane: (!cfg.control_plane.is_empty()).then(|| cfg.control_plane.clone()),
         cluster_domain: cfg.cluster_domain.clone(),
+        request_timeout: s.request_timeout.unwrap_or(d.request_timeout),
+        idle_timeout: s.idle_timeout.unwrap_or(d.idle_timeout),
+        drain_time: s.drain_time.unwrap_or(d.drain_time),
         ..d
     }
 }

@@ -171,3 +171,21 @@ fn a_megabyte_key_or_value_is_echoed_cut_short() {
         "{msg}"
     );
 }
+
+#[test]
+fn timeouts_parse_and_bad_ones_say_what_is_expected() {
+    let s = parse(&[
+        (REQUEST_TIMEOUT, "30s"),
+        (IDLE_TIMEOUT, "5m"),
+        (DRAIN_TIME, "500ms"),
+    ])
+    .unwrap();
+    assert_eq!(s.request_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(s.idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(s.drain_time, Some(Duration::from_millis(500)));
+    for bad in ["0s", "25h", "ten", "-1s", "1.5s"] {
+        let e = parse(&[(REQUEST_TIMEOUT, bad)]).unwrap_err();
+        assert_eq!(e.name, REQUEST_TIMEOUT);
+        assert!(e.to_string().contains("like 500ms, 15s"), "{e}");
+    }
+}

@@ -461,3 +461,22 @@ fn kubectl_lands_in_the_app_and_an_existing_default_is_kept() {
     assert_eq!(ann[DEFAULT_CONTAINER], "worker", "never overwritten");
     assert_eq!(ann[DEFAULT_LOGS_CONTAINER], "web", "set where missing");
 }
+
+#[test]
+fn timeout_annotations_reach_the_proxy_flags() {
+    let v = with_annotations(
+        basic(),
+        json!({ "trellis.dev/request-timeout": "30s", "trellis.dev/drain-time": "20s" }),
+    );
+    let out = injected(&v, &InjectorConfig::default());
+    let proxy = args(&out["spec"]["containers"][0]);
+    assert!(
+        proxy.contains(&"--request-timeout=30s".to_string()),
+        "{proxy:?}"
+    );
+    assert!(proxy.contains(&"--drain-time=20s".to_string()), "{proxy:?}");
+    assert!(
+        !proxy.iter().any(|a| a.starts_with("--idle-timeout")),
+        "{proxy:?}"
+    );
+}
