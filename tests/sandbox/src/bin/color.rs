@@ -5,7 +5,8 @@
 //! `POST /fail?on=1` on the health port makes it answer 500 to every app request (and
 //! `?on=0` heals it): a misbehaving pod for the outlier-detection demo. `?on=alternate` fails
 //! every other request (a flaky pod, for retries). `POST /slow?ms=N` adds N ms to every app
-//! answer (a slow mirror target).
+//! answer (a slow mirror target). On SIGTERM (or SIGINT) it stops accepting, lets the requests in
+//! flight finish (for at most 5 s) and exits 0.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use clap::Parser;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -110,21 +112,37 @@ fn text(status: u16, body: String, pod: &str) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
-async fn serve(listener: TcpListener, me: Me) {
+/// Accepts until `stop` fires, then returns; each connection is watched by `graceful`, so that
+/// SIGTERM can let the requests in flight finish.
+async fn serve(
+    listener: TcpListener,
+    me: Me,
+    graceful: std::sync::Arc<GracefulShutdown>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
         };
+        let svc = hyper::service::service_fn(move |req| async move {
+            Ok::<_, Infallible>(answer(me, req).await)
+        });
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| async move {
-                Ok::<_, Infallible>(answer(me, req).await)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = conn.await;
         });
     }
 }
+
+/// How long SIGTERM waits for requests in flight (a `delay_ms` may ask for up to a minute; the
+/// kubelet's grace period is 30 s by default).
+const DRAIN: Duration = Duration::from_secs(5);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -143,12 +161,36 @@ async fn main() -> anyhow::Result<()> {
         "color {color}: listening on {} (health on {})",
         args.listen, args.health_listen
     );
-    tokio::spawn(serve(health, me));
-    tokio::spawn(serve(main, me));
+    // Registered before anything is served: a SIGTERM from then on is never the default (ignored
+    // as PID 1, fatal otherwise).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let graceful = std::sync::Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let servers = [
+        tokio::spawn(serve(health, me, graceful.clone(), stop.clone())),
+        tokio::spawn(serve(main, me, graceful.clone(), stop)),
+    ];
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    // Stop accepting (the listeners close when the accept loops return), let the connections
+    // finish the requests they have (idle keep-alive connections close at once), then exit 0.
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
     }
+    let graceful = std::sync::Arc::into_inner(graceful).expect("the accept loops have returned");
+    let drained = tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_ok();
+    eprintln!(
+        "color {color}: {signal}: {}",
+        if drained {
+            "requests in flight finished, exiting"
+        } else {
+            "requests still in flight after the drain period, exiting"
+        }
+    );
     Ok(())
 }
