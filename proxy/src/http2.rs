@@ -6,9 +6,11 @@
 //!   `max-pending-requests` wait; past that a stream is refused at once: 503 with
 //!   `x-envoy-overloaded: true` (`UO`), or for gRPC a trailers-only answer with
 //!   `grpc-status: 14` (UNAVAILABLE), as Envoy answers;
-//! - `max-connections` bounds the upstream HTTP/2 connections (one per host is opened while under
-//!   it; past it, streams share an open one); each connection respects the peer's
-//!   `SETTINGS_MAX_CONCURRENT_STREAMS` (streams beyond it wait inside the connection).
+//! - `max-connections` bounds the upstream HTTP/2 connections. A stream goes on an open
+//!   connection to its host that has room under the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`;
+//!   when all are saturated another is opened while under `max-connections` (as Envoy's pool
+//!   does); past it, streams share the least busy open one (and beyond the peer's limit wait
+//!   inside it).
 //!
 //! Frames are hyper's (the `h2` crate underneath): bodies stream with flow control end to end (a
 //! slow reader on one stream holds back only that stream's window), trailers pass through, and
@@ -16,6 +18,7 @@
 //! HTTP/1: the seam for GRPCRoute is [`cluster_for`], which picks a stream's cluster.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -74,6 +77,15 @@ struct Upconn {
     streams: u32,
     /// Streams open on it now (what its idle timer checks).
     open: Arc<AtomicU32>,
+    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as its connection task last saw it.
+    max: Arc<AtomicU32>,
+}
+
+impl Upconn {
+    /// Whether the peer allows it another stream now.
+    fn has_room(&self) -> bool {
+        self.open.load(Relaxed) < self.max.load(Relaxed)
+    }
 }
 
 /// A stream open on a connection (downstream or upstream), counted in the connection's open
@@ -525,11 +537,12 @@ async fn connection(
         }
         send
     };
-    // The open one to this host, or past `max_connections` any open one.
+    // An open one to this host with room for a stream under the peer's limit, or past
+    // `max_connections` the least busy open one (this host's first).
     let existing = || {
         let mut s = cluster.h2.lock();
         s.conns.retain(|c| !c.send.is_closed());
-        if let Some(i) = s.conns.iter().position(|c| c.host == addr) {
+        if let Some(i) = s.conns.iter().position(|c| c.host == addr && c.has_room()) {
             return Some(take(&mut s, i));
         }
         let full = limits
@@ -537,7 +550,13 @@ async fn connection(
             .is_some_and(|m| s.conns.len() as u64 >= u64::from(m));
         if full && !s.conns.is_empty() {
             cluster.stats.upstream_cx_overflow.inc();
-            return Some(take(&mut s, 0));
+            let i = (0..s.conns.len())
+                .min_by_key(|&i| {
+                    let c = &s.conns[i];
+                    (c.host != addr, c.open.load(Relaxed))
+                })
+                .unwrap_or(0);
+            return Some(take(&mut s, i));
         }
         None
     };
@@ -549,7 +568,8 @@ async fn connection(
         return Ok(c);
     }
     let open_streams = Arc::new(AtomicU32::new(0));
-    let send = open(cluster, addr, open_streams.clone()).await?;
+    let max = Arc::new(AtomicU32::new(0));
+    let send = open(cluster, addr, open_streams.clone(), max.clone()).await?;
     host.cx_total.fetch_add(1, Relaxed);
     let mut s = cluster.h2.lock();
     s.conns.push(Upconn {
@@ -557,19 +577,27 @@ async fn connection(
         send,
         streams: 0,
         open: open_streams,
+        max,
     });
     let last = s.conns.len() - 1;
     Ok(take(&mut s, last))
 }
 
+/// An upstream connection's stream limit until the peer's SETTINGS come (no peer can send it:
+/// the setting is 32 bits).
+const BEFORE_SETTINGS: usize = usize::MAX - 1;
+
 /// Opens an upstream HTTP/2 connection (connect and handshake within the cluster's connect
 /// timeout). Its task closes it when no stream has been open on it (`streams`) and no byte has
 /// moved for the cluster's idle timeout, as an idle pooled HTTP/1 connection is closed
-/// (`upstream_cx_idle_timeout`).
+/// (`upstream_cx_idle_timeout`). The connection is handed out once the peer's SETTINGS have
+/// come (within the connect timeout), and its task keeps `max` at the peer's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (unlimited when not sent).
 async fn open(
     cluster: &Arc<Cluster>,
     host: SocketAddr,
     streams: Arc<AtomicU32>,
+    max: Arc<AtomicU32>,
 ) -> std::io::Result<SendRequest<Incoming>> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
     let (connect, idle) = (cluster.connect_timeout(), cluster.idle_timeout());
@@ -581,7 +609,12 @@ async fn open(
     let st = cluster.stats.clone();
     tokio::spawn(async move {
         let activity = Arc::new(Activity::since(Instant::now()));
+        let started = Instant::now();
+        // The stream limit before the peer's first SETTINGS: a value no peer sends, so that
+        // the SETTINGS are seen to have come when it changes (h2 then takes their
+        // SETTINGS_MAX_CONCURRENT_STREAMS, or unlimited when absent).
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_max_send_streams(BEFORE_SETTINGS)
             .handshake(TokioIo::new(Tracked::new(tcp, activity.clone())));
         let (send, conn) = match tokio::time::timeout(connect, handshake).await {
             Ok(Ok(c)) => c,
@@ -594,11 +627,52 @@ async fn open(
                 return;
             }
         };
+        let mut conn = std::pin::pin!(conn);
+        // Drives the connection, copying the peer's stream limit out after each turn (a load
+        // and a store).
+        let settled = std::sync::atomic::AtomicBool::new(false);
+        let mut run = std::future::poll_fn(|cx| {
+            let r = conn.as_mut().poll(cx);
+            let peer_max = conn.current_max_send_streams();
+            if peer_max != BEFORE_SETTINGS {
+                max.store(u32::try_from(peer_max).unwrap_or(u32::MAX), Relaxed);
+                settled.store(true, Relaxed);
+            }
+            r
+        });
+        // The SETTINGS are applied on hyper's own connection task: looked for each millisecond
+        // (on loopback they come well within the first).
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
+        let settings = std::future::poll_fn(|cx| loop {
+            if let Poll::Ready(r) = Pin::new(&mut run).poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if settled.load(Relaxed) {
+                return Poll::Ready(None);
+            }
+            std::task::ready!(tick.poll_tick(cx));
+        });
+        let deadline = connect.saturating_sub(started.elapsed());
+        match tokio::time::timeout(deadline, settings).await {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                let e = match r {
+                    Err(e) => std::io::Error::other(e),
+                    Ok(()) => std::io::Error::other("closed before its SETTINGS"),
+                };
+                let _ = tx.send(Err(e));
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(Err(timed_out()));
+                return;
+            }
+        }
         st.upstream_cx_total.inc();
         st.upstream_cx_http2_total.inc();
         let _ = tx.send(Ok(send));
         tokio::select! {
-            r = conn => {
+            r = run => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }

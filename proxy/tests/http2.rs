@@ -26,6 +26,11 @@ struct App {
 }
 
 async fn start_h2_app(delay: Duration) -> App {
+    start_h2_app_with(delay, None).await
+}
+
+/// [`start_h2_app`], advertising `SETTINGS_MAX_CONCURRENT_STREAMS` when given.
+async fn start_h2_app_with(delay: Duration, max_streams: Option<u32>) -> App {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let now = Arc::new(AtomicUsize::new(0));
@@ -56,6 +61,7 @@ async fn start_h2_app(delay: Duration) -> App {
                     }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
             });
@@ -368,5 +374,44 @@ async fn the_idle_timeout_spares_connections_with_a_stream_open() {
     px.stats()
         .metric(format!("{c}.upstream_cx_idle_timeout"))
         .eventually_eq(1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_past_the_peers_max_concurrent_streams_open_another_connection() {
+    // The app allows 2 streams per connection; 6 slow streams at once (no max-connections):
+    // each connection is given no more than its peer allows, so all 6 reach the app together
+    // over 3 upstream connections, rather than 4 waiting inside one.
+    let app = start_h2_app_with(Duration::from_millis(1500), Some(2)).await;
+    let px = ProxyProc::gateway(app.addr, &[]).await;
+    let c = client(px.listen).await;
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let resp = c.send_request(grpc_call("hi")).await.unwrap();
+                let got = resp.into_body().collect().await.unwrap();
+                got.trailers().unwrap()["grpc-status"].clone()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), "0");
+    }
+    assert_eq!(app.peak.load(Ordering::SeqCst), 6);
+    let c = format!("cluster.{}", app.addr);
+    let stats = px.stats().snapshot().await;
+    assert_eq!(
+        stats.value(&format!("{c}.upstream_cx_http2_total")),
+        Some(3),
+        "{stats}"
+    );
+    // The next streams reuse them.
+    let mut one = client(px.listen).await;
+    let resp = one.send_request(grpc_call("again")).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    px.stats()
+        .metric(format!("{c}.upstream_cx_http2_total"))
+        .now_eq(3)
         .await;
 }
