@@ -216,7 +216,9 @@ impl Cluster {
     fn sync(&self, p: &Pool<Conn, Waiter>) {
         let s = p.state();
         let st = &self.stats;
-        st.upstream_cx_active.set(s.connections as i64);
+        // Upstream HTTP/2 connections open count too (a load, no lock).
+        st.upstream_cx_active
+            .set(s.connections as i64 + i64::from(self.h2.connections()));
         // HTTP/2 streams in flight and waiting count too (two loads, no lock).
         let (streams, waiting) = self.h2.state();
         st.upstream_rq_active

@@ -60,6 +60,8 @@ pub struct Streams {
     /// `active` and the waiters' count, copied out for the gauges: read with the cluster's pool
     /// lock held on the HTTP/1 path, which must not take this state's lock for it.
     seen: (AtomicU32, AtomicU32),
+    /// Upstream HTTP/2 connections open (from handshake to close), for `upstream_cx_active`.
+    conns_open: AtomicU32,
 }
 
 #[derive(Default)]
@@ -163,6 +165,11 @@ impl Streams {
     pub fn state(&self) -> (u32, u32) {
         (self.seen.0.load(Relaxed), self.seen.1.load(Relaxed))
     }
+
+    /// Upstream HTTP/2 connections open (a load, no lock: for the gauges).
+    pub fn connections(&self) -> u32 {
+        self.conns_open.load(Relaxed)
+    }
 }
 
 /// A stream's slot in its cluster, given back when dropped (when the answer's body ends, or the
@@ -185,7 +192,24 @@ pub struct Relayed {
     log: Option<Logged>,
     _slot: Slot,
     /// The stream's place among its downstream connection's open streams.
-    _open: Open,
+    _open: Downstream,
+}
+
+/// A downstream stream open: in its connection's open streams, and in the listener's
+/// `downstream_rq_active`, until its answer's body ends or it is reset.
+struct Downstream(#[allow(dead_code)] Open, Arc<HttpCtx>);
+
+impl Downstream {
+    fn new(open: &Arc<AtomicU32>, ctx: &Arc<HttpCtx>) -> Downstream {
+        ctx.listener.http.downstream_rq_active.inc();
+        Downstream(Open::new(open), ctx.clone())
+    }
+}
+
+impl Drop for Downstream {
+    fn drop(&mut self) {
+        self.1.listener.http.downstream_rq_active.dec();
+    }
 }
 
 impl Drop for Relayed {
@@ -231,7 +255,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let up = up.clone();
         let ctx = ctx.clone();
-        let opened = Open::new(&streams);
+        let opened = Downstream::new(&streams, &ctx);
         async move { Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx, opened).await) }
     });
     let activity = Activity::since(std::time::Instant::now());
@@ -313,7 +337,7 @@ async fn stream(
     peer: SocketAddr,
     up: &Upstream,
     ctx: &HttpCtx,
-    opened: Open,
+    opened: Downstream,
 ) -> Response<ReplyBody> {
     let grpc = is_grpc(&req);
     ctx.listener.http.downstream_rq_total.inc();
@@ -607,6 +631,7 @@ async fn open(
     let _ = tcp.set_nodelay(true);
     let (tx, rx) = oneshot::channel();
     let st = cluster.stats.clone();
+    let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
         let activity = Arc::new(Activity::since(Instant::now()));
         let started = Instant::now();
@@ -670,6 +695,11 @@ async fn open(
         }
         st.upstream_cx_total.inc();
         st.upstream_cx_http2_total.inc();
+        // Counted open (`upstream_cx_active`) from here until the task ends.
+        let counted = weak.upgrade().map(|c| {
+            c.h2.conns_open.fetch_add(1, Relaxed);
+            c.sync_gauges();
+        });
         let _ = tx.send(Ok(send));
         tokio::select! {
             r = run => {
@@ -682,6 +712,10 @@ async fn open(
             }
         }
         st.upstream_cx_destroy.inc();
+        if let (Some(()), Some(c)) = (counted, weak.upgrade()) {
+            c.h2.conns_open.fetch_sub(1, Relaxed);
+            c.sync_gauges();
+        }
     });
     rx.await
         .map_err(|_| std::io::Error::other("the connection's task ended"))?

@@ -415,3 +415,36 @@ async fn streams_past_the_peers_max_concurrent_streams_open_another_connection()
         .now_eq(3)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_gauges_count_http2_streams_and_connections() {
+    let app = start_h2_app(Duration::from_millis(1500)).await;
+    let px = ProxyProc::gateway(app.addr, &[]).await;
+    let mut c = client(px.listen).await;
+    let call = tokio::spawn(async move {
+        let resp = c.send_request(grpc_call("hi")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        c
+    });
+    let cname = format!("cluster.{}", app.addr);
+    let stats = px.stats();
+    // While the stream is open: one request active downstream, one connection upstream.
+    stats
+        .metric("http.gateway.downstream_rq_active")
+        .eventually_eq(1)
+        .await;
+    stats
+        .metric(format!("{cname}.upstream_cx_active"))
+        .eventually_eq(1)
+        .await;
+    let _c = call.await.unwrap();
+    stats
+        .metric("http.gateway.downstream_rq_active")
+        .eventually_eq(0)
+        .await;
+    // The upstream connection stays pooled, open.
+    stats
+        .metric(format!("{cname}.upstream_cx_active"))
+        .now_eq(1)
+        .await;
+}
