@@ -230,10 +230,21 @@ impl Body for Relayed {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &frame {
-            if let Some(d) = f.data_ref() {
-                this.sent += d.len() as u64;
+        match &frame {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                }
             }
+            // Cut off mid-answer: the upstream reset the stream (`UR`), or its connection
+            // ended (`UC`), as the HTTP/1 path flags an answer cut short.
+            Poll::Ready(Some(Err(e))) => {
+                this._slot.0.stats.upstream_rq_rx_reset.inc();
+                if let Some(l) = &mut this.log {
+                    l.entry.flags = reset_flag(e).into();
+                }
+            }
+            _ => {}
         }
         frame
     }
@@ -245,6 +256,21 @@ impl Body for Relayed {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Envoy's flag for an upstream answer cut off by `e`: `UR` when the upstream sent RST_STREAM,
+/// `UC` when its connection went away (GOAWAY, a connection error, the socket closed). hyper
+/// does not expose h2's error kind, so it is told from h2's message ("stream error received"
+/// is a remote RST_STREAM).
+fn reset_flag(e: &hyper::Error) -> &'static str {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.to_string().starts_with("stream error received") {
+            return "UR";
+        }
+        source = s.source();
+    }
+    "UC"
 }
 
 /// Serves one downstream HTTP/2 connection until it closes.

@@ -448,3 +448,53 @@ async fn active_gauges_count_http2_streams_and_connections() {
         .now_eq(1)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_reset_mid_body_is_logged_ur() {
+    // The app sends a head and some body, then its body fails: hyper resets the stream.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(CutShort(false)))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let px = ProxyProc::gateway(addr, &["--access-log"]).await;
+    let mut c = client(px.listen).await;
+    let resp = c.send_request(grpc_call("x")).await.unwrap();
+    let _ = resp.into_body().collect().await;
+    support::wait_log(&px, "\"POST /echo.Echo/Say HTTP/2\" 200 UR ").await;
+    px.stats()
+        .metric(format!("cluster.{addr}.upstream_rq_rx_reset"))
+        .eventually_eq(1)
+        .await;
+}
+
+/// A body that sends "part", then fails (so hyper resets its stream).
+struct CutShort(bool);
+
+impl hyper::body::Body for CutShort {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        if self.0 {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::other("cut"))));
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"part",
+        )))))
+    }
+}
