@@ -282,7 +282,11 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         let up = up.clone();
         let ctx = ctx.clone();
         let opened = Downstream::new(&streams, &ctx);
-        async move { Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx, opened).await) }
+        // Boxed: hyper moves each stream's future into a task of its own, and this one is large
+        // (callgrind: 70.7k -> 65.6k instructions per stream).
+        Box::pin(async move {
+            Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx, opened).await)
+        })
     });
     let activity = Activity::since(std::time::Instant::now());
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
