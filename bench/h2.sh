@@ -157,12 +157,6 @@ launch() { # contender -> sets FRONT[c] and PROC[c] ("pid pid")
     wait_url "http://127.0.0.1:${FRONT[$1]}/"
 }
 
-# nginx forks its worker: measure the worker, which does the work.
-worker_of() { local kids; kids=$(pgrep -P "$1" 2>/dev/null | head -1); echo "${kids:-$1}"; }
-rss_kib() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$(worker_of "$p")/status"))); done; echo $((t / $#)); }
-# On-CPU nanoseconds of all threads of the processes (schedstat: exact, not 10 ms ticks).
-cpu_ns() { local p; for p in "$@"; do cat "/proc/$(worker_of "$p")"/task/*/schedstat; done | awk '{t += $1} END {printf "%.0f", t}'; }
-mib() { if [ "$1" = - ]; then echo -; else awk -v k="$1" 'BEGIN { printf "%.1fM", k / 1024 }'; fi; }
 line() { printf '%-9s %10s %8s %17s %10s\n' "$@"; }
 median() { tr ' ' '\n' <<<"$1" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 stop() { local p; for p in "$@"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; }

@@ -86,3 +86,12 @@ backend b
     server s $3
 CFG
 }
+
+# Measuring a contender's processes (bench/run.sh, bench/h2.sh): RSS in KiB averaged over them,
+# on-CPU nanoseconds summed, KiB shown as MiB.
+# nginx forks its worker: measure the worker, which does the work.
+worker_of() { local kids; kids=$(pgrep -P "$1" 2>/dev/null | head -1); echo "${kids:-$1}"; }
+rss_kib() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$(worker_of "$p")/status"))); done; echo $((t / $#)); }
+# On-CPU nanoseconds of all threads of the processes (schedstat: exact, not 10 ms ticks).
+cpu_ns() { local p; for p in "$@"; do cat "/proc/$(worker_of "$p")"/task/*/schedstat; done | awk '{t += $1} END {printf "%.0f", t}'; }
+mib() { if [ "$1" = - ]; then echo -; else awk -v k="$1" 'BEGIN { printf "%.1fM", k / 1024 }'; fi; }
