@@ -7,11 +7,23 @@ PY=${PY:-python3}
 K8S_VERSION=${K8S_VERSION:-1.33.0}
 validate() { "$PY" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$@"; }
 
-mapfile -t manifests < <(find manifests tests/kind -name '*.yaml' ! -name 'kustomization.yaml' ! -name '*.gateway-api.yaml' 2>/dev/null | sort)
+mapfile -t manifests < <(find manifests tests/kind -name '*.yaml' ! -name 'kustomization.yaml' ! -name 'kustomizeconfig.yaml' ! -name '*.gateway-api.yaml' 2>/dev/null | sort)
 if [ ${#manifests[@]} -gt 0 ]; then
     validate "${manifests[@]}"
     echo "schema: ${#manifests[@]} manifest files valid against Kubernetes $K8S_VERSION"
 fi
+
+# What `kubectl apply -k` sends: manifests/, manifests/demo/ and the own-registry example overlays,
+# rendered by kustomize (scripts/install-deps.sh installs kubectl).
+rendered=$(mktemp -d)
+k=0
+for dir in manifests manifests/demo examples/own-registry examples/own-registry/demo; do
+    k=$((k + 1))
+    kubectl kustomize "$dir" >"$rendered/$k.yaml"
+    validate "$rendered/$k.yaml"
+done
+rm -rf "$rendered"
+echo "schema: $k kustomize builds (manifests/, manifests/demo/, examples/own-registry/) valid against Kubernetes $K8S_VERSION"
 
 # TrafficPolicy and HTTPFault examples (custom kinds kubernetes-validate cannot check) against
 # their CRDs' own schemas, with jsonschema (installed with kubernetes-validate, which requires it).

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Dry run of tests/kind/run.sh with stub docker, kind, kubectl and sleep on PATH: each stub records
 # its argv and answers what run.sh reads, so the script's control flow and the commands it sends to
-# a cluster are checked without Docker. Two runs:
+# a cluster are checked without Docker. `kubectl kustomize` and `kubectl apply -k` are rendered by the
+# real kubectl (needed on PATH), and what `apply -k` received is kept and checked. Four runs:
 #   1. a healthy cluster: run.sh must pass; its commands are asserted (the load that holds green's
 #      pool passes -allow-initial-errors; only our image is `kind load`ed; fortio is never pulled or
-#      loaded, the nodes pull it);
+#      loaded, the nodes pull it; the node image is pinned; IMAGE= reaches the Deployments and the
+#      images the webhook injects, and nothing applied names the default image);
 #   2. the holding load exits early (as fortio does without -allow-initial-errors): run.sh must fail
-#      and say the load stopped before the sample.
+#      and say the load stopped before the sample;
+#   3. IMAGE with a registry port and a digest: the overlay pins it by digest;
+#   4. a webhook that injects the default image whatever IMAGE is: run.sh must fail.
 # Run by `cargo test -p sandbox --test kind_dry_run` (so by `make test`) and by hand.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +21,13 @@ trap 'rm -rf "$work"' EXIT
 stubs=$work/bin
 mkdir -p "$stubs"
 real_sleep=$(command -v sleep)
+# The kubectl stub renders `kustomize` and `apply -k` with the real kubectl's kustomize, so that the
+# overlays run.sh writes for IMAGE= are built exactly as a cluster would receive them.
+real_kubectl=$(command -v kubectl || true)
+if [ -z "$real_kubectl" ] || ! "$real_kubectl" kustomize --help >/dev/null 2>&1; then
+    echo "tests/kind dry run: needs kubectl with kustomize on PATH (scripts/install-deps.sh installs it)" >&2
+    exit 1
+fi
 
 # Every stub appends "<tool> <argv...>" (one line, %q-quoted) to $STUB_LOG.
 for tool in docker kind; do
@@ -42,11 +53,37 @@ EOF
 cat >"$stubs/kubectl" <<EOF
 #!/usr/bin/env bash
 real_sleep=$real_sleep
+real_kubectl=$real_kubectl
 EOF
 cat >>"$stubs/kubectl" <<'EOF'
 printf 'kubectl' >>"$STUB_LOG"; printf ' %q' "$@" >>"$STUB_LOG"; echo >>"$STUB_LOG"
 args=" $* "
+# The value of env var $1 in what `apply -k` received for the install (the webhook's Deployment).
+env_value() {
+    grep -A1 -F "name: $1" "$STUB_STATE/applied-install.yaml" 2>/dev/null | sed -n 's/^ *value: //p' | head -1
+}
 case "$args" in
+" kustomize "*) exec "$real_kubectl" "$@" ;;
+*" apply -k "*)
+    dir=""
+    prev=""
+    for a in "$@"; do
+        if [ "$prev" = -k ]; then dir=$a; fi
+        prev=$a
+    done
+    "$real_kubectl" kustomize "$dir" >"$STUB_STATE/applied-$(basename "$dir").yaml" || exit 1
+    ;;
+*" get deploy trellis-webhook "*"TRELLIS_PROXY_IMAGE"*) env_value TRELLIS_PROXY_IMAGE ;;
+*" get pods "*'(@.name=="proxy")].image'*)
+    # What the webhook injects: the images its env names (STUB_INJECT=default: the image built in).
+    proxy=$(env_value TRELLIS_PROXY_IMAGE)
+    init=$(env_value TRELLIS_PROXYINIT_IMAGE)
+    if [ "${STUB_INJECT:-env}" = default ]; then
+        proxy=ghcr.io/trellis-mesh/trellis:0.1.0 init=ghcr.io/trellis-mesh/trellis:0.1.0
+    fi
+    for p in green-1 red-1 client-1 fortio-1; do printf '%s||%s|%s\n' "$p" "$init" "$proxy"; done
+    printf '%s\n' 'blue-1|||'
+    ;;
 *" get mutatingwebhookconfiguration "*) printf 'Y2EK' ;;
 *" get ns demo "*) printf 'enabled' ;;
 *" get pods "*"jsonpath"*)
@@ -122,6 +159,20 @@ check "fortio is neither pulled nor loaded" absent '^(docker|kind) .*fortio' "$l
 check "nothing is docker-pulled" absent '^docker pull' "$log"
 check "the cluster is deleted" grep -qxF 'kind delete cluster --name trellis-e2e' "$log"
 check "run.sh reports success" grep -qF 'e2e-kind: all checks passed' "$work/ok.out"
+node_image='kindest/node:v1.33.1@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f'
+check "the kind node image is pinned by digest" grep -qxF "kind create cluster --name trellis-e2e --image $node_image --wait 180s" "$log"
+# Item 3: IMAGE reaches every reference, through kustomize overlays (images:), not manifests/ as is.
+install=$work/ok/applied-install.yaml demo=$work/ok/applied-demo.yaml
+check "the install and the demo are applied through overlays" test -s "$install" -a -s "$demo"
+check "manifests/ is never applied as is" absent '^kubectl .* apply -k manifests' "$log"
+check "nothing applied names the default image" absent 'ghcr\.io/trellis-mesh' "$install"
+check "nothing applied for the demo names the default image" absent 'ghcr\.io/trellis-mesh' "$demo"
+check "the webhook and control Deployments run IMAGE" \
+    test "$(grep -cxF '        image: registry.example/trellis:dry' "$install")" -eq 2
+check "the webhook injects IMAGE as proxy and proxyinit" \
+    test "$(grep -cxF '          value: registry.example/trellis:dry' "$install")" -eq 2
+check "the demo apps run IMAGE" grep -qxF '        image: registry.example/trellis:dry' "$demo"
+check "run.sh checks the injected images" grep -qF 'proxyinit [registry.example/trellis:dry] proxy [registry.example/trellis:dry]' "$work/ok.out"
 
 echo "== dry run 2: the holding load stops early"
 run abort STUB_HOLD=abort
@@ -129,6 +180,21 @@ check "run.sh fails (rc $rc)" test "$rc" -ne 0
 check "it says the load stopped before the sample" \
     grep -qF "the fortio load holding green's pool stopped before the sample: Aborting because of error 503" "$work/abort.out"
 check "no sample is taken once the load has stopped" absent '^kubectl .* fortio curl ' "$work/abort.log"
+
+echo "== dry run 3: IMAGE with a registry port and a digest"
+digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+run digest IMAGE="registry.example:5000/team/trellis@$digest"
+if [ "$rc" -ne 0 ]; then cat "$work/digest.out" >&2; fi
+check "run.sh passes (rc $rc)" test "$rc" -eq 0
+check "the webhook injects the image by digest" \
+    test "$(grep -cxF "          value: registry.example:5000/team/trellis@$digest" "$work/digest/applied-install.yaml")" -eq 2
+check "nothing applied names the default image" absent 'ghcr\.io/trellis-mesh' "$work/digest/applied-install.yaml"
+
+echo "== dry run 4: the webhook injects the default image regardless"
+run inject IMAGE=registry.example/trellis:dry STUB_INJECT=default
+check "run.sh fails (rc $rc)" test "$rc" -ne 0
+check "it says the injected containers do not run IMAGE" \
+    grep -qF 'some injected containers do not run IMAGE=registry.example/trellis:dry' "$work/inject.out"
 
 if [ "$failures" -ne 0 ]; then
     echo "tests/kind dry run: $failures check(s) failed" >&2

@@ -9,7 +9,11 @@ cd "$(dirname "$0")/../.."
 CLUSTER=${CLUSTER:-trellis-e2e}
 IMAGE=${IMAGE:-ghcr.io/trellis-mesh/trellis:0.1.0}
 KEEP=${KEEP:-0}
+# The kind node image: Kubernetes 1.33, pinned by digest (tests/kind/README.md: the matrix, and
+# where the digest comes from). NODE_IMAGE= runs another version.
+NODE_IMAGE=${NODE_IMAGE:-kindest/node:v1.33.1@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f}
 NS=demo
+DEFAULT_IMAGE=ghcr.io/trellis-mesh/trellis
 
 for tool in docker kind kubectl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -25,8 +29,10 @@ fail() {
     exit 1
 }
 
+overlays=$(mktemp -d)
 on_exit() {
     local rc=$?
+    rm -rf "$overlays"
     if [ "$rc" -ne 0 ] && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
         echo "--- state at failure" >&2
         k get pods -A -o wide >&2 || true
@@ -42,9 +48,49 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# IMAGE reaches the cluster the way a user's override does: kustomize overlays of manifests/ and
+# manifests/demo/ with one `images:` entry (as examples/own-registry/), which also rewrites the
+# images the webhook injects (manifests/kustomizeconfig.yaml). Written under a temporary directory;
+# kustomize takes only relative paths to a base.
+image_overlay() { # image_overlay <dir> <base>: a kustomization of <base> whose images are IMAGE
+    local dir=$1 base ref=$IMAGE name tag="" digest=""
+    mkdir -p "$dir"
+    base=$(realpath -m --relative-to="$dir" "$2")
+    if [[ $ref == *@* ]]; then
+        digest=${ref#*@}
+        ref=${ref%%@*}
+    fi
+    name=$ref
+    if [[ ${ref##*/} == *:* ]]; then
+        tag=${ref##*:}
+        name=${ref%:*}
+    fi
+    # docker's default tag; without one kustomize would keep the base's 0.1.0.
+    if [ -z "$tag" ] && [ -z "$digest" ]; then tag=latest; fi
+    {
+        echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+        echo "kind: Kustomization"
+        echo "resources:"
+        echo "  - $base"
+        echo "images:"
+        echo "  - name: $DEFAULT_IMAGE"
+        echo "    newName: $name"
+        if [ -n "$digest" ]; then echo "    digest: $digest"; else echo "    newTag: $tag"; fi
+    } >"$dir/kustomization.yaml"
+}
+image_overlay "$overlays/install" manifests
+image_overlay "$overlays/demo" manifests/demo
+# Unless IMAGE is the default, nothing we apply may still name the default image.
+for o in install demo; do
+    rendered=$(kubectl kustomize "$overlays/$o") || fail "kubectl kustomize of the $o overlay failed"
+    if [ "${IMAGE%%[:@]*}" != "$DEFAULT_IMAGE" ] && grep -F "$DEFAULT_IMAGE" <<<"$rendered"; then
+        fail "the $o overlay still names $DEFAULT_IMAGE (IMAGE=$IMAGE)"
+    fi
+done
+
 step "kind cluster $CLUSTER"
 if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-    kind create cluster --name "$CLUSTER" --wait 180s
+    kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --wait 180s
 fi
 
 step "image $IMAGE"
@@ -54,9 +100,12 @@ docker build -t "$IMAGE" .
 # ("content digest ... not found", kind#3795).
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-step "install: kubectl apply -k manifests/"
-k apply -k manifests/
+step "install: kubectl apply -k manifests/, images set to $IMAGE"
+k apply -k "$overlays/install"
 k -n trellis-system rollout status deploy/trellis-webhook --timeout=180s
+injects=$(k -n trellis-system get deploy trellis-webhook \
+    -o jsonpath='{.spec.template.spec.containers[?(@.name=="webhook")].env[?(@.name=="TRELLIS_PROXY_IMAGE")].value}')
+[ "$injects" = "$IMAGE" ] || fail "the webhook injects proxy image '$injects', not IMAGE=$IMAGE"
 # The webhook bootstraps its certificate and patches the caBundle; wait for it.
 ca=""
 for _ in $(seq 90); do
@@ -71,7 +120,7 @@ step "demo: namespace $NS labelled sidecarInjectorWebhook=enabled, colour apps, 
 k apply -f manifests/demo/namespace.yaml
 [ "$(k get ns "$NS" -o jsonpath='{.metadata.labels.sidecarInjectorWebhook}')" = enabled ] ||
     fail "namespace $NS is not labelled sidecarInjectorWebhook=enabled"
-k apply -k manifests/demo/
+k apply -k "$overlays/demo"
 k apply -f tests/kind/fortio.yaml
 deployments=(green red blue client fortio)
 # Restart so that every pod is (re)created through the webhook, as a user adopting the mesh would.
@@ -94,6 +143,15 @@ while IFS='|' read -r name app deleted init containers ready; do
     fi
 done < <(k -n "$NS" get pods -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.metadata.labels.app}{"|"}{.metadata.deletionTimestamp}{"|"}{.spec.initContainers[*].name}{"|"}{.spec.containers[*].name}{"|"}{.status.containerStatuses[*].ready}{"\n"}{end}')
 [ "$pods_ok" = 1 ] || fail "some pods are not as injected"
+
+step "the injected proxy and proxyinit run IMAGE=$IMAGE"
+images_ok=1
+while IFS='|' read -r name deleted init proxy; do
+    if [ -z "$name" ] || [ -n "$deleted" ] || [ -z "$init$proxy" ]; then continue; fi
+    echo "  $name: proxyinit [$init] proxy [$proxy]"
+    if [ "$init" != "$IMAGE" ] || [ "$proxy" != "$IMAGE" ]; then images_ok=0; fi
+done < <(k -n "$NS" get pods -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.metadata.deletionTimestamp}{"|"}{.spec.initContainers[?(@.name=="proxyinit")].image}{"|"}{.spec.containers[?(@.name=="proxy")].image}{"\n"}{end}')
+[ "$images_ok" = 1 ] || fail "some injected containers do not run IMAGE=$IMAGE"
 
 step "inbound pool: fortio load -c 30 -qps 0 -n 300 against green (max-connections 10, max-pending 10)"
 # fortio's exit status says nothing about response codes; the counts below do.
