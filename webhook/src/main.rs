@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "TRELLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    /// Address to listen on; `[::]` is both IPv6 and IPv4 (IPv4 only on a node without IPv6).
+    #[arg(long, env = "TRELLIS_LISTEN", default_value = webhook::server::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// PEM certificate chain (re-read when it changes).
     #[arg(
@@ -44,6 +44,10 @@ struct ServeArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "TRELLIS_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = config::parse::parse_duration)]
     cert_reload_interval: Duration,
+    /// After SIGTERM: how long `/readyz` answers 503 while reviews are still served (endpoints
+    /// take this long to drop the pod), before the listener closes. A second signal cuts it short.
+    #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = config::parse::parse_duration)]
+    shutdown_grace: Duration,
     #[command(flatten)]
     limits: webhook::server::ServeLimits,
     #[command(flatten)]
@@ -136,6 +140,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         cert_reload_interval,
+        shutdown_grace,
         limits,
         injector,
         bootstrap,
@@ -159,23 +164,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "trellis webhook serving");
+    let mut signals = Signals::new()?;
+    let draining = std::sync::Arc::clone(&state);
+    let shutdown = async move {
+        signals.recv().await;
+        webhook::server::drain(&draining, shutdown_grace, signals.recv()).await;
+    };
     webhook::server::serve(
         listener,
         cert,
         webhook::server::router(state),
         &limits,
-        shutdown_signal(),
+        shutdown,
     )
     .await?;
     tracing::info!("trellis webhook stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+/// SIGTERM and SIGINT, installed once (so a second signal is seen too).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
     }
 }

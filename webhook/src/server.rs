@@ -2,6 +2,11 @@
 //! client from holding more of it than its share.
 //!
 //! Routes: `POST /mutate` (AdmissionReview), `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//!
+//! Shutdown ([`drain`]): on SIGTERM `/readyz` answers 503 at once and `/mutate` keeps being served
+//! (new connections too) for the grace period, while endpoints drop the pod; HTTP/1.1 answers say
+//! `Connection: close` meanwhile, so keep-alive callers move to new connections. Then the listener
+//! closes and open connections finish.
 //! Bodies over 3 MiB get 413 (the API server never sends more); unusable bodies get 400 with the
 //! parse error; nothing a client sends can panic the server.
 //!
@@ -158,7 +163,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            close_when_draining,
+        ))
         .with_state(state)
+}
+
+/// While draining, HTTP/1.1 answers carry `Connection: close`: the caller's next request opens a
+/// new connection, which endpoints by then send to another replica.
+async fn close_when_draining(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    let mut res = next.run(req).await;
+    if http1 && !state.ready.load(Ordering::Relaxed) {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
+}
+
+/// The shutdown future for [`serve`] after a SIGTERM: marks the server not ready (`/readyz`
+/// answers 503) at once, then keeps serving for `grace` — the time endpoints and kube-proxy take
+/// to stop sending the API server's calls here — or until `cut_short` (a second signal) resolves.
+pub async fn drain(
+    state: &AppState,
+    grace: Duration,
+    cut_short: impl std::future::Future<Output = ()>,
+) {
+    state.ready.store(false, Ordering::Relaxed);
+    tracing::info!(
+        grace = %config::format_duration(grace),
+        "shutting down: /readyz answers 503, still serving until the grace period ends"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => {}
+        _ = cut_short => tracing::info!("second signal: stopping now"),
+    }
 }
 
 /// Why a request body was not read whole.
@@ -494,7 +540,38 @@ impl Drop for InFlight {
     }
 }
 
+/// The default listen address: `[::]:8443`, both families (see [`bind`]).
+pub const DEFAULT_LISTEN: &str = "[::]:8443";
+
 /// Binds `addr`, returning the listener (so tests can bind port 0 and read the address).
+///
+/// `[::]` (the default) is one dual-stack socket (`IPV6_V6ONLY` off, whatever the node's
+/// `net.ipv6.bindv6only`), so the API server and the kubelet reach it over IPv4, IPv6 or both. On a
+/// node without IPv6 (the socket cannot be made or bound) it falls back to `0.0.0.0` on the same
+/// port. Any other address is bound as given.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let v6_any = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    if !v6_any {
+        return TcpListener::bind(addr).await;
+    }
+    match bind_dual_stack(addr) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
+        Err(e) => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(%addr, fallback = %v4, "no IPv6 here ({e}): listening on IPv4 only");
+            TcpListener::bind(v4).await
+        }
+    }
+}
+
+fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    s.set_only_v6(false)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
