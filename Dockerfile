@@ -2,11 +2,20 @@
 # One image for all of Trellis: `webhook`, `proxyinit` (with iptables, legacy and nft), `proxy`,
 # `control`, plus the demo's `color` app, `loadgen` client and `grpc-echo` gRPC app. `make image` builds it as
 # ghcr.io/trellis-mesh/trellis:0.1.0, the tag the injector and manifests/ default to.
+# Built with Cargo's `image` profile (release without debug info, symbols stripped): the seven
+# binaries are 46 MB instead of 234 MB with release's line tables and symbols (webhook 13.5 MB,
+# control 16.1 MB, proxy 6.9 MB, proxyinit 2.6 MB). Debug builds or `--profile release` for
+# profiling stay outside the image.
 
-ARG RUST_VERSION=1.95
-ARG DEBIAN=bookworm
+# The two base images, by tag. To build from immutable images, pass them by digest (what
+# `docker buildx imagetools inspect rust:1.95-slim-bookworm` prints), e.g.
+#   docker build --build-arg BUILD_IMAGE=rust:1.95-slim-bookworm@sha256:<digest> \
+#                --build-arg RUNTIME_IMAGE=debian:bookworm-slim@sha256:<digest> .
+# The builder's Debian must be the runtime's (the binaries link the builder's glibc).
+ARG BUILD_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 # Manifests first, so the dependency layer is rebuilt only when they change.
 COPY Cargo.toml Cargo.lock ./
@@ -19,15 +28,15 @@ COPY control control
 COPY tests/sandbox tests/sandbox
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --profile image --locked \
         -p webhook -p proxyinit -p proxy -p control -p sandbox \
         --bin webhook --bin proxyinit --bin proxy --bin control --bin color --bin loadgen \
         --bin grpc-echo \
  && mkdir -p /out \
- && cp target/release/webhook target/release/proxyinit target/release/proxy target/release/control \
-       target/release/color target/release/loadgen target/release/grpc-echo /out/
+ && cp target/image/webhook target/image/proxyinit target/image/proxy target/image/control \
+       target/image/color target/image/loadgen target/image/grpc-echo /out/
 
-FROM debian:${DEBIAN}-slim
+FROM ${RUNTIME_IMAGE}
 # iptables: both backends (iptables-legacy-* and iptables-nft-*); proxyinit picks the node's.
 # curl: `kubectl exec POD -c proxy -- curl -s localhost:9901/stats`, as the README shows.
 RUN apt-get update \
