@@ -29,7 +29,10 @@ fail() {
     exit 1
 }
 
-overlays=$(mktemp -d)
+# Under target/ (git-ignored): kustomize takes only a relative path to a base, and this keeps it
+# fixed, ../../../<base>, without GNU realpath.
+mkdir -p target
+overlays=$(mktemp -d target/e2e-kind.XXXXXX)
 on_exit() {
     local rc=$?
     rm -rf "$overlays"
@@ -50,12 +53,10 @@ trap on_exit EXIT
 
 # IMAGE reaches the cluster the way a user's override does: kustomize overlays of manifests/ and
 # manifests/demo/ with one `images:` entry (as examples/own-registry/), which also rewrites the
-# images the webhook injects (manifests/kustomizeconfig.yaml). Written under a temporary directory;
-# kustomize takes only relative paths to a base.
-image_overlay() { # image_overlay <dir> <base>: a kustomization of <base> whose images are IMAGE
-    local dir=$1 base ref=$IMAGE name tag="" digest=""
+# images the webhook injects (manifests/kustomizeconfig.yaml).
+image_overlay() { # image_overlay <name> <base>: $overlays/<name>, a kustomization of <base> whose images are IMAGE
+    local dir=$overlays/$1 base=../../../$2 ref=$IMAGE name tag="" digest=""
     mkdir -p "$dir"
-    base=$(realpath -m --relative-to="$dir" "$2")
     if [[ $ref == *@* ]]; then
         digest=${ref#*@}
         ref=${ref%%@*}
@@ -78,8 +79,8 @@ image_overlay() { # image_overlay <dir> <base>: a kustomization of <base> whose 
         if [ -n "$digest" ]; then echo "    digest: $digest"; else echo "    newTag: $tag"; fi
     } >"$dir/kustomization.yaml"
 }
-image_overlay "$overlays/install" manifests
-image_overlay "$overlays/demo" manifests/demo
+image_overlay install manifests
+image_overlay demo manifests/demo
 # Unless IMAGE is the default, nothing we apply may still name the default image.
 for o in install demo; do
     rendered=$(kubectl kustomize "$overlays/$o") || fail "kubectl kustomize of the $o overlay failed"
