@@ -9,7 +9,8 @@
 //! - [`limits`]: one [`Limits`] type for every pool, and its flags and annotations table;
 //! - [`args`]: the one rule that turns a config back into flags (non-default values only), and
 //!   defaults read from the clap attributes themselves;
-//! - [`proxy`] and [`proxyinit`]: the two command lines.
+//! - [`proxy`] and [`proxyinit`]: the two command lines;
+//! - [`probes`]: the app's original probes, handed by the webhook to the proxy's app-health port.
 //!
 //! - [`api`]: the control-plane API (`Update`, `Destination`, `Endpoint`, `Policy`) that `control`
 //!   sends and `proxy` receives, one schema for both.
@@ -20,6 +21,7 @@ pub mod args;
 pub mod defaults;
 pub mod limits;
 pub mod parse;
+pub mod probes;
 pub mod proxy;
 pub mod proxyinit;
 
@@ -33,7 +35,7 @@ pub use parse::{format_duration, CidrList, ParseError, PortSpec};
 pub enum ConfigError {
     #[error(
         "{first} and {second} are both {port}: the proxy listens on each of them, \
-         so they must be three different ports"
+         so they must be different ports"
     )]
     SharedPort {
         first: &'static str,
@@ -47,7 +49,7 @@ pub enum ConfigError {
     AppPortIsProxyPort { flag: &'static str, port: u16 },
 }
 
-/// The proxy's three listening ports must differ; `proxyinit` and the webhook both insist on it.
+/// The proxy's listening ports must differ; `proxyinit` and the webhook both insist on it.
 /// Each entry is `(flag, port)`, so the error names the flags as the user wrote them.
 pub fn distinct_ports(ports: &[(&'static str, u16)]) -> Result<(), ConfigError> {
     for (i, (first, a)) in ports.iter().enumerate() {

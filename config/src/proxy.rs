@@ -8,6 +8,7 @@ use crate::args::{clap_defaults, Flag, Render};
 use crate::defaults;
 use crate::limits::PoolLimits;
 use crate::parse::{format_duration, parse_duration, parse_log_level, parse_port};
+use crate::probes::AppProbes;
 
 /// Data-plane settings shared by sidecar and gateway mode. Every flag is also read from
 /// `TRELLIS_<FLAG>`; a limit left unset is unlimited.
@@ -65,6 +66,16 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = crate::api::DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
 
+    /// Port of the app-health listener, where the kubelet's rewritten probes land
+    /// (`/app-health/<container>/livez|readyz|startupz`); it listens only with `--app-probes`.
+    #[arg(long, env = "TRELLIS_APP_HEALTH_PORT", default_value_t = defaults::APP_HEALTH_PORT, value_parser = parse_port)]
+    pub app_health_port: u16,
+
+    /// The app's original probes, as JSON (see `config::probes`); the webhook sets them in the
+    /// `TRELLIS_APP_PROBES` environment variable. Without them the app-health port is not served.
+    #[arg(long, env = crate::probes::ENV, value_name = "JSON")]
+    pub app_probes: Option<AppProbes>,
+
     /// Log level: trace, debug, info, warn, error (changeable live with `POST /logging?level=`).
     #[arg(long, env = "TRELLIS_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -106,7 +117,10 @@ impl Render for Config {
             Flag::text("cluster-domain", &self.cluster_domain),
             Flag::text("log-level", &self.log_level),
             Flag::switch("access-log", self.access_log),
+            Flag::text("app-health-port", self.app_health_port),
         ]);
+        // `app_probes` is not rendered: the webhook puts its JSON in `TRELLIS_APP_PROBES`, so the
+        // args stay readable in `kubectl describe`.
         flags
     }
 }
@@ -132,7 +146,7 @@ mod tests {
     fn defaults_match_default_impl() {
         assert_eq!(parse(&[]).unwrap(), Config::default());
         assert!(Config::default().to_args().is_empty());
-        assert_eq!(Config::default().admin_listen.to_string(), "0.0.0.0:9901");
+        assert_eq!(Config::default().admin_listen.to_string(), "[::]:9901");
         assert_eq!(Config::default().request_timeout, Duration::from_secs(15));
     }
 
@@ -160,6 +174,7 @@ mod tests {
             log_level: "debug".into(),
             control_plane: Some("trellis-control.trellis-system.svc:15012".into()),
             cluster_domain: "example.org".into(),
+            app_health_port: 15021,
             ..Config::default()
         };
         assert_eq!(parse(&c.to_args()).unwrap(), c);
@@ -189,6 +204,12 @@ mod tests {
             ("--log-level=loud", "--log-level", "loud"),
             ("--admin-listen=nowhere", "--admin-listen", "nowhere"),
             ("--inbound-capture-port=0", "--inbound-capture-port", "0"),
+            ("--app-probes=nope", "--app-probes", "nope"),
+            (
+                r#"--app-probes={"app":{"livez":{"tcpSocket":{"port":0}}}}"#,
+                "--app-probes",
+                "app/livez: port must be from 1",
+            ),
         ] {
             let err = parse(&[arg.to_string()]).unwrap_err();
             let msg = err.to_string();

@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_PROXY_ADMIN_PORT", default_value_t = defaults::ADMIN_PORT, value_parser = parse_port)]
     pub proxy_admin_port: u16,
 
+    /// Port of the proxy's app-health listener (the rewritten probes); always excluded from
+    /// inbound capture, so the kubelet reaches it directly.
+    #[arg(long, env = "TRELLIS_PROXY_APP_HEALTH_PORT", default_value_t = defaults::APP_HEALTH_PORT, value_parser = parse_port)]
+    pub proxy_app_health_port: u16,
+
     /// Inbound ports to capture: a comma-separated list, or `*` for every port.
     #[arg(long, env = "TRELLIS_INBOUND_PORTS", default_value = "*")]
     pub inbound_ports: PortSpec,
@@ -75,6 +80,7 @@ impl Render for Config {
             Flag::text("inbound-capture-port", self.inbound_capture_port),
             Flag::text("outbound-capture-port", self.outbound_capture_port),
             Flag::text("proxy-admin-port", self.proxy_admin_port),
+            Flag::text("proxy-app-health-port", self.proxy_app_health_port),
             Flag::text("inbound-ports", &self.inbound_ports),
             Flag::optional("exclude-inbound-ports", list(&self.exclude_inbound_ports)),
             Flag::optional("exclude-outbound-ports", list(&self.exclude_outbound_ports)),
@@ -98,6 +104,7 @@ impl Config {
             ("--inbound-capture-port", self.inbound_capture_port),
             ("--outbound-capture-port", self.outbound_capture_port),
             ("--proxy-admin-port", self.proxy_admin_port),
+            ("--proxy-app-health-port", self.proxy_app_health_port),
         ];
         distinct_ports(&own)?;
         // An app port the proxy also listens on could not be served: one of the two would fail

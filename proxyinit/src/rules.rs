@@ -171,7 +171,7 @@ pub fn apply_input(config: &Config, family: Family, current: &NatState) -> Strin
         ),
     );
 
-    // Inbound: the admin port and excluded ports pass, captured ports go to the proxy.
+    // Inbound: the admin and app-health ports and excluded ports pass, captured ports go to the proxy.
     for port in inbound_excluded(config) {
         line(
             w,
@@ -292,9 +292,13 @@ pub fn trellis_rules(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Inbound ports that are never captured: the admin port first, then the user's exclusions.
+/// Inbound ports that are never captured: the admin and app-health ports first, then the user's
+/// exclusions.
 fn inbound_excluded(config: &Config) -> Vec<u16> {
     let mut ports = vec![config.proxy_admin_port];
+    if config.proxy_app_health_port != config.proxy_admin_port {
+        ports.push(config.proxy_app_health_port);
+    }
     for &p in &config.exclude_inbound_ports {
         if !ports.contains(&p) {
             ports.push(p);
