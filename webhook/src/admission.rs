@@ -150,7 +150,8 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<(ReviewOut, Verdict),
     } else if let Some(object) = req.object.filter(|o| o.get() != "null") {
         let pod: PodView = serde_json::from_str(object.get()).map_err(ReviewError::Pod)?;
         match inject::inject(&pod, cfg) {
-            Outcome::Inject(patch) => {
+            Outcome::Inject { patch, warnings } => {
+                out.warnings.extend(warnings);
                 let bytes = serde_json::to_vec(&patch).expect("patch serializes");
                 out.patch_type = Some("JSONPatch");
                 out.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));

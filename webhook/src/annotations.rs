@@ -29,6 +29,7 @@ pub const NATIVE_SIDECAR: &str = "trellis.dev/native-sidecar";
 pub const REQUEST_TIMEOUT: &str = "trellis.dev/request-timeout";
 pub const IDLE_TIMEOUT: &str = "trellis.dev/idle-timeout";
 pub const DRAIN_TIME: &str = "trellis.dev/drain-time";
+pub const REWRITE_PROBES: &str = "trellis.dev/rewrite-probes";
 
 /// The pool-limit annotations (`trellis.dev/max-connections`, `trellis.dev/outbound-max-requests`,
 /// ...) are named after the proxy's flags, from the `config` crate's one table of limits.
@@ -70,6 +71,7 @@ const OTHERS: &[&str] = &[
     REQUEST_TIMEOUT,
     IDLE_TIMEOUT,
     DRAIN_TIME,
+    REWRITE_PROBES,
 ];
 
 /// A refused annotation: the message names the annotation, the value, and what is expected. Both
@@ -104,6 +106,8 @@ pub struct PodSettings {
     pub request_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub drain_time: Option<Duration>,
+    /// `trellis.dev/rewrite-probes`: `Some(false)` keeps the app's probes as written.
+    pub rewrite_probes: Option<bool>,
 }
 
 impl PodSettings {
@@ -177,6 +181,9 @@ impl PodSettings {
                 }
                 IDLE_TIMEOUT => {
                     s.idle_timeout = Some(parse_timeout(v).ok_or_else(|| err(DURATION))?)
+                }
+                REWRITE_PROBES => {
+                    s.rewrite_probes = Some(parse_switch(v).ok_or_else(|| err(SWITCH))?)
                 }
                 DRAIN_TIME => s.drain_time = Some(parse_timeout(v).ok_or_else(|| err(DURATION))?),
                 _ => {

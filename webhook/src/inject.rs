@@ -16,11 +16,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
+use config::probes::{self, AppProbe, AppProbes, ProbeKind};
 use config::{proxy, proxyinit, CidrList, PortSpec, Render as _};
 
 use crate::annotations::{self, AnnotationError, PodSettings};
+use crate::echo;
 use crate::injector::InjectorConfig;
-use crate::pod::{LimitError, PodView, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER};
+use crate::pod::{LimitError, PodView, SpecView, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER};
 
 pub const PROXY: &str = "proxy";
 pub const PROXYINIT: &str = "proxyinit";
@@ -54,8 +56,12 @@ impl SkipReason {
 /// What the injector decided for one pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Add the sidecar with this JSON patch (RFC 6902 operations).
-    Inject(json_patch::Patch),
+    /// Add the sidecar with this JSON patch (RFC 6902 operations); the warnings (probes left as
+    /// written, and why) are shown to the user.
+    Inject {
+        patch: json_patch::Patch,
+        warnings: Vec<String>,
+    },
     /// Leave the pod unchanged; a warning is shown to the user when there is one.
     Skip {
         reason: SkipReason,
@@ -139,7 +145,165 @@ pub fn inject(pod: &PodView, cfg: &InjectorConfig) -> Outcome {
     if let Err(e) = proxyinit_config(pod, cfg, &settings).validate() {
         return Outcome::Deny(e.into());
     }
-    Outcome::Inject(build_patch(pod, cfg, &settings))
+    let probes = if settings.rewrite_probes == Some(false) {
+        ProbeRewrite::default()
+    } else {
+        rewrite_probes(spec, config::defaults::APP_HEALTH_PORT)
+    };
+    Outcome::Inject {
+        patch: build_patch(pod, cfg, &settings, &probes),
+        warnings: probes.warnings,
+    }
+}
+
+/// The app containers' probes moved to the proxy's app-health port: what the proxy is told
+/// (`TRELLIS_APP_PROBES`), the probes that replace them, and why any was left as written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeRewrite {
+    pub probes: AppProbes,
+    /// `(container index, kind, the probe that replaces the original)`.
+    pub replaced: Vec<(usize, ProbeKind, Probe)>,
+    pub warnings: Vec<String>,
+}
+
+/// Rewrites every `httpGet`, `tcpSocket` and `grpc` probe of the app containers to an `httpGet` on
+/// `health_port` at `/app-health/<container>/<kind>`, keeping its timing fields. `exec` probes
+/// stay as they are; a named port the container does not declare leaves its probe as written,
+/// with a warning.
+pub fn rewrite_probes(spec: &SpecView, health_port: u16) -> ProbeRewrite {
+    let mut out = ProbeRewrite::default();
+    for (i, c) in spec.containers().iter().enumerate() {
+        for kind in ProbeKind::ALL {
+            let Some(p) = c.probe(kind) else { continue };
+            let name = c.name();
+            let warn = |why: String| {
+                format!(
+                    "trellis: container {:?} {}: left as written: {why}",
+                    echo::shown(name),
+                    kind.field()
+                )
+            };
+            let resolve = |port: &IntOrString| -> Result<u16, String> {
+                match port {
+                    IntOrString::Int(n) => u16::try_from(*n)
+                        .ok()
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| format!("port {n} is not from 1 to 65535")),
+                    IntOrString::String(s) => match s.parse::<i32>() {
+                        Ok(n) => u16::try_from(n)
+                            .ok()
+                            .filter(|n| *n != 0)
+                            .ok_or_else(|| format!("port {n} is not from 1 to 65535")),
+                        Err(_) => c.named_port(s).ok_or_else(|| {
+                            format!(
+                                "the named port {:?} is not among the container's ports",
+                                echo::shown(s)
+                            )
+                        }),
+                    },
+                }
+            };
+            let action = if let Some(h) = &p.http_get {
+                resolve(&h.port).map(|port| AppProbe {
+                    http_get: Some(probes::HttpGet {
+                        port,
+                        path: h
+                            .path
+                            .clone()
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or("/".into()),
+                        scheme: if h.scheme.as_deref() == Some("HTTPS") {
+                            probes::Scheme::Https
+                        } else {
+                            probes::Scheme::Http
+                        },
+                        host: h.host.clone().filter(|h| !h.is_empty()),
+                        http_headers: h
+                            .http_headers
+                            .iter()
+                            .flatten()
+                            .map(|hd| probes::Header {
+                                name: hd.name.clone(),
+                                value: hd.value.clone(),
+                            })
+                            .collect(),
+                    }),
+                    tcp_socket: None,
+                    grpc: None,
+                    timeout_seconds: 1,
+                })
+            } else if let Some(t) = &p.tcp_socket {
+                resolve(&t.port).map(|port| AppProbe {
+                    http_get: None,
+                    tcp_socket: Some(probes::TcpSocket {
+                        port,
+                        host: t.host.clone().filter(|h| !h.is_empty()),
+                    }),
+                    grpc: None,
+                    timeout_seconds: 1,
+                })
+            } else if let Some(g) = &p.grpc {
+                resolve(&IntOrString::Int(g.port)).map(|port| AppProbe {
+                    http_get: None,
+                    tcp_socket: None,
+                    grpc: Some(probes::Grpc {
+                        port,
+                        service: g.service.clone().filter(|s| !s.is_empty()),
+                    }),
+                    timeout_seconds: 1,
+                })
+            } else {
+                // `exec` (or nothing): the kubelet runs it in the container, no network involved.
+                continue;
+            };
+            let mut probe = match action {
+                Ok(a) => a,
+                Err(why) => {
+                    out.warnings.push(warn(why));
+                    continue;
+                }
+            };
+            if !probes::is_dns_label(name) {
+                out.warnings
+                    .push(warn("the container name is not a DNS label".into()));
+                continue;
+            }
+            probe.timeout_seconds = p
+                .timeout_seconds
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t >= 1)
+                .unwrap_or(1);
+            let single = AppProbes(BTreeMap::from([(
+                name.to_string(),
+                BTreeMap::from([(kind, probe.clone())]),
+            )]));
+            if let Err(e) = single.validate() {
+                out.warnings.push(warn(e.to_string()));
+                continue;
+            }
+            out.probes.insert(name, kind, probe);
+            out.replaced.push((
+                i,
+                kind,
+                Probe {
+                    http_get: Some(HTTPGetAction {
+                        path: Some(probes::path(name, kind)),
+                        port: IntOrString::Int(health_port.into()),
+                        scheme: Some("HTTP".into()),
+                        ..Default::default()
+                    }),
+                    initial_delay_seconds: p.initial_delay_seconds,
+                    period_seconds: p.period_seconds,
+                    timeout_seconds: p.timeout_seconds,
+                    success_threshold: p.success_threshold,
+                    failure_threshold: p.failure_threshold,
+                    termination_grace_period_seconds: p.termination_grace_period_seconds,
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// The `proxyinit` configuration for this pod, the same type the init container parses.
@@ -195,12 +359,33 @@ fn app_container_ports(pod: &PodView) -> impl Iterator<Item = u16> + '_ {
         .flat_map(|c| c.tcp_ports())
 }
 
-fn build_patch(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) -> json_patch::Patch {
+fn build_patch(
+    pod: &PodView,
+    cfg: &InjectorConfig,
+    s: &PodSettings,
+    probes: &ProbeRewrite,
+) -> json_patch::Patch {
     let spec = pod.spec().expect("checked by inject");
     let mut ops: Vec<Value> = Vec::new();
 
+    // First, while the containers' indices are still those of the pod as received.
+    for (i, kind, probe) in &probes.replaced {
+        ops.push(json!({
+            "op": "replace",
+            "path": format!("/spec/containers/{i}/{}", kind.field()),
+            "value": to_value(probe),
+        }));
+    }
+
     let init = proxyinit_container(pod, cfg, s);
-    let proxy = proxy_container(cfg, s);
+    let mut proxy = proxy_container(cfg, s);
+    if !probes.probes.is_empty() {
+        proxy.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: config::probes::ENV.into(),
+            value: Some(probes.probes.to_string()),
+            ..Default::default()
+        });
+    }
     let has_init = spec.has_init_containers();
     if s.native_sidecar {
         // proxyinit, then the proxy as a restartable init container, before the user's init

@@ -117,7 +117,8 @@ fn inject_object(
     let pod = PodView::deserialize(&pod_value)
         .map_err(|e| refuse(format!("not a valid pod template: {e}")))?;
     match inject::inject(&pod, cfg) {
-        Outcome::Inject(patch) => {
+        Outcome::Inject { patch, warnings } => {
+            notes.extend(warnings.into_iter().map(|w| format!("{kind} {name}: {w}")));
             let mut patched = pod_value;
             json_patch::patch(&mut patched, &patch)
                 .map_err(|e| refuse(format!("patch failed: {e}")))?;

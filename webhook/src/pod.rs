@@ -5,7 +5,7 @@
 //! the webhook OOM-killed, and with `failurePolicy: Fail` that blocks pod creation everywhere.
 //! [`PodView`] is decoded straight from the request's bytes and keeps only what [`crate::inject`]
 //! reads: the `trellis.dev/` annotations (and whether any `prometheus.io/` one exists), whether the
-//! pod is the webhook's own, `hostNetwork`, the containers' names and TCP ports, and whether init
+//! pod is the webhook's own, `hostNetwork`, the containers' names, TCP ports and probes, and whether init
 //! containers and volumes exist. Everything else is skipped unread.
 //!
 //! Lists and maps are read up to caps no real pod reaches ([`MAX_CONTAINERS`],
@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
+use config::probes::ProbeKind;
+use k8s_openapi::api::core::v1::Probe;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
@@ -89,21 +91,31 @@ pub struct SpecView {
     volumes: Option<Capped<IgnoredAny, 0>>,
 }
 
-/// One container: its name and its ports.
+/// One container: its name, its ports and its probes (rewritten to the proxy's app-health port).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerView {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
     ports: Option<Capped<PortView, MAX_PORTS_PER_CONTAINER>>,
+    #[serde(default)]
+    liveness_probe: Option<Probe>,
+    #[serde(default)]
+    readiness_probe: Option<Probe>,
+    #[serde(default)]
+    startup_probe: Option<Probe>,
 }
 
-/// One `containerPort`, and whether its protocol is TCP (the default).
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// One `containerPort`, its name, and whether its protocol is TCP (the default).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortView {
     #[serde(default)]
     container_port: Option<i32>,
+    /// Kept for the named ports of probes (`port: http`); at most 15 characters in a valid pod.
+    #[serde(default)]
+    name: Option<String>,
     #[serde(
         default = "tcp_default",
         rename = "protocol",
@@ -225,6 +237,25 @@ impl ContainerView {
     /// `name` (empty when absent).
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
+    }
+
+    /// The container's probe of this kind, as written.
+    pub fn probe(&self, kind: ProbeKind) -> Option<&Probe> {
+        match kind {
+            ProbeKind::Livez => self.liveness_probe.as_ref(),
+            ProbeKind::Readyz => self.readiness_probe.as_ref(),
+            ProbeKind::Startupz => self.startup_probe.as_ref(),
+        }
+    }
+
+    /// The number of the port named `name` in this container's `ports`.
+    pub fn named_port(&self, name: &str) -> Option<u16> {
+        self.ports
+            .iter()
+            .flat_map(|p| &p.items)
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port?).ok())
+            .filter(|p| *p != 0)
     }
 
     /// The declared TCP `containerPort`s that are valid port numbers.

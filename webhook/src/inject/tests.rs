@@ -22,7 +22,7 @@ fn with_annotations(mut v: Value, a: Value) -> Value {
 /// Applies the outcome's patch to the pod, as the API server would.
 fn injected(v: &Value, cfg: &InjectorConfig) -> Value {
     match inject(&pod(v.clone()), cfg) {
-        Outcome::Inject(patch) => {
+        Outcome::Inject { patch, .. } => {
             let mut out = v.clone();
             json_patch::patch(&mut out, &patch).expect("patch applies");
             // The result must still be a valid Pod.
@@ -373,11 +373,11 @@ fn idempotent_and_deterministic() {
     let cfg = InjectorConfig::default();
     let v = with_annotations(basic(), json!({ "a": "b" }));
     let first = match inject(&pod(v.clone()), &cfg) {
-        Outcome::Inject(p) => serde_json::to_vec(&p).unwrap(),
+        Outcome::Inject { patch: p, .. } => serde_json::to_vec(&p).unwrap(),
         o => panic!("{o:?}"),
     };
     let second = match inject(&pod(v.clone()), &cfg) {
-        Outcome::Inject(p) => serde_json::to_vec(&p).unwrap(),
+        Outcome::Inject { patch: p, .. } => serde_json::to_vec(&p).unwrap(),
         o => panic!("{o:?}"),
     };
     assert_eq!(first, second, "same pod, byte-identical patch");
@@ -421,12 +421,12 @@ fn custom_ports_and_identity_flow_into_the_patch() {
     assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15000);
     assert_eq!(
         proxy["lifecycle"]["postStart"]["exec"]["command"],
-        json!(["proxy", "wait-ready", "--admin-listen=0.0.0.0:15000"])
+        json!(["proxy", "wait-ready", "--admin-listen=[::]:15000"])
     );
     let pa = args(proxy);
     assert!(
         pa.contains(&"--inbound-capture-port=16006".to_string())
-            && pa.contains(&"--admin-listen=0.0.0.0:15000".to_string())
+            && pa.contains(&"--admin-listen=[::]:15000".to_string())
     );
     let ia = args(&out["spec"]["initContainers"][0]);
     assert!(
@@ -479,4 +479,63 @@ fn timeout_annotations_reach_the_proxy_flags() {
         !proxy.iter().any(|a| a.starts_with("--idle-timeout")),
         "{proxy:?}"
     );
+}
+
+#[test]
+fn probes_move_to_the_app_health_port_and_exec_stays() {
+    let mut v = basic();
+    v["spec"]["containers"][0]["ports"] = json!([{ "name": "http", "containerPort": 8080 }]);
+    v["spec"]["containers"][0]["livenessProbe"] =
+        json!({ "tcpSocket": { "port": "http" }, "periodSeconds": 7, "timeoutSeconds": 4 });
+    v["spec"]["containers"][0]["readinessProbe"] = json!({ "exec": { "command": ["true"] } });
+    v["spec"]["containers"][0]["startupProbe"] = json!({ "httpGet": { "port": "nope" } });
+    let out = injected(&v, &InjectorConfig::default());
+    let app = &out["spec"]["containers"][1];
+    assert_eq!(
+        app["livenessProbe"],
+        json!({ "httpGet": { "path": "/app-health/app/livez", "port": 15020, "scheme": "HTTP" },
+                "periodSeconds": 7, "timeoutSeconds": 4 })
+    );
+    assert_eq!(
+        app["readinessProbe"],
+        json!({ "exec": { "command": ["true"] } })
+    );
+    assert_eq!(
+        app["startupProbe"],
+        json!({ "httpGet": { "port": "nope" } })
+    );
+    let env = out["spec"]["containers"][0]["env"].as_array().unwrap();
+    let probes = env
+        .iter()
+        .find(|e| e["name"] == config::probes::ENV)
+        .expect("probes handed to the proxy");
+    let parsed: AppProbes = probes["value"].as_str().unwrap().parse().unwrap();
+    let live = parsed.get("app", ProbeKind::Livez).unwrap();
+    assert_eq!(live.tcp_socket.as_ref().unwrap().port, 8080);
+    assert_eq!(live.timeout_seconds, 4);
+    assert!(parsed.get("app", ProbeKind::Readyz).is_none());
+    match inject(&pod(v.clone()), &InjectorConfig::default()) {
+        Outcome::Inject { warnings, .. } => {
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].contains("\"nope\"") && warnings[0].contains("startupProbe"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let opted = injected(
+        &with_annotations(
+            v.clone(),
+            json!({ "trellis.dev/rewrite-probes": "disabled" }),
+        ),
+        &InjectorConfig::default(),
+    );
+    assert_eq!(
+        opted["spec"]["containers"][1]["livenessProbe"],
+        v["spec"]["containers"][0]["livenessProbe"]
+    );
+    assert!(!opted["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == config::probes::ENV));
 }
