@@ -12,6 +12,7 @@
 
 pub(crate) mod access_log;
 pub(crate) mod admin;
+pub(crate) mod app_health;
 pub(crate) mod balancer;
 pub(crate) mod cluster;
 pub(crate) mod detect;
@@ -276,6 +277,19 @@ pub async fn run(
     tracing::info!(listen = %admin.local_addr()?, "admin listener");
     for l in listeners {
         tokio::spawn(l.run());
+    }
+    // The kubelet's rewritten probes (issue 15), served beside the data path, never through it.
+    if let Some(probes) = proxy.config.app_probes.clone().filter(|p| !p.is_empty()) {
+        let probes = Arc::new(probes);
+        let port = proxy.config.app_health_port;
+        let v4: SocketAddr = ([0, 0, 0, 0], port).into();
+        let l = bind(v4).with_context(|| format!("binding the app-health listener {v4}"))?;
+        tracing::info!(listen = %v4, "app-health listener");
+        tokio::spawn(app_health::serve(probes.clone(), l));
+        match bind((Ipv6Addr::UNSPECIFIED, port).into()) {
+            Ok(l) => drop(tokio::spawn(app_health::serve(probes, l))),
+            Err(e) => tracing::debug!(error = %e, "no IPv6 app-health listener"),
+        }
     }
     tokio::spawn(admin::serve(proxy.clone(), admin));
     proxy.registry.live.set(1);
