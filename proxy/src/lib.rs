@@ -273,7 +273,8 @@ pub async fn run(
         }
     }
     let admin_addr = proxy.config.admin_listen;
-    let admin = bind(admin_addr).with_context(|| format!("binding --admin-listen {admin_addr}"))?;
+    let admin = listener::bind_admin(admin_addr)
+        .with_context(|| format!("binding --admin-listen {admin_addr}"))?;
     tracing::info!(listen = %admin.local_addr()?, "admin listener");
     for l in listeners {
         tokio::spawn(l.run());

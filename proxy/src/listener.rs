@@ -48,6 +48,35 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
+/// Binds the admin API's address. `[::]` (the default) is one dual-stack socket (`IPV6_V6ONLY`
+/// off), reached over IPv6 and IPv4 alike, so Prometheus and the kubelet get it on either family of
+/// a dual-stack or IPv6-only pod; where the pod has no IPv6 it falls back to `0.0.0.0`, same port.
+/// Any other address is bound as given.
+pub fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let v6_any = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    if !v6_any {
+        return bind(addr);
+    }
+    let dual = || -> std::io::Result<TcpListener> {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_only_v6(false)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        TcpListener::from_std(s.into())
+    };
+    match dual() {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
+        Err(e) => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(%addr, fallback = %v4, "no IPv6 in this pod ({e}): admin on IPv4 only");
+            bind(v4)
+        }
+    }
+}
+
 pub struct Listener {
     pub proxy: Arc<Proxy>,
     pub dir: Direction,

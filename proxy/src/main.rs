@@ -126,22 +126,28 @@ fn filter_for(level: &str) -> String {
 }
 
 fn wait_ready(admin: SocketAddr, timeout: Duration) -> ExitCode {
-    let ip = match admin.ip() {
-        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
+    // `[::]` is dual-stack, or IPv4 only where the pod has no IPv6: try ::1, then 127.0.0.1.
+    let targets: Vec<SocketAddr> = match admin.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => vec![(Ipv4Addr::LOCALHOST, admin.port()).into()],
+        IpAddr::V6(a) if a.is_unspecified() => vec![
+            (Ipv6Addr::LOCALHOST, admin.port()).into(),
+            (Ipv4Addr::LOCALHOST, admin.port()).into(),
+        ],
+        _ => vec![admin],
     };
-    let target = SocketAddr::new(ip, admin.port());
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match probe(target) {
-            Ok(200) => return ExitCode::SUCCESS,
-            Ok(code) => format!("/ready answered {code}"),
-            Err(e) => e.to_string(),
-        };
+        let mut last = String::new();
+        for t in &targets {
+            last = match probe(*t) {
+                Ok(200) => return ExitCode::SUCCESS,
+                Ok(code) => format!("http://{t}/ready answered {code}"),
+                Err(e) => format!("http://{t}/ready: {e}"),
+            };
+        }
         if Instant::now() >= deadline {
             eprintln!(
-                "proxy wait-ready: http://{target}/ready not ready after {} (last: {last})",
+                "proxy wait-ready: not ready after {} (last: {last})",
                 config::format_duration(timeout)
             );
             return ExitCode::FAILURE;
