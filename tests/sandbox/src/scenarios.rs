@@ -289,6 +289,57 @@ fn sample_during(
     Ok((run.finish()?, samples))
 }
 
+/// Issue 15: green's readiness probe, as the webhook rewrote it (an `httpGet` on the proxy's
+/// app-health port 15020), called by the "kubelet" while 30 clients saturate green's inbound pool:
+/// the clients get 503 UO, the probe keeps answering 200, because the proxy runs it against the
+/// app directly, outside the pool.
+pub fn probes_under_overload(mesh: &Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "probes under overload",
+        "green's rewritten readiness probe (15020 /app-health/app/readyz) while 30 clients \
+         saturate max-connections 10 -> the clients get 503 UO, the probe stays 200",
+    );
+    let green = mesh.pod("green");
+    let app = green.admitted.pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "app")
+        .cloned()
+        .unwrap_or_default();
+    let get = &app["readinessProbe"]["httpGet"];
+    let path = get["path"].as_str().unwrap_or("").to_string();
+    let port = get["port"].as_u64().unwrap_or(0) as u16;
+    rep.check(
+        "the webhook rewrote green's readiness probe to the app-health port",
+        path == "/app-health/app/readyz" && port == config::defaults::APP_HEALTH_PORT,
+        format!("httpGet {port} {path}"),
+    );
+    let url = format!("http://{}:8080/?delay_ms=500", green.ip);
+    let mut run = load::start(mesh.pod("blue"), &url, 30, 300)?;
+    let mut codes = Vec::new();
+    while !run.is_done() {
+        codes.push(match crate::get(&mesh.node, green.addr(port), &path) {
+            Ok(r) => r.status,
+            Err(_) => 0,
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = run.finish()?;
+    rep.count(&r);
+    rep.check(
+        "the clients overflowed green's pool (503)",
+        r.code(503) > 0,
+        summary(&r),
+    );
+    rep.check(
+        "every probe the kubelet sent during the overload answered 200",
+        !codes.is_empty() && codes.iter().all(|c| *c == 200),
+        format!("{} probes: {codes:?}", codes.len()),
+    );
+    Ok(rep)
+}
+
 /// App Mesh's walkthrough: green allows 10 connections and 10 pending requests; 30 concurrent
 /// clients (from blue, outside the mesh) get some 503s, flagged UO, counted in green's sidecar.
 pub fn inbound_pool(mesh: &Mesh) -> anyhow::Result<Report> {

@@ -105,3 +105,17 @@ fn rewritten_probes_pass_a_saturated_pool_and_fail_a_stopped_app() {
         .status;
     assert_eq!(status, 503, "httpGet liveness with the app stopped");
 }
+
+/// The demo's scenario, on green as `manifests/demo/` ships it (readiness on its health port).
+#[test]
+fn demo_scenario_probes_under_overload() {
+    kit::root::require_root();
+    let mut mesh =
+        Mesh::start(&Mesh::unique_prefix("probedemo")).unwrap_or_else(|e| panic!("{e:#}"));
+    for app in sandbox::scenarios::INBOUND_POOL {
+        mesh.deploy(app).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let r = sandbox::scenarios::probes_under_overload(&mesh).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.passed(), "{r}");
+    eprintln!("{r}");
+}

@@ -108,9 +108,12 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 24] = [
+    let all: [(&str, Scenario); 25] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
+        ("probes under overload", |m| {
+            scenarios::probes_under_overload(m)
+        }),
         ("outbound pool", |m| scenarios::outbound_pool(m)),
         ("opt-out and validation", |m| {
             scenarios::opt_out_and_bad_annotation(m)
