@@ -234,3 +234,29 @@ impl Proxy {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
+
+    /// `[::]` is one socket that IPv6 and IPv4 clients both reach (connects complete in the
+    /// backlog, nothing accepts); an IPv4 address stays IPv4 only.
+    #[tokio::test]
+    async fn the_admin_default_address_is_reached_over_ipv6_and_ipv4() {
+        let l = bind_admin(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))).unwrap();
+        let local = l.local_addr().unwrap();
+        assert!(local.is_ipv6(), "{local}: IPv6 is available here");
+        let port = local.port();
+        let timeout = Duration::from_secs(2);
+        for to in [
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        ] {
+            TcpStream::connect_timeout(&to, timeout).unwrap_or_else(|e| panic!("{to}: {e}"));
+        }
+        let v4 = bind_admin(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, v4.local_addr().unwrap().port()));
+        assert!(TcpStream::connect_timeout(&v6, timeout).is_err());
+    }
+}
