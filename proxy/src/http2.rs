@@ -45,6 +45,9 @@ use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
 use crate::router::{Upstream, View};
+use replay::Replay;
+
+mod replay;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// What a stream's answer carries: the upstream's body, or one the proxy made.
@@ -74,7 +77,7 @@ struct StreamsInner {
 /// A pooled upstream HTTP/2 connection.
 struct Upconn {
     host: SocketAddr,
-    send: SendRequest<Incoming>,
+    send: SendRequest<Replay>,
     /// Streams it has been given.
     streams: u32,
     /// Streams open on it now (what its idle timer checks).
@@ -164,6 +167,12 @@ impl Streams {
     /// Streams in flight and waiting (two loads, no lock: for the gauges).
     pub fn state(&self) -> (u32, u32) {
         (self.seen.0.load(Relaxed), self.seen.1.load(Relaxed))
+    }
+
+    /// Takes the connection whose open streams `open` counts out of the pool: its peer is
+    /// going away. Its streams finish on it.
+    fn forget(&self, open: &Arc<AtomicU32>) {
+        self.lock().conns.retain(|c| !Arc::ptr_eq(&c.open, open));
     }
 
     /// Upstream HTTP/2 connections open (a load, no lock: for the gauges).
@@ -259,18 +268,12 @@ impl Body for Relayed {
 }
 
 /// Envoy's flag for an upstream answer cut off by `e`: `UR` when the upstream sent RST_STREAM,
-/// `UC` when its connection went away (GOAWAY, a connection error, the socket closed). hyper
-/// does not expose h2's error kind, so it is told from h2's message ("stream error received"
-/// is a remote RST_STREAM).
+/// `UC` when its connection went away (GOAWAY, a connection error, the socket closed).
 fn reset_flag(e: &hyper::Error) -> &'static str {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if s.to_string().starts_with("stream error received") {
-            return "UR";
-        }
-        source = s.source();
+    match h2_error(e) {
+        Some(h) if h.is_reset() && h.is_remote() => "UR",
+        _ => "UC",
     }
-    "UC"
 }
 
 /// Serves one downstream HTTP/2 connection until it closes.
@@ -480,26 +483,58 @@ async fn forward(
         return Err(Local::NoHealthyUpstream);
     };
     slot.1 = Some(Active::new(host.clone()));
-    let mut send = match connection(&cluster, &host, &limits).await {
-        Ok((s, open)) => {
-            slot.2 = Some(open);
-            s
+    let (mut send, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
+    slot.2 = Some(open);
+    let deadline = tokio::time::Instant::now() + ctx.request_timeout;
+    let (head, body) = upstream_request(req, peer, ctx).into_parts();
+    let (mut body, mut rescue) = Replay::new(body);
+    let mut resends = 0;
+    // A stream the upstream refused unprocessed (GOAWAY below it, REFUSED_STREAM), or one that
+    // never left because its connection was closing, goes again on another connection.
+    let sent = loop {
+        st.upstream_rq_total.inc();
+        let req = Request::from_parts(head.clone(), body);
+        let tried = tokio::time::timeout_at(deadline, async {
+            if let Err(e) = send.ready().await {
+                return Err((e, Some(req)));
+            }
+            send.try_send_request(req).await.map_err(|mut e| {
+                let unsent = e.take_message();
+                (e.into_error(), unsent)
+            })
+        })
+        .await;
+        let (e, unsent) = match tried {
+            Ok(Ok(resp)) => break Ok(Ok(resp)),
+            Err(elapsed) => break Err(elapsed),
+            Ok(Err(failed)) => failed,
+        };
+        if resends == MAX_RESENDS || (unsent.is_none() && !refused(&e)) {
+            break Ok(Err(e));
         }
-        Err(e) => {
-            tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "HTTP/2 connect failed");
-            st.upstream_cx_connect_fail.inc();
-            host.cx_connect_fail.fetch_add(1, Relaxed);
-            cluster.report(&lb, &host, Outcome::ConnectFailed);
-            return Err(Local::ConnectFailed);
+        let again = match unsent {
+            Some(req) => Some(req.into_body()),
+            None => match tokio::time::timeout_at(deadline, &mut rescue).await {
+                Ok(Ok(r)) => r.replay(),
+                _ => None,
+            },
+        };
+        let Some(again) = again else {
+            break Ok(Err(e));
+        };
+        tracing::debug!(cluster = %cluster.name, error = %e, "stream refused unprocessed: sent again");
+        if let Some(open) = slot.2.take() {
+            cluster.h2.forget(&open.0);
         }
+        body = again;
+        if body.is_disarmed() {
+            rescue = body.rearm();
+        }
+        resends += 1;
+        st.upstream_rq_retry.inc();
+        let (s, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
+        (send, slot.2) = (s, Some(open));
     };
-    let req = upstream_request(req, peer, ctx);
-    st.upstream_rq_total.inc();
-    let sent = tokio::time::timeout(ctx.request_timeout, async {
-        send.ready().await?;
-        send.send_request(req).await
-    })
-    .await;
     // Outlier detection and the host's counters see each stream's outcome, as for HTTP/1.
     match sent {
         Ok(Ok(resp)) => {
@@ -521,6 +556,51 @@ async fn forward(
             Err(Local::Timeout)
         }
     }
+}
+
+/// Times a stream refused unprocessed is sent again (Istio's default retry policy makes 2
+/// attempts on `refused-stream`).
+const MAX_RESENDS: u32 = 2;
+
+/// Whether the upstream refused a stream without processing it, so that it can go again
+/// (RFC 9113 §8.7): the stream was above a graceful GOAWAY's last stream id (or sent after
+/// it), or was reset with REFUSED_STREAM.
+fn refused(e: &hyper::Error) -> bool {
+    h2_error(e).is_some_and(|h| {
+        let reason = h.reason();
+        h.is_remote()
+            && ((h.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
+                || (h.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
+    })
+}
+
+/// The `h2` error under a hyper error, if any.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return Some(h);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// A connection to `host` for a stream (see [`connection`]); a failure is counted and told to
+/// outlier detection, and answers `UF`.
+async fn upstream_connection(
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    limits: &config::Limits,
+    lb: &Arc<crate::cluster::Lb>,
+) -> Result<(SendRequest<Replay>, Open), Local> {
+    connection(cluster, host, limits).await.map_err(|e| {
+        tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "HTTP/2 connect failed");
+        cluster.stats.upstream_cx_connect_fail.inc();
+        host.cx_connect_fail.fetch_add(1, Relaxed);
+        cluster.report(lb, host, Outcome::ConnectFailed);
+        Local::ConnectFailed
+    })
 }
 
 /// A stream's access log line, written when the stream ends.
@@ -576,7 +656,7 @@ async fn connection(
     cluster: &Arc<Cluster>,
     host: &Host,
     limits: &config::Limits,
-) -> std::io::Result<(SendRequest<Incoming>, Open)> {
+) -> std::io::Result<(SendRequest<Replay>, Open)> {
     let addr = host.addr;
     // Takes a stream on connection `i`, retiring it at its last.
     let take = |s: &mut StreamsInner, i: usize| {
@@ -652,7 +732,7 @@ async fn open(
     host: SocketAddr,
     streams: Arc<AtomicU32>,
     max: Arc<AtomicU32>,
-) -> std::io::Result<SendRequest<Incoming>> {
+) -> std::io::Result<SendRequest<Replay>> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
     let (connect, idle) = (cluster.connect_timeout(), cluster.idle_timeout());
     let tcp = tokio::time::timeout(connect, TcpStream::connect(host))

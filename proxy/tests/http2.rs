@@ -498,3 +498,112 @@ impl hyper::body::Body for CutShort {
         )))))
     }
 }
+
+/// The first upstream connection refuses streams it never processed, as nginx does at its
+/// `keepalive_requests`: it takes stream 1, waits until `refused` more streams have reached it,
+/// then sends GOAWAY (NO_ERROR, last stream 1), answers stream 1 `200` and closes. Every later
+/// connection is served by the echo app at `echo`. Frames are written by hand: only stream ids
+/// are read, and `:status: 200` is HPACK's static index 8 (one byte, 0x88).
+async fn start_refuser(echo: SocketAddr, refused: usize) -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // Later connections go to the echo app.
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut up = TcpStream::connect(echo).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+            }
+        });
+        let mut preface = [0u8; 24];
+        s.read_exact(&mut preface).await.unwrap();
+        s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        let mut streams = Vec::new();
+        while streams.len() < 1 + refused {
+            let mut h = [0u8; 9];
+            s.read_exact(&mut h).await.unwrap();
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            match h[3] {
+                // SETTINGS (not an ACK): acknowledge.
+                0x4 if h[4] & 1 == 0 => s.write_all(&frame(0x4, 1, 0, &[])).await.unwrap(),
+                0x1 => streams.push(id),
+                _ => {}
+            }
+        }
+        assert_eq!(streams[0], 1);
+        let mut goaway = 1u32.to_be_bytes().to_vec();
+        goaway.extend_from_slice(&0u32.to_be_bytes());
+        s.write_all(&frame(0x7, 0, 0, &goaway)).await.unwrap();
+        // END_HEADERS | END_STREAM, `:status: 200`.
+        s.write_all(&frame(0x1, 0x4 | 0x1, 1, &[0x88]))
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_refused_by_an_upstream_goaway_go_again_on_another_connection() {
+    let app = start_h2_app(Duration::ZERO).await;
+    let upstream = start_refuser(app.addr, 4).await;
+    let px = ProxyProc::gateway(upstream, &[]).await;
+    let c = client(px.listen).await;
+    // Stream 1 upstream: held by the refuser until the four others have reached it.
+    let mut first = c.clone();
+    let first = tokio::spawn(async move {
+        let req = Request::get("http://app/first")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        first.send_request(req).await.unwrap().status()
+    });
+    let cname = format!("cluster.{upstream}");
+    px.stats()
+        .metric(format!("{cname}.upstream_rq_active"))
+        .eventually_eq(1)
+        .await;
+    // Four calls with bodies of 20 KB (more than a frame; together more than the connection's
+    // first window, so part of each is still downstream when the stream is refused).
+    let calls: Vec<_> = (0..4u8)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let body = Bytes::from(vec![b'a' + i; 20_000]);
+                let req = Request::post("http://app/echo.Echo/Say")
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let resp = c.send_request(req).await.unwrap();
+                let status = resp.status();
+                let got = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, got == body)
+            })
+        })
+        .collect();
+    assert_eq!(first.await.unwrap(), 200);
+    for call in calls {
+        assert_eq!(call.await.unwrap(), (hyper::StatusCode::OK, true));
+    }
+    let stats = px.stats();
+    stats
+        .metric(format!("{cname}.upstream_rq_retry"))
+        .now_eq(4)
+        .await;
+    stats
+        .metric(format!("{cname}.upstream_cx_http2_total"))
+        .now_eq(2)
+        .await;
+    stats
+        .metric(format!("{cname}.upstream_rq_200"))
+        .now_eq(5)
+        .await;
+}
