@@ -5,6 +5,10 @@
 //! The review is decoded from the body's bytes into the few fields read here; the object stays raw
 //! until it is known to be a pod, and is then decoded as a [`PodView`] (bounded memory whatever the
 //! body). Parse errors quote the input cut short ([`crate::echo`]).
+//!
+//! A pod that would be injected is refused instead where its namespace enforces a Pod Security
+//! level that forbids `proxyinit` ([`crate::namespaces`]); the namespace is the request's
+//! `namespace` (a ReplicaSet's pods often carry none in their metadata).
 
 use base64::Engine as _;
 use kube::core::admission::Operation;
@@ -15,6 +19,7 @@ use serde_json::value::RawValue;
 use crate::echo;
 use crate::inject::{self, Outcome};
 use crate::injector::InjectorConfig;
+use crate::namespaces::{self, Enforcement};
 use crate::pod::PodView;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -24,21 +29,26 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub enum Verdict {
     Injected,
     Skipped(&'static str),
-    Denied,
+    /// Refused: `""` for an invalid pod (a bad annotation, too large), [`POD_SECURITY`] where the
+    /// namespace's Pod Security level forbids `proxyinit`.
+    Denied(&'static str),
 }
+
+/// The reason of a pod refused for its namespace's Pod Security level (metric label).
+pub const POD_SECURITY: &str = "pod_security";
 
 impl Verdict {
     pub fn result(&self) -> &'static str {
         match self {
             Verdict::Injected => "injected",
             Verdict::Skipped(_) => "skipped",
-            Verdict::Denied => "denied",
+            Verdict::Denied(_) => "denied",
         }
     }
     pub fn reason(&self) -> &'static str {
         match self {
-            Verdict::Skipped(r) => r,
-            _ => "",
+            Verdict::Skipped(r) | Verdict::Denied(r) => r,
+            Verdict::Injected => "",
         }
     }
 }
@@ -80,6 +90,9 @@ struct RequestIn<'a> {
     #[serde(default)]
     sub_resource: Option<String>,
     operation: Operation,
+    /// Where the pod is created; absent for cluster-scoped kinds.
+    #[serde(default)]
+    namespace: Option<String>,
     #[serde(rename = "userInfo")]
     _user_info: IgnoredAny,
     /// Left as text until the request is known to be a pod CREATE.
@@ -127,8 +140,19 @@ pub struct StatusOut {
     pub message: String,
 }
 
-/// Handles one review body. `Err` means the body itself was unusable (HTTP 400).
+/// Handles one review body, without the Pod Security check (as `webhook inject` does). `Err`
+/// means the body itself was unusable (HTTP 400).
 pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<(ReviewOut, Verdict), ReviewError> {
+    review_in(body, cfg, &|_| Enforcement::Unchecked)
+}
+
+/// [`review`], where `pod_security` tells what Pod Security enforces in a namespace: asked only
+/// for a pod that would be injected, which is refused (403) if that level forbids `proxyinit`.
+pub fn review_in(
+    body: &[u8],
+    cfg: &InjectorConfig,
+    pod_security: &dyn Fn(&str) -> Enforcement,
+) -> Result<(ReviewOut, Verdict), ReviewError> {
     let review: ReviewIn = serde_json::from_slice(body)?;
     if review.api_version != API_VERSION {
         return Err(ReviewError::Version(review.api_version));
@@ -150,6 +174,21 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<(ReviewOut, Verdict),
     } else if let Some(object) = req.object.filter(|o| o.get() != "null") {
         let pod: PodView = serde_json::from_str(object.get()).map_err(ReviewError::Pod)?;
         match inject::inject(&pod, cfg) {
+            Outcome::Inject { .. }
+                if let Some(message) = req
+                    .namespace
+                    .as_deref()
+                    .and_then(|ns| namespaces::refusal(ns, &pod_security(ns))) =>
+            {
+                out.allowed = false;
+                out.status = Some(StatusOut {
+                    code: 403,
+                    status: "Failure",
+                    reason: "Forbidden",
+                    message: format!("trellis: pod refused: {message}"),
+                });
+                Verdict::Denied(POD_SECURITY)
+            }
             Outcome::Inject { patch, warnings } => {
                 out.warnings.extend(warnings);
                 let bytes = serde_json::to_vec(&patch).expect("patch serializes");
@@ -169,7 +208,7 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<(ReviewOut, Verdict),
                     reason: "BadRequest",
                     message: format!("trellis: pod refused: {e}"),
                 });
-                Verdict::Denied
+                Verdict::Denied("")
             }
         }
     } else {

@@ -4,7 +4,8 @@
 //! pods created in namespaces labelled `sidecarInjectorWebhook=enabled`. The decision and the patch
 //! are a pure function ([`inject`]) of the few fields of a pod it reads ([`pod`]); [`admission`]
 //! speaks AdmissionReview; [`server`] is the HTTPS shell and its limits; [`offline`] is
-//! `webhook inject -f`; [`bootstrap`] makes and publishes its certificate.
+//! `webhook inject -f`; [`bootstrap`] makes and publishes its certificate; [`namespaces`] knows each
+//! namespace's Pod Security level, so pods that level would reject are refused with a reason.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -14,6 +15,7 @@ pub mod echo;
 pub mod inject;
 pub mod injector;
 pub mod metrics;
+pub mod namespaces;
 pub mod offline;
 pub mod pod;
 pub mod server;

@@ -54,6 +54,8 @@ struct ServeArgs {
     injector: InjectorConfig,
     #[command(flatten)]
     bootstrap: BootstrapConfig,
+    #[command(flatten)]
+    pod_security: webhook::namespaces::PodSecurityConfig,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +146,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits,
         injector,
         bootstrap,
+        pod_security,
     } = args;
     if bootstrap.bootstrap_certs {
         let client = kube::Client::try_default()
@@ -159,7 +162,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let cert = webhook::tls::ReloadingCert::load(&tls_cert, &tls_key)?;
     cert.watch(cert_reload_interval);
-    let state = webhook::server::AppState::with_limits(injector, &limits);
+    let namespaces = pod_security_cache(&pod_security).await;
+    let state = webhook::server::AppState::with_namespaces(injector, &limits, namespaces);
     let listener = webhook::server::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -180,6 +184,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!("trellis webhook stopped");
     Ok(())
+}
+
+/// The namespace cache behind the Pod Security check, unless it is turned off. Without a
+/// Kubernetes API to reach (a local run), the check is off and the webhook says so.
+async fn pod_security_cache(
+    config: &webhook::namespaces::PodSecurityConfig,
+) -> Option<webhook::namespaces::NamespaceCache> {
+    if !config.pod_security_check {
+        tracing::info!("Pod Security check off (--pod-security-check=false)");
+        return None;
+    }
+    match kube::Client::try_default().await {
+        Ok(client) => Some(webhook::namespaces::NamespaceCache::spawn(
+            client,
+            config.pod_security_default_enforce,
+        )),
+        Err(e) => {
+            tracing::warn!(
+                "Pod Security check off: no Kubernetes API ({e}); pods are injected without it"
+            );
+            None
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, installed once (so a second signal is seen too).

@@ -40,6 +40,7 @@ use tower::ServiceExt as _;
 use crate::admission;
 use crate::injector::InjectorConfig;
 use crate::metrics::Metrics;
+use crate::namespaces::{Enforcement, NamespaceCache, SYNC_WAIT};
 use crate::tls::ReloadingCert;
 
 /// Largest AdmissionReview accepted; the API server's own request limit is 3 MiB.
@@ -132,6 +133,8 @@ pub struct AppState {
     pub injector: InjectorConfig,
     pub metrics: Metrics,
     pub ready: AtomicBool,
+    /// Namespaces' Pod Security levels; `None`: no check (see [`crate::namespaces`]).
+    pub namespaces: Option<NamespaceCache>,
     /// One permit per review being decoded and injected.
     reviews: Semaphore,
     /// One permit per request-body byte a request may hold, taken before its body is read.
@@ -146,10 +149,20 @@ impl AppState {
     }
 
     pub fn with_limits(injector: InjectorConfig, limits: &ServeLimits) -> Arc<Self> {
+        Self::with_namespaces(injector, limits, None)
+    }
+
+    /// [`AppState::with_limits`], refusing injection where `namespaces` says Pod Security forbids it.
+    pub fn with_namespaces(
+        injector: InjectorConfig,
+        limits: &ServeLimits,
+        namespaces: Option<NamespaceCache>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             injector,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
+            namespaces,
             reviews: Semaphore::new(limits.concurrent_reviews()),
             body_bytes: Semaphore::new(limits.max_buffered_body_bytes.max(MAX_BODY)),
             body_read_timeout: limits.body_read_timeout,
@@ -286,16 +299,20 @@ async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         Ok(read) => read,
         Err(e) => return error(e.status(), e.to_string()),
     };
+    // Just after start, the first list of Namespaces may still be on its way: wait for it, briefly.
+    if let Some(ns) = state.namespaces.as_ref().filter(|ns| !ns.is_synced()) {
+        ns.wait_synced(SYNC_WAIT).await;
+    }
     // Decoding and injecting is CPU work. A real pod's review (a few KiB) takes tens of
     // microseconds: done in place, it costs less than the hand-off. A large body could take
     // milliseconds: on the blocking pool, a few at a time, so `/healthz` keeps answering.
     let done = if body.len() <= INLINE_REVIEW_MAX {
-        Ok(admission::review(&body, &state.injector))
+        Ok(review(&state, &body))
     } else {
         let _permit = state.reviews.acquire().await.expect("never closed");
         let st = Arc::clone(&state);
         tokio::task::spawn_blocking(move || {
-            let res = admission::review(&body, &st.injector);
+            let res = review(&st, &body);
             // Freed here, on the blocking thread, not on an async worker.
             drop(body);
             res
@@ -318,6 +335,31 @@ async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             format!("review failed: {e}"),
         ),
     }
+}
+
+/// One review, with the Pod Security check when the server has a namespace cache.
+fn review(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(admission::ReviewOut, admission::Verdict), admission::ReviewError> {
+    let Some(cache) = &state.namespaces else {
+        return admission::review(body, &state.injector);
+    };
+    admission::review_in(body, &state.injector, &|ns| {
+        let found = cache.lookup(ns);
+        match found {
+            Enforcement::NotSynced => tracing::warn!(
+                namespace = %crate::echo::shown(ns),
+                "namespaces not listed yet: injecting without the Pod Security check"
+            ),
+            Enforcement::UnknownNamespace => tracing::warn!(
+                namespace = %crate::echo::shown(ns),
+                "namespace not in the cache yet: injecting without the Pod Security check"
+            ),
+            _ => {}
+        }
+        found
+    })
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
