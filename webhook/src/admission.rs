@@ -223,3 +223,87 @@ pub fn review_in(
         verdict,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespaces::{enforce_level, Level, ENFORCE_LABEL};
+
+    fn body(namespace: &str, annotations: &str) -> Vec<u8> {
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{
+            "uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},
+            "resource":{{"group":"","version":"v1","resource":"pods"}},"namespace":"{namespace}",
+            "operation":"CREATE","userInfo":{{}},"object":{{"metadata":{{"generateName":"a-",
+            "annotations":{{{annotations}}}}},"spec":{{"containers":[{{"name":"app","image":"i"}}]}}}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    /// `baseline` for namespace `strict`, nothing for any other; records what was asked.
+    fn levels(asked: &std::cell::RefCell<Vec<String>>) -> impl Fn(&str) -> Enforcement + '_ {
+        move |ns| {
+            asked.borrow_mut().push(ns.to_string());
+            let labels = (ns == "strict")
+                .then(|| [(ENFORCE_LABEL.to_string(), "baseline".to_string())].into());
+            Enforcement::Known(enforce_level(labels.as_ref(), Level::Privileged))
+        }
+    }
+
+    #[test]
+    fn a_pod_that_would_be_injected_is_refused_where_its_namespace_enforces_baseline() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let cfg = InjectorConfig::default();
+        let (out, verdict) = review_in(&body("strict", ""), &cfg, &levels(&asked)).unwrap();
+        assert_eq!(verdict, Verdict::Denied(POD_SECURITY));
+        assert!(!out.response.allowed && out.response.patch.is_none());
+        let status = out.response.status.unwrap();
+        assert_eq!((status.code, status.reason), (403, "Forbidden"));
+        assert!(
+            status.message.starts_with(
+                "trellis: pod refused: namespace \"strict\" enforces Pod Security level \"baseline\""
+            ),
+            "{}",
+            status.message
+        );
+        assert_eq!(
+            asked.borrow().as_slice(),
+            ["strict"],
+            "request.namespace asked"
+        );
+
+        let (out, verdict) = review_in(&body("open", ""), &cfg, &levels(&asked)).unwrap();
+        assert_eq!(verdict, Verdict::Injected);
+        assert!(out.response.allowed && out.response.patch.is_some());
+    }
+
+    #[test]
+    fn pods_not_injected_or_invalid_are_decided_as_before_without_asking() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let cfg = InjectorConfig::default();
+        let (_, verdict) = review_in(
+            &body("strict", r#""trellis.dev/inject":"disabled""#),
+            &cfg,
+            &levels(&asked),
+        )
+        .unwrap();
+        assert_eq!(verdict, Verdict::Skipped("opted_out"));
+        let (out, verdict) = review_in(
+            &body("strict", r#""trellis.dev/max-connections":"ten""#),
+            &cfg,
+            &levels(&asked),
+        )
+        .unwrap();
+        assert_eq!(verdict, Verdict::Denied(""));
+        assert!(out
+            .response
+            .status
+            .unwrap()
+            .message
+            .contains("max-connections"));
+        assert!(asked.borrow().is_empty(), "{:?}", asked.borrow());
+        // Without a check (`webhook inject`, no cache), the same pod is injected.
+        let (_, verdict) = review(&body("strict", ""), &cfg).unwrap();
+        assert_eq!(verdict, Verdict::Injected);
+    }
+}
