@@ -1,4 +1,5 @@
-//! The webhook's own Prometheus metrics: reviews by result (and skip reason), and review latency.
+//! The webhook's own Prometheus metrics: reviews by result (and skip or denial reason), and review
+//! latency.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +11,8 @@ use prometheus_client::registry::Registry;
 pub struct ReviewLabels {
     /// injected, skipped, denied or error.
     pub result: &'static str,
-    /// Why a pod was skipped (empty otherwise).
+    /// Why a pod was skipped; for a denial, `pod_security` where the namespace's Pod Security
+    /// level forbids proxyinit, empty for an invalid pod (a bad annotation); empty otherwise.
     pub reason: &'static str,
 }
 
