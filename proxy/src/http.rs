@@ -25,7 +25,7 @@ use tokio::time::Sleep;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::cluster::{AcquireError, Cluster, Lease};
-use crate::drain::Drain;
+use crate::drain::SideDrain;
 use crate::h1::{self, Body, ChunkedError, Framing, HeadError, Request, RequestOpts, ResponseOpts};
 use crate::idle::Ended;
 use crate::iobuf::Buf;
@@ -49,7 +49,9 @@ pub struct HttpCtx {
     /// Append the client address to `x-forwarded-for` (inbound and gateway).
     pub add_forwarded_for: bool,
     pub access_log: Option<AccessLog>,
-    pub drain: Drain,
+    /// This listener's side of the drain: once it says leave, responses carry
+    /// `connection: close`; once it says close, idle connections close.
+    pub drain: SideDrain,
     /// Where requests that reach no cluster are counted (404 `NR`, a fault abort): never shown.
     pub nowhere: Arc<ClusterStats>,
 }
@@ -68,7 +70,9 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     // moves it later, which needs no wake-up of the runtime's driver, unlike a new timer.
     let mut timer = Box::pin(tokio::time::sleep(ctx.idle_timeout));
     let drain = ctx.drain.clone();
-    let mut drained = pin!(drain.signaled());
+    // Idle keep-alive connections stay open while callers are told to leave (their next
+    // response says `connection: close`), and close when the listener stops accepting.
+    let mut drained = pin!(drain.closed());
     // Where each header line of a request head starts, noted only while routes read them.
     let mut lines = h1::Lines::default();
     // The heads written for upstream and for the client: kept for the connection's next request
@@ -640,7 +644,7 @@ async fn forward(
         head_method: req.head_method,
         upgrade: req.upgrade,
         http10_client: req.http10,
-        keep_alive: req.keep_alive && !rq.ctx.drain.is_draining(),
+        keep_alive: req.keep_alive,
     };
     // Whether the request body has all gone upstream, as the response head is written: if not,
     // the client is told its connection will close.
@@ -653,7 +657,17 @@ async fn forward(
         &mut dr, &mut d.buf, &mut uw, body, &body_sent, rq
     ));
     let mut resp = pin!(async {
-        let head = read_response(&mut ur, ubuf, &mut dw, &opts, &body_sent, st, down_head).await?;
+        let head = read_response(
+            &mut ur,
+            ubuf,
+            &mut dw,
+            &opts,
+            &body_sent,
+            &rq.ctx.drain,
+            st,
+            down_head,
+        )
+        .await?;
         if let Some(retry_on) = retry_on.as_mut() {
             if retry_on(head.status) {
                 return Err(Early::Retry(head.status));
@@ -700,13 +714,16 @@ async fn forward(
 }
 
 /// Reads until a final response head, forwarding interim (1xx) ones. Returns the head (already
-/// re-encoded for the client in `out`).
+/// re-encoded for the client in `out`). Whether the client may keep its connection is decided as
+/// the head goes out, so a request in flight when a drain starts is answered `connection: close`.
+#[allow(clippy::too_many_arguments)]
 async fn read_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ur: &mut R,
     ubuf: &mut Buf,
     dw: &mut W,
     opts: &ResponseOpts,
     body_sent: &AtomicBool,
+    drain: &SideDrain,
     st: &ClusterStats,
     out: &mut Vec<u8>,
 ) -> Result<h1::Response, Early> {
@@ -715,7 +732,7 @@ async fn read_response<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if !ubuf.is_empty() {
             out.clear();
             let opts = ResponseOpts {
-                keep_alive: opts.keep_alive && body_sent.load(Relaxed),
+                keep_alive: opts.keep_alive && body_sent.load(Relaxed) && !drain.is_draining(),
                 ..*opts
             };
             match h1::parse_response(ubuf.data(), &opts, out) {

@@ -119,9 +119,16 @@ impl Proxy {
         }
     }
 
+    /// `/quitquitquit`: every listener stops accepting at once (see [`drain`]).
     pub fn begin_drain(&self) {
         self.registry.live.set(0);
-        self.drain.start();
+        self.drain.quit();
+    }
+
+    /// SIGTERM: not ready; inbound tells callers to leave, outbound serves on (see [`drain`]).
+    pub fn begin_terminate(&self) {
+        self.registry.live.set(0);
+        self.drain.terminate();
     }
 }
 
@@ -133,8 +140,10 @@ pub fn worker_threads(config: &Config) -> usize {
         .max(1)
 }
 
-/// Runs until drained (SIGTERM or `/quitquitquit`); returns once in-flight work finished or the
-/// drain time ran out.
+/// Runs until drained; returns when [`drain`]'s plan says so: after SIGTERM, once no connection
+/// is left after `--drain-time` (the outbound listener serving the app all along), at the latest
+/// after `max(--drain-time, 30 s)`; after `/quitquitquit` or SIGINT, once in-flight work finished,
+/// at the latest after `--drain-time`.
 pub async fn run(
     config: Config,
     mode: Mode,
@@ -296,22 +305,70 @@ pub async fn run(
     proxy.registry.live.set(1);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("draining: SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("draining: SIGINT"),
-        _ = proxy.drain.signaled() => {}
-    }
-    proxy.begin_drain();
-    let drain_time = proxy.config.drain_time;
-    if tokio::time::timeout(drain_time, proxy.drain.idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = proxy.drain.active(),
-            "drain time ({}) over: closing the connections left",
-            config::format_duration(drain_time)
-        );
-    }
+    let sigterm = tokio::select! {
+        _ = term.recv() => true,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: stopping every listener");
+            proxy.begin_drain();
+            false
+        }
+        _ = proxy.drain.quitting() => false,
+    };
+    shutdown(&proxy, sigterm).await;
     Ok(())
+}
+
+/// The shell around [`drain::Plan`]: moves the listeners through their phases, then waits for the
+/// connections, never past the plan's bound.
+async fn shutdown(proxy: &Proxy, sigterm: bool) {
+    use tokio::time::{sleep_until, Instant};
+    let drain_time = proxy.config.drain_time;
+    let start = Instant::now();
+    let mut quit = !sigterm;
+    let plan = if sigterm {
+        drain::Plan::after_sigterm(drain_time)
+    } else {
+        drain::Plan::after_quit(drain_time)
+    };
+    let mut last = start + plan.at_most;
+    if sigterm {
+        proxy.begin_terminate();
+        tracing::info!(
+            "SIGTERM: /ready 503; outbound keeps serving the app; inbound answers with \
+             `connection: close` for {}, then stops accepting; exit once no connection is \
+             left, at the latest {} after SIGTERM",
+            config::format_duration(plan.inbound_open_for),
+            config::format_duration(plan.at_most)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(plan.inbound_open_for) => {}
+            () = proxy.drain.quitting() => {
+                quit = true;
+                last = last.min(Instant::now() + drain_time);
+            }
+        }
+        proxy.drain.close_inbound();
+    }
+    loop {
+        tokio::select! {
+            () = proxy.drain.idle() => {
+                tracing::info!(
+                    after = %config::format_duration(start.elapsed()),
+                    "drained: no connection left"
+                );
+                return;
+            }
+            () = sleep_until(last) => break,
+            () = proxy.drain.quitting(), if !quit => {
+                quit = true;
+                last = last.min(Instant::now() + drain_time);
+            }
+        }
+    }
+    tracing::warn!(
+        inbound = proxy.drain.active(drain::Side::Inbound),
+        outbound = proxy.drain.active(drain::Side::Outbound),
+        "drain bound ({}) reached: closing the connections left",
+        config::format_duration(last - start)
+    );
 }

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cluster::{inbound_name, outbound_name, Cluster};
 use crate::detect::{detect, Detected, Protocol};
+use crate::drain::Side;
 use crate::http::HttpCtx;
 use crate::router::Upstream;
 use crate::Proxy;
@@ -26,6 +27,14 @@ pub enum Direction {
 
 impl Direction {
     /// Listener stat prefix: `http.<name>.*`, `tcp.<name>.*`.
+    /// Which drain it follows: a gateway serves callers, as inbound does.
+    pub fn side(self) -> Side {
+        match self {
+            Direction::Outbound => Side::Outbound,
+            Direction::Inbound | Direction::Gateway => Side::Inbound,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
@@ -88,16 +97,19 @@ pub struct Listener {
 impl Listener {
     pub async fn run(self) {
         let proxy = self.proxy.clone();
+        let drain = proxy.drain.side(self.dir.side());
         let http = Arc::new(HttpCtx {
             listener: proxy.registry.listener(self.dir.name()),
             request_timeout: proxy.config.request_timeout,
             idle_timeout: proxy.config.idle_timeout,
             add_forwarded_for: self.dir != Direction::Outbound,
             access_log: proxy.access_log.clone(),
-            drain: proxy.drain.clone(),
+            drain: drain.clone(),
             nowhere: Arc::default(),
         });
-        // The socket is not shared with the connections: it closes as soon as draining starts.
+        // The socket is not shared with the connections: it closes as soon as this side's drain
+        // reaches `Close` (inbound: `--drain-time` after SIGTERM; outbound: only on
+        // `/quitquitquit`, so the app's calls go on while it shuts down).
         let Listener {
             proxy: _,
             dir,
@@ -112,7 +124,7 @@ impl Listener {
         loop {
             let accepted = tokio::select! {
                 a = tcp.accept() => a,
-                _ = proxy.drain.signaled() => return,
+                _ = drain.closed() => return,
             };
             let (stream, peer) = match accepted {
                 Ok(x) => x,
@@ -125,7 +137,7 @@ impl Listener {
             };
             let this = this.clone();
             let http = http.clone();
-            let tracked = proxy.drain.track();
+            let tracked = drain.track();
             tokio::spawn(async move {
                 this.connection(stream, peer, http).await;
                 drop(tracked);
