@@ -11,6 +11,10 @@
 # request to a ClusterIP takes. `trellis-routes` sends to a Service with an HTTPRoute of ten rules
 # (prefixes, an exact path, a regex, headers, a query parameter, a method), the request matching
 # only the last (the catch-all), so that every match is tried: the per-request cost of routes.
+# The `-h2` rows are the same positions for HTTP/2 (h2c on both sides): h2load sends the streams,
+# ten at a time over one connection, to Trellis, to nginx (`listen ... http2` and `grpc_pass`, its
+# only HTTP/2 upstream) and to HAProxy (`proto h2` both sides), in front of an HTTP/2 nginx that
+# answers a 1 KiB body: the instructions per proxied stream.
 #
 # smoke-expect: ^user-space instructions per proxied request
 # smoke-expect: ^  trellis +{n}  \(trellis = {n}x this\)$
@@ -18,6 +22,10 @@
 # smoke-expect: ^  trellis-routes +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  nginx +{n}  \(trellis = {n}x this\)$
 # smoke-expect: ^  haproxy +{n}  \(trellis = {n}x this\)$
+# smoke-expect: ^user-space instructions per proxied HTTP/2 stream
+# smoke-expect: ^  trellis-h2 +{n}  \(trellis-h2 = {n}x this\)$
+# smoke-expect: ^  nginx-h2 +{n}  \(trellis-h2 = {n}x this\)$
+# smoke-expect: ^  haproxy-h2 +{n}  \(trellis-h2 = {n}x this\)$
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -25,7 +33,7 @@ cd "$(dirname "$0")/.."
 N1=${N1:-$(knob 2000 100)}
 N2=${N2:-$(knob 12000 300)}
 TARGET=${CARGO_TARGET_DIR:-target}
-bench_install valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy
+bench_install valgrind:valgrind hey:hey curl:curl nginx:nginx haproxy:haproxy h2load:nghttp2-client
 bench_build
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -37,9 +45,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091 CONTROL=127.0.0.1:19912
+UP=127.0.0.1:18090 LISTEN=127.0.0.1:18091 CONTROL=127.0.0.1:19912 UP_H2=127.0.0.1:18092
 # On every loopback address, so that the Service's three endpoints are three hosts.
 "$TARGET/release/examples/bench_upstream" 0.0.0.0:18090 >/dev/null 2>&1 &
+pids+=($!)
+# The HTTP/2 rows' upstream, outside callgrind.
+nginx -c "$(h2_nginx_conf "$work/nginx-up-h2" "$UP_H2" "")" >/dev/null 2>&1 &
 pids+=($!)
 
 # The control plane, told of one Service (ClusterIP 127.0.0.100:80) with three ready endpoints.
@@ -105,6 +116,8 @@ pids+=($!)
 # No master process: callgrind follows the one process that serves.
 NGINX_CONF=$(nginx_conf "$work/nginx" "$LISTEN" "$UP" "master_process off;")
 haproxy_cfg "$work/haproxy.cfg" "$LISTEN" "$UP"
+NGINX_H2_CONF=$(h2_nginx_conf "$work/nginx-h2" "$LISTEN" "$UP_H2" "" "master_process off;")
+haproxy_cfg "$work/haproxy-h2.cfg" "$LISTEN proto h2" "$UP_H2 proto h2"
 
 command_of() { # contender -> the command line to run under callgrind
     case $1 in
@@ -113,6 +126,9 @@ command_of() { # contender -> the command line to run under callgrind
     trellis-routes) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream 127.0.0.101:80 --control-plane $CONTROL --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
     nginx) echo "nginx -c $NGINX_CONF" ;;
     haproxy) echo "haproxy -db -f $work/haproxy.cfg" ;;
+    trellis-h2) echo "$TARGET/release/proxy gateway --listen $LISTEN --upstream $UP_H2 --admin-listen 127.0.0.1:19991 --concurrency 1" ;;
+    nginx-h2) echo "nginx -c $NGINX_H2_CONF" ;;
+    haproxy-h2) echo "haproxy -db -f $work/haproxy-h2.cfg" ;;
     esac
 }
 
@@ -122,12 +138,20 @@ count() { # contender requests -> total instructions of the process serving them
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "${cmd[@]}" \
         >/dev/null 2>"$work/valgrind.log" &
     local vp=$!
+    local h2=()
+    [[ $1 == *-h2 ]] && h2=(--http2-prior-knowledge)
     for _ in $(seq 1 150); do
-        curl -fso /dev/null "http://$LISTEN/" && break
+        curl -fso /dev/null "${h2[@]}" "http://$LISTEN/" && break
         sleep 0.2
     done
-    hey -n "$2" -c 10 "http://$LISTEN/" > "$work/hey.txt"
-    grep -q "\[200\].*$2 responses" "$work/hey.txt" || { cat "$work/hey.txt" >&2; exit 1; }
+    if [ ${#h2[@]} -gt 0 ]; then
+        h2load -t1 -c1 -m10 -n "$2" "http://$LISTEN/" > "$work/load.txt"
+        grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded" "$work/load.txt" \
+            || { cat "$work/load.txt" >&2; exit 1; }
+    else
+        hey -n "$2" -c 10 "http://$LISTEN/" > "$work/load.txt"
+        grep -q "\[200\].*$2 responses" "$work/load.txt" || { cat "$work/load.txt" >&2; exit 1; }
+    fi
     kill -TERM "$vp"
     wait "$vp" || true
     local ir
@@ -137,14 +161,21 @@ count() { # contender requests -> total instructions of the process serving them
 }
 
 declare -A PER
-for c in trellis trellis-svc trellis-routes nginx haproxy; do
+HTTP1=(trellis trellis-svc trellis-routes nginx haproxy) HTTP2=(trellis-h2 nginx-h2 haproxy-h2)
+for c in "${HTTP1[@]}" "${HTTP2[@]}"; do
     a=$(count "$c" "$N1")
     b=$(count "$c" "$N2")
     PER[$c]=$(( (b - a) / (N2 - N1) ))
 done
+rows() { # reference contender... -> one line each, with the reference's ratio to it
+    local ref=$1 c
+    for c in "$@"; do
+        printf '  %-14s %7s  %s\n' "$c" "${PER[$c]}" \
+            "$(awk -v r="$ref" -v t="${PER[$ref]}" -v p="${PER[$c]}" 'BEGIN { if (p > 0) printf "(%s = %.2fx this)", r, t / p }')"
+    done
+}
 echo "user-space instructions per proxied request (callgrind, one worker, keep-alive; $N1 vs $N2 requests):"
-for c in trellis trellis-svc trellis-routes nginx haproxy; do
-    printf '  %-14s %7s  %s\n' "$c" "${PER[$c]}" \
-        "$(awk -v t="${PER[trellis]}" -v p="${PER[$c]}" 'BEGIN { if (p > 0) printf "(trellis = %.2fx this)", t / p }')"
-done
+rows "${HTTP1[@]}"
+echo "user-space instructions per proxied HTTP/2 stream (callgrind, one worker, h2load -c1 -m10; $N1 vs $N2 streams):"
+rows "${HTTP2[@]}"
 smoke_note

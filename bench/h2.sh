@@ -95,34 +95,7 @@ wait_url() {
     return 1
 }
 
-# h2_nginx_conf DIR LISTEN UPSTREAM: writes DIR/nginx.conf and prints its path; nginx_conf's
-# (bench/lib.sh) set-up with HTTP/2 on both sides. An empty UPSTREAM is the shared upstream: a
-# 1 KiB body, and /slow proxied to the listener that never answers (the rss_Ns figure); otherwise
-# grpc_pass to UPSTREAM over pooled keep-alive connections.
-h2_nginx_conf() {
-    local dir=$1 listen=$2 up=$3 body
-    mkdir -p "$dir"
-    {
-        echo "worker_processes 1; daemon off; pid $dir/nginx.pid; error_log $dir/error.log warn;"
-        echo "events { worker_connections 8192; }"
-        echo "http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
-        echo "  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;"
-        if [ -z "$up" ]; then
-            body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-            echo "  http2_max_concurrent_streams 2048;"
-            echo "  server { listen $listen http2;"
-            echo "    location / { default_type text/plain; return 200 '$body'; }"
-            echo "    location /slow { proxy_pass http://127.0.0.1:$HOLE; proxy_read_timeout 300s; } } }"
-        else
-            echo "  upstream u { server $up; keepalive 256; keepalive_requests 1000000; keepalive_timeout 300s; }"
-            echo "  server { listen $listen http2; location / { grpc_pass grpc://u;"
-            echo "    grpc_read_timeout 300s; grpc_send_timeout 300s; } } }"
-        fi
-    } > "$dir/nginx.conf"
-    echo "$dir/nginx.conf"
-}
-
-start nginx -c "$(h2_nginx_conf "$work/upstream" 127.0.0.1:$UP "")"
+start nginx -c "$(h2_nginx_conf "$work/upstream" 127.0.0.1:$UP "" "$HOLE")"
 wait_url "http://127.0.0.1:$UP/"
 
 declare -A FRONT PROC

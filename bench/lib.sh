@@ -65,6 +65,37 @@ nginx_conf() {
     echo "$dir/nginx.conf"
 }
 
+# h2_nginx_conf DIR LISTEN UPSTREAM [HOLE [GLOBAL]]: writes DIR/nginx.conf and prints its path;
+# nginx_conf's set-up with HTTP/2 on both sides. An empty UPSTREAM is the shared upstream: a 1 KiB
+# body, and, given HOLE, /slow proxied to 127.0.0.1:HOLE (bench/h2.sh's listener that never
+# answers); otherwise grpc_pass to UPSTREAM over pooled keep-alive connections. GLOBAL is added to
+# the main context.
+h2_nginx_conf() {
+    local dir=$1 listen=$2 up=$3 hole=${4:-} global=${5:-} body
+    mkdir -p "$dir"
+    {
+        echo "worker_processes 1; daemon off; $global pid $dir/nginx.pid; error_log $dir/error.log warn;"
+        echo "events { worker_connections 8192; }"
+        echo "http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
+        echo "  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir; uwsgi_temp_path $dir; scgi_temp_path $dir;"
+        if [ -z "$up" ]; then
+            body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+            echo "  http2_max_concurrent_streams 2048;"
+            echo "  server { listen $listen http2;"
+            echo "    location / { default_type text/plain; return 200 '$body'; }"
+            if [ -n "$hole" ]; then
+                echo "    location /slow { proxy_pass http://127.0.0.1:$hole; proxy_read_timeout 300s; }"
+            fi
+            echo "  } }"
+        else
+            echo "  upstream u { server $up; keepalive 256; keepalive_requests 1000000; keepalive_timeout 300s; }"
+            echo "  server { listen $listen http2; location / { grpc_pass grpc://u;"
+            echo "    grpc_read_timeout 300s; grpc_send_timeout 300s; } } }"
+        fi
+    } > "$dir/nginx.conf"
+    echo "$dir/nginx.conf"
+}
+
 # haproxy_cfg FILE LISTEN UPSTREAM: an HTTP-mode HAProxy, one thread, keep-alive and reuse on.
 haproxy_cfg() {
     cat > "$1" <<CFG
