@@ -18,6 +18,7 @@ use crate::mesh::{Mesh, ADMIN_PORT};
 mod grpc;
 mod routes;
 mod services;
+mod sigterm;
 pub use grpc::{call as grpc_call, grpc_calls, grpc_many_streams, grpc_pool, Calls, GRPC};
 pub use routes::{
     fault_abort, fault_delay, gateway, header_match, live_switch, mirror, retries, timeout,
@@ -27,6 +28,7 @@ pub use services::{
     control_plane_down, load_balancing, outlier_detection, scale_down, service_cluster,
     traffic_policy_pool, SERVICES,
 };
+pub use sigterm::sigterm_drain;
 
 /// The demo pods every scenario needs, in creation order.
 pub const TRANSPARENCY: &[&str] = &["green", "client"];

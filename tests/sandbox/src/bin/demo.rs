@@ -108,7 +108,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 25] = [
+    let all: [(&str, Scenario); 26] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("probes under overload", |m| {
@@ -138,6 +138,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
         ("1,000 gRPC streams", scenarios::grpc_many_streams),
         ("gRPC pool", scenarios::grpc_pool),
         ("shutdown", scenarios::shutdown),
+        ("SIGTERM", |m| scenarios::sigterm_drain(m, false)),
     ];
     for (name, f) in all {
         println!();
