@@ -148,20 +148,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bootstrap,
         pod_security,
     } = args;
-    if bootstrap.bootstrap_certs {
+    let bootstrap_client = if bootstrap.bootstrap_certs {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API for certificate bootstrap")?;
-        webhook::bootstrap::run_until_first_success(
-            client,
-            bootstrap,
-            tls_cert.clone(),
-            tls_key.clone(),
-        )
-        .await;
-    }
+        webhook::bootstrap::run_until_first_success(&client, &bootstrap, &tls_cert, &tls_key).await;
+        Some(client)
+    } else {
+        None
+    };
     let cert = webhook::tls::ReloadingCert::load(&tls_cert, &tls_key)?;
     cert.watch(cert_reload_interval);
+    if let Some(client) = bootstrap_client {
+        // Rounds from now on report the certificate the server really serves (CA rotation).
+        webhook::bootstrap::Replica {
+            client,
+            cfg: bootstrap,
+            cert: tls_cert.clone(),
+            key: tls_key.clone(),
+            served: Some(std::sync::Arc::clone(&cert)),
+        }
+        .spawn();
+    }
     let namespaces = pod_security_cache(&pod_security).await;
     let state = webhook::server::AppState::with_namespaces(injector, &limits, namespaces);
     let listener = webhook::server::bind(listen)

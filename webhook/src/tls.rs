@@ -73,6 +73,13 @@ impl ReloadingCert {
         });
     }
 
+    /// The SHA-256 fingerprint (lowercase hex) of the leaf certificate served right now: what this
+    /// replica reports during a CA rotation (see [`crate::bootstrap`]).
+    pub fn fingerprint(&self) -> String {
+        let state = self.state.read().expect("not poisoned");
+        fingerprint(state.1.cert.first().map_or(&[][..], |c| c.as_ref()))
+    }
+
     pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -122,4 +129,24 @@ fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Arc<Certifie
     let mut raw = cert_pem;
     raw.extend_from_slice(&key_pem);
     Ok((raw, Arc::new(certified)))
+}
+
+/// SHA-256 of a DER certificate, lowercase hex (as `openssl x509 -fingerprint -sha256`, without colons).
+pub fn fingerprint(der: &[u8]) -> String {
+    // rustls keeps ring's hash module private; a TLS 1.3 suite's hash provider is the same SHA-256.
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let hash = suite
+        .tls13()
+        .expect("a TLS 1.3 suite")
+        .common
+        .hash_provider
+        .hash(der);
+    hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fingerprint of the first certificate in a PEM text, if there is one.
+pub fn pem_fingerprint(pem: &str) -> Option<String> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .find_map(Result::ok)
+        .map(|c| fingerprint(c.as_ref()))
 }

@@ -104,8 +104,24 @@ async fn two_replicas_agree_on_one_secret_and_patch_the_ca_bundle() {
     );
     // In step already: the next round patches nothing.
     let ca = field("ca.crt");
-    assert!(!bootstrap::ensure_ca_bundle(&client, &cfg, &ca)
-        .await
-        .unwrap());
+    assert_eq!(
+        field("ca-bundle.crt"),
+        ca,
+        "stable: the caBundle trusts ca.crt alone"
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["trellis.dev/ca-rotation"],
+        "stable"
+    );
+    assert_eq!(
+        mwc["metadata"]["annotations"]["trellis.dev/ca-bundle-serial"],
+        "1"
+    );
+    assert_eq!(
+        bootstrap::ensure_ca_bundle(&client, &cfg, &ca, 1)
+            .await
+            .unwrap(),
+        bootstrap::CaBundle::InPlace
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,8 +68,12 @@ fn mwc(bundles: &[Option<&str>]) -> MutatingWebhookConfiguration {
 
 #[test]
 fn ca_bundle_patch_only_touches_drifted_webhooks() {
-    assert_eq!(ca_bundle_patch(&mwc(&[Some("CA"), Some("CA")]), "CA"), None);
-    let patch = ca_bundle_patch(&mwc(&[Some("CA"), None, Some("OLD")]), "CA").unwrap();
+    // Serial 0 is what an unstamped configuration carries.
+    assert_eq!(
+        ca_bundle_patch(&mwc(&[Some("CA"), Some("CA")]), "CA", 0),
+        None
+    );
+    let patch = ca_bundle_patch(&mwc(&[Some("CA"), None, Some("OLD")]), "CA", 3).unwrap();
     let v = serde_json::to_value(&patch).unwrap();
     let paths: Vec<&str> = v
         .as_array()
@@ -83,17 +87,193 @@ fn ca_bundle_patch_only_touches_drifted_webhooks() {
             "/webhooks/1/name",
             "/webhooks/1/clientConfig/caBundle",
             "/webhooks/2/name",
-            "/webhooks/2/clientConfig/caBundle"
+            "/webhooks/2/clientConfig/caBundle",
+            "/metadata/annotations"
         ]
     );
     let mut doc = serde_json::to_value(mwc(&[Some("CA"), None, Some("OLD")])).unwrap();
     json_patch::patch(&mut doc, &patch).unwrap();
     let fixed: MutatingWebhookConfiguration = serde_json::from_value(doc).unwrap();
+    assert_eq!(ca_bundle_serial(&fixed), 3);
     assert_eq!(
-        ca_bundle_patch(&fixed, "CA"),
+        ca_bundle_patch(&fixed, "CA", 3),
         None,
         "after the patch nothing drifts"
     );
+    // A newer serial with the same bundle is stamped, guarded by the resourceVersion read.
+    let mut doc = serde_json::to_value(&fixed).unwrap();
+    doc["metadata"]["resourceVersion"] = json!("7");
+    let fixed: MutatingWebhookConfiguration = serde_json::from_value(doc.clone()).unwrap();
+    let v = serde_json::to_value(ca_bundle_patch(&fixed, "CA", 4).unwrap()).unwrap();
+    assert_eq!(
+        v,
+        json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": "7" },
+            { "op": "add", "path": "/metadata/annotations/trellis.dev~1ca-bundle-serial", "value": "4" },
+        ])
+    );
+}
+
+fn pair(validity_secs: u64) -> CertBundle {
+    generate_valid_for(
+        &dns_names("trellis-webhook", "trellis-system"),
+        Duration::from_secs(validity_secs),
+    )
+    .unwrap()
+}
+
+fn fp(b: &CertBundle) -> String {
+    pem_fingerprint(&b.cert_pem).unwrap()
+}
+
+fn report(fingerprint: &str, at: u64) -> Report {
+    Report {
+        fingerprint: fingerprint.into(),
+        at,
+    }
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[test]
+fn rotation_steps_overlap_the_two_cas() {
+    let validity = Duration::from_secs(300);
+    let old = pair(300);
+    let new = pair(300);
+    let s = Rotation::new(old.clone(), 1000, validity);
+    assert_eq!((s.phase, s.serial, s.renew_after), (Phase::Stable, 1, 1200));
+    assert_eq!(s.trusted, old.ca_pem);
+    // Not due before 2/3 of the validity, unless forced.
+    assert_eq!(s.step(1199, true, TTL), None);
+    assert_eq!(s.step(1200, false, TTL), Some(Step::Begin));
+    let forced = Rotation {
+        forced: true,
+        ..s.clone()
+    };
+    assert_eq!(forced.step(1001, true, TTL), Some(Step::Begin));
+
+    // (1) Trust both; still serve the old pair.
+    let s = s.advance(Step::Begin, 1200, Some(new.clone()), validity, TTL);
+    assert_eq!(
+        (s.phase, s.serial, s.renew_after),
+        (Phase::TrustingNext, 2, 1400)
+    );
+    assert_eq!(s.current, old);
+    assert_eq!(s.trusted, format!("{}{}", old.ca_pem, new.ca_pem));
+    assert!(!s.forced);
+    // Not while the caBundle was only just patched (or is behind).
+    assert_eq!(s.step(1201, false, TTL), None);
+    assert_eq!(s.step(1201, true, TTL), Some(Step::Switch));
+
+    // (2) Serve the new pair; still trust both.
+    let mut s = s.advance(Step::Switch, 1201, None, validity, TTL);
+    assert_eq!((s.phase, s.serial), (Phase::ServingNext, 2));
+    assert_eq!((&s.current, &s.next), (&new, &None));
+    assert_eq!(s.trusted, format!("{}{}", old.ca_pem, new.ca_pem));
+    // Nobody reported yet: wait.
+    assert_eq!(s.step(1202, true, TTL), None);
+    s.serving.insert("a".into(), report(&fp(&new), 1202));
+    s.serving.insert("b".into(), report(&fp(&old), 1195));
+    assert_eq!(
+        s.step(1203, true, TTL),
+        None,
+        "b still serves the old certificate"
+    );
+    s.serving.insert("b".into(), report(&fp(&new), 1203));
+    assert_eq!(s.step(1203, true, TTL), Some(Step::Finish));
+
+    // (3) Trust the new CA alone.
+    let s = s.advance(Step::Finish, 1204, None, validity, TTL);
+    assert_eq!((s.phase, s.serial), (Phase::Stable, 3));
+    assert_eq!(s.trusted, new.ca_pem);
+    assert_eq!(s.step(1399, true, TTL), None);
+    assert_eq!(s.step(1400, true, TTL), Some(Step::Begin));
+}
+
+#[test]
+fn a_vanished_replica_holds_the_rotation_back_for_the_ttl_only() {
+    let old = pair(300);
+    let new = pair(300);
+    let s = Rotation::new(old.clone(), 1000, Duration::from_secs(300)).advance(
+        Step::Begin,
+        1200,
+        Some(new.clone()),
+        Duration::from_secs(300),
+        TTL,
+    );
+    let mut s = s.advance(Step::Switch, 1201, None, Duration::from_secs(300), TTL);
+    s.serving.insert("a".into(), report(&fp(&new), 1210));
+    s.serving.insert("gone".into(), report(&fp(&old), 1190));
+    assert_eq!(
+        s.step(1220, true, TTL),
+        None,
+        "gone's report is 30 s old: still counts"
+    );
+    assert_eq!(s.step(1221, true, TTL), Some(Step::Finish));
+    let s = s.advance(Step::Finish, 1221, None, Duration::from_secs(300), TTL);
+    assert_eq!(
+        s.serving.keys().collect::<Vec<_>>(),
+        ["a"],
+        "stale reports are dropped"
+    );
+    // Reports are refreshed every third of the TTL, and at once when the certificate changes.
+    assert!(!s.report_due("a", &fp(&new), 1219, TTL));
+    assert!(s.report_due("a", &fp(&new), 1220, TTL));
+    assert!(s.report_due("a", &fp(&old), 1211, TTL));
+    assert!(s.report_due("b", &fp(&new), 1211, TTL));
+}
+
+#[test]
+fn the_secret_round_trips_and_an_old_secret_reads_as_stable_and_due() {
+    let old = pair(300);
+    let new = pair(300);
+    let s = Rotation::new(old.clone(), 1000, Duration::from_secs(300)).advance(
+        Step::Begin,
+        1200,
+        Some(new),
+        Duration::from_secs(300),
+        TTL,
+    );
+    let mut with_reports = s.clone();
+    with_reports
+        .serving
+        .insert("trellis-webhook-abc".into(), report("ff", 1200));
+    let secret = with_reports.to_secret("trellis-webhook-tls", "trellis-system");
+    assert_eq!(Rotation::from_secret(&secret).unwrap(), with_reports);
+    let annotations = secret.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations[PHASE_ANNOTATION], "trusting-next");
+    assert_eq!(
+        annotations["serving.trellis.dev/trellis-webhook-abc"],
+        "ff 1200"
+    );
+
+    // What a Trellis without rotation wrote: ca.crt, tls.crt, tls.key and nothing else.
+    let mut legacy = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("trellis-webhook-tls".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    legacy.data = Some(
+        [
+            (CA_KEY, &old.ca_pem),
+            (CERT_KEY, &old.cert_pem),
+            (KEY_KEY, &old.key_pem),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect(),
+    );
+    let r = Rotation::from_secret(&legacy).unwrap();
+    assert_eq!((r.phase, r.serial, r.renew_after), (Phase::Stable, 0, 0));
+    assert_eq!(r.trusted, old.ca_pem);
+    assert_eq!(r.step(5, true, TTL), Some(Step::Begin));
+    // A rotation mid-way with its next pair missing is reported, not guessed at.
+    let mut broken = s.to_secret("trellis-webhook-tls", "trellis-system");
+    broken.data.as_mut().unwrap().remove(NEXT_KEY_KEY);
+    let err = Rotation::from_secret(&broken).unwrap_err().to_string();
+    assert!(err.contains("next-tls.key"), "{err}");
 }
 
 /// A tiny stand-in for the API server: Secrets in one namespace and one webhook configuration.
@@ -129,6 +309,18 @@ async fn fake_api(fake: Arc<Fake>) -> String {
                 }
                 match f.secret.lock().unwrap().clone() {
                     Some(s) => (StatusCode::OK, Json(s)),
+                    None => not_found(),
+                }
+            })
+            .patch(|State(f): State<Arc<Fake>>, body: axum::body::Bytes| async move {
+                // A merge patch (the replica's serving report).
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let mut s = f.secret.lock().unwrap();
+                match s.as_mut() {
+                    Some(doc) => {
+                        json_patch::merge(doc, &patch);
+                        (StatusCode::OK, Json(doc.clone()))
+                    }
                     None => not_found(),
                 }
             }),
@@ -200,17 +392,26 @@ async fn two_replicas_racing_agree_on_one_secret_and_the_ca_bundle_follows() {
     let patched: MutatingWebhookConfiguration =
         serde_json::from_value(fake.mwc.lock().unwrap().clone()).unwrap();
     assert_eq!(
-        ca_bundle_patch(&patched, &a.ca_pem),
+        ca_bundle_patch(&patched, &a.ca_pem, 1),
         None,
-        "caBundle now holds the Secret's CA"
+        "caBundle now holds the Secret's CA, stamped with its serial"
     );
 
     // Drift: someone re-applies the manifests and wipes the caBundle; the next round repairs it.
     *fake.mwc.lock().unwrap() = serde_json::to_value(mwc(&[None])).unwrap();
-    assert!(ensure_ca_bundle(&c2, &cfg, &a.ca_pem).await.unwrap());
-    assert!(
-        !ensure_ca_bundle(&c2, &cfg, &a.ca_pem).await.unwrap(),
+    assert_eq!(
+        ensure_ca_bundle(&c2, &cfg, &a.ca_pem, 1).await.unwrap(),
+        CaBundle::Patched
+    );
+    assert_eq!(
+        ensure_ca_bundle(&c2, &cfg, &a.ca_pem, 1).await.unwrap(),
+        CaBundle::InPlace,
         "no patch when nothing drifted"
+    );
+    // A replica whose Secret is older than the configuration's serial leaves it alone.
+    assert_eq!(
+        ensure_ca_bundle(&c2, &cfg, "OLD", 0).await.unwrap(),
+        CaBundle::Stale
     );
     std::fs::remove_dir_all(dir).ok();
 }
@@ -227,7 +428,7 @@ async fn an_incomplete_secret_is_reported_not_overwritten() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("trellis-system/trellis-webhook-tls") && err.contains("tls.key"),
+        err.contains("trellis-webhook-tls") && err.contains("tls.key"),
         "{err}"
     );
     assert_eq!(*fake.creates.lock().unwrap(), 0);
