@@ -321,3 +321,80 @@ async fn sigterm_keeps_the_outbound_listener_serving_the_app() {
     assert!(logs.contains("drained: no connection left"), "{logs}");
     let _ = std::fs::remove_file(&proxy.log);
 }
+
+/// An HTTP/2 app answering every stream `ok` after `delay`.
+async fn start_h2_app(delay: Duration) -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// HTTP/2 callers are told to leave with a GOAWAY, and the stream in flight at SIGTERM finishes
+/// on the same connection before it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_http2_callers_goaway_and_finishes_their_streams() {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = start_h2_app(Duration::from_millis(1500)).await;
+    let mut px = ProxyProc::gateway(app, &["--drain-time=3s"]).await;
+    let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(s))
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("http://app/slow")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    // Held open on our side: only the proxy can end the connection.
+    let held = send.clone();
+    let slow = tokio::spawn(async move {
+        let r = send.send_request(req).await?;
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    });
+    px.stats()
+        .metric(format!("cluster.{app}.upstream_rq_active"))
+        .eventually_eq(1)
+        .await;
+    sigterm(px.child.id());
+    let (status, body) = slow
+        .await
+        .unwrap()
+        .expect("the stream in flight at SIGTERM");
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+    // The proxy's GOAWAY ends the connection once its last stream is done.
+    let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the HTTP/2 connection is still open after its last stream, though draining"
+    );
+    drop(held);
+    let status = exit_of(&mut px.child, Duration::from_secs(8))
+        .await
+        .expect("no exit after the drain time");
+    assert!(status.success(), "{status}");
+}
