@@ -16,11 +16,9 @@ use kit::http::{get, Client};
 use kit::netns::{Netns, Pair};
 use kit::process::{Proc, Spec};
 use kit::root::require_root;
-use proxyinit::rules::{self, Family, NatState};
-use proxyinit::{Backend, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
-use support::{start_app, start_app_with, ProxyProc};
+use support::{install_proxyinit_rules, listen_in, start_app, start_app_with, ProxyProc};
 
 fn sigterm(pid: u32) {
     let ok = Command::new("kill")
@@ -206,20 +204,6 @@ async fn quitquitquit_cuts_a_sigterm_drain_short() {
         .expect("no exit within 5 s of /quitquitquit");
     assert!(status.success(), "{status}");
     assert!(t0.elapsed() < Duration::from_secs(5));
-}
-
-/// The rules `proxyinit` writes into a fresh pod with its defaults, both families.
-fn install_proxyinit_rules(pod: &Netns) {
-    for family in [Family::V4, Family::V6] {
-        let input = rules::apply_input(&Config::default(), family, &NatState::empty());
-        pod.enter(move || proxyinit::apply::restore(Backend::Nft, family, &input))
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{family:?} rules: {e}"));
-    }
-}
-
-fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
-    TcpListener::from_std(ns.listen(addr.parse().unwrap()).unwrap()).unwrap()
 }
 
 async fn client(ns: &Netns, addr: SocketAddr) -> Client {

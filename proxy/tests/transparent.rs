@@ -14,27 +14,10 @@ use kit::netns::{Netns, Pair};
 use kit::process::{Proc, Spec};
 use kit::root::require_root;
 use kit::stats::Matcher;
-use proxyinit::rules::{self, Family, NatState};
-use proxyinit::{Backend, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
-use support::start_app_with;
-
-/// The rules `proxyinit` writes into a fresh pod with its defaults, both families.
-fn install_proxyinit_rules(pod: &Netns) {
-    for family in [Family::V4, Family::V6] {
-        let input = rules::apply_input(&Config::default(), family, &NatState::empty());
-        pod.enter(move || proxyinit::apply::restore(Backend::Nft, family, &input))
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{family:?} rules: {e}"));
-    }
-}
-
-/// A tokio listener on `addr` inside `ns`.
-fn listen(ns: &Netns, addr: &str) -> TcpListener {
-    TcpListener::from_std(ns.listen(addr.parse().unwrap()).unwrap()).unwrap()
-}
+use support::{install_proxyinit_rules, listen_in, start_app_with};
 
 /// A raw TCP connection to `addr` made from inside `ns`.
 async fn dial(ns: &Netns, addr: SocketAddr) -> TcpStream {
@@ -57,13 +40,13 @@ async fn sidecar_in_a_network_namespace_with_iptables_redirect() {
 
     // The app in the pod, on 8080 (and 8081 for IPv6); an outside HTTP service and a
     // server-speaks-first service in the peer.
-    let app = start_app_with(listen(pod, "0.0.0.0:8080"));
+    let app = start_app_with(listen_in(pod, "0.0.0.0:8080"));
     assert_eq!(app.port(), 8080);
-    let app6 = start_app_with(listen(pod, "[::]:8081"));
+    let app6 = start_app_with(listen_in(pod, "[::]:8081"));
     assert_eq!(app6.port(), 8081);
     let peer_ip = std::net::IpAddr::V4(net.peer_ip());
-    let outside = SocketAddr::new(peer_ip, start_app_with(listen(peer, "0.0.0.0:0")).port());
-    let banner_listener = listen(peer, "0.0.0.0:0");
+    let outside = SocketAddr::new(peer_ip, start_app_with(listen_in(peer, "0.0.0.0:0")).port());
+    let banner_listener = listen_in(peer, "0.0.0.0:0");
     let banner = SocketAddr::new(peer_ip, banner_listener.local_addr().unwrap().port());
     tokio::spawn(async move {
         loop {

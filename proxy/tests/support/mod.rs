@@ -292,3 +292,19 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// The rules `proxyinit` writes into a fresh pod with its defaults, both families.
+pub fn install_proxyinit_rules(pod: &kit::netns::Netns) {
+    use proxyinit::rules::{self, Family, NatState};
+    for family in [Family::V4, Family::V6] {
+        let input = rules::apply_input(&proxyinit::Config::default(), family, &NatState::empty());
+        pod.enter(move || proxyinit::apply::restore(proxyinit::Backend::Nft, family, &input))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{family:?} rules: {e}"));
+    }
+}
+
+/// A tokio listener on `addr` inside `ns`.
+pub fn listen_in(ns: &kit::netns::Netns, addr: &str) -> TcpListener {
+    TcpListener::from_std(ns.listen(addr.parse().unwrap()).unwrap()).unwrap()
+}
