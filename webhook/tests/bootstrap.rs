@@ -2,31 +2,11 @@
 //! real kube client): two replicas starting at once end up with one Secret, the same serving pair
 //! on disk, and the MutatingWebhookConfiguration's caBundle patched once.
 
-use base64::Engine as _;
-use kit::apiserver::{ApiServer, Gvr, Options, ResourceDef, DEFAULT_RESOURCES};
-use serde::Deserialize as _;
-use webhook::bootstrap::{self, BootstrapConfig};
+mod support;
 
-const SECRETS: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "",
-        version: "v1",
-        plural: "secrets",
-    },
-    kind: "Secret",
-    namespaced: true,
-    status: false,
-};
-const MWCS: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "admissionregistration.k8s.io",
-        version: "v1",
-        plural: "mutatingwebhookconfigurations",
-    },
-    kind: "MutatingWebhookConfiguration",
-    namespaced: false,
-    status: false,
-};
+use base64::Engine as _;
+use support::{MWCS, SECRETS};
+use webhook::bootstrap::{self, BootstrapConfig};
 
 fn config() -> BootstrapConfig {
     BootstrapConfig {
@@ -37,21 +17,7 @@ fn config() -> BootstrapConfig {
 
 #[tokio::test]
 async fn two_replicas_agree_on_one_secret_and_patch_the_ca_bundle() {
-    let mut resources = DEFAULT_RESOURCES.to_vec();
-    resources.extend([SECRETS, MWCS]);
-    let api = ApiServer::with_options(Options {
-        resources,
-        ..Options::default()
-    })
-    .unwrap();
-    // The MutatingWebhookConfiguration as `kubectl apply -k manifests/` creates it.
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../manifests/mutatingwebhookconfiguration.yaml"),
-    )
-    .unwrap();
-    let mwc = serde_json::Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
-    api.create(&mwc).unwrap();
+    let api = support::api_with_webhook_configuration();
 
     let client = api.client();
     let cfg = config();

@@ -4,40 +4,21 @@
 //! holds at that moment handshakes with both replicas every 50 ms throughout; not one handshake
 //! may fail.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use kit::apiserver::{ApiServer, Gvr, Options, ResourceDef, DEFAULT_RESOURCES};
+use kit::apiserver::ApiServer;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName};
-use serde::Deserialize as _;
 use serde_json::Value;
+use support::{MWCS, SECRETS};
 use webhook::bootstrap::{self, BootstrapConfig, Replica};
 use webhook::tls::{pem_fingerprint, ReloadingCert};
-
-const SECRETS: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "",
-        version: "v1",
-        plural: "secrets",
-    },
-    kind: "Secret",
-    namespaced: true,
-    status: false,
-};
-const MWCS: ResourceDef = ResourceDef {
-    gvr: Gvr {
-        group: "admissionregistration.k8s.io",
-        version: "v1",
-        plural: "mutatingwebhookconfigurations",
-    },
-    kind: "MutatingWebhookConfiguration",
-    namespaced: false,
-    status: false,
-};
 
 const SERVER_NAME: &str = "trellis-webhook.trellis-system.svc";
 
@@ -118,22 +99,7 @@ async fn serve(cert: Arc<ReloadingCert>) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_rotate_twice_and_no_handshake_fails() {
-    let mut resources = DEFAULT_RESOURCES.to_vec();
-    resources.extend([SECRETS, MWCS]);
-    let api = Arc::new(
-        ApiServer::with_options(Options {
-            resources,
-            ..Options::default()
-        })
-        .unwrap(),
-    );
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../manifests/mutatingwebhookconfiguration.yaml"),
-    )
-    .unwrap();
-    let mwc = Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
-    api.create(&mwc).unwrap();
+    let api = Arc::new(support::api_with_webhook_configuration());
 
     let dir = std::env::temp_dir().join(kit::netns::unique_name("rotation"));
     let mut addrs = Vec::new();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kit::apiserver::{Gvr, ResourceDef};
 use kit::http::Client;
 use webhook::bootstrap::{dns_names, generate, write_files, CertBundle};
 use webhook::server::{router, serve, AppState, ServeLimits};
@@ -112,4 +113,50 @@ pub async fn tls_stream(
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(HOST.try_into().unwrap(), tcp)
         .await
+}
+
+/// Secrets, for the certificate bootstrap.
+pub const SECRETS: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+    },
+    kind: "Secret",
+    namespaced: true,
+    status: false,
+};
+/// MutatingWebhookConfigurations, for the caBundle.
+pub const MWCS: ResourceDef = ResourceDef {
+    gvr: Gvr {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        plural: "mutatingwebhookconfigurations",
+    },
+    kind: "MutatingWebhookConfiguration",
+    namespaced: false,
+    status: false,
+};
+
+/// An API server double that serves Secrets and MutatingWebhookConfigurations besides its
+/// defaults, holding `trellis-sidecar-injector` as `kubectl apply -k manifests/` creates it (the
+/// certificate bootstrap's world).
+pub fn api_with_webhook_configuration() -> kit::apiserver::ApiServer {
+    use kit::apiserver::{ApiServer, Options, DEFAULT_RESOURCES};
+    use serde::Deserialize as _;
+    let mut resources = DEFAULT_RESOURCES.to_vec();
+    resources.extend([SECRETS, MWCS]);
+    let api = ApiServer::with_options(Options {
+        resources,
+        ..Options::default()
+    })
+    .unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/mutatingwebhookconfiguration.yaml"),
+    )
+    .unwrap();
+    let mwc = serde_json::Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
+    api.create(&mwc).unwrap();
+    api
 }
