@@ -40,7 +40,10 @@ pub struct Config {
     /// of) a request head, is closed.
     #[arg(long, env = "TRELLIS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// On SIGTERM or `/quitquitquit`, how long in-flight requests may take to finish.
+    /// On SIGTERM, how long inbound listeners keep serving (answering with `connection: close`
+    /// on HTTP/1 and GOAWAY on HTTP/2) while endpoints stop sending; after it the proxy exits as
+    /// soon as no connection is left, within max(drain time, 30s). Outbound serves the app
+    /// throughout. `/quitquitquit` and SIGINT stop every listener at once.
     #[arg(long, env = "TRELLIS_DRAIN_TIME", default_value = "5s", value_parser = parse_duration)]
     pub drain_time: Duration,
 
