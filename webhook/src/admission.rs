@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::echo;
-use crate::inject::{self, Outcome};
+use crate::inject::{self, Outcome, Refusal};
 use crate::injector::InjectorConfig;
 use crate::namespaces::{self, Enforcement};
 use crate::pod::PodView;
@@ -173,22 +173,9 @@ pub fn review_in(
         Verdict::Skipped("not_create")
     } else if let Some(object) = req.object.filter(|o| o.get() != "null") {
         let pod: PodView = serde_json::from_str(object.get()).map_err(ReviewError::Pod)?;
-        match inject::inject(&pod, cfg) {
-            Outcome::Inject { .. }
-                if let Some(message) = req
-                    .namespace
-                    .as_deref()
-                    .and_then(|ns| namespaces::refusal(ns, &pod_security(ns))) =>
-            {
-                out.allowed = false;
-                out.status = Some(StatusOut {
-                    code: 403,
-                    status: "Failure",
-                    reason: "Forbidden",
-                    message: format!("trellis: pod refused: {message}"),
-                });
-                Verdict::Denied(POD_SECURITY)
-            }
+        let namespace = req.namespace.as_deref();
+        let veto = || namespace.and_then(|ns| namespaces::refusal(ns, &pod_security(ns)));
+        match inject::inject_unless(&pod, cfg, &veto) {
             Outcome::Inject { patch, warnings } => {
                 out.warnings.extend(warnings);
                 let bytes = serde_json::to_vec(&patch).expect("patch serializes");
@@ -201,14 +188,18 @@ pub fn review_in(
                 Verdict::Skipped(reason.as_str())
             }
             Outcome::Deny(e) => {
+                let (code, reason, verdict) = match e {
+                    Refusal::Forbidden(_) => (403, "Forbidden", POD_SECURITY),
+                    _ => (400, "BadRequest", ""),
+                };
                 out.allowed = false;
                 out.status = Some(StatusOut {
-                    code: 400,
+                    code,
                     status: "Failure",
-                    reason: "BadRequest",
+                    reason,
                     message: format!("trellis: pod refused: {e}"),
                 });
-                Verdict::Denied("")
+                Verdict::Denied(verdict)
             }
         }
     } else {

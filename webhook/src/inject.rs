@@ -81,6 +81,10 @@ pub enum Refusal {
     /// An app port the sidecar itself listens on (its admin or capture ports).
     #[error("trellis: the pod's ports clash with the sidecar's: {0}")]
     Ports(#[from] config::ConfigError),
+    /// The namespace forbids what injection adds (its Pod Security level and `proxyinit`'s
+    /// capabilities): the veto's message, answered with 403 rather than 400.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// What `trellis.dev/status` records: what was injected, for idempotency and removal.
@@ -96,6 +100,16 @@ pub struct Status {
 
 /// Decides for `pod` and, when injecting, builds the patch.
 pub fn inject(pod: &PodView, cfg: &InjectorConfig) -> Outcome {
+    inject_unless(pod, cfg, &|| None)
+}
+
+/// [`inject`], where `veto` is asked once the pod would be injected, before the patch is built:
+/// a message refuses the pod ([`Refusal::Forbidden`]) and no patch is built for nothing.
+pub fn inject_unless(
+    pod: &PodView,
+    cfg: &InjectorConfig,
+    veto: &dyn Fn() -> Option<String>,
+) -> Outcome {
     let empty = BTreeMap::new();
     let pod_annotations = pod.annotations().map_or(&empty, |a| &a.trellis);
     let skip = |reason| Outcome::Skip {
@@ -144,6 +158,9 @@ pub fn inject(pod: &PodView, cfg: &InjectorConfig) -> Outcome {
     }
     if let Err(e) = proxyinit_config(pod, cfg, &settings).validate() {
         return Outcome::Deny(e.into());
+    }
+    if let Some(message) = veto() {
+        return Outcome::Deny(Refusal::Forbidden(message));
     }
     let probes = if settings.rewrite_probes == Some(false) {
         ProbeRewrite::default()
