@@ -5,68 +5,14 @@
 mod support;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use support::{connect, temp_dir, testdata};
-use webhook::bootstrap::{dns_names, generate, write_files, CertBundle};
+use support::{connect, free_port, serve_binary, testdata, Binary};
 
-/// A `webhook serve` process; killed on drop if still running.
-struct Serving {
-    child: Child,
-    bundle: CertBundle,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A free TCP port on every address (bound on the unspecified address and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the binary with a fresh certificate and `args`, and waits (at most 10 s) until
-/// `/healthz` answers on `probe`.
-async fn serve(tag: &str, args: &[String], probe: SocketAddr) -> Serving {
-    let dir = temp_dir(tag);
-    let bundle = generate(&dns_names("trellis-webhook", "trellis-system")).unwrap();
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    write_files(&bundle, &cert, &key).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook"))
-        .arg("serve")
-        .arg(format!("--tls-cert={}", cert.display()))
-        .arg(format!("--tls-key={}", key.display()))
-        .args(args)
-        .env_remove("TRELLIS_LISTEN")
-        .env_remove("TRELLIS_SHUTDOWN_GRACE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the webhook binary runs");
-    let s = Serving { child, bundle, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = connect(probe, &s.bundle.ca_pem).await {
-            if c.get("/healthz").await.is_ok_and(|r| r.status == 200) {
-                return s;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "webhook on {probe} never answered /healthz"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The binary without an API server, with `args`, answering on `probe`.
+async fn serve(tag: &str, args: &[String], probe: SocketAddr) -> Binary {
+    serve_binary(tag, None, args, probe).await
 }
 
 fn sigterm(child: &Child) {

@@ -8,83 +8,21 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kit::apiserver::{ApiServer, NAMESPACES};
 use kit::golden;
 use serde_json::{json, Value};
-use support::{connect, temp_dir, testdata};
-use webhook::bootstrap::{dns_names, generate, write_files, CertBundle};
+use support::{connect, free_port, serve_binary, testdata, Binary as Serving};
 
 const ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 
-/// A `webhook serve` process; killed on drop if still running.
-struct Serving {
-    child: Child,
-    bundle: CertBundle,
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the binary with `kubeconfig` as its `KUBECONFIG` and `args`; waits (at most 10 s)
-/// until `/healthz` answers.
+/// The binary on a loopback port, its `KUBECONFIG` set to `kubeconfig`, with `args`.
 async fn serve(tag: &str, kubeconfig: &str, args: &[&str]) -> Serving {
-    let dir = temp_dir(tag);
-    let bundle = generate(&dns_names("trellis-webhook", "trellis-system")).unwrap();
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    write_files(&bundle, &cert, &key).unwrap();
-    let kc = dir.join("kubeconfig");
-    std::fs::write(&kc, kubeconfig).unwrap();
-    let port = free_port();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook"))
-        .arg("serve")
-        .arg(format!("--tls-cert={}", cert.display()))
-        .arg(format!("--tls-key={}", key.display()))
-        .arg(format!("--listen={addr}"))
-        .args(args)
-        .env("KUBECONFIG", &kc)
-        .env_remove("TRELLIS_POD_SECURITY_CHECK")
-        .env_remove("TRELLIS_POD_SECURITY_DEFAULT_ENFORCE")
-        .env_remove("TRELLIS_BOOTSTRAP_CERTS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the webhook binary runs");
-    let s = Serving {
-        child,
-        bundle,
-        dir,
-        addr,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = connect(addr, &s.bundle.ca_pem).await {
-            if c.get("/healthz").await.is_ok_and(|r| r.status == 200) {
-                return s;
-            }
-        }
-        assert!(Instant::now() < deadline, "webhook never answered /healthz");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut all = vec![format!("--listen={addr}")];
+    all.extend(args.iter().map(|a| a.to_string()));
+    serve_binary(tag, Some(kubeconfig), &all, addr).await
 }
 
 fn namespace(name: &str, labels: Value) -> Value {

@@ -2,10 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kit::apiserver::{Gvr, ResourceDef};
 use kit::http::Client;
@@ -159,4 +160,83 @@ pub fn api_with_webhook_configuration() -> kit::apiserver::ApiServer {
     let mwc = serde_json::Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
     api.create(&mwc).unwrap();
     api
+}
+
+/// A `webhook serve` process started by [`serve_binary`]; killed on drop if still running.
+pub struct Binary {
+    pub child: Child,
+    pub bundle: CertBundle,
+    pub dir: PathBuf,
+    /// Where it answered `/healthz`.
+    pub addr: SocketAddr,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free TCP port on every address (bound on the unspecified address and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the real binary (`webhook serve`) with a fresh certificate, `args`, and `kubeconfig`
+/// as its `KUBECONFIG` (none: no API server), none of the `TRELLIS_*` settings of the calling
+/// environment; waits (at most 10 s) until `/healthz` answers on `probe`.
+pub async fn serve_binary(
+    tag: &str,
+    kubeconfig: Option<&str>,
+    args: &[String],
+    probe: SocketAddr,
+) -> Binary {
+    let dir = temp_dir(tag);
+    let bundle = generate(&dns_names("trellis-webhook", "trellis-system")).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    write_files(&bundle, &cert, &key).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhook"));
+    cmd.arg("serve")
+        .arg(format!("--tls-cert={}", cert.display()))
+        .arg(format!("--tls-key={}", key.display()))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRELLIS_") {
+            cmd.env_remove(name);
+        }
+    }
+    if let Some(kubeconfig) = kubeconfig {
+        let kc = dir.join("kubeconfig");
+        std::fs::write(&kc, kubeconfig).unwrap();
+        cmd.env("KUBECONFIG", &kc);
+    }
+    let child = cmd.spawn().expect("the webhook binary runs");
+    let s = Binary {
+        child,
+        bundle,
+        dir,
+        addr: probe,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = connect(probe, &s.bundle.ca_pem).await {
+            if c.get("/healthz").await.is_ok_and(|r| r.status == 200) {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhook on {probe} never answered /healthz"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
