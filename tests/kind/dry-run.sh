@@ -10,7 +10,10 @@
 #   2. the holding load exits early (as fortio does without -allow-initial-errors): run.sh must fail
 #      and say the load stopped before the sample;
 #   3. IMAGE with a registry port and a digest: the overlay pins it by digest;
-#   4. a webhook that injects the default image whatever IMAGE is: run.sh must fail.
+#   4. a webhook that injects the default image whatever IMAGE is: run.sh must fail;
+#   5-7. issue 16 items 4 and 7 (run 1 checks their commands): a pod refused during the forced CA
+#      rotation, a rotation that never completes, a pod admitted in a namespace enforcing Pod
+#      Security baseline: run.sh must fail, saying which.
 # Run by `cargo test -p sandbox --test kind_dry_run` (so by `make test`) and by hand.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,8 +65,60 @@ args=" $* "
 env_value() {
     grep -A1 -F "name: $1" "$STUB_STATE/applied-install.yaml" 2>/dev/null | sed -n 's/^ *value: //p' | head -1
 }
+# Item 7: the Secret's rotation, one step per read once annotated (rotation = reads since then).
+rotation_file=$STUB_STATE/rotation
+rotation() { if [ -e "$rotation_file" ]; then cat "$rotation_file"; else echo -1; fi; }
+one_ca() { printf -- '-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n' "$1" | base64 | tr -d '\n'; }
 case "$args" in
 " kustomize "*) exec "$real_kubectl" "$@" ;;
+# Item 4: namespace trellis-psa enforces baseline until relabelled privileged.
+*" label namespace trellis-psa pod-security.kubernetes.io/enforce=privileged "*) touch "$STUB_STATE/psa-privileged" ;;
+*" label namespace trellis-psa pod-security.kubernetes.io/enforce=restricted "*) touch "$STUB_STATE/psa-restricted" ;;
+*" -n trellis-psa run psa-bare "*)
+    if [ "${STUB_PSA:-refuse}" = admit ]; then
+        echo 'pod/psa-bare created'
+        exit 0
+    fi
+    level=baseline
+    if [ -e "$STUB_STATE/psa-restricted" ]; then level=restricted; fi
+    echo 'Error from server (Forbidden): admission webhook "sidecar-injector.trellis.dev" denied the request: trellis: pod refused: namespace "trellis-psa" enforces Pod Security level "'"$level"'" (label pod-security.kubernetes.io/enforce='"$level"'), which forbids the capabilities NET_ADMIN and NET_RAW that the injected init container proxyinit needs (as root) to redirect the pod'"'"'s traffic; Pod Security admission runs after this webhook and would reject the injected pod. To mesh this namespace: kubectl label namespace trellis-psa pod-security.kubernetes.io/enforce=privileged --overwrite.' >&2
+    exit 1
+    ;;
+*" -n trellis-psa get events "*"reason=FailedCreate"*)
+    echo 'ReplicaSet Error creating: admission webhook "sidecar-injector.trellis.dev" denied the request: trellis: pod refused: namespace "trellis-psa" enforces Pod Security level "baseline" (label pod-security.kubernetes.io/enforce=baseline), which forbids [...] To mesh this namespace: kubectl label namespace trellis-psa pod-security.kubernetes.io/enforce=privileged --overwrite.'
+    ;;
+*" -n trellis-psa get pods "*"jsonpath"*)
+    if [ -e "$STUB_STATE/psa-privileged" ]; then echo 'psa-app-7d9f-x2k4q|proxyinit|true true'; fi
+    ;;
+*" auth can-i watch namespaces "*) echo yes ;;
+*" auth can-i "*)
+    echo no
+    exit 1
+    ;;
+*" annotate secret trellis-webhook-tls trellis.dev/rotate=now "*) echo 0 >"$rotation_file" ;;
+*" get secret trellis-webhook-tls "*)
+    n=$(rotation)
+    if [ "$n" -ge 0 ] && [ "${STUB_ROTATION:-complete}" != stuck ]; then
+        n=$((n + 1))
+        echo "$n" >"$rotation_file"
+    fi
+    case "$n" in
+    -1 | 0) printf 'stable|1|' ;;
+    1) printf 'trusting-next|2|' ;;
+    2) printf 'serving-next|2|' ;;
+    *) printf 'stable|3|' ;;
+    esac
+    ;;
+*" get mutatingwebhookconfiguration "*"ca-bundle-serial"*)
+    if [ "$(rotation)" -ge 3 ]; then printf '3|%s' "$(one_ca new)"; else printf '1|%s' "$(one_ca old)"; fi
+    ;;
+*" run rotation-"*" --dry-run=server "*)
+    if [ "${STUB_ROTATION:-complete}" = refuse ] && [ "$(rotation)" -ge 1 ]; then
+        echo 'Error from server (InternalError): Internal error occurred: failed calling webhook "sidecar-injector.trellis.dev": tls: failed to verify certificate: x509: certificate signed by unknown authority' >&2
+        exit 1
+    fi
+    printf 'proxyinit'
+    ;;
 *" apply -k "*)
     dir=""
     prev=""
@@ -174,6 +229,32 @@ check "the webhook injects IMAGE as proxy and proxyinit" \
 check "the demo apps run IMAGE" grep -qxF '        image: registry.example/trellis:dry' "$demo"
 check "run.sh checks the injected images" grep -qF 'proxyinit [registry.example/trellis:dry] proxy [registry.example/trellis:dry]' "$work/ok.out"
 
+# Item 4: a namespace enforcing Pod Security baseline.
+check "the Pod Security namespace is labelled for injection and enforce=baseline" \
+    grep -qE '^kubectl .* label namespace trellis-psa sidecarInjectorWebhook=enabled pod-security.kubernetes.io/enforce=baseline( |$)' "$log"
+check "run.sh shows kubectl's 403 from the webhook for a bare pod" \
+    grep -qF 'kubectl run (baseline): Error from server (Forbidden): admission webhook "sidecar-injector.trellis.dev" denied the request' "$work/ok.out"
+check "and for restricted" grep -qF 'denied the request: trellis: pod refused: namespace "trellis-psa" enforces Pod Security level "restricted"' "$work/ok.out"
+check "a Deployment is created there" grep -qE '^kubectl .* -n trellis-psa create deployment psa-app ' "$log"
+check "run.sh shows the ReplicaSet's FailedCreate event with the webhook's message" \
+    grep -qF 'event: ReplicaSet Error creating: admission webhook "sidecar-injector.trellis.dev" denied the request: trellis: pod refused: namespace "trellis-psa" enforces Pod Security level "baseline"' "$work/ok.out"
+check "the webhook's right to watch namespaces is checked" grep -qE '^kubectl .* auth can-i watch namespaces --as=system:serviceaccount:trellis-system:trellis-webhook' "$log"
+check "then the namespace is relabelled privileged and the Deployment rolls out" \
+    grep -qE '^kubectl .* -n trellis-psa rollout status deploy/psa-app ' "$log"
+check "run.sh sees psa-app injected after relabelling" grep -qF 'after relabelling: psa-app-7d9f-x2k4q|proxyinit|true true' "$work/ok.out"
+# Item 7: a forced CA rotation with pods created throughout.
+env_in() { grep -A1 -F "name: $1" "$install" | sed -n 's/^ *value: //p'; }
+check "the install overlay sets the webhook's --bootstrap-interval to 5s" test "$(env_in TRELLIS_BOOTSTRAP_INTERVAL)" = 5s
+check "... and its --serving-report-ttl to 30s" test "$(env_in TRELLIS_SERVING_REPORT_TTL)" = 30s
+check "the rotation is forced with trellis.dev/rotate=now" \
+    grep -qE '^kubectl .* -n trellis-system annotate secret trellis-webhook-tls trellis.dev/rotate=now' "$log"
+check "pods go through the webhook during the rotation (server-side dry run)" \
+    test "$(grep -cE '^kubectl .* -n demo run rotation-[0-9]+ .*--dry-run=server' "$log")" -ge 3
+check "run.sh follows the rotation to its end with no pod refused" \
+    grep -qF 'phases seen: trusting-next serving-next stable; pods admitted 3, refused 0' "$work/ok.out"
+check "run.sh reads the caBundle's serial and CAs before and after" \
+    grep -qF 'after: Secret stable|3|, caBundle serial 3 with 1 CA(s)' "$work/ok.out"
+
 echo "== dry run 2: the holding load stops early"
 run abort STUB_HOLD=abort
 check "run.sh fails (rc $rc)" test "$rc" -ne 0
@@ -195,6 +276,22 @@ run inject IMAGE=registry.example/trellis:dry STUB_INJECT=default
 check "run.sh fails (rc $rc)" test "$rc" -ne 0
 check "it says the injected containers do not run IMAGE" \
     grep -qF 'some injected containers do not run IMAGE=registry.example/trellis:dry' "$work/inject.out"
+
+echo "== dry run 5: a pod is refused during the CA rotation"
+run refuse IMAGE=registry.example/trellis:dry STUB_ROTATION=refuse
+check "run.sh fails (rc $rc)" test "$rc" -ne 0
+check "it shows the refusal" grep -qF 'x509: certificate signed by unknown authority' "$work/refuse.out"
+check "it says pods were refused during the rotation" grep -qF 'pod(s) refused during the CA rotation' "$work/refuse.out"
+
+echo "== dry run 6: the rotation never completes"
+run stuck IMAGE=registry.example/trellis:dry STUB_ROTATION=stuck ROTATION_TIMEOUT=3
+check "run.sh fails (rc $rc)" test "$rc" -ne 0
+check "it says the rotation did not complete" grep -qF 'the rotation did not complete within 3 rounds' "$work/stuck.out"
+
+echo "== dry run 7: a pod in a baseline namespace is admitted"
+run psa IMAGE=registry.example/trellis:dry STUB_PSA=admit
+check "run.sh fails (rc $rc)" test "$rc" -ne 0
+check "it says the bare pod was admitted" grep -qF 'a bare pod in trellis-psa (enforce=baseline) was admitted' "$work/psa.out"
 
 if [ "$failures" -ne 0 ]; then
     echo "tests/kind dry run: $failures check(s) failed" >&2

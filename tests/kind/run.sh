@@ -2,7 +2,9 @@
 # make e2e-kind: Trellis on a real cluster, from namespace label to 503.
 # Needs docker, kind and kubectl (see README.md here). Creates the kind cluster $CLUSTER, builds and
 # loads our image (the nodes pull fortio themselves), installs Trellis, deploys the demo and a fortio client, checks the injection and
-# the inbound/outbound pools, and deletes the cluster on exit (KEEP=1 keeps it).
+# the inbound/outbound pools, the webhook's refusal in a namespace enforcing Pod Security baseline
+# (issue 16, item 4) and a forced CA rotation with pods created throughout (item 7), and deletes the
+# cluster on exit (KEEP=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,6 +15,14 @@ KEEP=${KEEP:-0}
 # where the digest comes from). NODE_IMAGE= runs another version.
 NODE_IMAGE=${NODE_IMAGE:-kindest/node:v1.33.1@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f}
 NS=demo
+# Item 4: the namespace that enforces Pod Security baseline.
+PSA_NS=trellis-psa
+# Item 7: the webhook's --bootstrap-interval in this run (one rotation step per round; default 60s)
+# and its --serving-report-ttl, so a forced CA rotation completes in well under a minute; and how
+# many one-second rounds of pod creation to wait for it.
+BOOTSTRAP_INTERVAL=${BOOTSTRAP_INTERVAL:-5s}
+SERVING_REPORT_TTL=${SERVING_REPORT_TTL:-30s}
+ROTATION_TIMEOUT=${ROTATION_TIMEOUT:-180}
 DEFAULT_IMAGE=ghcr.io/trellis-mesh/trellis
 
 for tool in docker kind kubectl; do
@@ -79,7 +89,32 @@ image_overlay() { # image_overlay <name> <base>: $overlays/<name>, a kustomizati
         if [ -n "$digest" ]; then echo "    digest: $digest"; else echo "    newTag: $tag"; fi
     } >"$dir/kustomization.yaml"
 }
+# The install overlay also sets the webhook's rotation pace for this run (item 7).
+rotation_pace() { # rotation_pace <name>: adds to $overlays/<name> a patch of the webhook's env
+    cat >>"$overlays/$1/kustomization.yaml" <<EOF
+patches:
+  - target:
+      kind: Deployment
+      name: trellis-webhook
+    patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: trellis-webhook
+      spec:
+        template:
+          spec:
+            containers:
+              - name: webhook
+                env:
+                  - name: TRELLIS_BOOTSTRAP_INTERVAL
+                    value: "$BOOTSTRAP_INTERVAL"
+                  - name: TRELLIS_SERVING_REPORT_TTL
+                    value: "$SERVING_REPORT_TTL"
+EOF
+}
 image_overlay install manifests
+rotation_pace install
 image_overlay demo manifests/demo
 # Unless IMAGE is the default, nothing we apply may still name the default image.
 for o in install demo; do
@@ -209,5 +244,125 @@ c503=$(echo "$res" | sed -n 's/.*"503":\([0-9]*\).*/\1/p')
 client_stats=$(k -n "$NS" exec deploy/client -c proxy -- curl -s localhost:9901/stats)
 grep -E 'upstream_rq_pending_overflow: [1-9]' <<<"$client_stats" ||
     fail "no upstream_rq_pending_overflow on the client's sidecar"
+
+step "Pod Security (issue 16, item 4): namespace $PSA_NS labelled sidecarInjectorWebhook=enabled and enforce=baseline"
+# Pod Security admission runs after mutation and would reject proxyinit's NET_ADMIN/NET_RAW with a
+# message about capabilities nobody asked for; the webhook refuses first, saying why and what to do.
+k create namespace "$PSA_NS"
+k label namespace "$PSA_NS" sidecarInjectorWebhook=enabled pod-security.kubernetes.io/enforce=baseline --overwrite
+psa_message="namespace \"$PSA_NS\" enforces Pod Security level \"baseline\""
+# A bare pod: kubectl itself prints the webhook's 403. The webhook learns the namespace's labels
+# from its watch of Namespaces, moments after they are set (before that it injects, and Pod
+# Security's own refusal comes back instead): try again for up to 20 s.
+bare_pod_refused() { # bare_pod_refused <level>: kubectl run in $PSA_NS must get the webhook's 403 naming <level>
+    local want="namespace \"$PSA_NS\" enforces Pod Security level \"$1\"" out=""
+    for _ in $(seq 10); do
+        if out=$(k -n "$PSA_NS" run psa-bare --image="$IMAGE" --restart=Never --command -- sleep 3600 2>&1); then
+            fail "a bare pod in $PSA_NS (enforce=$1) was admitted: $out"
+        fi
+        grep -qF "$want" <<<"$out" && break
+        sleep 2
+    done
+    echo "  kubectl run ($1): $out"
+    grep -qF 'admission webhook "sidecar-injector.trellis.dev" denied the request' <<<"$out" ||
+        fail "the bare pod was refused, but not by the webhook: $out"
+    grep -qF "$want" <<<"$out" || fail "the refusal does not name the Pod Security level $1: $out"
+}
+bare_pod_refused baseline
+# A Deployment: accepted; its ReplicaSet's FailedCreate event carries the webhook's message.
+k -n "$PSA_NS" create deployment psa-app --image="$IMAGE" -- sleep 3600
+event=""
+for _ in $(seq 60); do
+    event=$(k -n "$PSA_NS" get events --field-selector reason=FailedCreate \
+        -o jsonpath='{range .items[*]}{.involvedObject.kind}{" "}{.message}{"\n"}{end}' 2>/dev/null |
+        grep -F "$psa_message" | head -1 || true)
+    [ -n "$event" ] && break
+    sleep 2
+done
+[ -n "$event" ] || fail "no FailedCreate event in $PSA_NS carries the webhook's message ($psa_message)"
+echo "  event: $event"
+[[ $event == ReplicaSet\ * ]] || fail "the FailedCreate event is not the ReplicaSet's: $event"
+grep -qF 'label namespace' <<<"$event" || fail "the event does not say what to do: $event"
+psa_pods=$(k -n "$PSA_NS" get pods -o name)
+[ -z "$psa_pods" ] || fail "pods appeared in $PSA_NS while it enforces baseline: $psa_pods"
+# The webhook may watch namespaces (its Pod Security cache) and do nothing else with them.
+[ "$(k auth can-i watch namespaces --as=system:serviceaccount:trellis-system:trellis-webhook)" = yes ] ||
+    fail "the webhook's ServiceAccount may not watch namespaces"
+if [ "$(k auth can-i update namespaces --as=system:serviceaccount:trellis-system:trellis-webhook || true)" != no ]; then
+    fail "the webhook's ServiceAccount may update namespaces"
+fi
+# restricted is refused the same way.
+k label namespace "$PSA_NS" pod-security.kubernetes.io/enforce=restricted --overwrite
+bare_pod_refused restricted
+# The first remedy of the message: label the namespace privileged. The ReplicaSet retries by itself.
+k label namespace "$PSA_NS" pod-security.kubernetes.io/enforce=privileged --overwrite
+k -n "$PSA_NS" rollout status deploy/psa-app --timeout=300s
+psa_pod=$(k -n "$PSA_NS" get pods -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.spec.initContainers[*].name}{"|"}{.status.containerStatuses[*].ready}{"\n"}{end}' | head -1)
+echo "  after relabelling: $psa_pod"
+[[ $psa_pod == *"|proxyinit|true true" ]] || fail "psa-app's pod is not injected 2/2 after relabelling: $psa_pod"
+k delete namespace "$PSA_NS" --wait=false
+
+step "CA rotation (issue 16, item 7): kubectl annotate secret trellis-webhook-tls trellis.dev/rotate=now, pods created throughout"
+secret_state() { # phase|serial|rotate annotation of the webhook's Secret
+    k -n trellis-system get secret trellis-webhook-tls \
+        -o jsonpath='{.metadata.annotations.trellis\.dev/ca-rotation}{"|"}{.metadata.annotations.trellis\.dev/ca-bundle-serial}{"|"}{.metadata.annotations.trellis\.dev/rotate}'
+}
+bundle_state() { # serial|caBundle (base64) of trellis-sidecar-injector
+    k get mutatingwebhookconfiguration trellis-sidecar-injector \
+        -o jsonpath='{.metadata.annotations.trellis\.dev/ca-bundle-serial}{"|"}{.webhooks[0].clientConfig.caBundle}'
+}
+bundle_cas() { # the number of certificates in a base64 caBundle
+    base64 -d <<<"$1" 2>/dev/null | grep -c 'BEGIN CERTIFICATE' || true
+}
+state=""
+for _ in $(seq 60); do
+    state=$(secret_state)
+    [[ $state == stable\|* ]] && break
+    sleep 2
+done
+[[ $state == stable\|* ]] || fail "the webhook's Secret is not stable before the rotation: $state"
+serial0=$(cut -d'|' -f2 <<<"$state")
+bundle0=$(bundle_state)
+ca0=${bundle0#*|}
+echo "  before: Secret $state, caBundle serial ${bundle0%%|*} with $(bundle_cas "$ca0") CA(s)"
+k -n trellis-system annotate secret trellis-webhook-tls trellis.dev/rotate=now --overwrite
+# Every second, a pod through the webhook (server-side dry run: the full admission chain, TLS to
+# the webhook with the caBundle the API server holds at that moment; sideEffects: None), until the
+# Secret is stable again with the serial two steps on (trust both CAs, then only the new one).
+created=0 refused=0 phases="" done_state=""
+for i in $(seq "$ROTATION_TIMEOUT"); do
+    if out=$(k -n "$NS" run "rotation-$i" --image="$IMAGE" --restart=Never --dry-run=server \
+        -o jsonpath='{.spec.initContainers[*].name}' --command -- sleep 1 2>&1) && [[ $out == *proxyinit* ]]; then
+        created=$((created + 1))
+    else
+        refused=$((refused + 1))
+        echo "  pod rotation-$i refused or not injected: $out" >&2
+    fi
+    state=$(secret_state)
+    phase=${state%%|*}
+    [[ " $phases " == *" $phase "* ]] || phases="$phases $phase"
+    serial=$(cut -d'|' -f2 <<<"$state")
+    if [ "$phase" = stable ] && [ "${serial:-0}" -ge $((serial0 + 2)) ]; then
+        done_state=$state
+        break
+    fi
+    sleep 1
+done
+echo "  phases seen:$phases; pods admitted $created, refused $refused"
+[ -n "$done_state" ] || fail "the rotation did not complete within ${ROTATION_TIMEOUT} rounds: Secret $state"
+[ "$refused" -eq 0 ] || fail "$refused pod(s) refused during the CA rotation (caBundle picked up too late by the API server?)"
+[[ $phases == *serving-next* || $phases == *trusting-next* ]] || fail "no rotation step was seen (phases:$phases)"
+[ -z "$(cut -d'|' -f3 <<<"$done_state")" ] || fail "trellis.dev/rotate is still set after the rotation: $done_state"
+bundle1=$(bundle_state)
+ca1=${bundle1#*|}
+echo "  after: Secret $done_state, caBundle serial ${bundle1%%|*} with $(bundle_cas "$ca1") CA(s)"
+[ "${bundle1%%|*}" = "$(cut -d'|' -f2 <<<"$done_state")" ] ||
+    fail "the caBundle's serial ${bundle1%%|*} is not the Secret's: $done_state"
+[ "$ca1" != "$ca0" ] || fail "the caBundle did not change through the rotation"
+[ "$(bundle_cas "$ca1")" -eq 1 ] || fail "the caBundle holds $(bundle_cas "$ca1") CAs after the rotation, not only the new one"
+# And a real pod after it: created, injected, running.
+k -n "$NS" run rotation-after --image="$IMAGE" --restart=Never --command -- sleep 3600
+k -n "$NS" wait pod/rotation-after --for=condition=Ready --timeout=120s
+k -n "$NS" delete pod rotation-after --wait=false
 
 step "e2e-kind: all checks passed"
