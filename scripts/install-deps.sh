@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs (with apt) what the tests and the demo need when it is missing: iptables (legacy + nft),
-# iproute2, curl, hey, wrk, h2load, shellcheck, openssl, python3-venv; and kubectl with kustomize v5
-# (see below). A no-op when all are present.
+# Installs (with apt) what the tests and the demo need when it is missing: iptables (legacy + nft,
+# and ip6tables, which Debian's iptables package holds too: the sandbox's pods are dual-stack),
+# iproute2, curl, hey, wrk, h2load, shellcheck, openssl, python3-venv; and kubectl with kustomize
+# v5 (see below). A no-op when all are present.
 set -euo pipefail
 need=()
-for pkg_cmd in iptables:iptables-legacy iproute2:ip curl:curl hey:hey wrk:wrk nghttp2-client:h2load shellcheck:shellcheck openssl:openssl; do
+for pkg_cmd in iptables:iptables-legacy iptables:ip6tables-legacy iptables:ip6tables-nft-restore iproute2:ip curl:curl hey:hey wrk:wrk nghttp2-client:h2load shellcheck:shellcheck openssl:openssl; do
     command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

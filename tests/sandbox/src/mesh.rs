@@ -1,8 +1,11 @@
-//! One "node": a network namespace with a bridge (the pod network, 10.214.0.0/24, owned by the
-//! sandbox), the webhook running in its own pod, and the demo's pods. Each mesh has its own
-//! namespaces, so tests make one each and run in parallel; the address range repeats safely.
+//! One "node": a network namespace with a bridge (the pod network, dual-stack: 10.214.0.0/24 and
+//! fd00:214::/64, owned by the sandbox), the webhook running in its own pod, and the demo's pods.
+//! Every namespace wired to the bridge gets both families, its IPv6 address derived from its IPv4
+//! host part (10.214.0.N and fd00:214::N, N in hex), as a dual-stack cluster gives a pod one
+//! address of each family. Each mesh has its own namespaces, so tests make one each and run in
+//! parallel; the address ranges repeat safely.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,12 +27,21 @@ pub const WEBHOOK_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 2);
 pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 3);
 /// An ingress gateway's address (App Mesh's VirtualGateway, Istio's ingress gateway).
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 4);
+/// The bridge's IPv6 address: fd00:214::1, [`NODE_IP`]'s twin.
+pub const NODE_IP6: Ipv6Addr = ip6_of(NODE_IP);
+/// The webhook pod's IPv6 address, [`WEBHOOK_IP`]'s twin.
+pub const WEBHOOK_IP6: Ipv6Addr = ip6_of(WEBHOOK_IP);
 /// The API server double listens on the node's bridge address.
 pub const API_PORT: u16 = 6443;
 pub const WEBHOOK_HOST: &str = "trellis-webhook.trellis-system.svc";
 pub const WEBHOOK_PORT: u16 = 8443;
 /// The proxy's admin port (the injector's default).
 pub const ADMIN_PORT: u16 = config::defaults::ADMIN_PORT;
+
+/// The IPv6 address of the namespace whose IPv4 address is `ip`: fd00:214::N for 10.214.0.N.
+pub const fn ip6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x214, 0, 0, 0, 0, 0, ip.octets()[3] as u16)
+}
 
 /// A running pod. Fields drop in order: its processes, then its namespace.
 pub struct Pod {
@@ -38,6 +50,8 @@ pub struct Pod {
     /// Its name (`green-7f9c6d5b8-x2k4q`).
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (`status.podIPs[1]` of a dual-stack pod), [`ip6_of`]`(ip)`.
+    pub ip6: Ipv6Addr,
     /// The pod as admitted (patched by the webhook when injected).
     pub admitted: Admission,
     pub procs: Vec<Proc>,
@@ -50,6 +64,11 @@ pub struct Pod {
 impl Pod {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
+    }
+
+    /// `[ip6]:port`.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip6, port))
     }
 
     pub fn container(&self, name: &str) -> Option<&Proc> {
@@ -120,6 +139,7 @@ impl Mesh {
         node.ip(&["link", "add", "br0", "type", "bridge"])?;
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
         node.ip(&["link", "set", "br0", "up"])?;
+        node.add_addr("br0", &format!("{NODE_IP6}/64"))?;
         // Started from inside the node, so that it listens there, on the bridge.
         let api = node
             .enter(|| {
@@ -307,7 +327,8 @@ impl Mesh {
         })
     }
 
-    /// A namespace wired to the bridge with `ip`/24 on its `eth0`.
+    /// A namespace wired to the bridge with `ip`/24 and [`ip6_of`]`(ip)`/64 on its `eth0`, each
+    /// family's default route via the node; returns once both addresses are usable.
     fn wire(&self, role: &str, ip: Ipv4Addr) -> anyhow::Result<Netns> {
         let ns = Netns::new(format!("{}-{role}", self.prefix))?;
         let veth = format!("veth{}", ip.octets()[3]);
@@ -317,6 +338,20 @@ impl Mesh {
         ns.add_addr("eth0", &format!("{ip}/24"))?;
         ns.link_up("eth0")?;
         ns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
+        // After `up`: an interface going down drops its IPv6 addresses. `add_addr` skips
+        // duplicate address detection (`nodad`), else the address stays `tentative` (unusable:
+        // bind fails, connects leave from another address) for about a second.
+        let ip6 = ip6_of(ip);
+        ns.add_addr("eth0", &format!("{ip6}/64"))?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &NODE_IP6.to_string(),
+        ])?;
+        wait_ipv6_usable(&ns, "eth0", ip6)?;
         Ok(ns)
     }
 
@@ -341,7 +376,8 @@ impl Mesh {
         let argv = vec![
             bins::path("webhook")?.display().to_string(),
             "serve".into(),
-            format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
+            // The default, as the Deployment runs it: one dual-stack socket.
+            format!("--listen=[::]:{WEBHOOK_PORT}"),
             format!("--tls-cert={}", certs.join("tls.crt").display()),
             format!("--tls-key={}", certs.join("tls.key").display()),
             format!("--control-plane={CONTROL_IP}:{}", config::api::CONTROL_PORT),
@@ -449,6 +485,7 @@ impl Mesh {
             app: app.to_string(),
             name,
             ip,
+            ip6: ip6_of(ip),
             admitted: Admission {
                 pod: obj,
                 ..admitted
@@ -563,6 +600,28 @@ impl Drop for Mesh {
             let _ = std::fs::remove_dir_all(&self.dir);
             cleanup::forget_dir(&self.dir);
         }
+    }
+}
+
+/// Waits (up to 5 s) until `ip6` on `dev` in `ns` is usable: present, neither `tentative`
+/// (duplicate address detection still running: bind fails, connects leave from another address)
+/// nor `dadfailed`. With `nodad` that is at once; the check keeps a kernel that ignores it honest.
+fn wait_ipv6_usable(ns: &Netns, dev: &str, ip6: Ipv6Addr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = format!("inet6 {ip6}/");
+    loop {
+        let addrs = ns.run(&["ip", "-6", "addr", "show", "dev", dev])?;
+        let usable = addrs
+            .lines()
+            .find(|l| l.contains(&want))
+            .is_some_and(|l| !l.contains("tentative") && !l.contains("dadfailed"));
+        if usable {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{dev} in {}: {ip6} not usable after 5s:\n{addrs}", ns.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -16,6 +16,7 @@ use crate::manifests;
 use crate::mesh::{Mesh, ADMIN_PORT};
 
 mod grpc;
+pub mod ipv6;
 mod routes;
 mod services;
 mod sigterm;
