@@ -46,6 +46,11 @@ pub struct Config {
     /// throughout. `/quitquitquit` and SIGINT stop every listener at once.
     #[arg(long, env = "TRELLIS_DRAIN_TIME", default_value = "5s", value_parser = parse_duration)]
     pub drain_time: Duration,
+    /// After SIGTERM the proxy exits by this, or by the drain time if longer, whatever is left
+    /// open. The webhook sets it to the pod's `terminationGracePeriodSeconds`, after which the
+    /// kubelet kills the pod anyway: an app with a longer grace period keeps its outbound calls.
+    #[arg(long, env = "TRELLIS_DRAIN_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub drain_max: Duration,
 
     /// Destination ports proxied as opaque TCP, without protocol detection (comma-separated).
     #[arg(long, env = "TRELLIS_OPAQUE_PORTS", value_delimiter = ',', value_parser = parse_port)]
@@ -108,6 +113,7 @@ impl Render for Config {
             ("request-timeout", self.request_timeout),
             ("idle-timeout", self.idle_timeout),
             ("drain-time", self.drain_time),
+            ("drain-max", self.drain_max),
         ] {
             flags.push(Flag::text(name, format_duration(d)));
         }
@@ -178,6 +184,7 @@ mod tests {
             control_plane: Some("trellis-control.trellis-system.svc:15012".into()),
             cluster_domain: "example.org".into(),
             app_health_port: 15021,
+            drain_max: Duration::from_secs(120),
             ..Config::default()
         };
         assert_eq!(parse(&c.to_args()).unwrap(), c);

@@ -28,9 +28,10 @@
 //!   connections close; requests in flight finish). From then on the proxy exits as soon as no
 //!   connection is left, inbound or outbound: the app has exited (the kernel closed its
 //!   connections) or has nothing open.
-//! - Bound: the proxy exits at the latest [`EXIT_BOUND`] (30 s, the kubelet's default
-//!   `terminationGracePeriodSeconds`) or `--drain-time` after SIGTERM, whichever is longer,
-//!   closing what is left. The kubelet's SIGKILL at the pod's grace period bounds it too.
+//! - Bound: the proxy exits at the latest `--drain-max` (the pod's
+//!   `terminationGracePeriodSeconds` as the webhook renders it; 30 s, the kubelet's default,
+//!   otherwise) or `--drain-time` after SIGTERM, whichever is longer, closing what is left. The
+//!   kubelet's SIGKILL at the pod's grace period bounds it too.
 //!
 //! `/quitquitquit` keeps its meaning ([`Plan::after_quit`]): the app (a Job, typically) says it is
 //! done, so there is nothing to keep serving for: every listener stops accepting at once, requests
@@ -48,10 +49,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-
-/// The proxy's own last bound on a SIGTERM drain when `--drain-time` is shorter: the kubelet's
-/// default `terminationGracePeriodSeconds`, after which it would SIGKILL the pod anyway.
-pub const EXIT_BOUND: Duration = Duration::from_secs(30);
 
 /// Where one side's listeners are in a drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,10 +81,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn after_sigterm(drain_time: Duration) -> Plan {
+    /// `drain_max`: `--drain-max`, the pod's grace period (30 s, the kubelet's default, unless
+    /// the webhook rendered another).
+    pub fn after_sigterm(drain_time: Duration, drain_max: Duration) -> Plan {
         Plan {
             inbound_open_for: drain_time,
-            at_most: drain_time.max(EXIT_BOUND),
+            at_most: drain_time.max(drain_max),
         }
     }
 
@@ -328,12 +327,14 @@ mod tests {
 
     #[test]
     fn the_plans_are_bounded() {
-        let p = Plan::after_sigterm(Duration::from_secs(5));
-        assert_eq!(p.inbound_open_for, Duration::from_secs(5));
-        assert_eq!(p.at_most, EXIT_BOUND);
+        let s = Duration::from_secs;
+        let p = Plan::after_sigterm(s(5), s(30));
+        assert_eq!((p.inbound_open_for, p.at_most), (s(5), s(30)));
+        // A pod's longer grace period (--drain-max) keeps the outbound side for the app longer.
+        assert_eq!(Plan::after_sigterm(s(5), s(120)).at_most, s(120));
         // A drain time longer than the bound stretches it.
-        let p = Plan::after_sigterm(Duration::from_secs(45));
-        assert_eq!(p.at_most, Duration::from_secs(45));
+        let p = Plan::after_sigterm(s(45), s(30));
+        assert_eq!(p.at_most, s(45));
         let q = Plan::after_quit(Duration::from_secs(5));
         assert_eq!(
             (q.inbound_open_for, q.at_most),

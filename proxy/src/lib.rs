@@ -326,7 +326,7 @@ async fn shutdown(proxy: &Proxy, sigterm: bool) {
     let start = Instant::now();
     let mut quit = !sigterm;
     let plan = if sigterm {
-        drain::Plan::after_sigterm(drain_time)
+        drain::Plan::after_sigterm(drain_time, proxy.config.drain_max)
     } else {
         drain::Plan::after_quit(drain_time)
     };

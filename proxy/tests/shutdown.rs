@@ -1,6 +1,7 @@
 //! Shutdown (issue 15): after SIGTERM the outbound listener keeps serving the app, inbound (and a
 //! gateway) serves on for `--drain-time` telling callers `connection: close`, and the process exits
-//! once no connection is left, never later than `max(--drain-time, 30 s)`.
+//! once no connection is left, never later than `max(--drain-time, --drain-max)` (30 s unless the
+//! webhook renders the pod's grace period).
 //!
 //! The gateway tests need nothing; the sidecar test runs the proxy in a pod network namespace with
 //! proxyinit's redirect rules, as `transparent.rs` does (root, iproute2, iptables; run it under
@@ -142,12 +143,20 @@ async fn sigterm_with_nothing_open_exits_after_the_drain_time() {
     );
 }
 
-/// A request that never ends does not hold the process past the bound: 30 s (the kubelet's
-/// default grace period), since the drain time (1 s) is shorter.
+/// A request that never ends does not hold the process past the bound: `--drain-max` (the pod's
+/// grace period; 8 s here, 30 s by default), since the drain time (1 s) is shorter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exit_is_bounded_when_a_request_lingers() {
     let app = start_app().await;
-    let mut px = ProxyProc::gateway(app, &["--drain-time=1s", "--request-timeout=300s"]).await;
+    let mut px = ProxyProc::gateway(
+        app,
+        &[
+            "--drain-time=1s",
+            "--drain-max=8s",
+            "--request-timeout=300s",
+        ],
+    )
+    .await;
     let listen = px.listen;
     let lingering = tokio::spawn(async move {
         let mut c = Client::connect(listen).await.unwrap();
@@ -167,14 +176,14 @@ async fn sigterm_exit_is_bounded_when_a_request_lingers() {
         "exited with a request in flight, before the bound"
     );
     // ...but not past the bound.
-    let status = exit_of(&mut px.child, Duration::from_secs(35))
+    let status = exit_of(&mut px.child, Duration::from_secs(10))
         .await
-        .expect("still running 40 s after SIGTERM");
+        .expect("still running 15 s after SIGTERM");
     let took = t0.elapsed();
     assert!(status.success(), "{status}");
     assert!(
-        (Duration::from_secs(29)..Duration::from_secs(36)).contains(&took),
-        "exited {took:?} after SIGTERM; the bound is 30 s"
+        (Duration::from_secs(7)..Duration::from_secs(11)).contains(&took),
+        "exited {took:?} after SIGTERM; the bound is 8 s"
     );
     assert!(
         lingering.await.unwrap().is_err(),

@@ -349,8 +349,10 @@ pub fn proxyinit_config(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) ->
 }
 
 /// The `proxy` configuration for this pod, the same type the sidecar parses.
-pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
+pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings, pod: &PodView) -> proxy::Config {
     let d = proxy::Config::default();
+    // The proxy stays for the app's outbound calls as long as the kubelet lets the pod live.
+    let grace = pod.spec().and_then(|s| s.termination_grace_period());
     proxy::Config {
         admin_listen: std::net::SocketAddr::new(d.admin_listen.ip(), cfg.proxy_admin_port),
         inbound_capture_port: cfg.inbound_capture_port,
@@ -364,6 +366,7 @@ pub fn proxy_config(cfg: &InjectorConfig, s: &PodSettings) -> proxy::Config {
         request_timeout: s.request_timeout.unwrap_or(d.request_timeout),
         idle_timeout: s.idle_timeout.unwrap_or(d.idle_timeout),
         drain_time: s.drain_time.unwrap_or(d.drain_time),
+        drain_max: grace.unwrap_or(d.drain_max),
         ..d
     }
 }
@@ -395,7 +398,7 @@ fn build_patch(
     }
 
     let init = proxyinit_container(pod, cfg, s);
-    let mut proxy = proxy_container(cfg, s);
+    let mut proxy = proxy_container(cfg, s, pod);
     if !probes.probes.is_empty() {
         proxy.env.get_or_insert_with(Vec::new).push(EnvVar {
             name: config::probes::ENV.into(),
@@ -538,8 +541,8 @@ fn proxyinit_container(pod: &PodView, cfg: &InjectorConfig, s: &PodSettings) -> 
     }
 }
 
-fn proxy_container(cfg: &InjectorConfig, s: &PodSettings) -> Container {
-    let pcfg = proxy_config(cfg, s);
+fn proxy_container(cfg: &InjectorConfig, s: &PodSettings, pod: &PodView) -> Container {
+    let pcfg = proxy_config(cfg, s, pod);
     let args = pcfg.to_args();
     let ready_probe = |period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

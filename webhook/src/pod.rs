@@ -86,6 +86,8 @@ pub struct SpecView {
     init_containers: Option<Capped<ContainerView, MAX_INIT_CONTAINERS>>,
     #[serde(default)]
     host_network: Option<bool>,
+    #[serde(default)]
+    termination_grace_period_seconds: Option<i64>,
     /// Only counted: injection needs to know whether the list exists and is empty.
     #[serde(default)]
     volumes: Option<Capped<IgnoredAny, 0>>,
@@ -230,6 +232,12 @@ impl SpecView {
 
     pub fn host_network(&self) -> bool {
         self.host_network == Some(true)
+    }
+
+    /// `terminationGracePeriodSeconds` (the API server defaults it to 30 before admission).
+    pub fn termination_grace_period(&self) -> Option<std::time::Duration> {
+        let s = self.termination_grace_period_seconds?;
+        Some(std::time::Duration::from_secs(s.max(0).unsigned_abs()))
     }
 }
 

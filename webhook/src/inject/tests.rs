@@ -339,8 +339,29 @@ fn rendered_args_parse_back_into_the_same_configs() {
     let parsed = ProxyCli::try_parse_from(std::iter::once("proxy".to_string()).chain(proxy_args))
         .unwrap()
         .c;
-    assert_eq!(parsed, proxy_config(&cfg, &settings));
+    assert_eq!(parsed, proxy_config(&cfg, &settings, &p));
     assert_eq!(parsed.pools.inbound.max_requests, Some(7));
+}
+
+#[test]
+fn the_proxy_stays_for_the_pods_grace_period_after_sigterm() {
+    let cfg = InjectorConfig::default();
+    let drain_max = |grace: Option<i64>| {
+        let mut v = basic();
+        if let Some(g) = grace {
+            v["spec"]["terminationGracePeriodSeconds"] = json!(g);
+        }
+        let out = injected(&v, &cfg);
+        let mut containers = out["spec"]["containers"].as_array().unwrap().iter();
+        args(containers.find(|c| c["name"] == "proxy").unwrap())
+            .into_iter()
+            .find(|a| a.starts_with("--drain-max"))
+    };
+    assert_eq!(drain_max(Some(120)), Some("--drain-max=120s".to_string()));
+    assert_eq!(drain_max(Some(5)), Some("--drain-max=5s".to_string()));
+    // The kubelet's default is the proxy's: nothing to render.
+    assert_eq!(drain_max(Some(30)), None);
+    assert_eq!(drain_max(None), None);
 }
 
 #[test]
