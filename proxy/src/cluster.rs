@@ -609,14 +609,16 @@ impl Cluster {
             .expect("writing to a String");
         }
         let now = now_ms();
-        let cx_active = self.with_pool(|p| p.state().connections);
+        // HTTP/1 connections in the pool, and HTTP/2 ones open.
+        let cx_active =
+            self.with_pool(|p| p.state().connections) as u64 + u64::from(self.h2.connections());
         for h in lb.hosts.iter() {
             let a = h.addr;
             let r = std::sync::atomic::Ordering::Relaxed;
             let single = lb.hosts.len() == 1;
             let values: [(&str, &dyn std::fmt::Display); 10] = [
                 // Per host only where one host has them all.
-                ("cx_active", &if single { cx_active as u64 } else { 0 }),
+                ("cx_active", &if single { cx_active } else { 0 }),
                 ("cx_connect_fail", &h.cx_connect_fail.load(r)),
                 ("cx_total", &h.cx_total.load(r)),
                 ("rq_active", &h.active.load(r)),

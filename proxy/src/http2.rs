@@ -12,26 +12,32 @@
 //!   does); past it, streams share the least busy open one (and beyond the peer's limit wait
 //!   inside it).
 //!
-//! Frames are hyper's (the `h2` crate underneath): bodies stream with flow control end to end (a
-//! slow reader on one stream holds back only that stream's window), trailers pass through, and
-//! nothing is buffered whole. Routes and per-stream balancing use the same [`Upstream`] as
-//! HTTP/1: the seam for GRPCRoute is [`cluster_for`], which picks a stream's cluster.
+//! Frames are the `h2` crate's, driven directly: one task per downstream connection and one per
+//! upstream connection drive the connections, and one task per stream does all of the stream's
+//! work (admission, picking a connection, the request head, pumping the request body up and the
+//! answer and its trailers back, the log line), with no task, channel or copy of a frame
+//! between the two sides. Bodies stream with flow control end to end (a body moves only as the
+//! receiving side's window opens, and the sending side's window is given back as it is read, so
+//! a slow reader on one stream holds back only that stream), trailers pass through, and nothing
+//! is buffered whole: a stream holds at most one frame in passage (and, until its answer's head,
+//! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
+//! the same [`Upstream`] as HTTP/1: the seam for GRPCRoute is [`cluster_for`], which picks a
+//! stream's cluster.
 
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http2::SendRequest;
+use h2::client::SendRequest;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -45,13 +51,8 @@ use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
 use crate::router::{Upstream, View};
-use replay::Replay;
 
-mod replay;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-
-/// What a stream's answer carries: the upstream's body, or one the proxy made.
-type ReplyBody = Either<Relayed, Full<Bytes>>;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 /// A cluster's HTTP/2 state: streams in flight, streams waiting, open connections.
 #[derive(Default)]
@@ -77,7 +78,7 @@ struct StreamsInner {
 /// A pooled upstream HTTP/2 connection.
 struct Upconn {
     host: SocketAddr,
-    send: SendRequest<Replay>,
+    send: SendRequest<Bytes>,
     /// Streams it has been given.
     streams: u32,
     /// Streams open on it now (what its idle timer checks).
@@ -93,10 +94,10 @@ impl Upconn {
     }
 }
 
-/// A stream open on a connection (downstream or upstream), counted in the connection's open
-/// streams until dropped: when the answer's body ends, or the stream is reset or fails. A
-/// connection with a stream open is not idle, however long no byte moves (the stream is bounded
-/// by the request timeout instead), as Envoy counts its idle timeout only without streams.
+/// A stream open on an upstream connection, counted in the connection's open streams until
+/// dropped: when the answer's body ends, or the stream is reset or fails. A connection with a
+/// stream open is not idle, however long no byte moves (the stream is bounded by the request
+/// timeout instead), as Envoy counts its idle timeout only without streams.
 struct Open(Arc<AtomicU32>);
 
 impl Open {
@@ -170,7 +171,7 @@ impl Streams {
     }
 
     /// Takes the connection whose open streams `open` counts out of the pool: its peer is
-    /// going away. Its streams finish on it.
+    /// going away, or it closed. Its streams finish on it.
     fn forget(&self, open: &Arc<AtomicU32>) {
         self.lock().conns.retain(|c| !Arc::ptr_eq(&c.open, open));
     }
@@ -194,128 +195,116 @@ impl Drop for Slot {
     }
 }
 
-/// The upstream's answer body, holding the stream's slot until it ends (and its log line).
-pub struct Relayed {
-    body: Incoming,
-    sent: u64,
-    log: Option<Logged>,
-    _slot: Slot,
-    /// The stream's place among its downstream connection's open streams.
-    _open: Downstream,
+/// A downstream connection, shared by its streams' tasks.
+struct Downconn {
+    up: Upstream,
+    ctx: Arc<HttpCtx>,
+    /// The client's address as `x-forwarded-for` wants it (where the listener adds it),
+    /// formatted once per connection.
+    client_ip: Option<String>,
+    /// Streams open on it (what its idle timer checks).
+    open: AtomicU32,
 }
 
 /// A downstream stream open: in its connection's open streams, and in the listener's
-/// `downstream_rq_active`, until its answer's body ends or it is reset.
-struct Downstream(#[allow(dead_code)] Open, Arc<HttpCtx>);
+/// `downstream_rq_active`, until its task ends (its answer's body ended, or it was reset). A
+/// connection with a stream open is not idle, however long no byte moves.
+struct Downstream(Arc<Downconn>);
 
 impl Downstream {
-    fn new(open: &Arc<AtomicU32>, ctx: &Arc<HttpCtx>) -> Downstream {
-        ctx.listener.http.downstream_rq_active.inc();
-        Downstream(Open::new(open), ctx.clone())
+    fn new(conn: &Arc<Downconn>) -> Downstream {
+        conn.open.fetch_add(1, Relaxed);
+        conn.ctx.listener.http.downstream_rq_active.inc();
+        Downstream(conn.clone())
     }
 }
 
 impl Drop for Downstream {
     fn drop(&mut self) {
-        self.1.listener.http.downstream_rq_active.dec();
-    }
-}
-
-impl Drop for Relayed {
-    fn drop(&mut self) {
-        if let Some(l) = self.log.take() {
-            l.done(self.sent);
-        }
-    }
-}
-
-impl Body for Relayed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    this.sent += d.len() as u64;
-                }
-            }
-            // Cut off mid-answer: the upstream reset the stream (`UR`), or its connection
-            // ended (`UC`), as the HTTP/1 path flags an answer cut short.
-            Poll::Ready(Some(Err(e))) => {
-                this._slot.0.stats.upstream_rq_rx_reset.inc();
-                if let Some(l) = &mut this.log {
-                    l.entry.flags = reset_flag(e).into();
-                }
-            }
-            _ => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.ctx.listener.http.downstream_rq_active.dec();
     }
 }
 
 /// Envoy's flag for an upstream answer cut off by `e`: `UR` when the upstream sent RST_STREAM,
 /// `UC` when its connection went away (GOAWAY, a connection error, the socket closed).
-fn reset_flag(e: &hyper::Error) -> &'static str {
-    match h2_error(e) {
-        Some(h) if h.is_reset() && h.is_remote() => "UR",
-        _ => "UC",
+fn reset_flag(e: &h2::Error) -> &'static str {
+    if e.is_reset() && e.is_remote() {
+        "UR"
+    } else {
+        "UC"
     }
 }
 
 /// Serves one downstream HTTP/2 connection until it closes.
 pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpCtx>) {
-    let (idle, drain) = (ctx.idle_timeout, ctx.drain.clone());
-    let open = Arc::new(AtomicU32::new(0));
-    let streams = open.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let up = up.clone();
-        let ctx = ctx.clone();
-        let opened = Downstream::new(&streams, &ctx);
-        // Boxed: hyper moves each stream's future into a task of its own, and this one is large
-        // (callgrind: 70.7k -> 65.6k instructions per stream).
-        Box::pin(async move {
-            Ok::<_, std::convert::Infallible>(stream(req, peer, &up, &ctx, opened).await)
-        })
+    let idle = ctx.idle_timeout;
+    let drain = ctx.drain.clone();
+    let conn = Arc::new(Downconn {
+        up,
+        client_ip: ctx
+            .add_forwarded_for
+            .then(|| peer.ip().to_canonical().to_string()),
+        ctx,
+        open: AtomicU32::new(0),
     });
-    let activity = Activity::since(std::time::Instant::now());
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let activity = Activity::since(Instant::now());
+    let mut builder = h2::server::Builder::new();
+    builder
         // A CONTINUATION flood or a header list past this costs the sender its connection.
         .max_header_list_size(64 * 1024)
         .max_concurrent_streams(MAX_DOWNSTREAM_STREAMS)
-        .serve_connection(TokioIo::new(Tracked::new(io, &activity)), service);
-    let mut conn = std::pin::pin!(conn);
+        // Windows of 1 MiB (the stream's and the connection's), a send buffer of 400 KiB per
+        // stream, and at most 1024 streams this side reset for the client's errors: what the
+        // proxy had from hyper, whose defaults these are.
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        .max_send_buffer_size(400 * 1024)
+        .max_local_error_reset_streams(Some(1024));
+    let handshake = builder.handshake::<_, Bytes>(Tracked::new(io, &activity));
     // No stream open and no byte either way for the idle timeout, or a drain: GOAWAY, then the
     // open streams get one more idle timeout to finish.
-    let ended = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        () = activity.expired_unless(idle, || open.load(Relaxed) > 0) => None,
-        () = drain.signaled() => None,
-    };
-    let ended = match ended {
-        Some(r) => r,
-        None => {
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(idle, conn).await {
-                Ok(r) => r,
-                Err(_) => return,
+    let mut idled = pin!(activity.expired_unless(idle, || conn.open.load(Relaxed) > 0));
+    let mut drained = pin!(drain.signaled());
+    let mut h2 = tokio::select! {
+        r = handshake => match r {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
+                return;
             }
+        },
+        () = &mut idled => return,
+        () = &mut drained => return,
+    };
+    let mut grace = pin!(tokio::time::sleep(idle));
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            // The connection first: the timers only matter when it waits.
+            biased;
+            s = h2.accept() => match s {
+                Some(Ok((req, respond))) => {
+                    let opened = Downstream::new(&conn);
+                    tokio::spawn(stream(req, respond, opened));
+                }
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            },
+            () = &mut idled, if !closing => {
+                closing = true;
+                h2.graceful_shutdown();
+                grace.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            () = &mut drained, if !closing => {
+                closing = true;
+                h2.graceful_shutdown();
+                grace.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            () = &mut grace, if closing => return,
         }
     };
-    if let Err(e) = ended {
+    if let Some(e) = ended {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended");
     }
 }
@@ -326,7 +315,7 @@ const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
 /// The cluster a stream goes to: the destination's own, or the one its routes pick (HTTPRoute
 /// matches on the stream's method, path, query and headers, then the rule's weights). This is
 /// the seam for GRPCRoute. The rules' filters, timeouts and retries are HTTP/1's only so far.
-fn cluster_for(up: &Upstream, req: &Request<Incoming>) -> Result<Arc<Cluster>, Local> {
+fn cluster_for<B>(up: &Upstream, req: &Request<B>) -> Result<Arc<Cluster>, Local> {
     match up {
         Upstream::Cluster(c) => Ok(c.clone()),
         Upstream::Routed { default, routes } => match routes.get() {
@@ -342,7 +331,7 @@ fn cluster_for(up: &Upstream, req: &Request<Incoming>) -> Result<Arc<Cluster>, L
 
 /// A stream's head as [`crate::h1`] would write it (`host` from `:authority`), for the router:
 /// bounded by the connection's header list limit.
-fn head_of(req: &Request<Incoming>) -> Vec<u8> {
+fn head_of<B>(req: &Request<B>) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(req.method().as_str().as_bytes());
     head.push(b' ');
@@ -364,46 +353,121 @@ fn head_of(req: &Request<Incoming>) -> Vec<u8> {
     head
 }
 
-/// Forwards one stream and returns its answer (logged when its body ends).
-async fn stream(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    up: &Upstream,
-    ctx: &HttpCtx,
-    opened: Downstream,
-) -> Response<ReplyBody> {
+/// One stream, start to end, on its own task: forwarded, answered, logged when its answer ends.
+async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, opened: Downstream) {
+    let conn = &*opened.0;
+    let ctx = &*conn.ctx;
     let grpc = is_grpc(&req);
     ctx.listener.http.downstream_rq_total.inc();
     let mut log = ctx
         .access_log
         .as_ref()
         .map(|l| Logged::new(l.clone(), &req));
-    match forward(req, peer, up, ctx).await {
-        Ok((resp, slot, host)) => {
-            let (parts, body) = resp.into_parts();
-            if let Some(l) = &mut log {
-                l.entry.code = parts.status.as_u16();
-                l.entry.upstream_host = Some(host);
-            }
-            let body = Relayed {
-                body,
-                sent: 0,
-                log,
-                _slot: slot,
-                _open: opened,
-            };
-            Response::from_parts(parts, Either::Left(body))
-        }
+    let (head, body) = req.into_parts();
+    // The request body, when there is one, read as it goes up.
+    let mut upload = (!body.is_end_stream()).then(|| Source::new(body, true));
+    let forwarded = {
+        let mut fwd = pin!(forward(head, &mut upload, conn));
+        poll_fn(|cx| match fwd.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            // The client reset the stream (or its connection ended) before the answer's head:
+            // nothing to answer; dropping the upstream stream resets it (CANCEL).
+            Poll::Pending => respond.poll_reset(cx).map(|_| None),
+        })
+        .await
+    };
+    let Some(forwarded) = forwarded else { return };
+    let received = |upload: &Option<Source>| upload.as_ref().map_or(0, |s| s.moved);
+    let Forwarded {
+        resp,
+        slot,
+        host,
+        mut up,
+    } = match forwarded {
+        Ok(f) => f,
         Err(what) => {
             let (status, grpc_status, text, flag) = what.answer();
-            let resp = local(grpc, status, grpc_status, text, what == Local::Overflow);
+            let sent = local(
+                &mut respond,
+                grpc,
+                status,
+                grpc_status,
+                text,
+                what == Local::Overflow,
+            );
             if let Some(mut l) = log {
-                l.entry.code = resp.status().as_u16();
+                l.entry.code = if grpc { 200 } else { status.as_u16() };
                 l.entry.flags = flag.into();
-                l.done(if grpc { 0 } else { text.len() as u64 });
+                l.entry.bytes_received = received(&upload);
+                l.done(sent);
             }
-            resp
+            return;
         }
+    };
+    let (parts, body) = resp.into_parts();
+    if let Some(l) = &mut log {
+        l.entry.code = parts.status.as_u16();
+        l.entry.upstream_host = Some(host);
+    }
+    let end = body.is_end_stream();
+    // The stream's slot goes with the upstream's end: here, for an answer without a body (a
+    // gRPC trailers-only one), before its head goes on.
+    let mut slot = (!end).then_some(slot);
+    let mut down = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 answer not sent: the client's stream is gone");
+            return;
+        }
+    };
+    let mut sent = 0;
+    if !end {
+        let mut answer = Source::new(body, false);
+        answer.hold = slot.take();
+        // The answer's body and trailers back, and what is left of the request's body up,
+        // until the answer ends.
+        let relayed = poll_fn(|cx| {
+            if let (Some(src), Some(to)) = (&mut upload, &mut up) {
+                match src.pump(to, cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(())) => up = None,
+                    // The client's side of the stream failed: the answer cannot reach it.
+                    Poll::Ready(Err(Broke::From(_))) => return Poll::Ready(Err(None)),
+                    // The upstream stream failed: its answer says how.
+                    Poll::Ready(Err(Broke::To)) => up = None,
+                }
+            }
+            match answer.pump(&mut down, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(Broke::From(e))) => return Poll::Ready(Err(Some(e))),
+                Poll::Ready(Err(Broke::To)) => return Poll::Ready(Err(None)),
+            }
+            // The client reset the stream while the answer waits for upstream bytes.
+            down.poll_reset(cx).map(|_| Err(None))
+        })
+        .await;
+        sent = answer.moved;
+        // Cut off mid-answer: the upstream reset the stream (`UR`), or its connection ended
+        // (`UC`), as the HTTP/1 path flags an answer cut short; the client's stream is reset
+        // with the upstream's reason.
+        if let Err(Some(e)) = relayed {
+            if let Some(s) = &answer.hold {
+                s.0.stats.upstream_rq_rx_reset.inc();
+            }
+            if let Some(l) = &mut log {
+                l.entry.flags = reset_flag(&e).into();
+            }
+            let reason = e
+                .reason()
+                .filter(|r| *r != h2::Reason::NO_ERROR)
+                .unwrap_or(h2::Reason::INTERNAL_ERROR);
+            down.send_reset(reason);
+        }
+    }
+    if let Some(mut l) = log {
+        l.entry.bytes_received = received(&upload);
+        l.done(sent);
     }
 }
 
@@ -439,15 +503,26 @@ impl Local {
     }
 }
 
-/// Admits the stream to its cluster, picks a host and a connection, and sends it: the
-/// upstream's response head, with the stream's slot and the host.
+/// A stream forwarded: the upstream's answer head and body, the stream's slot, the host, and
+/// the upstream side of the request body while it is still going up.
+struct Forwarded {
+    resp: Response<RecvStream>,
+    slot: Slot,
+    host: SocketAddr,
+    up: Option<SendStream<Bytes>>,
+}
+
+/// Admits the stream to its cluster, picks a host and a connection, and sends it (its body
+/// read from `upload`, kept there for a resend until the answer's head): the upstream's
+/// answer head.
 async fn forward(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    up: &Upstream,
-    ctx: &HttpCtx,
-) -> Result<(Response<Incoming>, Slot, SocketAddr), Local> {
-    let cluster = cluster_for(up, &req).inspect_err(|e| {
+    head: hyper::http::request::Parts,
+    upload: &mut Option<Source>,
+    conn: &Downconn,
+) -> Result<Forwarded, Local> {
+    let ctx = &*conn.ctx;
+    let routed = Request::from_parts(head, ());
+    let cluster = cluster_for(&conn.up, &routed).inspect_err(|e| {
         if *e == Local::NoRoute {
             ctx.listener.http.no_route.inc();
         }
@@ -486,62 +561,56 @@ async fn forward(
     let (mut send, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
     slot.2 = Some(open);
     let deadline = tokio::time::Instant::now() + ctx.request_timeout;
-    let (head, body) = upstream_request(req, peer, ctx).into_parts();
-    let (mut body, mut rescue) = Replay::new(body);
+    let mut head = Some(upstream_request(routed, conn));
     let mut resends = 0;
     // A stream the upstream refused unprocessed (GOAWAY below it, REFUSED_STREAM), or one that
     // never left because its connection was closing, goes again on another connection.
     let sent = loop {
         st.upstream_rq_total.inc();
-        let req = Request::from_parts(head.clone(), body);
-        let tried = tokio::time::timeout_at(deadline, async {
-            if let Err(e) = send.ready().await {
-                return Err((e, Some(req)));
-            }
-            send.try_send_request(req).await.map_err(|mut e| {
-                let unsent = e.take_message();
-                (e.into_error(), unsent)
-            })
-        })
-        .await;
+        // The head is kept for a resend while one may follow (a copy of counted references to
+        // the header bytes), given away on the last attempt.
+        let req = if resends == MAX_RESENDS {
+            head.take().expect("the head, until the last attempt")
+        } else {
+            copy(head.as_ref().expect("the head"))
+        };
+        let tried = tokio::time::timeout_at(deadline, attempt(&mut send, req, upload)).await;
         let (e, unsent) = match tried {
-            Ok(Ok(resp)) => break Ok(Ok(resp)),
+            Ok(Ok(sent)) => break Ok(Ok(sent)),
             Err(elapsed) => break Err(elapsed),
             Ok(Err(failed)) => failed,
         };
-        if resends == MAX_RESENDS || (unsent.is_none() && !refused(&e)) {
+        let again = resends < MAX_RESENDS
+            && (unsent || refused(&e))
+            && upload.as_mut().is_none_or(Source::rewind);
+        if !again {
             break Ok(Err(e));
         }
-        let again = match unsent {
-            Some(req) => Some(req.into_body()),
-            None => match tokio::time::timeout_at(deadline, &mut rescue).await {
-                Ok(Ok(r)) => r.replay(),
-                _ => None,
-            },
-        };
-        let Some(again) = again else {
-            break Ok(Err(e));
-        };
         tracing::debug!(cluster = %cluster.name, error = %e, "stream refused unprocessed: sent again");
         if let Some(open) = slot.2.take() {
             cluster.h2.forget(&open.0);
-        }
-        body = again;
-        if body.is_disarmed() {
-            rescue = body.rearm();
         }
         resends += 1;
         st.upstream_rq_retry.inc();
         let (s, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
         (send, slot.2) = (s, Some(open));
     };
+    // No resend once the answer's head is in: what was kept for one goes.
+    if let Some(u) = upload {
+        u.kept = None;
+    }
     // Outlier detection and the host's counters see each stream's outcome, as for HTTP/1.
     match sent {
-        Ok(Ok(resp)) => {
+        Ok(Ok((resp, up))) => {
             let code = resp.status().as_u16();
             st.count_code(code);
             cluster.report(&lb, &host, Outcome::Status(code));
-            Ok((resp, slot, host.addr))
+            Ok(Forwarded {
+                resp,
+                slot,
+                host: host.addr,
+                up,
+            })
         }
         Ok(Err(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream stream reset");
@@ -558,6 +627,44 @@ async fn forward(
     }
 }
 
+/// One attempt at a stream on an upstream connection: the head goes, the body (if any) is
+/// pumped up while the answer's head is awaited. The answer's head and the upstream side of
+/// the body, if still going; or the error and whether the stream never left.
+async fn attempt(
+    send: &mut SendRequest<Bytes>,
+    req: Request<()>,
+    upload: &mut Option<Source>,
+) -> Result<(Response<RecvStream>, Option<SendStream<Bytes>>), (h2::Error, bool)> {
+    if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+        return Err((e, true));
+    }
+    let (mut answer, to) = send
+        .send_request(req, upload.is_none())
+        .map_err(|e| (e, true))?;
+    let mut up = upload.is_some().then_some(to);
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = Pin::new(&mut answer).poll(cx) {
+            return Poll::Ready(r.map(|resp| (resp, up.take())).map_err(|e| (e, false)));
+        }
+        if let (Some(src), Some(to)) = (upload.as_mut(), up.as_mut()) {
+            match src.pump(to, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => up = None,
+                // The client's side failed: the upstream stream is cancelled, and its answer
+                // says so.
+                Poll::Ready(Err(Broke::From(_))) => {
+                    to.send_reset(h2::Reason::CANCEL);
+                    up = None;
+                }
+                // The upstream stream failed: its answer says how.
+                Poll::Ready(Err(Broke::To)) => up = None,
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Times a stream refused unprocessed is sent again (Istio's default retry policy makes 2
 /// attempts on `refused-stream`).
 const MAX_RESENDS: u32 = 2;
@@ -565,25 +672,193 @@ const MAX_RESENDS: u32 = 2;
 /// Whether the upstream refused a stream without processing it, so that it can go again
 /// (RFC 9113 §8.7): the stream was above a graceful GOAWAY's last stream id (or sent after
 /// it), or was reset with REFUSED_STREAM.
-fn refused(e: &hyper::Error) -> bool {
-    h2_error(e).is_some_and(|h| {
-        let reason = h.reason();
-        h.is_remote()
-            && ((h.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
-                || (h.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
-    })
+fn refused(e: &h2::Error) -> bool {
+    let reason = e.reason();
+    e.is_remote()
+        && ((e.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
+            || (e.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
 }
 
-/// The `h2` error under a hyper error, if any.
-fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<h2::Error>() {
-            return Some(h);
+/// The request body bytes kept for a resend (a gRPC unary call's message, a form).
+const KEEP_LIMIT: usize = 64 * 1024;
+
+/// What of a request body went up, kept for a resend: an upstream may refuse a stream it never
+/// processed (a GOAWAY whose last stream id is below it, or REFUSED_STREAM; RFC 9113 §8.7 says
+/// such a request can be retried safely), and by then part of the body may have gone. The
+/// frames' `Bytes` are counted references, not copies; past [`KEEP_LIMIT`] nothing is kept and
+/// the stream cannot go again. Istio's default retry policy (`refused-stream`) and Envoy's
+/// `x-envoy-retry-on: refused-stream` do the same.
+#[derive(Default)]
+struct Kept {
+    data: Vec<Bytes>,
+    len: usize,
+    trailers: Option<HeaderMap>,
+    whole: bool,
+}
+
+/// How a pump stopped short.
+enum Broke {
+    /// The side read from failed (with its error).
+    From(h2::Error),
+    /// The side written to failed or went away.
+    To,
+}
+
+/// One side of a stream, read to be written to the other: its body's frames, then its
+/// trailers, with flow control (a frame is read only when the last one has gone, and the
+/// reading side's window is given back as frames are read).
+struct Source {
+    from: RecvStream,
+    /// The frame read, what of it has not gone yet (waiting for window).
+    buf: Bytes,
+    /// Kept frames to send first, last first (those of a refused attempt).
+    replay: Vec<Bytes>,
+    replay_trailers: Option<HeaderMap>,
+    /// `from` has ended (its end seen, its trailers taken).
+    ended: bool,
+    /// Body bytes read.
+    moved: u64,
+    /// What went, kept for a resend while one can follow (request bodies, until the answer).
+    kept: Option<Kept>,
+    /// Given back once the end has come from `from`, before the last frame goes to `to` (an
+    /// answer's stream slot: free by the time the client has the whole answer).
+    hold: Option<Slot>,
+}
+
+impl Source {
+    fn new(from: RecvStream, keep: bool) -> Source {
+        Source {
+            from,
+            buf: Bytes::new(),
+            replay: Vec::new(),
+            replay_trailers: None,
+            ended: false,
+            moved: 0,
+            kept: keep.then(|| Kept {
+                whole: true,
+                ..Kept::default()
+            }),
+            hold: None,
         }
-        source = s.source();
     }
-    None
+
+    /// Starts again from the first byte, for a resend: false when more went than was kept.
+    fn rewind(&mut self) -> bool {
+        let Some(k) = &mut self.kept else {
+            return false;
+        };
+        if !k.whole {
+            return false;
+        }
+        // What went (in order) goes first, then what was still to replay from an earlier
+        // attempt (`replay` pops from its end).
+        let mut replay = std::mem::take(&mut self.replay);
+        replay.extend(std::mem::take(&mut k.data).into_iter().rev());
+        self.replay = replay;
+        if let Some(t) = k.trailers.take() {
+            self.replay_trailers = Some(t);
+        }
+        k.len = 0;
+        self.buf = Bytes::new();
+        true
+    }
+
+    /// Keeps `data` for a resend, while one can follow and the kept stay under the limit.
+    fn keep(&mut self, data: &Bytes) {
+        let Some(k) = &mut self.kept else { return };
+        if !k.whole {
+            return;
+        }
+        k.len += data.len();
+        if k.len > KEEP_LIMIT {
+            k.whole = false;
+            k.data = Vec::new();
+        } else {
+            k.data.push(data.clone());
+        }
+    }
+
+    /// Moves frames from `from` to `to` as `to`'s window allows, until the end (trailers
+    /// included) has gone.
+    fn pump(
+        &mut self,
+        to: &mut SendStream<Bytes>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Broke>> {
+        loop {
+            if !self.buf.is_empty() {
+                let mut room = to.capacity();
+                if room == 0 {
+                    to.reserve_capacity(self.buf.len());
+                    room = to.capacity();
+                    if room == 0 {
+                        match std::task::ready!(to.poll_capacity(cx)) {
+                            Some(Ok(n)) => room = n,
+                            Some(Err(_)) | None => return Poll::Ready(Err(Broke::To)),
+                        }
+                        if room == 0 {
+                            continue;
+                        }
+                    }
+                }
+                let chunk = self.buf.split_to(room.min(self.buf.len()));
+                let end = self.buf.is_empty()
+                    && self.replay.is_empty()
+                    && !self.ended
+                    && self.from.is_end_stream();
+                if end {
+                    self.hold = None;
+                }
+                to.send_data(chunk, end).map_err(|_| Broke::To)?;
+                if end {
+                    self.ended = true;
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            if let Some(d) = self.replay.pop() {
+                self.keep(&d);
+                to.reserve_capacity(d.len());
+                self.buf = d;
+                continue;
+            }
+            if !self.ended {
+                match std::task::ready!(self.from.poll_data(cx)) {
+                    Some(Ok(d)) => {
+                        let n = d.len();
+                        self.moved += n as u64;
+                        // Given back as read: the one frame in passage is what this stream holds.
+                        let _ = self.from.flow_control().release_capacity(n);
+                        if n > 0 {
+                            self.keep(&d);
+                            to.reserve_capacity(n);
+                            self.buf = d;
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(Broke::From(e))),
+                    None => {
+                        let trailers =
+                            std::task::ready!(self.from.poll_trailers(cx)).map_err(Broke::From)?;
+                        self.ended = true;
+                        self.replay_trailers = trailers;
+                    }
+                }
+            }
+            self.hold = None;
+            let sent = match self.replay_trailers.take() {
+                Some(t) => {
+                    // Request trailers are rare: copied only then, while a resend can follow.
+                    if let Some(k) = &mut self.kept {
+                        k.trailers = Some(t.clone());
+                    }
+                    to.send_trailers(t)
+                }
+                None => to.send_data(Bytes::new(), true),
+            };
+            return Poll::Ready(sent.map_err(|_| Broke::To));
+        }
+    }
 }
 
 /// A connection to `host` for a stream (see [`connection`]); a failure is counted and told to
@@ -593,7 +868,7 @@ async fn upstream_connection(
     host: &Arc<Host>,
     limits: &config::Limits,
     lb: &Arc<crate::cluster::Lb>,
-) -> Result<(SendRequest<Replay>, Open), Local> {
+) -> Result<(SendRequest<Bytes>, Open), Local> {
     connection(cluster, host, limits).await.map_err(|e| {
         tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "HTTP/2 connect failed");
         cluster.stats.upstream_cx_connect_fail.inc();
@@ -611,7 +886,7 @@ struct Logged {
 }
 
 impl Logged {
-    fn new(log: AccessLog, req: &Request<Incoming>) -> Logged {
+    fn new<B>(log: AccessLog, req: &Request<B>) -> Logged {
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -656,26 +931,27 @@ async fn connection(
     cluster: &Arc<Cluster>,
     host: &Host,
     limits: &config::Limits,
-) -> std::io::Result<(SendRequest<Replay>, Open)> {
+) -> std::io::Result<(SendRequest<Bytes>, Open)> {
     let addr = host.addr;
     // Takes a stream on connection `i`, retiring it at its last.
     let take = |s: &mut StreamsInner, i: usize| {
         let c = &mut s.conns[i];
         c.streams += 1;
-        let send = (c.send.clone(), Open::new(&c.open));
         if limits
             .max_requests_per_connection
             .is_some_and(|m| c.streams >= m)
         {
-            s.conns.swap_remove(i);
+            let c = s.conns.swap_remove(i);
+            let open = Open::new(&c.open);
+            return (c.send, open);
         }
-        send
+        (c.send.clone(), Open::new(&c.open))
     };
     // An open one to this host with room for a stream under the peer's limit, or past
-    // `max_connections` the least busy open one (this host's first).
+    // `max_connections` the least busy open one (this host's first). A connection leaves the
+    // pool when its task ends.
     let existing = || {
         let mut s = cluster.h2.lock();
-        s.conns.retain(|c| !c.send.is_closed());
         if let Some(i) = s.conns.iter().position(|c| c.host == addr && c.has_room()) {
             return Some(take(&mut s, i));
         }
@@ -722,17 +998,18 @@ async fn connection(
 const BEFORE_SETTINGS: usize = usize::MAX - 1;
 
 /// Opens an upstream HTTP/2 connection (connect and handshake within the cluster's connect
-/// timeout). Its task closes it when no stream has been open on it (`streams`) and no byte has
-/// moved for the cluster's idle timeout, as an idle pooled HTTP/1 connection is closed
-/// (`upstream_cx_idle_timeout`). The connection is handed out once the peer's SETTINGS have
-/// come (within the connect timeout), and its task keeps `max` at the peer's
+/// timeout) and spawns the task that drives it. That task closes it when no stream has been
+/// open on it (`streams`) and no byte has moved for the cluster's idle timeout, as an idle
+/// pooled HTTP/1 connection is closed (`upstream_cx_idle_timeout`), and takes it out of the
+/// pool when it ends. The connection is handed out once the peer's SETTINGS have come (within
+/// the connect timeout), and its task keeps `max` at the peer's
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` (unlimited when not sent).
 async fn open(
     cluster: &Arc<Cluster>,
     host: SocketAddr,
     streams: Arc<AtomicU32>,
     max: Arc<AtomicU32>,
-) -> std::io::Result<SendRequest<Replay>> {
+) -> std::io::Result<SendRequest<Bytes>> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
     let (connect, idle) = (cluster.connect_timeout(), cluster.idle_timeout());
     let tcp = tokio::time::timeout(connect, TcpStream::connect(host))
@@ -743,14 +1020,23 @@ async fn open(
     let st = cluster.stats.clone();
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
-        let activity = Arc::new(Activity::since(Instant::now()));
+        let activity = Activity::since(Instant::now());
         let started = Instant::now();
-        // The stream limit before the peer's first SETTINGS: a value no peer sends, so that
-        // the SETTINGS are seen to have come when it changes (h2 then takes their
-        // SETTINGS_MAX_CONCURRENT_STREAMS, or unlimited when absent).
-        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let mut builder = h2::client::Builder::new();
+        builder
+            // The stream limit before the peer's first SETTINGS: a value no peer sends, so that
+            // the SETTINGS are seen to have come when it changes (h2 then takes their
+            // SETTINGS_MAX_CONCURRENT_STREAMS, or unlimited when absent).
             .initial_max_send_streams(BEFORE_SETTINGS)
-            .handshake(TokioIo::new(Tracked::new(tcp, activity.clone())));
+            // Windows of 2 MiB (a stream's) and 5 MiB (the connection's), a send buffer of
+            // 1 MiB per stream, no push: what the proxy had from hyper, whose defaults these are.
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .max_send_buffer_size(1 << 20)
+            .max_header_list_size(16 * 1024)
+            .max_local_error_reset_streams(Some(1024))
+            .enable_push(false);
+        let handshake = builder.handshake::<_, Bytes>(Tracked::new(tcp, &activity));
         let (send, conn) = match tokio::time::timeout(connect, handshake).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -762,30 +1048,24 @@ async fn open(
                 return;
             }
         };
-        let mut conn = std::pin::pin!(conn);
+        let mut conn = pin!(conn);
         // Drives the connection, copying the peer's stream limit out after each turn (a load
-        // and a store).
-        let settled = std::sync::atomic::AtomicBool::new(false);
-        let mut run = std::future::poll_fn(|cx| {
+        // and a store), and saying once its SETTINGS have come.
+        let settled = AtomicBool::new(false);
+        let mut run = poll_fn(|cx| {
             let r = conn.as_mut().poll(cx);
-            let peer_max = conn.current_max_send_streams();
+            let peer_max = conn.max_concurrent_send_streams();
             if peer_max != BEFORE_SETTINGS {
                 max.store(u32::try_from(peer_max).unwrap_or(u32::MAX), Relaxed);
                 settled.store(true, Relaxed);
             }
             r
         });
-        // The SETTINGS are applied on hyper's own connection task: looked for each millisecond
-        // (on loopback they come well within the first).
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
-        let settings = std::future::poll_fn(|cx| loop {
-            if let Poll::Ready(r) = Pin::new(&mut run).poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            if settled.load(Relaxed) {
-                return Poll::Ready(None);
-            }
-            std::task::ready!(tick.poll_tick(cx));
+        // Until the SETTINGS come (on loopback, in the first turn or so).
+        let settings = poll_fn(|cx| match Pin::new(&mut run).poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending if settled.load(Relaxed) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         });
         let deadline = connect.saturating_sub(started.elapsed());
         match tokio::time::timeout(deadline, settings).await {
@@ -810,6 +1090,7 @@ async fn open(
             c.h2.conns_open.fetch_add(1, Relaxed);
             c.sync_gauges();
         });
+        // (Were the stream that opened it gone, the connection closes, having no handle.)
         let _ = tx.send(Ok(send));
         tokio::select! {
             r = run => {
@@ -822,59 +1103,65 @@ async fn open(
             }
         }
         st.upstream_cx_destroy.inc();
-        if let (Some(()), Some(c)) = (counted, weak.upgrade()) {
-            c.h2.conns_open.fetch_sub(1, Relaxed);
-            c.sync_gauges();
+        if let Some(c) = weak.upgrade() {
+            c.h2.forget(&streams);
+            if counted.is_some() {
+                c.h2.conns_open.fetch_sub(1, Relaxed);
+                c.sync_gauges();
+            }
         }
     });
     rx.await
         .map_err(|_| std::io::Error::other("the connection's task ended"))?
 }
 
-/// The request as it goes upstream: hop-by-hop headers dropped (RFC 9113 §8.2.2), the client
-/// appended to `x-forwarded-for` where the listener says so.
-fn upstream_request(req: Request<Incoming>, peer: SocketAddr, ctx: &HttpCtx) -> Request<Incoming> {
-    let (mut parts, body) = req.into_parts();
-    for h in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        parts.headers.remove(h);
-    }
-    if ctx.add_forwarded_for {
-        let ip = peer.ip().to_canonical().to_string();
-        let value = match parts.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+/// The request as it goes upstream: the client appended to `x-forwarded-for` where the
+/// listener says so. Hop-by-hop headers (RFC 9113 §8.2.2) cannot be there: h2 refuses a
+/// stream that carries them.
+fn upstream_request(mut req: Request<()>, conn: &Downconn) -> Request<()> {
+    if let Some(ip) = &conn.client_ip {
+        let headers = req.headers_mut();
+        let value = match headers.get("x-forwarded-for").map(|v| v.to_str()) {
             Some(Ok(v)) => format!("{v}, {ip}"),
-            _ => ip,
+            _ => ip.clone(),
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert("x-forwarded-for", v);
+            headers.insert("x-forwarded-for", v);
         }
     }
-    Request::from_parts(parts, body)
+    req
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
+/// A copy of a request head (counted references to its bytes; the header map's tables are
+/// allocated anew).
+fn copy(r: &Request<()>) -> Request<()> {
+    let mut c = Request::new(());
+    *c.method_mut() = r.method().clone();
+    *c.uri_mut() = r.uri().clone();
+    *c.version_mut() = r.version();
+    *c.headers_mut() = r.headers().clone();
+    c
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(hyper::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// An answer the proxy makes: for gRPC a trailers-only response (`grpc-status` in the headers,
-/// HTTP 200, no body), as Envoy sends; else `status` with `text`.
+/// Sends an answer the proxy makes: for gRPC a trailers-only response (`grpc-status` in the
+/// headers, HTTP 200, no body), as Envoy sends; else `status` with `text`. The body bytes sent.
 fn local(
+    respond: &mut SendResponse<Bytes>,
     grpc: bool,
     status: StatusCode,
     grpc_status: u16,
     text: &'static str,
     overloaded: bool,
-) -> Response<ReplyBody> {
-    let mut r = if grpc {
-        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
-        let h = r.headers_mut();
+) -> u64 {
+    let mut r = Response::new(());
+    let h = r.headers_mut();
+    if grpc {
         h.insert(
             hyper::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -887,23 +1174,26 @@ fn local(
             HeaderName::from_static("grpc-message"),
             HeaderValue::from_static(text),
         );
-        r
     } else {
-        let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
-            text.as_bytes(),
-        ))));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
+        h.insert(
             hyper::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
-        r
-    };
+        h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        *r.status_mut() = status;
+    }
     if overloaded {
         r.headers_mut().insert(
             HeaderName::from_static("x-envoy-overloaded"),
             HeaderValue::from_static("true"),
         );
     }
-    r
+    match respond.send_response(r, grpc) {
+        Ok(mut body) if !grpc => {
+            // A few bytes: buffered by h2 until the window has room.
+            let _ = body.send_data(Bytes::from_static(text.as_bytes()), true);
+            text.len() as u64
+        }
+        _ => 0,
+    }
 }

@@ -131,8 +131,9 @@ async fn a_stream_and_its_trailers_pass_through() {
             "{want} in {clusters}"
         );
     }
-    // Envoy's access log line, protocol HTTP/2, the body's 5 bytes sent, the upstream host.
-    let line = support::wait_log(&px, "\"POST /echo.Echo/Say HTTP/2\" 200 - 0 5 ").await;
+    // Envoy's access log line, protocol HTTP/2, the request body's 5 bytes received and the
+    // answer's 5 sent, the upstream host.
+    let line = support::wait_log(&px, "\"POST /echo.Echo/Say HTTP/2\" 200 - 5 5 ").await;
     assert!(line.contains(&app.addr.to_string()), "{line}");
 }
 
