@@ -500,12 +500,22 @@ impl hyper::body::Body for CutShort {
     }
 }
 
-/// The first upstream connection refuses streams it never processed, as nginx does at its
-/// `keepalive_requests`: it takes stream 1, waits until `refused` more streams have reached it,
-/// then sends GOAWAY (NO_ERROR, last stream 1), answers stream 1 `200` and closes. Every later
-/// connection is served by the echo app at `echo`. Frames are written by hand: only stream ids
-/// are read, and `:status: 200` is HPACK's static index 8 (one byte, 0x88).
-async fn start_refuser(echo: SocketAddr, refused: usize) -> SocketAddr {
+/// How [`start_refuser`] refuses the streams it never processed.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// GOAWAY (NO_ERROR, last stream 1), as nginx does at its `keepalive_requests`; then the
+    /// connection closes.
+    Goaway,
+    /// RST_STREAM REFUSED_STREAM on each, as a server past its own stream limit does; the
+    /// connection stays open.
+    ResetRefused,
+}
+
+/// The first upstream connection refuses streams it never processed: it takes stream 1, waits
+/// until `refused` more streams have reached it, refuses them as `how` says, and answers stream
+/// 1 `200`. Every later connection is served by the echo app at `echo`. Frames are written by
+/// hand: only stream ids are read, and `:status: 200` is HPACK's static index 8 (one byte, 0x88).
+async fn start_refuser(echo: SocketAddr, refused: usize, how: Refusal) -> SocketAddr {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -539,14 +549,28 @@ async fn start_refuser(echo: SocketAddr, refused: usize) -> SocketAddr {
             }
         }
         assert_eq!(streams[0], 1);
-        let mut goaway = 1u32.to_be_bytes().to_vec();
-        goaway.extend_from_slice(&0u32.to_be_bytes());
-        s.write_all(&frame(0x7, 0, 0, &goaway)).await.unwrap();
+        match how {
+            Refusal::Goaway => {
+                let mut goaway = 1u32.to_be_bytes().to_vec();
+                goaway.extend_from_slice(&0u32.to_be_bytes());
+                s.write_all(&frame(0x7, 0, 0, &goaway)).await.unwrap();
+            }
+            Refusal::ResetRefused => {
+                for id in &streams[1..] {
+                    // REFUSED_STREAM is error code 0x7.
+                    s.write_all(&frame(0x3, 0, *id, &7u32.to_be_bytes()))
+                        .await
+                        .unwrap();
+                }
+            }
+        }
         // END_HEADERS | END_STREAM, `:status: 200`.
         s.write_all(&frame(0x1, 0x4 | 0x1, 1, &[0x88]))
             .await
             .unwrap();
-        s.shutdown().await.unwrap();
+        if let Refusal::Goaway = how {
+            s.shutdown().await.unwrap();
+        }
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     });
@@ -555,8 +579,19 @@ async fn start_refuser(echo: SocketAddr, refused: usize) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_refused_by_an_upstream_goaway_go_again_on_another_connection() {
+    refused_streams_go_again(Refusal::Goaway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_reset_refused_stream_go_again_on_another_connection() {
+    refused_streams_go_again(Refusal::ResetRefused).await;
+}
+
+/// Four streams the upstream refuses unprocessed, with bodies bigger than a frame, are sent
+/// again (bodies whole) on a new connection; the first stream is answered where it was.
+async fn refused_streams_go_again(how: Refusal) {
     let app = start_h2_app(Duration::ZERO).await;
-    let upstream = start_refuser(app.addr, 4).await;
+    let upstream = start_refuser(app.addr, 4, how).await;
     let px = ProxyProc::gateway(upstream, &[]).await;
     let c = client(px.listen).await;
     // Stream 1 upstream: held by the refuser until the four others have reached it.
