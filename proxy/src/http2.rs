@@ -266,6 +266,9 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     // open streams get one more idle timeout to finish.
     let mut idled = pin!(activity.expired_unless(idle, || conn.open.load(Relaxed) > 0));
     let mut drained = pin!(drain.signaled());
+    // A drain does not cut the handshake short: a caller that connects during it is served the
+    // streams it sent with its preface (h2's graceful GOAWAY counts as processed what arrives
+    // before its PING comes back), then the connection closes.
     let mut h2 = tokio::select! {
         r = handshake => match r {
             Ok(c) => c,
@@ -275,31 +278,47 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
             }
         },
         () = &mut idled => return,
-        () = &mut drained => return,
     };
     let mut grace = pin!(tokio::time::sleep(idle));
+    let mut shut = pin!(drain.closed());
     let mut closing = false;
+    // Told to leave before its first stream: a caller that connected during the drain is
+    // served that stream (its GOAWAY goes as the stream comes in, as HTTP/1's
+    // `connection: close` goes with the answer), rather than refused at once.
+    let (mut served, mut leave_after_first) = (false, false);
     let ended = loop {
         tokio::select! {
             // The connection first: the timers only matter when it waits.
             biased;
             s = h2.accept() => match s {
                 Some(Ok((req, respond))) => {
+                    served = true;
                     let opened = Downstream::new(&conn);
                     tokio::spawn(stream(req, respond, opened));
+                    if leave_after_first && !closing {
+                        closing = true;
+                        goaway(&mut h2, grace.as_mut(), idle);
+                    }
                 }
                 Some(Err(e)) => break Some(e),
                 None => break None,
             },
             () = &mut idled, if !closing => {
                 closing = true;
-                h2.graceful_shutdown();
-                grace.as_mut().reset(tokio::time::Instant::now() + idle);
+                goaway(&mut h2, grace.as_mut(), idle);
             }
-            () = &mut drained, if !closing => {
+            () = &mut drained, if !closing && !leave_after_first => {
+                if served {
+                    closing = true;
+                    goaway(&mut h2, grace.as_mut(), idle);
+                } else {
+                    leave_after_first = true;
+                }
+            }
+            // The drain time is over: no more waiting for a first stream.
+            () = &mut shut, if !closing => {
                 closing = true;
-                h2.graceful_shutdown();
-                grace.as_mut().reset(tokio::time::Instant::now() + idle);
+                goaway(&mut h2, grace.as_mut(), idle);
             }
             () = &mut grace, if closing => return,
         }
@@ -307,6 +326,19 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
     if let Some(e) = ended {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended");
     }
+}
+
+/// Tells the client to leave (GOAWAY, graceful: streams it sent before it learns of it are still
+/// served); its open streams then get one more idle timeout to finish.
+fn goaway<T>(
+    h2: &mut h2::server::Connection<T, Bytes>,
+    grace: Pin<&mut tokio::time::Sleep>,
+    idle: std::time::Duration,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    h2.graceful_shutdown();
+    grace.reset(tokio::time::Instant::now() + idle);
 }
 
 /// Streams one client connection may have open at once (each is a task's worth of state).
@@ -493,7 +525,8 @@ impl Local {
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
         match self {
             Local::NoRoute => (StatusCode::NOT_FOUND, 12, "no route", "NR"),
-            Local::NoBackend => (StatusCode::INTERNAL_SERVER_ERROR, 2, NO_BACKEND_BODY, "-"),
+            // gRPC: UNAVAILABLE, as GRPCRoute asks of an invalid backend.
+            Local::NoBackend => (StatusCode::INTERNAL_SERVER_ERROR, 14, NO_BACKEND_BODY, "-"),
             Local::Overflow => (unavailable, 14, OVERFLOW_BODY, "UO"),
             Local::NoHealthyUpstream => (unavailable, 14, NO_HEALTHY_UPSTREAM_BODY, "UH"),
             Local::ConnectFailed => (unavailable, 14, CONNECT_FAIL_BODY, "UF"),

@@ -703,3 +703,68 @@ async fn http2_streams_follow_the_routes_one_by_one() {
     assert_eq!(v2.hits.load(Ordering::SeqCst), 2);
     assert_eq!(v1.hits.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_without_a_route_or_a_backend_get_grpc_statuses() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let exact = |rule: usize, path: &str| RouteMatch {
+        path: Some(PathMatch::Exact(path.into())),
+        ..any(rule)
+    };
+    // As control compiles a GRPCRoute: a method is an exact path; the second rule's one
+    // backend is invalid (nothing to send to).
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![
+            exact(0, "/reviews.Reviews/Get"),
+            exact(1, "/reviews.Reviews/Broken"),
+        ],
+        vec![
+            rule("default/reviews#0", vec![to(0, 1)]),
+            rule("default/reviews#1", vec![]),
+        ],
+    ))
+    .await;
+    let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let call = |path: &str, grpc: bool| {
+        let mut b = Request::post(format!("http://reviews:9080{path}"));
+        if grpc {
+            b = b
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+        }
+        b.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    // GRPCRoute: an invalid backend answers UNAVAILABLE, trailers-only (HTTP 200); no route
+    // answers UNIMPLEMENTED, as Envoy maps its 404.
+    for (path, want) in [("/reviews.Reviews/Broken", "14"), ("/other.Svc/Call", "12")] {
+        let resp = send.send_request(call(path, true)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let status = resp
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(status, Some(want), "{path}: {:?}", resp.headers());
+        assert!(resp.headers().contains_key("grpc-message"), "{path}");
+    }
+    // The same stream without gRPC's content type is HTTPRoute's: 500.
+    let resp = send
+        .send_request(call("/reviews.Reviews/Broken", false))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    // The connection carries on: the valid method reaches the app.
+    let resp = send
+        .send_request(call("/reviews.Reviews/Get", true))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 1);
+    wait_log(&px, "\"POST /reviews.Reviews/Broken HTTP/2\" 200 ").await;
+}

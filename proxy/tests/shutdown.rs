@@ -391,3 +391,48 @@ async fn sigterm_sends_http2_callers_goaway_and_finishes_their_streams() {
         .expect("no exit after the drain time");
     assert!(status.success(), "{status}");
 }
+
+/// A caller that connects during the drain is still served: its first streams are answered
+/// (the proxy's GOAWAY names them as processed), then the connection closes. Ten connections,
+/// one after another, so a race between the handshake and the drain would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_http2_connection_during_the_drain_is_served_then_closed() {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = start_h2_app(Duration::ZERO).await;
+    let mut px = ProxyProc::gateway(app, &["--drain-time=4s"]).await;
+    sigterm(px.child.id());
+    wait_not_ready(px.admin).await;
+    for i in 0..10 {
+        let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap_or_else(|e| panic!("connection {i}: handshake: {e}"));
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get("http://app/late")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = send
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: its first stream during the drain: {e}"));
+        assert_eq!(r.status(), 200, "connection {i}");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok", "connection {i}");
+        // `send` is held: only the proxy can end the connection.
+        let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+        assert!(
+            ended.is_ok(),
+            "connection {i} still open after its stream, though draining"
+        );
+        drop(send);
+    }
+    let status = exit_of(&mut px.child, Duration::from_secs(10))
+        .await
+        .expect("no exit after the drain time");
+    assert!(status.success(), "{status}");
+}
