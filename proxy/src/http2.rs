@@ -21,8 +21,10 @@
 //! a slow reader on one stream holds back only that stream), trailers pass through, and nothing
 //! is buffered whole: a stream holds at most one frame in passage (and, until its answer's head,
 //! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
-//! the same [`Upstream`] as HTTP/1: the seam for GRPCRoute is [`cluster_for`], which picks a
-//! stream's cluster.
+//! the same [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and
+//! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite and header modifiers apply as on
+//! HTTP/1. Not yet on this path: the rule's retries (other than resending a refused stream),
+//! redirects and mirrors.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -45,12 +47,14 @@ use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
 use crate::host::{Active, Host};
 use crate::http::flags::{
-    CONNECT_FAIL_BODY, NO_BACKEND_BODY, NO_HEALTHY_UPSTREAM_BODY, OVERFLOW_BODY, TIMEOUT_BODY,
+    CONNECT_FAIL_BODY, FAULT_ABORT_BODY, NO_BACKEND_BODY, NO_HEALTHY_UPSTREAM_BODY, OVERFLOW_BODY,
+    TIMEOUT_BODY,
 };
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
-use crate::router::{Upstream, View};
+use crate::router::{self, Picked, Table, Upstream, View};
+use config::api::{HeaderModifier, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
@@ -344,20 +348,80 @@ fn goaway<T>(
 /// Streams one client connection may have open at once (each is a task's worth of state).
 const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
 
-/// The cluster a stream goes to: the destination's own, or the one its routes pick (HTTPRoute
-/// matches on the stream's method, path, query and headers, then the rule's weights). This is
-/// the seam for GRPCRoute. The rules' filters, timeouts and retries are HTTP/1's only so far.
-fn cluster_for<B>(up: &Upstream, req: &Request<B>) -> Result<Arc<Cluster>, Local> {
+/// The cluster a stream goes to, and the route rule that picked it: the destination's own, or
+/// the one its routes pick (HTTPRoute and GRPCRoute match on the stream's method, path, query
+/// and headers, then the rule's weights). `table` holds the routes while the rule is used.
+fn route<'t>(
+    up: &Upstream,
+    table: &'t mut Option<Arc<Table>>,
+    req: &Request<()>,
+) -> Result<(Arc<Cluster>, Option<Picked<'t>>), Local> {
     match up {
-        Upstream::Cluster(c) => Ok(c.clone()),
-        Upstream::Routed { default, routes } => match routes.get() {
-            None => default.clone().ok_or(Local::NoRoute),
-            Some(table) => {
-                let head = head_of(req);
-                let picked = table.pick(&View::of(&head)).ok_or(Local::NoRoute)?;
-                picked.rule.backend().cloned().ok_or(Local::NoBackend)
+        Upstream::Cluster(c) => Ok((c.clone(), None)),
+        Upstream::Routed { default, routes } => {
+            *table = routes.get();
+            match table.as_deref() {
+                None => Ok((default.clone().ok_or(Local::NoRoute)?, None)),
+                Some(t) => {
+                    let head = head_of(req);
+                    let picked = t.pick(&View::of(&head)).ok_or(Local::NoRoute)?;
+                    let cluster = picked.rule.backend().cloned().ok_or(Local::NoBackend)?;
+                    Ok((cluster, Some(picked)))
+                }
             }
-        },
+        }
+    }
+}
+
+/// A rule's `URLRewrite` on a stream's head: `:authority` (and `host`, if the client sent one)
+/// from `hostname`, `:path` from the path modifier (`prefix`: what the rule's path match
+/// matched).
+fn rewrite(req: &mut Request<()>, rw: &Rewrite, prefix: Option<&[u8]>) {
+    let uri = req.uri().clone();
+    let mut parts = uri.into_parts();
+    if let Some(host) = &rw.hostname {
+        if let Ok(a) = host.parse::<hyper::http::uri::Authority>() {
+            parts.authority = Some(a);
+        }
+        if let Ok(v) = HeaderValue::from_str(host) {
+            if let Some(h) = req.headers_mut().get_mut(hyper::header::HOST) {
+                *h = v;
+            }
+        }
+    }
+    if let Some(m) = &rw.path {
+        let (path, query) = parts
+            .path_and_query
+            .as_ref()
+            .map_or(("/", ""), |p| (p.path(), p.query().unwrap_or("")));
+        let target = router::new_path(m, path.as_bytes(), query.as_bytes(), prefix);
+        if let Ok(pq) = hyper::http::uri::PathAndQuery::try_from(target) {
+            parts.path_and_query = Some(pq);
+        }
+    }
+    if let Ok(u) = hyper::Uri::from_parts(parts) {
+        *req.uri_mut() = u;
+    }
+}
+
+/// A rule's `RequestHeaderModifier` or `ResponseHeaderModifier` on a stream's headers, in
+/// HTTP/1's order: set (replacing), add (appending), remove. Names and values were checked when
+/// the routes were compiled; one that does not parse is skipped.
+fn edit(h: &mut HeaderMap, m: &HeaderModifier) {
+    let parsed = |(n, v): &(String, String)| {
+        Some((
+            HeaderName::from_bytes(n.as_bytes()).ok()?,
+            HeaderValue::from_str(v).ok()?,
+        ))
+    };
+    for (n, v) in m.set.iter().filter_map(parsed) {
+        h.insert(n, v);
+    }
+    for (n, v) in m.add.iter().filter_map(parsed) {
+        h.append(n, v);
+    }
+    for n in &m.remove {
+        h.remove(n.as_str());
     }
 }
 
@@ -398,8 +462,10 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
     let (head, body) = req.into_parts();
     // The request body, when there is one, read as it goes up.
     let mut upload = (!body.is_end_stream()).then(|| Source::new(body, true));
+    // A route's fault delayed the stream (`DI` in the log).
+    let mut delayed = false;
     let forwarded = {
-        let mut fwd = pin!(forward(head, &mut upload, conn));
+        let mut fwd = pin!(forward(head, &mut upload, conn, &mut delayed));
         poll_fn(|cx| match fwd.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             // The client reset the stream (or its connection ended) before the answer's head:
@@ -412,6 +478,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
     let received = |upload: &Option<Source>| upload.as_ref().map_or(0, |s| s.moved);
     let Forwarded {
         resp,
+        response_headers,
         slot,
         host,
         mut up,
@@ -429,17 +496,23 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
             );
             if let Some(mut l) = log {
                 l.entry.code = if grpc { 200 } else { status.as_u16() };
-                l.entry.flags = flag.into();
+                l.entry.flags = with_delay(flag, delayed);
                 l.entry.bytes_received = received(&upload);
                 l.done(sent);
             }
             return;
         }
     };
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Some(m) = &response_headers {
+        edit(&mut parts.headers, m);
+    }
     if let Some(l) = &mut log {
         l.entry.code = parts.status.as_u16();
         l.entry.upstream_host = Some(host);
+        if delayed {
+            l.entry.flags = "DI".into();
+        }
     }
     let end = body.is_end_stream();
     // The stream's slot goes with the upstream's end: here, for an answer without a body (a
@@ -515,6 +588,8 @@ enum Local {
     /// Upstream reset the stream, or its connection went away, before a response head.
     Reset,
     Timeout,
+    /// A route's `HTTPFault` abort, with its status (`FI`).
+    FaultAbort(u16),
 }
 
 impl Local {
@@ -532,7 +607,38 @@ impl Local {
             Local::ConnectFailed => (unavailable, 14, CONNECT_FAIL_BODY, "UF"),
             Local::Reset => (unavailable, 14, RESET, "UR"),
             Local::Timeout => (StatusCode::GATEWAY_TIMEOUT, 4, TIMEOUT_BODY, "UT"),
+            Local::FaultAbort(code) => (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                grpc_status_of(code),
+                FAULT_ABORT_BODY,
+                "FI",
+            ),
         }
+    }
+}
+
+/// The gRPC status for an HTTP status the proxy answers with (a fault's abort), as gRPC's
+/// HTTP-to-gRPC mapping and Envoy have it: 400 INTERNAL, 401 UNAUTHENTICATED, 403
+/// PERMISSION_DENIED, 404 UNIMPLEMENTED, 429 and 502-504 UNAVAILABLE, any other UNKNOWN.
+fn grpc_status_of(http: u16) -> u16 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// The access log's flags for a stream answered with `flag`, with `DI` when a fault delayed
+/// it, in Envoy's order (`DI` after `UH`..`NR`, before `FI`).
+fn with_delay(flag: &'static str, delayed: bool) -> std::borrow::Cow<'static, str> {
+    match (delayed, flag) {
+        (false, f) => f.into(),
+        (true, "-") => "DI".into(),
+        (true, "FI") => "DI,FI".into(),
+        (true, f) => format!("{f},DI").into(),
     }
 }
 
@@ -540,6 +646,8 @@ impl Local {
 /// the upstream side of the request body while it is still going up.
 struct Forwarded {
     resp: Response<RecvStream>,
+    /// The rule's `ResponseHeaderModifier`, for the answer's head.
+    response_headers: Option<HeaderModifier>,
     slot: Slot,
     host: SocketAddr,
     up: Option<SendStream<Bytes>>,
@@ -552,14 +660,46 @@ async fn forward(
     head: hyper::http::request::Parts,
     upload: &mut Option<Source>,
     conn: &Downconn,
+    delayed: &mut bool,
 ) -> Result<Forwarded, Local> {
     let ctx = &*conn.ctx;
-    let routed = Request::from_parts(head, ());
-    let cluster = cluster_for(&conn.up, &routed).inspect_err(|e| {
+    let mut routed = Request::from_parts(head, ());
+    let mut table = None;
+    let (cluster, picked) = route(&conn.up, &mut table, &routed).inspect_err(|e| {
         if *e == Local::NoRoute {
             ctx.listener.http.no_route.inc();
         }
     })?;
+    // The rule's filters, as HTTP/1 applies them: a fault first (a delay is not counted in the
+    // route's timeout, as Envoy's fault filter runs before the router's timer), then the
+    // rewrite and the request header edits; the response header edits go with the answer.
+    let (mut timeout, mut backend_timeout, mut response_headers) =
+        (ctx.request_timeout, None, None);
+    if let Some(Picked { rule: r, prefix }) = picked {
+        if let Some(f) = &r.fault {
+            if let Some(d) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
+                ctx.listener.http.fault_delays_injected.inc();
+                *delayed = true;
+                tokio::time::sleep(std::time::Duration::from_millis(d.delay_ms)).await;
+            }
+            if let Some(a) = f.abort.as_ref().filter(|x| router::roll(x.per_million)) {
+                ctx.listener.http.fault_aborts_injected.inc();
+                return Err(Local::FaultAbort(a.status));
+            }
+        }
+        if let Some(rw) = &r.rewrite {
+            rewrite(&mut routed, rw, prefix);
+        }
+        if let Some(m) = &r.request_headers {
+            edit(routed.headers_mut(), m);
+        }
+        response_headers = r.response_headers.clone();
+        timeout = r.timeout.unwrap_or(timeout);
+        backend_timeout = r.backend_timeout;
+    }
+    // The route's timeout (else `--request-timeout`) covers the whole wait for the answer's
+    // head: admission, connection, every try.
+    let deadline = tokio::time::Instant::now() + timeout;
     let st = &cluster.stats;
     let limits = cluster.limits();
     let admitted = match cluster
@@ -573,10 +713,7 @@ async fn forward(
         Admit::Wait(rx) => {
             st.upstream_rq_pending_total.inc();
             cluster.sync_gauges();
-            matches!(
-                tokio::time::timeout(ctx.request_timeout, rx).await,
-                Ok(Ok(()))
-            )
+            matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(())))
         }
         Admit::Overflow => false,
     };
@@ -593,7 +730,6 @@ async fn forward(
     slot.1 = Some(Active::new(host.clone()));
     let (mut send, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
     slot.2 = Some(open);
-    let deadline = tokio::time::Instant::now() + ctx.request_timeout;
     let mut head = Some(upstream_request(routed, conn));
     let mut resends = 0;
     // A stream the upstream refused unprocessed (GOAWAY below it, REFUSED_STREAM), or one that
@@ -607,7 +743,10 @@ async fn forward(
         } else {
             copy(head.as_ref().expect("the head"))
         };
-        let tried = tokio::time::timeout_at(deadline, attempt(&mut send, req, upload)).await;
+        // The rule's `backendRequest` timeout bounds each try, within the route's.
+        let until =
+            backend_timeout.map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
+        let tried = tokio::time::timeout_at(until, attempt(&mut send, req, upload)).await;
         let (e, unsent) = match tried {
             Ok(Ok(sent)) => break Ok(Ok(sent)),
             Err(elapsed) => break Err(elapsed),
@@ -640,6 +779,7 @@ async fn forward(
             cluster.report(&lb, &host, Outcome::Status(code));
             Ok(Forwarded {
                 resp,
+                response_headers,
                 slot,
                 host: host.addr,
                 up,

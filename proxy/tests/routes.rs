@@ -311,8 +311,9 @@ async fn weights_header_matches_and_a_live_switch() {
     let mut c = Client::connect(px.listen).await.unwrap();
     let seen = spread(&mut c, 1000, &[]).await;
     let v2n = seen.get("v2").copied().unwrap_or(0);
-    // Binomial(1000, 0.1): mean 100, sd 9.5; 71..=129 is ±3 sd.
-    assert!((71..=129).contains(&v2n), "{seen:?}");
+    // Binomial(1000, 0.1): mean 100, sd 9.5; 57..=143 is ±4.5 sd (±3 sd failed once in a
+    // full run: 1 in 370 is too often for CI).
+    assert!((57..=143).contains(&v2n), "{seen:?}");
     let seen = spread(&mut c, 50, &[("end-user", "jason")]).await;
     assert_eq!(seen.get("v2"), Some(&50), "{seen:?}");
 
@@ -409,8 +410,8 @@ async fn an_abort_fault_never_reaches_the_app_and_a_delay_is_waited() {
             assert_eq!(a.status, 200);
         }
     }
-    // Binomial(1000, 0.5): sd 15.8; 450..=550 is ±3 sd.
-    assert!((450..=550).contains(&aborted), "{aborted}");
+    // Binomial(1000, 0.5): sd 15.8; 429..=571 is ±4.5 sd.
+    assert!((429..=571).contains(&aborted), "{aborted}");
     assert_eq!(v1.hits.load(Ordering::SeqCst), 1000 - aborted as u64);
     px.stats()
         .metric("http.gateway.fault.aborts_injected")
@@ -767,4 +768,146 @@ async fn grpc_calls_without_a_route_or_a_backend_get_grpc_statuses() {
     assert_eq!(resp.status(), 200);
     assert_eq!(v1.hits.load(Ordering::SeqCst), 1);
     wait_log(&px, "\"POST /reviews.Reviews/Broken HTTP/2\" 200 ").await;
+}
+
+/// An HTTP/2 (prior knowledge) connection to `to`.
+async fn h2_client(to: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let s = tokio::net::TcpStream::connect(to).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A stream's status, `grpc-status` (if any), a header and its body.
+async fn h2_send(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+    grpc: bool,
+) -> (u16, Option<String>, Option<String>, String) {
+    let mut b = Request::post(format!("http://reviews:9080{path}"));
+    if grpc {
+        b = b.header("content-type", "application/grpc");
+    }
+    let resp = send
+        .send_request(
+            b.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (status, grpc_status, route) = (resp.status().as_u16(), h("grpc-status"), h("x-route"));
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        grpc_status,
+        route,
+        String::from_utf8_lossy(&body).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_get_the_rules_faults_timeouts_rewrites_and_header_edits() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let mut abort = rule("default/reviews#0", vec![to(0, 1)]);
+    abort.fault = Some(Fault {
+        abort: Some(Abort {
+            status: 503,
+            per_million: 1_000_000,
+        }),
+        delay: None,
+    });
+    let mut delay = rule("default/reviews#1", vec![to(0, 1)]);
+    delay.fault = Some(Fault {
+        delay: Some(Delay {
+            delay_ms: 300,
+            per_million: 1_000_000,
+        }),
+        abort: None,
+    });
+    let mut timed = rule("default/reviews#2", vec![to(0, 1)]);
+    timed.timeout_ms = Some(200);
+    let mut rewritten = rule("default/reviews#3", vec![to(0, 1)]);
+    rewritten.rewrite = Some(Rewrite {
+        hostname: Some("reviews.internal".into()),
+        path: Some(PathModifier::ReplacePrefixMatch("/v2".into())),
+    });
+    rewritten.request_headers = Some(HeaderModifier {
+        set: vec![("x-added".into(), "yes".into())],
+        ..HeaderModifier::default()
+    });
+    rewritten.response_headers = Some(HeaderModifier {
+        add: vec![("x-route".into(), "rewritten".into())],
+        ..HeaderModifier::default()
+    });
+    let prefix = |rule: usize, p: &str| RouteMatch {
+        path: Some(PathMatch::Prefix(p.into())),
+        ..any(rule)
+    };
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![
+            prefix(0, "/abort"),
+            prefix(1, "/delay"),
+            prefix(2, "/slow"),
+            prefix(3, "/v1"),
+        ],
+        vec![abort, delay, timed, rewritten],
+    ))
+    .await;
+    let mut c = h2_client(px.listen).await;
+
+    // Abort: never reaches the app; gRPC gets UNAVAILABLE (503's mapping), trailers-only.
+    let a = h2_send(&mut c, "/abort/x", false).await;
+    assert_eq!((a.0, &a.3[..]), (503, "fault filter abort"));
+    let a = h2_send(&mut c, "/abort/x", true).await;
+    assert_eq!((a.0, a.1.as_deref()), (200, Some("14")));
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 0);
+    wait_log(&px, "\"POST /abort/x HTTP/2\" 503 FI ").await;
+    px.stats()
+        .metric("http.gateway.fault.aborts_injected")
+        .now_eq(2)
+        .await;
+
+    // Delay: waited, then forwarded; `DI` in the log.
+    let t = Instant::now();
+    let a = h2_send(&mut c, "/delay/x", true).await;
+    assert_eq!(a.0, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    wait_log(&px, "\"POST /delay/x HTTP/2\" 200 DI ").await;
+
+    // The route's timeout: 504 `UT`, for gRPC DEADLINE_EXCEEDED.
+    let t = Instant::now();
+    let a = h2_send(&mut c, "/slow/x?delay_ms=2000", false).await;
+    assert_eq!(a.0, 504);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    let a = h2_send(&mut c, "/slow/x?delay_ms=2000", true).await;
+    assert_eq!((a.0, a.1.as_deref()), (200, Some("4")));
+    wait_log(&px, "\"POST /slow/x?delay_ms=2000 HTTP/2\" 504 UT ").await;
+
+    // URLRewrite and the header modifiers.
+    let a = h2_send(&mut c, "/v1/items?x=1", false).await;
+    assert_eq!(a.0, 200);
+    assert_eq!(
+        a.3,
+        "v1 http://reviews.internal/v2/items?x=1 host= x-added=yes"
+    );
+    assert_eq!(a.2.as_deref(), Some("rewritten"));
 }

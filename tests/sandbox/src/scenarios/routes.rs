@@ -76,7 +76,7 @@ fn delete_route(mesh: &Mesh, name: &str) -> anyhow::Result<()> {
 pub fn weights(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let mut rep = Report::new(
         "route weights 90/10",
-        "HTTPRoute on green: backendRefs green 90, blue 10; 1000 requests -> blue gets 71..129",
+        "HTTPRoute on green: backendRefs green 90, blue 10; 1000 requests -> blue gets 57..143",
     );
     let mesh = &*mesh;
     learn(mesh, "green", 1)?;
@@ -91,8 +91,8 @@ pub fn weights(mesh: &mut Mesh) -> anyhow::Result<Report> {
     rep.count(&r);
     let blue = body_count(&r, "blue");
     rep.check(
-        "1000 requests, all 200; blue (v2) answered between 71 and 129 (binomial, ±3 sd)",
-        r.code(200) == 1000 && (71..=129).contains(&blue),
+        "1000 requests, all 200; blue (v2) answered between 57 and 143 (binomial, ±4.5 sd)",
+        r.code(200) == 1000 && (57..=143).contains(&blue),
         summary(&r),
     );
     rep.notes
@@ -263,7 +263,7 @@ fn sum_over(mesh: &Mesh, app: &str, name: &str) -> anyhow::Result<u64> {
 pub fn fault_abort(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let mut rep = Report::new(
         "fault abort 50%",
-        "HTTPFault abort httpStatus 503 percentage 50 on green's route; 1000 requests -> 450..550 \
+        "HTTPFault abort httpStatus 503 percentage 50 on green's route; 1000 requests -> 429..571 \
          get 503 `fault filter abort` (FI), none of them reaches a pod",
     );
     let mesh = &*mesh;
@@ -281,8 +281,8 @@ pub fn fault_abort(mesh: &mut Mesh) -> anyhow::Result<Report> {
     rep.count(&r);
     let aborted = r.code(503);
     rep.check(
-        "503s between 450 and 550 of 1000 (binomial, ±3 sd), the rest 200",
-        (450..=550).contains(&aborted) && r.code(200) + aborted == 1000,
+        "503s between 429 and 571 of 1000 (binomial, ±4.5 sd), the rest 200",
+        (429..=571).contains(&aborted) && r.code(200) + aborted == 1000,
         summary(&r),
     );
     rep.check(
