@@ -22,9 +22,8 @@
 //! is buffered whole: a stream holds at most one frame in passage (and, until its answer's head,
 //! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
 //! the same [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and
-//! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite and header modifiers apply as on
-//! HTTP/1. Not yet on this path: the rule's retries (other than resending a refused stream),
-//! redirects and mirrors.
+//! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite, header modifiers and retries
+//! apply as on HTTP/1. Not yet on this path: redirects and mirrors.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -47,14 +46,14 @@ use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
 use crate::host::{Active, Host};
 use crate::http::flags::{
-    CONNECT_FAIL_BODY, FAULT_ABORT_BODY, NO_BACKEND_BODY, NO_HEALTHY_UPSTREAM_BODY, OVERFLOW_BODY,
-    TIMEOUT_BODY,
+    ResponseFlag, CONNECT_FAIL_BODY, FAULT_ABORT_BODY, NO_BACKEND_BODY, NO_HEALTHY_UPSTREAM_BODY,
+    OVERFLOW_BODY, TIMEOUT_BODY,
 };
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
 use crate::router::{self, Picked, Table, Upstream, View};
-use config::api::{HeaderModifier, Rewrite};
+use config::api::{HeaderModifier, Retry, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
@@ -232,11 +231,11 @@ impl Drop for Downstream {
 
 /// Envoy's flag for an upstream answer cut off by `e`: `UR` when the upstream sent RST_STREAM,
 /// `UC` when its connection went away (GOAWAY, a connection error, the socket closed).
-fn reset_flag(e: &h2::Error) -> &'static str {
+fn reset_flag(e: &h2::Error) -> ResponseFlag {
     if e.is_reset() && e.is_remote() {
-        "UR"
+        ResponseFlag::UpstreamRemoteReset
     } else {
-        "UC"
+        ResponseFlag::UpstreamConnectionTermination
     }
 }
 
@@ -462,10 +461,9 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
     let (head, body) = req.into_parts();
     // The request body, when there is one, read as it goes up.
     let mut upload = (!body.is_end_stream()).then(|| Source::new(body, true));
-    // A route's fault delayed the stream (`DI` in the log).
-    let mut delayed = false;
+    let mut marks = Marks::default();
     let forwarded = {
-        let mut fwd = pin!(forward(head, &mut upload, conn, &mut delayed));
+        let mut fwd = pin!(forward(head, &mut upload, conn, &mut marks));
         poll_fn(|cx| match fwd.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             // The client reset the stream (or its connection ended) before the answer's head:
@@ -496,7 +494,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
             );
             if let Some(mut l) = log {
                 l.entry.code = if grpc { 200 } else { status.as_u16() };
-                l.entry.flags = with_delay(flag, delayed);
+                l.entry.flags = flag.with(marks.delayed, marks.exhausted);
                 l.entry.bytes_received = received(&upload);
                 l.done(sent);
             }
@@ -510,8 +508,8 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
     if let Some(l) = &mut log {
         l.entry.code = parts.status.as_u16();
         l.entry.upstream_host = Some(host);
-        if delayed {
-            l.entry.flags = "DI".into();
+        if marks.delayed || marks.exhausted {
+            l.entry.flags = ResponseFlag::None.with(marks.delayed, marks.exhausted);
         }
     }
     let end = body.is_end_stream();
@@ -561,7 +559,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
                 s.0.stats.upstream_rq_rx_reset.inc();
             }
             if let Some(l) = &mut log {
-                l.entry.flags = reset_flag(&e).into();
+                l.entry.flags = reset_flag(&e).with(marks.delayed, marks.exhausted);
             }
             let reason = e
                 .reason()
@@ -594,24 +592,45 @@ enum Local {
 
 impl Local {
     /// HTTP status, gRPC status, text, and Envoy's response flag.
-    fn answer(self) -> (StatusCode, u16, &'static str, &'static str) {
+    fn answer(self) -> (StatusCode, u16, &'static str, ResponseFlag) {
         const RESET: &str = "upstream connect error or disconnect/reset before headers. \
                              reset reason: remote reset";
+        use ResponseFlag as F;
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
         match self {
-            Local::NoRoute => (StatusCode::NOT_FOUND, 12, "no route", "NR"),
+            Local::NoRoute => (StatusCode::NOT_FOUND, 12, "no route", F::NoRouteFound),
             // gRPC: UNAVAILABLE, as GRPCRoute asks of an invalid backend.
-            Local::NoBackend => (StatusCode::INTERNAL_SERVER_ERROR, 14, NO_BACKEND_BODY, "-"),
-            Local::Overflow => (unavailable, 14, OVERFLOW_BODY, "UO"),
-            Local::NoHealthyUpstream => (unavailable, 14, NO_HEALTHY_UPSTREAM_BODY, "UH"),
-            Local::ConnectFailed => (unavailable, 14, CONNECT_FAIL_BODY, "UF"),
-            Local::Reset => (unavailable, 14, RESET, "UR"),
-            Local::Timeout => (StatusCode::GATEWAY_TIMEOUT, 4, TIMEOUT_BODY, "UT"),
+            Local::NoBackend => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                14,
+                NO_BACKEND_BODY,
+                F::None,
+            ),
+            Local::Overflow => (unavailable, 14, OVERFLOW_BODY, F::UpstreamOverflow),
+            Local::NoHealthyUpstream => (
+                unavailable,
+                14,
+                NO_HEALTHY_UPSTREAM_BODY,
+                F::NoHealthyUpstream,
+            ),
+            Local::ConnectFailed => (
+                unavailable,
+                14,
+                CONNECT_FAIL_BODY,
+                F::UpstreamConnectionFailure,
+            ),
+            Local::Reset => (unavailable, 14, RESET, F::UpstreamRemoteReset),
+            Local::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                4,
+                TIMEOUT_BODY,
+                F::UpstreamRequestTimeout,
+            ),
             Local::FaultAbort(code) => (
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 grpc_status_of(code),
                 FAULT_ABORT_BODY,
-                "FI",
+                F::FaultInjected,
             ),
         }
     }
@@ -631,15 +650,12 @@ fn grpc_status_of(http: u16) -> u16 {
     }
 }
 
-/// The access log's flags for a stream answered with `flag`, with `DI` when a fault delayed
-/// it, in Envoy's order (`DI` after `UH`..`NR`, before `FI`).
-fn with_delay(flag: &'static str, delayed: bool) -> std::borrow::Cow<'static, str> {
-    match (delayed, flag) {
-        (false, f) => f.into(),
-        (true, "-") => "DI".into(),
-        (true, "FI") => "DI,FI".into(),
-        (true, f) => format!("{f},DI").into(),
-    }
+/// What the access log adds to a stream's flag: a route's fault delayed it (`DI`), its route's
+/// retries ran out (`URX`).
+#[derive(Default)]
+struct Marks {
+    delayed: bool,
+    exhausted: bool,
 }
 
 /// A stream forwarded: the upstream's answer head and body, the stream's slot, the host, and
@@ -660,7 +676,7 @@ async fn forward(
     head: hyper::http::request::Parts,
     upload: &mut Option<Source>,
     conn: &Downconn,
-    delayed: &mut bool,
+    marks: &mut Marks,
 ) -> Result<Forwarded, Local> {
     let ctx = &*conn.ctx;
     let mut routed = Request::from_parts(head, ());
@@ -675,11 +691,12 @@ async fn forward(
     // rewrite and the request header edits; the response header edits go with the answer.
     let (mut timeout, mut backend_timeout, mut response_headers) =
         (ctx.request_timeout, None, None);
+    let mut retry = None;
     if let Some(Picked { rule: r, prefix }) = picked {
         if let Some(f) = &r.fault {
             if let Some(d) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
                 ctx.listener.http.fault_delays_injected.inc();
-                *delayed = true;
+                marks.delayed = true;
                 tokio::time::sleep(std::time::Duration::from_millis(d.delay_ms)).await;
             }
             if let Some(a) = f.abort.as_ref().filter(|x| router::roll(x.per_million)) {
@@ -696,6 +713,7 @@ async fn forward(
         response_headers = r.response_headers.clone();
         timeout = r.timeout.unwrap_or(timeout);
         backend_timeout = r.backend_timeout;
+        retry = r.retry.as_ref();
     }
     // The route's timeout (else `--request-timeout`) covers the whole wait for the answer's
     // head: admission, connection, every try.
@@ -723,29 +741,128 @@ async fn forward(
     }
     let mut slot = Slot(cluster.clone(), None, None);
     let lb = cluster.lb();
+    let mut head = Some(upstream_request(routed, conn));
+    // The route's retries: another try (another host, as the balancer picks) on a listed status,
+    // a reset, a connection failure or a try's own timeout, while `attempts` and the cluster's
+    // `maxRetries` allow and the request body was kept whole (up to `KEEP_LIMIT`; HTTP/1 retries
+    // only requests without a body, but a gRPC call always has one).
+    let mut tries_left = retry.map_or(0, |r| r.attempts);
+    let mut token = None;
+    loop {
+        let until =
+            backend_timeout.map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
+        let last = tries_left == 0;
+        let tried = try_once(
+            &cluster, &lb, &limits, &mut slot, &mut head, last, upload, until,
+        )
+        .await;
+        let retryable = retry.is_some_and(|r| match &tried {
+            Ok((resp, _, _)) => r.codes.contains(&retry_code(resp)),
+            Err(Local::ConnectFailed | Local::Reset) => true,
+            // A try's own timeout, the route's still running.
+            Err(Local::Timeout) => tokio::time::Instant::now() < deadline,
+            Err(_) => false,
+        });
+        if retryable {
+            if tries_left == 0 {
+                if retry.is_some_and(|r| r.attempts > 0) {
+                    marks.exhausted = true;
+                    st.upstream_rq_retry_limit_exceeded.inc();
+                }
+            } else if let Some(t) = cluster.try_retry() {
+                if upload.as_mut().is_none_or(Source::rewind) {
+                    token = Some(t);
+                    tries_left -= 1;
+                    st.upstream_rq_retry.inc();
+                    // Dropping a try's answer resets its stream (CANCEL).
+                    drop(tried);
+                    if !backoff(retry, deadline).await {
+                        st.upstream_rq_timeout.inc();
+                        return Err(Local::Timeout);
+                    }
+                    continue;
+                }
+            }
+        }
+        if token.take().is_some() && !retryable && tried.is_ok() {
+            st.upstream_rq_retry_success.inc();
+        }
+        // No resend once the answer's head is in: what was kept for one goes.
+        if let Some(u) = upload {
+            u.kept = None;
+        }
+        return tried.map(|(resp, up, host)| Forwarded {
+            resp,
+            response_headers,
+            slot,
+            host,
+            up,
+        });
+    }
+}
+
+/// The status a route's retry `codes` are compared with: the answer's, or for a trailers-only
+/// gRPC answer with `grpc-status: 14` (UNAVAILABLE: what a sidecar's overflow or a failed
+/// connection gives a gRPC call), 503.
+fn retry_code(resp: &Response<RecvStream>) -> u16 {
+    let code = resp.status().as_u16();
+    let unavailable = || {
+        resp.body().is_end_stream()
+            && resp.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(&b"14"[..])
+    };
+    if code == 200 && unavailable() {
+        503
+    } else {
+        code
+    }
+}
+
+/// Waits out a retry's back-off (the route's `backoff_ms`, 25 ms by default, jittered between
+/// half and all of it, as HTTP/1 does); false when the route's deadline comes first.
+async fn backoff(retry: Option<&Retry>, deadline: tokio::time::Instant) -> bool {
+    let base = retry.and_then(|r| r.backoff_ms).unwrap_or(25).max(1);
+    let ms = base / 2 + crate::balancer::random() % (base / 2 + 1);
+    let wake = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+    tokio::time::sleep_until(wake.min(deadline)).await;
+    wake <= deadline
+}
+
+/// One try of a stream (a route's retry makes another): a host, a connection, the stream sent
+/// (and sent again, at most [`MAX_RESENDS`] times, while the upstream refuses it unprocessed),
+/// until the answer's head or `until`. Each try's outcome is counted and reported to outlier
+/// detection and the host's counters, as for HTTP/1. `head` is copied for each send, and given
+/// away on the `last` try's last resend.
+#[allow(clippy::too_many_arguments)]
+async fn try_once(
+    cluster: &Arc<Cluster>,
+    lb: &Arc<crate::cluster::Lb>,
+    limits: &config::Limits,
+    slot: &mut Slot,
+    head: &mut Option<Request<()>>,
+    last: bool,
+    upload: &mut Option<Source>,
+    until: tokio::time::Instant,
+) -> Result<(Response<RecvStream>, Option<SendStream<Bytes>>, SocketAddr), Local> {
+    let st = &cluster.stats;
     let Some(host) = lb.pick_host(None) else {
         st.upstream_cx_none_healthy.inc();
         return Err(Local::NoHealthyUpstream);
     };
     slot.1 = Some(Active::new(host.clone()));
-    let (mut send, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
+    let (mut send, open) = upstream_connection(cluster, &host, limits, lb).await?;
     slot.2 = Some(open);
-    let mut head = Some(upstream_request(routed, conn));
     let mut resends = 0;
     // A stream the upstream refused unprocessed (GOAWAY below it, REFUSED_STREAM), or one that
     // never left because its connection was closing, goes again on another connection.
     let sent = loop {
         st.upstream_rq_total.inc();
-        // The head is kept for a resend while one may follow (a copy of counted references to
-        // the header bytes), given away on the last attempt.
-        let req = if resends == MAX_RESENDS {
-            head.take().expect("the head, until the last attempt")
+        // The head is kept while another send may follow (a copy of counted references to
+        // the header bytes).
+        let req = if last && resends == MAX_RESENDS {
+            head.take().expect("the head, until the last send")
         } else {
             copy(head.as_ref().expect("the head"))
         };
-        // The rule's `backendRequest` timeout bounds each try, within the route's.
-        let until =
-            backend_timeout.map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
         let tried = tokio::time::timeout_at(until, attempt(&mut send, req, upload)).await;
         let (e, unsent) = match tried {
             Ok(Ok(sent)) => break Ok(Ok(sent)),
@@ -764,37 +881,27 @@ async fn forward(
         }
         resends += 1;
         st.upstream_rq_retry.inc();
-        let (s, open) = upstream_connection(&cluster, &host, &limits, &lb).await?;
+        let (s, open) = upstream_connection(cluster, &host, limits, lb).await?;
         (send, slot.2) = (s, Some(open));
     };
-    // No resend once the answer's head is in: what was kept for one goes.
-    if let Some(u) = upload {
-        u.kept = None;
-    }
-    // Outlier detection and the host's counters see each stream's outcome, as for HTTP/1.
+    // Outlier detection and the host's counters see each try's outcome, as for HTTP/1.
     match sent {
         Ok(Ok((resp, up))) => {
             let code = resp.status().as_u16();
             st.count_code(code);
-            cluster.report(&lb, &host, Outcome::Status(code));
-            Ok(Forwarded {
-                resp,
-                response_headers,
-                slot,
-                host: host.addr,
-                up,
-            })
+            cluster.report(lb, &host, Outcome::Status(code));
+            Ok((resp, up, host.addr))
         }
         Ok(Err(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream stream reset");
             st.upstream_rq_rx_reset.inc();
-            cluster.report(&lb, &host, Outcome::ConnectFailed);
+            cluster.report(lb, &host, Outcome::ConnectFailed);
             Err(Local::Reset)
         }
         Err(_) => {
             st.upstream_rq_timeout.inc();
             host.rq_timeout.fetch_add(1, Relaxed);
-            cluster.report(&lb, &host, Outcome::Status(504));
+            cluster.report(lb, &host, Outcome::Status(504));
             Err(Local::Timeout)
         }
     }

@@ -30,7 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// A backend that says who it is, counts what it got, and can be told to fail or be slow:
-/// `?status=N`, `?delay_ms=N`; `/flaky` answers 500 and 200 in turn.
+/// `?status=N`, `?delay_ms=N`; `/flaky` answers 500 and 200 in turn, `/flaky.Grpc/Call` a
+/// trailers-only `grpc-status: 14` and 200.
 #[derive(Clone)]
 struct App {
     name: &'static str,
@@ -72,6 +73,16 @@ async fn app(name: &'static str, delay: Duration) -> App {
                             && flaky.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)
                         {
                             status = 500;
+                        }
+                        // Every other answer a gRPC trailers-only UNAVAILABLE.
+                        if req.uri().path() == "/flaky.Grpc/Call"
+                            && flaky.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)
+                        {
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            let h = resp.headers_mut();
+                            h.insert("content-type", "application/grpc".parse().unwrap());
+                            h.insert("grpc-status", "14".parse().unwrap());
+                            return Ok::<_, Infallible>(resp);
                         }
                         let body = format!(
                             "{name} {} host={} x-added={}",
@@ -910,4 +921,46 @@ async fn http2_streams_get_the_rules_faults_timeouts_rewrites_and_header_edits()
         "v1 http://reviews.internal/v2/items?x=1 host= x-added=yes"
     );
     assert_eq!(a.2.as_deref(), Some("rewritten"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_retried_by_their_route() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let mut retried = rule("default/reviews#0", vec![to(0, 1)]);
+    retried.retry = Some(Retry {
+        codes: vec![500, 503],
+        attempts: 2,
+        backoff_ms: Some(10),
+    });
+    let (_cp, px) = gateway(reviews(&[&v1], vec![any(0)], vec![retried])).await;
+    let mut c = h2_client(px.listen).await;
+    // Every other answer a 500, or for gRPC a trailers-only UNAVAILABLE (retried as a 503):
+    // each call, body and all, gets its 200 through one retry.
+    for path in ["/flaky", "/flaky.Grpc/Call"] {
+        for _ in 0..5 {
+            let a = h2_send(&mut c, path, path.contains("Grpc")).await;
+            assert_eq!((a.0, a.1.as_deref()), (200, None), "{path}: {}", a.3);
+        }
+    }
+    let cluster = "cluster.outbound|9080||reviews-v1.default.svc.cluster.local";
+    let stats = px.stats();
+    stats
+        .metric(format!("{cluster}.upstream_rq_retry"))
+        .now_eq(10)
+        .await;
+    stats
+        .metric(format!("{cluster}.upstream_rq_retry_success"))
+        .now_eq(10)
+        .await;
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 20);
+
+    // Always 503: the first try and two retries, then the last answer with URX.
+    let a = h2_send(&mut c, "/x?status=503", false).await;
+    assert_eq!(a.0, 503);
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 23);
+    wait_log(&px, "\"POST /x?status=503 HTTP/2\" 503 URX ").await;
+    stats
+        .metric(format!("{cluster}.upstream_rq_retry_limit_exceeded"))
+        .now_eq(1)
+        .await;
 }

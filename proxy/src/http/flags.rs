@@ -24,7 +24,7 @@ pub const NO_BACKEND_BODY: &str =
 
 /// Envoy's response flags, as the access log shows them (`-`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResponseFlag {
+pub(crate) enum ResponseFlag {
     None,
     /// `UO`: a pool limit refused the request.
     UpstreamOverflow,
@@ -53,7 +53,7 @@ pub(super) enum ResponseFlag {
 }
 
 impl ResponseFlag {
-    pub(super) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ResponseFlag::None => "-",
             ResponseFlag::UpstreamOverflow => "UO",
@@ -93,7 +93,7 @@ impl ResponseFlag {
 
     /// The access log's flags field: this flag with `DI` (a delay was injected) and `URX` (the
     /// route's retries ran out), comma-separated in Envoy's order.
-    pub(super) fn with(self, delayed: bool, retries_exhausted: bool) -> Cow<'static, str> {
+    pub(crate) fn with(self, delayed: bool, retries_exhausted: bool) -> Cow<'static, str> {
         if !delayed && !retries_exhausted {
             return Cow::Borrowed(self.as_str());
         }
