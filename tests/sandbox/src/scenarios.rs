@@ -20,7 +20,9 @@ pub mod ipv6;
 mod routes;
 mod services;
 mod sigterm;
-pub use grpc::{call as grpc_call, grpc_calls, grpc_many_streams, grpc_pool, Calls, GRPC};
+pub use grpc::{
+    call as grpc_call, grpc_calls, grpc_many_streams, grpc_pool, grpc_route_fault, Calls, GRPC,
+};
 pub use routes::{
     fault_abort, fault_delay, gateway, header_match, live_switch, mirror, retries, timeout,
     user_agent, weights, ROUTES,

@@ -108,7 +108,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 26] = [
+    let all: [(&str, Scenario); 27] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("probes under overload", |m| {
@@ -136,6 +136,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
         ("ingress gateway", scenarios::gateway),
         ("gRPC calls", scenarios::grpc_calls),
         ("1,000 gRPC streams", scenarios::grpc_many_streams),
+        ("GRPCRoute fault", scenarios::grpc_route_fault),
         ("gRPC pool", scenarios::grpc_pool),
         ("shutdown", scenarios::shutdown),
         ("SIGTERM", |m| scenarios::sigterm_drain(m, false)),

@@ -344,3 +344,129 @@ pub fn grpc_pool(mesh: &mut Mesh) -> anyhow::Result<Report> {
     rep.stat("echo", &after, &format!("{INBOUND}.upstream_rq_total"));
     Ok(rep)
 }
+
+/// A GRPCRoute on echo's Service whose rule for `trellis.demo.Echo/Unary` carries an HTTPFault
+/// aborting half the calls with 503: those calls get UNAVAILABLE from the client's sidecar and
+/// never reach echo; the other methods (a second rule) pass untouched.
+pub fn grpc_route_fault(mesh: &mut Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "GRPCRoute fault",
+        "GRPCRoute on echo: method trellis.demo.Echo/Unary with an HTTPFault abort httpStatus 503 \
+         percentage 50, every other method plain; 200 unary calls -> 68..132 UNAVAILABLE (FI), \
+         none of them reaches echo; server-streaming calls all OK",
+    );
+    let mesh = &*mesh;
+    let target = echo_target(mesh)?;
+    let client = mesh.pod("grpc-client");
+    let echo = serde_json::json!({"name": "echo", "port": 9090});
+    mesh.apply(&serde_json::json!({
+        "apiVersion": "trellis.dev/v1alpha1",
+        "kind": "HTTPFault",
+        "metadata": {"name": "half-unavailable", "namespace": "demo"},
+        "spec": {"abort": {"httpStatus": 503, "percentage": 50}},
+    }))?;
+    mesh.apply(&serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "echo-unary-fault", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 9090}],
+            "rules": [
+                {
+                    "matches": [{"method": {"service": "trellis.demo.Echo", "method": "Unary"}}],
+                    "filters": [{"type": "ExtensionRef", "extensionRef":
+                        {"group": "trellis.dev", "kind": "HTTPFault", "name": "half-unavailable"}}],
+                    "backendRefs": [echo],
+                },
+                {"backendRefs": [echo]},
+            ],
+        },
+    }))?;
+    // Until the route reaches the client's sidecar.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = call(
+            client,
+            &target,
+            &["--rpc=unary", "--callers=2", "--calls=20"],
+        )?;
+        if c.code("Unavailable") > 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the GRPCRoute's fault was not seen within 15 s: {}",
+                c.show()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reached = |m: &Mesh| -> anyhow::Result<u64> {
+        Ok(m.stats("echo")?
+            .num(&format!("{INBOUND}.upstream_rq_total")))
+    };
+    let before = reached(mesh)?;
+    let c = call(
+        client,
+        &target,
+        &["--rpc=unary", "--callers=4", "--calls=200"],
+    )?;
+    rep.ok_200 += u64::from(c.code("Ok"));
+    rep.other += u64::from(c.calls - c.code("Ok"));
+    let aborted = c.code("Unavailable");
+    // Binomial(200, 0.5): sd 7.1; 68..=132 is ±4.5 sd.
+    rep.check(
+        "UNAVAILABLE for 68..132 of 200 unary calls (binomial, ±4.5 sd), OK for the rest",
+        (68..=132).contains(&aborted) && c.code("Ok") + aborted == 200,
+        c.show(),
+    );
+    let ok = u64::from(c.code("Ok"));
+    let passed = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = reached(mesh)? - before;
+            if n >= ok || std::time::Instant::now() >= deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    rep.check(
+        "echo's sidecar saw only the calls that passed the fault",
+        passed == ok,
+        format!("echo's inbound upstream_rq_total grew by {passed}; {ok} calls OK"),
+    );
+    let s = call(
+        client,
+        &target,
+        &[
+            "--rpc=server-stream",
+            "--callers=5",
+            "--calls=5",
+            "--messages=10",
+        ],
+    )?;
+    rep.ok_200 += u64::from(s.code("Ok"));
+    rep.other += u64::from(s.calls - s.code("Ok"));
+    rep.check(
+        "server-streaming calls (the second rule) are all OK: 50 messages, trailers",
+        s.code("Ok") == 5 && s.messages == 50 && s.trailers_seen == 5,
+        s.show(),
+    );
+    let logs = access_log_lines(mesh, "grpc-client", &["/trellis.demo.Echo/Unary", " FI "]);
+    let fi = logs.iter().filter(|l| l.contains(" FI ")).count();
+    rep.check(
+        "the client's sidecar logged the aborted calls with FI",
+        fi >= aborted as usize,
+        format!(
+            "{fi} FI lines; last: {}",
+            logs.last().cloned().unwrap_or_default()
+        ),
+    );
+    if let Some(l) = logs.last() {
+        rep.notes.push(format!("grpc-client access log: {l}"));
+    }
+    mesh.delete_object("GRPCRoute", "demo", "echo-unary-fault")?;
+    mesh.delete_object("HTTPFault", "demo", "half-unavailable")?;
+    Ok(rep)
+}
