@@ -123,6 +123,34 @@ enum Admit {
     Overflow,
 }
 
+/// A stream waiting for a slot in its cluster. Dropped without having taken it (its wait timed
+/// out, or the client reset the stream), it gives back a slot handed to it meanwhile, which
+/// would otherwise stay taken for good.
+struct Waiting<'c> {
+    rx: oneshot::Receiver<()>,
+    cluster: &'c Arc<Cluster>,
+}
+
+impl Waiting<'_> {
+    /// Whether the slot came by `deadline`.
+    async fn until(mut self, deadline: tokio::time::Instant) -> bool {
+        matches!(
+            tokio::time::timeout_at(deadline, &mut self.rx).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if self.rx.try_recv().is_ok() {
+            self.cluster.h2.release();
+            self.cluster.sync_gauges();
+        }
+    }
+}
+
 impl Streams {
     fn lock(&self) -> std::sync::MutexGuard<'_, StreamsInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -731,7 +759,12 @@ async fn forward(
         Admit::Wait(rx) => {
             st.upstream_rq_pending_total.inc();
             cluster.sync_gauges();
-            matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(())))
+            Waiting {
+                rx,
+                cluster: &cluster,
+            }
+            .until(deadline)
+            .await
         }
         Admit::Overflow => false,
     };
@@ -1475,5 +1508,55 @@ fn local(
             text.len() as u64
         }
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Arc<Cluster> {
+        Cluster::new(
+            "t".into(),
+            "127.0.0.1:9".parse().unwrap(),
+            config::Limits::default(),
+            crate::cluster::Timeouts {
+                connect: std::time::Duration::from_secs(1),
+                idle: std::time::Duration::from_secs(60),
+            },
+            &crate::stats::Registry::default(),
+        )
+    }
+
+    /// A slot handed to a waiter whose wait ends (timed out, or the stream reset) just as it
+    /// comes is given back, not lost.
+    #[tokio::test]
+    async fn a_slot_handed_to_a_waiter_that_gave_up_is_given_back() {
+        let c = cluster();
+        assert!(matches!(c.h2.admit(Some(1), Some(1)), Admit::Go));
+        let Admit::Wait(rx) = c.h2.admit(Some(1), Some(1)) else {
+            panic!("the second stream should wait");
+        };
+        let waiting = Waiting { rx, cluster: &c };
+        // The first stream ends: its slot goes to the waiter...
+        c.h2.release();
+        assert_eq!(c.h2.state(), (1, 0));
+        // ...which gave up before taking it.
+        drop(waiting);
+        assert_eq!(c.h2.state(), (0, 0));
+    }
+
+    /// A waiter that takes its slot keeps it.
+    #[tokio::test]
+    async fn a_waiter_that_takes_its_slot_keeps_it() {
+        let c = cluster();
+        assert!(matches!(c.h2.admit(Some(1), Some(1)), Admit::Go));
+        let Admit::Wait(rx) = c.h2.admit(Some(1), Some(1)) else {
+            panic!("the second stream should wait");
+        };
+        c.h2.release();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        assert!(Waiting { rx, cluster: &c }.until(deadline).await);
+        assert_eq!(c.h2.state(), (1, 0));
     }
 }
