@@ -997,13 +997,11 @@ fn hash_key(on: &config::api::HashOn, head: &[u8], peer: SocketAddr) -> Option<u
     Some(crate::balancer::stable_hash(bytes))
 }
 
-/// Waits a retry's backoff: Envoy's, 25 ms (or the route's `backoff`) doubling per retry up to
-/// ten times that, jittered. False if the client went away or the route's time ran out.
+/// Waits a retry's backoff ([`router::retry_backoff`]: the route's, 25 ms when unset, jittered;
+/// it does not grow per retry). False if the client went away or the route's time ran out.
 async fn backoff(retry: Option<&Retry>, d: &mut Downstream, timer: &mut Pin<Box<Sleep>>) -> bool {
-    let base = retry.and_then(|r| r.backoff_ms).unwrap_or(25).max(1);
-    let ms = base / 2 + crate::balancer::random() % (base / 2 + 1);
     tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+        _ = tokio::time::sleep(router::retry_backoff(retry)) => true,
         _ = timer.as_mut() => false,
         _ = watch(&mut d.io, &mut d.buf) => false,
     }

@@ -850,12 +850,10 @@ fn retry_code(resp: &Response<RecvStream>) -> u16 {
     }
 }
 
-/// Waits out a retry's back-off (the route's `backoff_ms`, 25 ms by default, jittered between
-/// half and all of it, as HTTP/1 does); false when the route's deadline comes first.
+/// Waits out a retry's back-off ([`router::retry_backoff`], as HTTP/1 does); false when the
+/// route's deadline comes first.
 async fn backoff(retry: Option<&Retry>, deadline: tokio::time::Instant) -> bool {
-    let base = retry.and_then(|r| r.backoff_ms).unwrap_or(25).max(1);
-    let ms = base / 2 + crate::balancer::random() % (base / 2 + 1);
-    let wake = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let wake = tokio::time::Instant::now() + router::retry_backoff(retry);
     tokio::time::sleep_until(wake.min(deadline)).await;
     wake <= deadline
 }
@@ -1528,15 +1526,21 @@ mod tests {
         )
     }
 
+    /// With `max-requests` 1, one stream admitted and a second waiting: the second's receiver.
+    fn second_waits(c: &Cluster) -> oneshot::Receiver<()> {
+        assert!(matches!(c.h2.admit(Some(1), Some(1)), Admit::Go));
+        let Admit::Wait(rx) = c.h2.admit(Some(1), Some(1)) else {
+            panic!("the second stream should wait");
+        };
+        rx
+    }
+
     /// A slot handed to a waiter whose wait ends (timed out, or the stream reset) just as it
     /// comes is given back, not lost.
     #[tokio::test]
     async fn a_slot_handed_to_a_waiter_that_gave_up_is_given_back() {
         let c = cluster();
-        assert!(matches!(c.h2.admit(Some(1), Some(1)), Admit::Go));
-        let Admit::Wait(rx) = c.h2.admit(Some(1), Some(1)) else {
-            panic!("the second stream should wait");
-        };
+        let rx = second_waits(&c);
         let waiting = Waiting { rx, cluster: &c };
         // The first stream ends: its slot goes to the waiter...
         c.h2.release();
@@ -1550,10 +1554,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_takes_its_slot_keeps_it() {
         let c = cluster();
-        assert!(matches!(c.h2.admit(Some(1), Some(1)), Admit::Go));
-        let Admit::Wait(rx) = c.h2.admit(Some(1), Some(1)) else {
-            panic!("the second stream should wait");
-        };
+        let rx = second_waits(&c);
         c.h2.release();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
         assert!(Waiting { rx, cluster: &c }.until(deadline).await);

@@ -369,6 +369,13 @@ pub fn roll(per_million: u32) -> bool {
     per_million >= 1_000_000 || (crate::balancer::random() % 1_000_000) < u64::from(per_million)
 }
 
+/// How long to wait before a route's retry: its `backoff_ms` (25 ms, Envoy's base interval,
+/// when unset), jittered between half and all of it. HTTP/1 and HTTP/2 wait the same.
+pub fn retry_backoff(retry: Option<&Retry>) -> Duration {
+    let base = retry.and_then(|r| r.backoff_ms).unwrap_or(25).max(1);
+    Duration::from_millis(base / 2 + crate::balancer::random() % (base / 2 + 1))
+}
+
 /// A request as routing sees it: views into the head the proxy is about to send upstream.
 pub struct View<'h> {
     pub method: &'h [u8],

@@ -72,21 +72,7 @@ async fn start_h2_app_with(delay: Duration, max_streams: Option<u32>) -> App {
 
 /// One client HTTP/2 connection to the proxy.
 async fn client(to: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    client_and_connection(to).await.0
-}
-
-/// [`client`], and the task driving its connection (done when the connection closes).
-async fn client_and_connection(
-    to: SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    tokio::task::JoinHandle<hyper::Result<()>>,
-) {
-    let s = TcpStream::connect(to).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .unwrap();
-    (send, tokio::spawn(conn))
+    support::h2_client(to).await.0
 }
 
 fn grpc_call(body: &'static str) -> Request<Full<Bytes>> {
@@ -208,7 +194,7 @@ async fn max_requests_bounds_streams_and_the_overflow_gets_grpc_unavailable() {
 async fn an_idle_connection_is_closed() {
     let app = start_h2_app(Duration::ZERO).await;
     let px = ProxyProc::gateway(app.addr, &["--idle-timeout=1s"]).await;
-    let (mut send, conn) = client_and_connection(px.listen).await;
+    let (mut send, conn) = support::h2_client(px.listen).await;
     let resp = send.send_request(grpc_call("once")).await.unwrap();
     resp.into_body().collect().await.unwrap();
     // Quiet for the idle timeout: the proxy says GOAWAY and closes.
@@ -347,7 +333,7 @@ async fn the_idle_timeout_spares_connections_with_a_stream_open() {
     // stream is open, so neither connection is idle (Envoy counts idle only without streams).
     let app = start_h2_app(Duration::from_secs(3)).await;
     let px = ProxyProc::gateway(app.addr, &["--idle-timeout=1s"]).await;
-    let (mut send, conn) = client_and_connection(px.listen).await;
+    let (mut send, conn) = support::h2_client(px.listen).await;
     let resp = tokio::time::timeout(
         Duration::from_secs(10),
         send.send_request(grpc_call("slow")),

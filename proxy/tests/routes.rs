@@ -239,6 +239,54 @@ fn rule(source: &str, backends: Vec<WeightedBackend>) -> Rule {
     }
 }
 
+/// A rule to backend 0 whose `HTTPFault` aborts `per_million` of requests with `status`.
+fn aborting(source: &str, status: u16, per_million: u32) -> Rule {
+    Rule {
+        fault: Some(Fault {
+            abort: Some(Abort {
+                status,
+                per_million,
+            }),
+            delay: None,
+        }),
+        ..rule(source, vec![to(0, 1)])
+    }
+}
+
+/// A rule to backend 0 whose `HTTPFault` delays every request by `delay_ms`.
+fn delaying(source: &str, delay_ms: u64) -> Rule {
+    Rule {
+        fault: Some(Fault {
+            delay: Some(Delay {
+                delay_ms,
+                per_million: 1_000_000,
+            }),
+            abort: None,
+        }),
+        ..rule(source, vec![to(0, 1)])
+    }
+}
+
+/// A rule to backend 0 that rewrites the host to `reviews.internal` and the matched prefix to
+/// `/v2`, sets `x-added: yes` on the request and adds `x-route: rewritten` to the answer.
+fn rewriting(source: &str) -> Rule {
+    Rule {
+        rewrite: Some(Rewrite {
+            hostname: Some("reviews.internal".into()),
+            path: Some(PathModifier::ReplacePrefixMatch("/v2".into())),
+        }),
+        request_headers: Some(HeaderModifier {
+            set: vec![("x-added".into(), "yes".into())],
+            ..HeaderModifier::default()
+        }),
+        response_headers: Some(HeaderModifier {
+            add: vec![("x-route".into(), "rewritten".into())],
+            ..HeaderModifier::default()
+        }),
+        ..rule(source, vec![to(0, 1)])
+    }
+}
+
 fn any(rule: usize) -> RouteMatch {
     RouteMatch {
         rule,
@@ -385,22 +433,8 @@ async fn no_route_is_404_nr_and_a_rule_with_nothing_to_send_to_is_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_fault_never_reaches_the_app_and_a_delay_is_waited() {
     let v1 = app("v1", Duration::ZERO).await;
-    let mut abort = rule("default/ratings#0", vec![to(0, 1)]);
-    abort.fault = Some(Fault {
-        abort: Some(Abort {
-            status: 503,
-            per_million: 500_000,
-        }),
-        delay: None,
-    });
-    let mut delay = rule("default/ratings#1", vec![to(0, 1)]);
-    delay.fault = Some(Fault {
-        delay: Some(Delay {
-            delay_ms: 300,
-            per_million: 1_000_000,
-        }),
-        abort: None,
-    });
+    let abort = aborting("default/ratings#0", 503, 500_000);
+    let delay = delaying("default/ratings#1", 300);
     let (_cp, px) = gateway(reviews(
         &[&v1],
         vec![
@@ -517,19 +551,7 @@ async fn redirects_rewrites_and_header_modifiers() {
         port: None,
         status: 301,
     });
-    let mut rewritten = rule("default/reviews#1", vec![to(0, 1)]);
-    rewritten.rewrite = Some(Rewrite {
-        hostname: Some("reviews.internal".into()),
-        path: Some(PathModifier::ReplacePrefixMatch("/v2".into())),
-    });
-    rewritten.request_headers = Some(HeaderModifier {
-        set: vec![("x-added".into(), "yes".into())],
-        ..HeaderModifier::default()
-    });
-    rewritten.response_headers = Some(HeaderModifier {
-        add: vec![("x-route".into(), "rewritten".into())],
-        ..HeaderModifier::default()
-    });
+    let rewritten = rewriting("default/reviews#1");
     let (_cp, px) = gateway(reviews(
         &[&v1],
         vec![
@@ -691,12 +713,7 @@ async fn http2_streams_follow_the_routes_one_by_one() {
     ))
     .await;
     // One HTTP/2 connection; each stream is routed on its own headers.
-    let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_client(px.listen).await;
     for (user, want) in [("jason", "v2"), ("bob", "v1"), ("jason", "v2")] {
         let req = Request::builder()
             .uri(format!("http://reviews/reviews/0?user={user}"))
@@ -737,12 +754,7 @@ async fn grpc_calls_without_a_route_or_a_backend_get_grpc_statuses() {
         ],
     ))
     .await;
-    let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_client(px.listen).await;
     let call = |path: &str, grpc: bool| {
         let mut b = Request::post(format!("http://reviews:9080{path}"));
         if grpc {
@@ -783,12 +795,7 @@ async fn grpc_calls_without_a_route_or_a_backend_get_grpc_statuses() {
 
 /// An HTTP/2 (prior knowledge) connection to `to`.
 async fn h2_client(to: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let s = tokio::net::TcpStream::connect(to).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    send
+    support::h2_client(to).await.0
 }
 
 /// A stream's status, `grpc-status` (if any), a header and its body.
@@ -829,37 +836,11 @@ async fn h2_send(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_get_the_rules_faults_timeouts_rewrites_and_header_edits() {
     let v1 = app("v1", Duration::ZERO).await;
-    let mut abort = rule("default/reviews#0", vec![to(0, 1)]);
-    abort.fault = Some(Fault {
-        abort: Some(Abort {
-            status: 503,
-            per_million: 1_000_000,
-        }),
-        delay: None,
-    });
-    let mut delay = rule("default/reviews#1", vec![to(0, 1)]);
-    delay.fault = Some(Fault {
-        delay: Some(Delay {
-            delay_ms: 300,
-            per_million: 1_000_000,
-        }),
-        abort: None,
-    });
+    let abort = aborting("default/reviews#0", 503, 1_000_000);
+    let delay = delaying("default/reviews#1", 300);
     let mut timed = rule("default/reviews#2", vec![to(0, 1)]);
     timed.timeout_ms = Some(200);
-    let mut rewritten = rule("default/reviews#3", vec![to(0, 1)]);
-    rewritten.rewrite = Some(Rewrite {
-        hostname: Some("reviews.internal".into()),
-        path: Some(PathModifier::ReplacePrefixMatch("/v2".into())),
-    });
-    rewritten.request_headers = Some(HeaderModifier {
-        set: vec![("x-added".into(), "yes".into())],
-        ..HeaderModifier::default()
-    });
-    rewritten.response_headers = Some(HeaderModifier {
-        add: vec![("x-route".into(), "rewritten".into())],
-        ..HeaderModifier::default()
-    });
+    let rewritten = rewriting("default/reviews#3");
     let prefix = |rule: usize, p: &str| RouteMatch {
         path: Some(PathMatch::Prefix(p.into())),
         ..any(rule)

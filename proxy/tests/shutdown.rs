@@ -346,20 +346,11 @@ async fn start_h2_app(delay: Duration) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_http2_callers_goaway_and_finishes_their_streams() {
     use http_body_util::BodyExt as _;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let app = start_h2_app(Duration::from_millis(1500)).await;
     let mut px = ProxyProc::gateway(app, &["--drain-time=3s"]).await;
-    let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake::<
-        _,
-        _,
-        http_body_util::Empty<bytes::Bytes>,
-    >(TokioExecutor::new(), TokioIo::new(s))
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = support::h2_client(px.listen).await;
     let req = hyper::Request::get("http://app/slow")
-        .body(http_body_util::Empty::new())
+        .body(http_body_util::Full::default())
         .unwrap();
     // Held open on our side: only the proxy can end the connection.
     let held = send.clone();
@@ -398,23 +389,14 @@ async fn sigterm_sends_http2_callers_goaway_and_finishes_their_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_http2_connection_during_the_drain_is_served_then_closed() {
     use http_body_util::BodyExt as _;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let app = start_h2_app(Duration::ZERO).await;
     let mut px = ProxyProc::gateway(app, &["--drain-time=4s"]).await;
     sigterm(px.child.id());
     wait_not_ready(px.admin).await;
     for i in 0..10 {
-        let s = tokio::net::TcpStream::connect(px.listen).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake::<
-            _,
-            _,
-            http_body_util::Empty<bytes::Bytes>,
-        >(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .unwrap_or_else(|e| panic!("connection {i}: handshake: {e}"));
-        let conn = tokio::spawn(conn);
+        let (mut send, conn) = support::h2_client(px.listen).await;
         let req = hyper::Request::get("http://app/late")
-            .body(http_body_util::Empty::new())
+            .body(http_body_util::Full::default())
             .unwrap();
         let r = send
             .send_request(req)

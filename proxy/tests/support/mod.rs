@@ -308,3 +308,21 @@ pub fn install_proxyinit_rules(pod: &kit::netns::Netns) {
 pub fn listen_in(ns: &kit::netns::Netns, addr: &str) -> TcpListener {
     TcpListener::from_std(ns.listen(addr.parse().unwrap()).unwrap()).unwrap()
 }
+
+/// An HTTP/2 (prior knowledge) client connection to `to`, and the task driving it (done when
+/// the connection closes).
+pub async fn h2_client(
+    to: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let s = tokio::net::TcpStream::connect(to).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    (send, tokio::spawn(conn))
+}
