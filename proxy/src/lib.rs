@@ -38,7 +38,7 @@ pub(crate) mod tcp;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -330,7 +330,7 @@ async fn shutdown(proxy: &Proxy, sigterm: bool) {
     } else {
         drain::Plan::after_quit(drain_time)
     };
-    let mut last = start + plan.at_most;
+    let mut last = later(start, plan.at_most);
     if sigterm {
         proxy.begin_terminate();
         tracing::info!(
@@ -344,7 +344,7 @@ async fn shutdown(proxy: &Proxy, sigterm: bool) {
             () = tokio::time::sleep(plan.inbound_open_for) => {}
             () = proxy.drain.quitting() => {
                 quit = true;
-                last = last.min(Instant::now() + drain_time);
+                last = last.min(later(Instant::now(), drain_time));
             }
         }
         proxy.drain.close_inbound();
@@ -361,7 +361,7 @@ async fn shutdown(proxy: &Proxy, sigterm: bool) {
             () = sleep_until(last) => break,
             () = proxy.drain.quitting(), if !quit => {
                 quit = true;
-                last = last.min(Instant::now() + drain_time);
+                last = last.min(later(Instant::now(), drain_time));
             }
         }
     }
@@ -371,4 +371,11 @@ async fn shutdown(proxy: &Proxy, sigterm: bool) {
         "drain bound ({}) reached: closing the connections left",
         config::format_duration(last - start)
     );
+}
+
+/// `t + d`, or for a duration past any clock (a pod's `terminationGracePeriodSeconds` is an
+/// i64, rendered as `--drain-max`) a time a century on: no bound of ours, rather than a panic.
+fn later(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 24 * 3600))
 }

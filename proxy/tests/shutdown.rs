@@ -143,6 +143,21 @@ async fn sigterm_with_nothing_open_exits_after_the_drain_time() {
     );
 }
 
+/// A pod's grace period far past any clock (`terminationGracePeriodSeconds` is an i64, rendered
+/// as `--drain-max`) is taken as "no bound of ours": with nothing open the proxy still exits
+/// cleanly after the drain time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_huge_drain_max_still_exits_after_the_drain_time() {
+    let app = start_app().await;
+    let huge = format!("--drain-max={}s", i64::MAX);
+    let mut px = ProxyProc::gateway(app, &["--drain-time=1s", &huge]).await;
+    sigterm(px.child.id());
+    let status = exit_of(&mut px.child, Duration::from_secs(5))
+        .await
+        .expect("no exit within 5 s of SIGTERM with nothing open (drain time 1 s)");
+    assert!(status.success(), "{status}");
+}
+
 /// A request that never ends does not hold the process past the bound: `--drain-max` (the pod's
 /// grace period; 8 s here, 30 s by default), since the drain time (1 s) is shorter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
