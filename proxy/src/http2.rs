@@ -44,13 +44,14 @@ use tokio::sync::oneshot;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::cluster::Cluster;
+use crate::gather::{self, Link};
 use crate::host::{Active, Host};
 use crate::http::flags::{
     ResponseFlag, CONNECT_FAIL_BODY, FAULT_ABORT_BODY, NO_BACKEND_BODY, NO_HEALTHY_UPSTREAM_BODY,
     OVERFLOW_BODY, TIMEOUT_BODY,
 };
 use crate::http::HttpCtx;
-use crate::idle::{Activity, Tracked};
+use crate::idle::Activity;
 use crate::outlier::Outcome;
 use crate::router::{self, Picked, Table, Upstream, View};
 use config::api::{HeaderModifier, Retry, Rewrite};
@@ -292,7 +293,31 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         .initial_connection_window_size(1 << 20)
         .max_send_buffer_size(400 * 1024)
         .max_local_error_reset_streams(Some(1024));
-    let handshake = builder.handshake::<_, Bytes>(Tracked::new(io, &activity));
+    let (read, gather) = gather::split(io, &activity);
+    // Every write of a turn of this task goes out in one syscall.
+    gather
+        .around(async {
+            let handshake = builder.handshake::<_, Bytes>(Link {
+                read,
+                gather: &gather,
+            });
+            drive(handshake, &conn, &activity, idle, &drain, peer).await;
+        })
+        .await;
+}
+
+/// Drives a downstream connection from its handshake until it closes.
+async fn drive<T, H>(
+    handshake: H,
+    conn: &Arc<Downconn>,
+    activity: &Activity,
+    idle: std::time::Duration,
+    drain: &crate::drain::SideDrain,
+    peer: SocketAddr,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    H: Future<Output = Result<h2::server::Connection<T, Bytes>, h2::Error>>,
+{
     // No stream open and no byte either way for the idle timeout, or a drain: GOAWAY, then the
     // open streams get one more idle timeout to finish.
     let mut idled = pin!(activity.expired_unless(idle, || conn.open.load(Relaxed) > 0));
@@ -324,7 +349,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
             s = h2.accept() => match s {
                 Some(Ok((req, respond))) => {
                     served = true;
-                    let opened = Downstream::new(&conn);
+                    let opened = Downstream::new(conn);
                     tokio::spawn(stream(req, respond, opened));
                     if leave_after_first && !closing {
                         closing = true;
@@ -1308,6 +1333,10 @@ async fn connection(
 /// the setting is 32 bits).
 const BEFORE_SETTINGS: usize = usize::MAX - 1;
 
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+}
+
 /// Opens an upstream HTTP/2 connection (connect and handshake within the cluster's connect
 /// timeout) and spawns the task that drives it. That task closes it when no stream has been
 /// open on it (`streams`) and no byte has moved for the cluster's idle timeout, as an idle
@@ -1321,7 +1350,6 @@ async fn open(
     streams: Arc<AtomicU32>,
     max: Arc<AtomicU32>,
 ) -> std::io::Result<SendRequest<Bytes>> {
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
     let (connect, idle) = (cluster.connect_timeout(), cluster.idle_timeout());
     let tcp = tokio::time::timeout(connect, TcpStream::connect(host))
         .await
@@ -1332,95 +1360,105 @@ async fn open(
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
         let activity = Activity::since(Instant::now());
-        let started = Instant::now();
-        let mut builder = h2::client::Builder::new();
-        builder
-            // The stream limit before the peer's first SETTINGS: a value no peer sends, so that
-            // the SETTINGS are seen to have come when it changes (h2 then takes their
-            // SETTINGS_MAX_CONCURRENT_STREAMS, or unlimited when absent).
-            .initial_max_send_streams(BEFORE_SETTINGS)
-            // Windows of 2 MiB (a stream's) and 5 MiB (the connection's), a send buffer of
-            // 1 MiB per stream, no push: what the proxy had from hyper, whose defaults these are.
-            .initial_window_size(2 << 20)
-            .initial_connection_window_size(5 << 20)
-            .max_send_buffer_size(1 << 20)
-            .max_header_list_size(16 * 1024)
-            .max_local_error_reset_streams(Some(1024))
-            .enable_push(false);
-        let handshake = builder.handshake::<_, Bytes>(Tracked::new(tcp, &activity));
-        let (send, conn) = match tokio::time::timeout(connect, handshake).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let _ = tx.send(Err(std::io::Error::other(e)));
-                return;
-            }
-            Err(_) => {
-                let _ = tx.send(Err(timed_out()));
-                return;
-            }
-        };
-        let mut conn = pin!(conn);
-        // Drives the connection, copying the peer's stream limit out after each turn (a load
-        // and a store), and saying once its SETTINGS have come.
-        let settled = AtomicBool::new(false);
-        let mut run = poll_fn(|cx| {
-            let r = conn.as_mut().poll(cx);
-            let peer_max = conn.max_concurrent_send_streams();
-            if peer_max != BEFORE_SETTINGS {
-                max.store(u32::try_from(peer_max).unwrap_or(u32::MAX), Relaxed);
-                settled.store(true, Relaxed);
-            }
-            r
-        });
-        // Until the SETTINGS come (on loopback, in the first turn or so).
-        let settings = poll_fn(|cx| match Pin::new(&mut run).poll(cx) {
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-            Poll::Pending if settled.load(Relaxed) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        });
-        let deadline = connect.saturating_sub(started.elapsed());
-        match tokio::time::timeout(deadline, settings).await {
-            Ok(None) => {}
-            Ok(Some(r)) => {
-                let e = match r {
-                    Err(e) => std::io::Error::other(e),
-                    Ok(()) => std::io::Error::other("closed before its SETTINGS"),
+        let (read, gather) = gather::split(tcp, &activity);
+        // Every write of a turn of this task goes out in one syscall.
+        gather
+            .around(async {
+                let io = Link {
+                    read,
+                    gather: &gather,
                 };
-                let _ = tx.send(Err(e));
-                return;
-            }
-            Err(_) => {
-                let _ = tx.send(Err(timed_out()));
-                return;
-            }
-        }
-        st.upstream_cx_total.inc();
-        st.upstream_cx_http2_total.inc();
-        // Counted open (`upstream_cx_active`) from here until the task ends.
-        let counted = weak.upgrade().map(|c| {
-            c.h2.conns_open.fetch_add(1, Relaxed);
-            c.sync_gauges();
-        });
-        // (Were the stream that opened it gone, the connection closes, having no handle.)
-        let _ = tx.send(Ok(send));
-        tokio::select! {
-            r = run => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                let started = Instant::now();
+                let mut builder = h2::client::Builder::new();
+                builder
+                    // The stream limit before the peer's first SETTINGS: a value no peer sends, so that
+                    // the SETTINGS are seen to have come when it changes (h2 then takes their
+                    // SETTINGS_MAX_CONCURRENT_STREAMS, or unlimited when absent).
+                    .initial_max_send_streams(BEFORE_SETTINGS)
+                    // Windows of 2 MiB (a stream's) and 5 MiB (the connection's), a send buffer of
+                    // 1 MiB per stream, no push: what the proxy had from hyper, whose defaults these are.
+                    .initial_window_size(2 << 20)
+                    .initial_connection_window_size(5 << 20)
+                    .max_send_buffer_size(1 << 20)
+                    .max_header_list_size(16 * 1024)
+                    .max_local_error_reset_streams(Some(1024))
+                    .enable_push(false);
+                let handshake = builder.handshake::<_, Bytes>(io);
+                let (send, conn) = match tokio::time::timeout(connect, handshake).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(std::io::Error::other(e)));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Err(timed_out()));
+                        return;
+                    }
+                };
+                let mut conn = pin!(conn);
+                // Drives the connection, copying the peer's stream limit out after each turn (a load
+                // and a store), and saying once its SETTINGS have come.
+                let settled = AtomicBool::new(false);
+                let mut run = poll_fn(|cx| {
+                    let r = conn.as_mut().poll(cx);
+                    let peer_max = conn.max_concurrent_send_streams();
+                    if peer_max != BEFORE_SETTINGS {
+                        max.store(u32::try_from(peer_max).unwrap_or(u32::MAX), Relaxed);
+                        settled.store(true, Relaxed);
+                    }
+                    r
+                });
+                // Until the SETTINGS come (on loopback, in the first turn or so).
+                let settings = poll_fn(|cx| match Pin::new(&mut run).poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending if settled.load(Relaxed) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                });
+                let deadline = connect.saturating_sub(started.elapsed());
+                match tokio::time::timeout(deadline, settings).await {
+                    Ok(None) => {}
+                    Ok(Some(r)) => {
+                        let e = match r {
+                            Err(e) => std::io::Error::other(e),
+                            Ok(()) => std::io::Error::other("closed before its SETTINGS"),
+                        };
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Err(timed_out()));
+                        return;
+                    }
                 }
-            }
-            () = activity.expired_unless(idle, || streams.load(Relaxed) > 0) => {
-                st.upstream_cx_idle_timeout.inc();
-            }
-        }
-        st.upstream_cx_destroy.inc();
-        if let Some(c) = weak.upgrade() {
-            c.h2.forget(&streams);
-            if counted.is_some() {
-                c.h2.conns_open.fetch_sub(1, Relaxed);
-                c.sync_gauges();
-            }
-        }
+                st.upstream_cx_total.inc();
+                st.upstream_cx_http2_total.inc();
+                // Counted open (`upstream_cx_active`) from here until the task ends.
+                let counted = weak.upgrade().map(|c| {
+                    c.h2.conns_open.fetch_add(1, Relaxed);
+                    c.sync_gauges();
+                });
+                // (Were the stream that opened it gone, the connection closes, having no handle.)
+                let _ = tx.send(Ok(send));
+                tokio::select! {
+                    r = run => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                        }
+                    }
+                    () = activity.expired_unless(idle, || streams.load(Relaxed) > 0) => {
+                        st.upstream_cx_idle_timeout.inc();
+                    }
+                }
+                st.upstream_cx_destroy.inc();
+                if let Some(c) = weak.upgrade() {
+                    c.h2.forget(&streams);
+                    if counted.is_some() {
+                        c.h2.conns_open.fetch_sub(1, Relaxed);
+                        c.sync_gauges();
+                    }
+                }
+            })
+            .await;
     });
     rx.await
         .map_err(|_| std::io::Error::other("the connection's task ended"))?

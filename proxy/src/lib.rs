@@ -6,7 +6,7 @@
 //! from which the webhook renders the sidecar's args.
 //!
 //! Layers, one module each: [`listener`] (accept, destination, loops) → [`detect`] →
-//! [`http`] (over [`h1`], [`iobuf`]; per request [`router`]) / [`http2`] (per stream, over hyper) / [`tcp`] (both bounded by [`idle`]) → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
+//! [`http`] (over [`h1`], [`iobuf`]; per request [`router`]) / [`http2`] (per stream, over h2 and [`gather`]) / [`tcp`] (both bounded by [`idle`]) → [`cluster`] (a [`pool`] + stats + connector) ; [`stats`], [`admin`],
 //! [`access_log`], [`drain`], [`request_id`] beside them.
 #![forbid(unsafe_code)]
 
@@ -20,6 +20,7 @@ pub(crate) mod discovery;
 pub(crate) mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod gather;
 pub(crate) mod h1;
 pub(crate) mod host;
 pub(crate) mod http;
