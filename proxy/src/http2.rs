@@ -23,7 +23,8 @@
 //! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
 //! the same [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and
 //! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite, header modifiers and retries
-//! apply as on HTTP/1. Not yet on this path: redirects and mirrors.
+//! apply as on HTTP/1. A rule's redirect answers with its status and `location`, no body. Not yet on
+//! this path: mirrors, and consistent-hash balancing.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -53,7 +54,7 @@ use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
 use crate::router::{self, Picked, Table, Upstream, View};
-use config::api::{HeaderModifier, Retry, Rewrite};
+use config::api::{HeaderModifier, Redirect, Retry, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
@@ -377,27 +378,72 @@ const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
 
 /// The cluster a stream goes to, and the route rule that picked it: the destination's own, or
 /// the one its routes pick (HTTPRoute and GRPCRoute match on the stream's method, path, query
-/// and headers, then the rule's weights). `table` holds the routes while the rule is used.
+/// and headers, then the rule's weights). A rule with a `RequestRedirect` answers with it
+/// whatever its backends (as on HTTP/1): no cluster. `table` holds the routes while the rule is
+/// used.
 fn route<'t>(
     up: &Upstream,
     table: &'t mut Option<Arc<Table>>,
     req: &Request<()>,
-) -> Result<(Arc<Cluster>, Option<Picked<'t>>), Local> {
+) -> Result<(Option<Arc<Cluster>>, Option<Picked<'t>>), Local> {
     match up {
-        Upstream::Cluster(c) => Ok((c.clone(), None)),
+        Upstream::Cluster(c) => Ok((Some(c.clone()), None)),
         Upstream::Routed { default, routes } => {
             *table = routes.get();
             match table.as_deref() {
-                None => Ok((default.clone().ok_or(Local::NoRoute)?, None)),
+                None => Ok((Some(default.clone().ok_or(Local::NoRoute)?), None)),
                 Some(t) => {
                     let head = head_of(req);
                     let picked = t.pick(&View::of(&head)).ok_or(Local::NoRoute)?;
-                    let cluster = picked.rule.backend().cloned().ok_or(Local::NoBackend)?;
+                    let cluster = match picked.rule.redirect {
+                        Some(_) => None,
+                        None => Some(picked.rule.backend().cloned().ok_or(Local::NoBackend)?),
+                    };
                     Ok((cluster, Some(picked)))
                 }
             }
         }
     }
+}
+
+/// A rule's `RequestRedirect` for a stream: its `Location` ([`router::location`], as HTTP/1
+/// builds it) from the stream's `:scheme`, `:authority` (else `host`) and `:path`.
+fn redirect(req: &Request<()>, r: &Redirect, prefix: Option<&[u8]>) -> Local {
+    let uri = req.uri();
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(hyper::header::HOST).map(|v| v.as_bytes()))
+        .unwrap_or_default();
+    let (path, query) = uri
+        .path_and_query()
+        .map_or(("/", ""), |p| (p.path(), p.query().unwrap_or("")));
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let location = router::location(r, scheme, host, path.as_bytes(), query.as_bytes(), prefix);
+    match HeaderValue::try_from(location) {
+        Ok(v) => Local::Redirect(r.status, v),
+        // Not reachable: the parts were valid header bytes, and the filter's were checked.
+        Err(e) => {
+            tracing::debug!(error = %e, "a redirect's Location is no header value");
+            Local::NoBackend
+        }
+    }
+}
+
+/// Sends a route's redirect: `:status` the filter's, `location`, no body (the headers end the
+/// stream), as HTTP/1 answers one. The body bytes sent: none.
+fn send_redirect(
+    respond: &mut SendResponse<Bytes>,
+    status: StatusCode,
+    location: HeaderValue,
+) -> u64 {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::LOCATION, location);
+    if let Err(e) = respond.send_response(r, true) {
+        tracing::debug!(error = %e, "HTTP/2 redirect not sent: the client's stream is gone");
+    }
+    0
 }
 
 /// A rule's `URLRewrite` on a stream's head: `:authority` (and `host`, if the client sent one)
@@ -512,16 +558,25 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
         Ok(f) => f,
         Err(what) => {
             let (status, grpc_status, text, flag) = what.answer();
-            let sent = local(
-                &mut respond,
-                grpc,
-                status,
-                grpc_status,
-                text,
-                what == Local::Overflow,
-            );
+            let (sent, code) = match what {
+                Local::Redirect(_, location) => (
+                    send_redirect(&mut respond, status, location),
+                    status.as_u16(),
+                ),
+                _ => (
+                    local(
+                        &mut respond,
+                        grpc,
+                        status,
+                        grpc_status,
+                        text,
+                        what == Local::Overflow,
+                    ),
+                    if grpc { 200 } else { status.as_u16() },
+                ),
+            };
             if let Some(mut l) = log {
-                l.entry.code = if grpc { 200 } else { status.as_u16() };
+                l.entry.code = code;
                 l.entry.flags = flag.with(marks.delayed, marks.exhausted);
                 l.entry.bytes_received = received(&upload);
                 l.done(sent);
@@ -603,7 +658,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
 }
 
 /// The answers the proxy makes itself on the HTTP/2 path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Local {
     NoRoute,
     /// The matched rule's backend for this stream cannot be used (500).
@@ -616,11 +671,13 @@ enum Local {
     Timeout,
     /// A route's `HTTPFault` abort, with its status (`FI`).
     FaultAbort(u16),
+    /// A route's `RequestRedirect`: its status and `Location` (no flag).
+    Redirect(u16, HeaderValue),
 }
 
 impl Local {
     /// HTTP status, gRPC status, text, and Envoy's response flag.
-    fn answer(self) -> (StatusCode, u16, &'static str, ResponseFlag) {
+    fn answer(&self) -> (StatusCode, u16, &'static str, ResponseFlag) {
         const RESET: &str = "upstream connect error or disconnect/reset before headers. \
                              reset reason: remote reset";
         use ResponseFlag as F;
@@ -655,10 +712,17 @@ impl Local {
                 F::UpstreamRequestTimeout,
             ),
             Local::FaultAbort(code) => (
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                grpc_status_of(code),
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                grpc_status_of(*code),
                 FAULT_ABORT_BODY,
                 F::FaultInjected,
+            ),
+            // Answered with its status as it is, also to gRPC (as HTTP/1 answers).
+            Local::Redirect(code, _) => (
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::FOUND),
+                grpc_status_of(*code),
+                "",
+                F::None,
             ),
         }
     }
@@ -715,8 +779,9 @@ async fn forward(
         }
     })?;
     // The rule's filters, as HTTP/1 applies them: a fault first (a delay is not counted in the
-    // route's timeout, as Envoy's fault filter runs before the router's timer), then the
-    // rewrite and the request header edits; the response header edits go with the answer.
+    // route's timeout, as Envoy's fault filter runs before the router's timer), then a redirect
+    // (the answer), else the rewrite and the request header edits; the response header edits go
+    // with the answer.
     let (mut timeout, mut backend_timeout, mut response_headers) =
         (ctx.request_timeout, None, None);
     let mut retry = None;
@@ -732,6 +797,10 @@ async fn forward(
                 return Err(Local::FaultAbort(a.status));
             }
         }
+        if let Some(to) = &r.redirect {
+            ctx.listener.http.rq_redirect.inc();
+            return Err(redirect(&routed, to, prefix));
+        }
         if let Some(rw) = &r.rewrite {
             rewrite(&mut routed, rw, prefix);
         }
@@ -743,6 +812,10 @@ async fn forward(
         backend_timeout = r.backend_timeout;
         retry = r.retry.as_ref();
     }
+    // Only a redirect's rule picks no cluster, and it has answered above.
+    let Some(cluster) = cluster else {
+        return Err(Local::NoBackend);
+    };
     // The route's timeout (else `--request-timeout`) covers the whole wait for the answer's
     // head: admission, connection, every try.
     let deadline = tokio::time::Instant::now() + timeout;
@@ -1559,5 +1632,33 @@ mod tests {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
         assert!(Waiting { rx, cluster: &c }.until(deadline).await);
         assert_eq!(c.h2.state(), (1, 0));
+    }
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// A redirect's `Location` from the stream's scheme, authority, path and query.
+    #[test]
+    fn a_streams_redirect_is_built_from_its_pseudo_headers() {
+        let req = request("http://reviews:9080/old/page?x=1", &[]);
+        let to = Redirect {
+            scheme: None,
+            hostname: None,
+            path: Some(config::api::PathModifier::ReplacePrefixMatch("/new".into())),
+            port: None,
+            status: 301,
+        };
+        assert_eq!(
+            redirect(&req, &to, Some(b"/old")),
+            Local::Redirect(
+                301,
+                HeaderValue::from_static("http://reviews:9080/new/page?x=1")
+            )
+        );
     }
 }

@@ -287,10 +287,39 @@ fn rewriting(source: &str) -> Rule {
     }
 }
 
+/// A rule to `backends` whose `RequestRedirect` sets `scheme`, `hostname` and the path, with
+/// `status`.
+fn redirecting(
+    source: &str,
+    backends: Vec<WeightedBackend>,
+    (scheme, hostname): (Option<&str>, Option<&str>),
+    path: PathModifier,
+    status: u16,
+) -> Rule {
+    Rule {
+        redirect: Some(Redirect {
+            scheme: scheme.map(Into::into),
+            hostname: hostname.map(Into::into),
+            path: Some(path),
+            port: None,
+            status,
+        }),
+        ..rule(source, backends)
+    }
+}
+
 fn any(rule: usize) -> RouteMatch {
     RouteMatch {
         rule,
         ..RouteMatch::default()
+    }
+}
+
+/// A match on a path prefix.
+fn prefix(rule: usize, p: &str) -> RouteMatch {
+    RouteMatch {
+        path: Some(PathMatch::Prefix(p.into())),
+        ..any(rule)
     }
 }
 
@@ -543,14 +572,13 @@ async fn a_route_timeout_is_504_ut_and_retries_hide_a_flaky_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_rewrites_and_header_modifiers() {
     let v1 = app("v1", Duration::ZERO).await;
-    let mut redirect = rule("default/reviews#0", vec![]);
-    redirect.redirect = Some(Redirect {
-        scheme: Some("https".into()),
-        hostname: Some("example.com".into()),
-        path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
-        port: None,
-        status: 301,
-    });
+    let redirect = redirecting(
+        "default/reviews#0",
+        vec![],
+        (Some("https"), Some("example.com")),
+        PathModifier::ReplacePrefixMatch("/new".into()),
+        301,
+    );
     let rewritten = rewriting("default/reviews#1");
     let (_cp, px) = gateway(reviews(
         &[&v1],
@@ -841,10 +869,6 @@ async fn http2_streams_get_the_rules_faults_timeouts_rewrites_and_header_edits()
     let mut timed = rule("default/reviews#2", vec![to(0, 1)]);
     timed.timeout_ms = Some(200);
     let rewritten = rewriting("default/reviews#3");
-    let prefix = |rule: usize, p: &str| RouteMatch {
-        path: Some(PathMatch::Prefix(p.into())),
-        ..any(rule)
-    };
     let (_cp, px) = gateway(reviews(
         &[&v1],
         vec![
@@ -942,6 +966,108 @@ async fn http2_streams_are_retried_by_their_route() {
     wait_log(&px, "\"POST /x?status=503 HTTP/2\" 503 URX ").await;
     stats
         .metric(format!("{cluster}.upstream_rq_retry_limit_exceeded"))
+        .now_eq(1)
+        .await;
+}
+
+/// A stream sent on `send`: its answer's head, whether the head ended the stream, and its body.
+async fn h2_request(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (hyper::http::response::Parts, bool, Bytes) {
+    let resp = send.send_request(req).await.unwrap();
+    let ended = hyper::body::Body::is_end_stream(resp.body());
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    (parts, ended, body)
+}
+
+/// A POST to `reviews:9080` with `body`, gRPC's content type when `grpc`, and `headers`.
+fn h2_post(path: &str, grpc: bool, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    let mut b = Request::post(format!("http://reviews:9080{path}"));
+    if grpc {
+        b = b
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Full::new(body)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_redirected_by_their_route_after_its_fault() {
+    let v1 = app("v1", Duration::ZERO).await;
+    // A new scheme, no port: the request's port goes (the scheme's own is implied); the matched
+    // prefix is replaced.
+    let to_https = redirecting(
+        "default/reviews#0",
+        vec![],
+        (Some("https"), None),
+        PathModifier::ReplacePrefixMatch("/new".into()),
+        301,
+    );
+    // A rule with backends and a redirect redirects (as on HTTP/1); the request's port stays.
+    let moved = redirecting(
+        "default/reviews#1",
+        vec![to(0, 1)],
+        (None, Some("example.com")),
+        PathModifier::ReplaceFullPath("/elsewhere".into()),
+        302,
+    );
+    // The fault comes first.
+    let mut faulty = aborting("default/reviews#2", 503, 1_000_000);
+    faulty.redirect = to_https.redirect.clone();
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![prefix(0, "/old"), prefix(1, "/moved"), prefix(2, "/faulty")],
+        vec![to_https, moved, faulty],
+    ))
+    .await;
+    let mut c = h2_client(px.listen).await;
+    let body = || Bytes::from_static(b"\0\0\0\0\0");
+
+    // A plain stream and a gRPC call alike: the filter's status and `location`, no body, the
+    // stream ended by the head.
+    for grpc in [false, true] {
+        let (head, ended, got) =
+            h2_request(&mut c, h2_post("/old/page?x=1", grpc, &[], body())).await;
+        assert_eq!(head.status, 301, "grpc: {grpc}");
+        assert_eq!(
+            head.headers.get("location").map(|v| v.to_str().unwrap()),
+            Some("https://reviews/new/page?x=1"),
+            "grpc: {grpc}"
+        );
+        assert!(ended && got.is_empty(), "grpc: {grpc}: {got:?}");
+    }
+    let get = Request::get("http://reviews:9080/moved/a?y=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (head, ended, _) = h2_request(&mut c, get).await;
+    assert_eq!(head.status, 302);
+    assert_eq!(
+        head.headers.get("location").map(|v| v.to_str().unwrap()),
+        Some("http://example.com:9080/elsewhere?y=2")
+    );
+    assert!(ended);
+    let (head, _, got) = h2_request(&mut c, h2_post("/faulty/x", false, &[], body())).await;
+    assert_eq!(
+        (head.status.as_u16(), &got[..]),
+        (503, &b"fault filter abort"[..])
+    );
+
+    // No stream reached the app; each redirect logged with its code and no flag, and counted.
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 0);
+    wait_log(&px, "\"POST /old/page?x=1 HTTP/2\" 301 - ").await;
+    wait_log(&px, "\"GET /moved/a?y=2 HTTP/2\" 302 - ").await;
+    let stats = px.stats();
+    stats.metric("http.gateway.rq_redirect").now_eq(3).await;
+    stats
+        .metric("http.gateway.fault.aborts_injected")
         .now_eq(1)
         .await;
 }
