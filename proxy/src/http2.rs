@@ -23,8 +23,9 @@
 //! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
 //! the same [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and
 //! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite, header modifiers and retries
-//! apply as on HTTP/1. A rule's redirect answers with its status and `location`, no body. Not yet on
-//! this path: mirrors, and consistent-hash balancing.
+//! apply as on HTTP/1. A rule's redirect answers with its status and `location`, no body. A cluster
+//! with a consistent hash takes each stream's key (a header, a cookie, the client's address) as
+//! HTTP/1 takes a request's. Not yet on this path: mirrors.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -54,7 +55,7 @@ use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
 use crate::router::{self, Picked, Table, Upstream, View};
-use config::api::{HeaderModifier, Redirect, Retry, Rewrite};
+use config::api::{HashOn, HeaderModifier, Redirect, Retry, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
@@ -231,6 +232,8 @@ impl Drop for Slot {
 struct Downconn {
     up: Upstream,
     ctx: Arc<HttpCtx>,
+    /// The client's address (a consistent hash may be taken over it).
+    peer: SocketAddr,
     /// The client's address as `x-forwarded-for` wants it (where the listener adds it),
     /// formatted once per connection.
     client_ip: Option<String>,
@@ -278,6 +281,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
             .add_forwarded_for
             .then(|| peer.ip().to_canonical().to_string()),
         ctx,
+        peer,
         open: AtomicU32::new(0),
     });
     let activity = Activity::since(Instant::now());
@@ -444,6 +448,28 @@ fn send_redirect(
         tracing::debug!(error = %e, "HTTP/2 redirect not sent: the client's stream is gone");
     }
     0
+}
+
+/// The consistent-hash key of a stream ([`router::hash_key`], as HTTP/1 takes it): read from its
+/// header map (a cookie may come as several fields; `host` is `:authority`), no copy made.
+fn hash_key(on: &HashOn, req: &Request<()>, peer: SocketAddr) -> Option<u64> {
+    router::hash_key(
+        on,
+        |name| {
+            let authority = req
+                .uri()
+                .authority()
+                .filter(|_| name.eq_ignore_ascii_case("host"))
+                .map(|a| a.as_str().as_bytes());
+            authority.into_iter().chain(
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            )
+        },
+        peer,
+    )
 }
 
 /// A rule's `URLRewrite` on a stream's head: `:authority` (and `host`, if the client sent one)
@@ -847,7 +873,13 @@ async fn forward(
     }
     let mut slot = Slot(cluster.clone(), None, None);
     let lb = cluster.lb();
-    let mut head = Some(upstream_request(routed, conn));
+    let head = upstream_request(routed, conn);
+    // A consistent hash's key, per stream; nothing read for a cluster that does not hash.
+    let key = lb
+        .balancer
+        .hash_on()
+        .and_then(|on| hash_key(on, &head, conn.peer));
+    let mut head = Some(head);
     // The route's retries: another try (another host, as the balancer picks) on a listed status,
     // a reset, a connection failure or a try's own timeout, while `attempts` and the cluster's
     // `maxRetries` allow and the request body was kept whole (up to `KEEP_LIMIT`; HTTP/1 retries
@@ -859,7 +891,7 @@ async fn forward(
             backend_timeout.map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
         let last = tries_left == 0;
         let tried = try_once(
-            &cluster, &lb, &limits, &mut slot, &mut head, last, upload, until,
+            &cluster, &lb, key, &limits, &mut slot, &mut head, last, upload, until,
         )
         .await;
         let retryable = retry.is_some_and(|r| match &tried {
@@ -940,6 +972,7 @@ async fn backoff(retry: Option<&Retry>, deadline: tokio::time::Instant) -> bool 
 async fn try_once(
     cluster: &Arc<Cluster>,
     lb: &Arc<crate::cluster::Lb>,
+    key: Option<u64>,
     limits: &config::Limits,
     slot: &mut Slot,
     head: &mut Option<Request<()>>,
@@ -948,7 +981,7 @@ async fn try_once(
     until: tokio::time::Instant,
 ) -> Result<(Response<RecvStream>, Option<SendStream<Bytes>>, SocketAddr), Local> {
     let st = &cluster.stats;
-    let Some(host) = lb.pick_host(None) else {
+    let Some(host) = lb.pick_host(key) else {
         st.upstream_cx_none_healthy.inc();
         return Err(Local::NoHealthyUpstream);
     };
@@ -1640,6 +1673,36 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap()
+    }
+
+    /// A stream's hash key comes from its header map as HTTP/1's comes from its head: a
+    /// header in any case, trimmed; a cookie in any of its fields; `host` as `:authority`.
+    #[test]
+    fn a_streams_hash_key_reads_its_headers_cookies_and_authority() {
+        use crate::balancer::stable_hash;
+        let peer = "10.0.0.7:4000".parse().unwrap();
+        let req = request(
+            "http://reviews:9080/x",
+            &[
+                ("x-user", "jason"),
+                ("cookie", "theme=dark"),
+                ("cookie", "session=s1"),
+            ],
+        );
+        let header = |n: &str| hash_key(&HashOn::Header(n.into()), &req, peer);
+        assert_eq!(header("x-user"), Some(stable_hash(b"jason")));
+        assert_eq!(header("X-User"), Some(stable_hash(b"jason")));
+        assert_eq!(header("host"), Some(stable_hash(b"reviews:9080")));
+        assert_eq!(header("absent"), None);
+        let cookie = HashOn::Cookie {
+            name: "session".into(),
+            ttl_ms: None,
+        };
+        assert_eq!(hash_key(&cookie, &req, peer), Some(stable_hash(b"s1")));
+        assert_eq!(
+            hash_key(&HashOn::SourceIp, &req, peer),
+            Some(stable_hash(b"10.0.0.7"))
+        );
     }
 
     /// A redirect's `Location` from the stream's scheme, authority, path and query.
