@@ -20,12 +20,14 @@
 //! receiving side's window opens, and the sending side's window is given back as it is read, so
 //! a slow reader on one stream holds back only that stream), trailers pass through, and nothing
 //! is buffered whole: a stream holds at most one frame in passage (and, until its answer's head,
-//! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
-//! the same [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and
-//! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite, header modifiers and retries
-//! apply as on HTTP/1. A rule's redirect answers with its status and `location`, no body. A cluster
-//! with a consistent hash takes each stream's key (a header, a cookie, the client's address) as
-//! HTTP/1 takes a request's. Not yet on this path: mirrors.
+//! up to [`KEEP_LIMIT`] of its request body for a resend, which its mirrors' copies then share
+//! until they have gone). Routes and per-stream balancing use the same [`Upstream`] as HTTP/1:
+//! [`route`] picks a stream's cluster and rule (HTTPRoute and GRPCRoute alike), and the rule's
+//! fault, redirect (its status and `location`, no body), timeouts, URL rewrite, header
+//! modifiers, retries and mirrors apply as on HTTP/1; a mirror copies a stream with a body once
+//! that body has been read whole, up to [`KEEP_LIMIT`] (see [`Mirrors`]). A cluster with a
+//! consistent hash takes each stream's key (a header, a cookie, the client's address) as HTTP/1
+//! takes a request's.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -54,7 +56,8 @@ use crate::http::flags::{
 use crate::http::HttpCtx;
 use crate::idle::{Activity, Tracked};
 use crate::outlier::Outcome;
-use crate::router::{self, Picked, Table, Upstream, View};
+use crate::router::{self, Picked, Rule, Table, Upstream, View};
+use crate::stats::HttpStats;
 use config::api::{HashOn, HeaderModifier, Redirect, Retry, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -806,11 +809,12 @@ async fn forward(
     })?;
     // The rule's filters, as HTTP/1 applies them: a fault first (a delay is not counted in the
     // route's timeout, as Envoy's fault filter runs before the router's timer), then a redirect
-    // (the answer), else the rewrite and the request header edits; the response header edits go
-    // with the answer.
+    // (the answer), else the rewrite and the request header edits, then the mirrors' copies
+    // (of the stream as rewritten); the response header edits go with the answer.
     let (mut timeout, mut backend_timeout, mut response_headers) =
         (ctx.request_timeout, None, None);
     let mut retry = None;
+    let mut mirrors = None;
     if let Some(Picked { rule: r, prefix }) = picked {
         if let Some(f) = &r.fault {
             if let Some(d) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
@@ -833,6 +837,13 @@ async fn forward(
         if let Some(m) = &r.request_headers {
             edit(routed.headers_mut(), m);
         }
+        mirrors = Mirrors::rolled(r, &routed, conn);
+        // Without a body, the copies go at once (as HTTP/1's do).
+        if upload.is_none() {
+            if let Some(m) = mirrors.take() {
+                m.send(&[], None);
+            }
+        }
         response_headers = r.response_headers.clone();
         timeout = r.timeout.unwrap_or(timeout);
         backend_timeout = r.backend_timeout;
@@ -847,28 +858,10 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + timeout;
     let st = &cluster.stats;
     let limits = cluster.limits();
-    let admitted = match cluster
+    let admit = cluster
         .h2
-        .admit(limits.max_requests, limits.max_pending_requests)
-    {
-        Admit::Go => {
-            cluster.sync_gauges();
-            true
-        }
-        Admit::Wait(rx) => {
-            st.upstream_rq_pending_total.inc();
-            cluster.sync_gauges();
-            Waiting {
-                rx,
-                cluster: &cluster,
-            }
-            .until(deadline)
-            .await
-        }
-        Admit::Overflow => false,
-    };
-    if !admitted {
-        st.upstream_rq_pending_overflow.inc();
+        .admit(limits.max_requests, limits.max_pending_requests);
+    if !admitted(&cluster, admit, deadline).await {
         return Err(Local::Overflow);
     }
     let mut slot = Slot(cluster.clone(), None, None);
@@ -925,9 +918,12 @@ async fn forward(
         if token.take().is_some() && !retryable && tried.is_ok() {
             st.upstream_rq_retry_success.inc();
         }
-        // No resend once the answer's head is in: what was kept for one goes.
+        // No resend once the answer's head is in: what was kept for one goes, to the mirrors
+        // when it is the whole body (else their copies are dropped, and counted so).
         if let Some(u) = upload {
-            u.kept = None;
+            if let (Some(kept), Some(m)) = (u.whole(), mirrors.take()) {
+                m.send(&kept.data, kept.trailers.as_ref());
+            }
         }
         return tried.map(|(resp, up, host)| Forwarded {
             resp,
@@ -936,6 +932,182 @@ async fn forward(
             host,
             up,
         });
+    }
+}
+
+/// Whether a stream that asked `cluster` for a slot (`admit`) has one: at once, or handed to it
+/// while it waited, by `deadline`. One that has none (refused, or its wait ran out) is counted
+/// in `upstream_rq_pending_overflow`; the gauges follow.
+async fn admitted(cluster: &Arc<Cluster>, admit: Admit, deadline: tokio::time::Instant) -> bool {
+    let st = &cluster.stats;
+    let admitted = match admit {
+        Admit::Go => {
+            cluster.sync_gauges();
+            true
+        }
+        Admit::Wait(rx) => {
+            st.upstream_rq_pending_total.inc();
+            cluster.sync_gauges();
+            Waiting { rx, cluster }.until(deadline).await
+        }
+        Admit::Overflow => false,
+    };
+    if !admitted {
+        st.upstream_rq_pending_overflow.inc();
+    }
+    admitted
+}
+
+/// The copies of a stream owed to its rule's mirrors (`RequestMirror`, GRPCRoute's mirror) whose
+/// share rolled. A copy needs the request body whole: a stream without one is copied at once
+/// (as HTTP/1 copies), one with a body once it has been read whole, up to [`KEEP_LIMIT`], by
+/// the answer's head (a gRPC unary call's message is). Each copy goes on its own task over the
+/// mirror's HTTP/2 pool ([`shadow`]), counted `rq_mirrored`; one that cannot go (a larger body,
+/// or one not read whole by then; a stream answered before it went up; the mirror's pool past
+/// its limits) is counted `rq_mirror_dropped`, when this is dropped without sending it.
+struct Mirrors<'c> {
+    http: &'c HttpStats,
+    to: Vec<Arc<Cluster>>,
+    /// The copies' head: the stream's as it goes upstream, `-shadow` on its host.
+    head: Option<Request<()>>,
+}
+
+impl<'c> Mirrors<'c> {
+    /// The mirrors of `rule` whose share rolls for the stream `req` (`None`, with nothing
+    /// allocated, for a rule without mirrors).
+    fn rolled(rule: &Rule, req: &Request<()>, conn: &'c Downconn) -> Option<Mirrors<'c>> {
+        if rule.mirrors.is_empty() {
+            return None;
+        }
+        let to: Vec<_> = rule
+            .mirrors
+            .iter()
+            .filter(|(_, share)| router::roll(*share))
+            .map(|(c, _)| c.clone())
+            .collect();
+        if to.is_empty() {
+            return None;
+        }
+        Some(Mirrors {
+            http: &conn.ctx.listener.http,
+            to,
+            head: shadow_head(upstream_request(copy(req), conn)),
+        })
+    }
+
+    /// Sends the copies: `data` (the body's frames, counted references) and `trailers`.
+    fn send(mut self, data: &[Bytes], trailers: Option<&HeaderMap>) {
+        let Some(head) = self.head.take() else {
+            return;
+        };
+        for cluster in std::mem::take(&mut self.to) {
+            let limits = cluster.limits();
+            let admit = cluster
+                .h2
+                .admit(limits.max_requests, limits.max_pending_requests);
+            if let Admit::Overflow = admit {
+                cluster.stats.upstream_rq_pending_overflow.inc();
+                self.http.rq_mirror_dropped.inc();
+                continue;
+            }
+            self.http.rq_mirrored.inc();
+            tokio::spawn(shadow(
+                cluster,
+                admit,
+                copy(&head),
+                data.to_vec(),
+                trailers.cloned(),
+            ));
+        }
+    }
+}
+
+impl Drop for Mirrors<'_> {
+    fn drop(&mut self) {
+        self.http.rq_mirror_dropped.add(self.to.len() as u64);
+    }
+}
+
+/// A mirror's copy of a stream's head: `:authority` (and `host`, if the client sent one) with
+/// `-shadow` appended to the host name ([`router::shadow_host`], as HTTP/1 marks its copies).
+/// `None` when that makes no valid authority (an IPv6 literal's brackets).
+fn shadow_head(mut req: Request<()>) -> Option<Request<()>> {
+    if let Some(a) = req.uri().authority() {
+        let shadow = router::shadow_host(a.as_str().as_bytes());
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(hyper::http::uri::Authority::try_from(shadow).ok()?);
+        *req.uri_mut() = hyper::Uri::from_parts(parts).ok()?;
+    }
+    if let Some(h) = req.headers_mut().get_mut(hyper::header::HOST) {
+        *h = HeaderValue::try_from(router::shadow_host(h.as_bytes())).ok()?;
+    }
+    Some(req)
+}
+
+/// One mirrored copy, on its own task: admitted to the mirror's cluster as a stream is (`admit`
+/// was asked when the copy was made), sent on a pooled connection to the host its balancer
+/// picks, its answer read and thrown away; all within [`router::MIRROR_TIMEOUT`], after which
+/// it is given up (its stream reset). The client's stream never waits for it. The body (at most
+/// [`KEEP_LIMIT`]) is handed to h2 whole, which sends it as the mirror's window opens.
+async fn shadow(
+    cluster: Arc<Cluster>,
+    admit: Admit,
+    req: Request<()>,
+    data: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+) {
+    let deadline = tokio::time::Instant::now() + router::MIRROR_TIMEOUT;
+    let copied = async {
+        if !admitted(&cluster, admit, deadline).await {
+            return;
+        }
+        let st = &cluster.stats;
+        let mut slot = Slot(cluster.clone(), None, None);
+        let (lb, limits) = (cluster.lb(), cluster.limits());
+        let Some(host) = lb.pick_host(None) else {
+            st.upstream_cx_none_healthy.inc();
+            return;
+        };
+        slot.1 = Some(Active::new(host.clone()));
+        let Ok((mut send, open)) = upstream_connection(&cluster, &host, &limits, &lb).await else {
+            return;
+        };
+        slot.2 = Some(open);
+        if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+            return;
+        }
+        st.upstream_rq_total.inc();
+        let bodiless = data.is_empty() && trailers.is_none();
+        let Ok((answer, mut up)) = send.send_request(req, bodiless) else {
+            return;
+        };
+        let frames = data.len();
+        for (i, d) in data.into_iter().enumerate() {
+            if up
+                .send_data(d, i + 1 == frames && trailers.is_none())
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(t) = trailers {
+            if up.send_trailers(t).is_err() {
+                return;
+            }
+        }
+        let Ok(resp) = answer.await else {
+            st.upstream_rq_rx_reset.inc();
+            return;
+        };
+        st.count_code(resp.status().as_u16());
+        let mut body = resp.into_body();
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+        let _ = body.trailers().await;
+    };
+    if tokio::time::timeout_at(deadline, copied).await.is_err() {
+        tracing::debug!(cluster = %cluster.name, "a mirrored copy was given up after its time");
     }
 }
 
@@ -1178,6 +1350,14 @@ impl Source {
         k.len = 0;
         self.buf = Bytes::new();
         true
+    }
+
+    /// What was kept, taken: the whole body (its frames and trailers) once its end has been
+    /// read and all of it was kept (nothing left to replay, no more than [`KEEP_LIMIT`]), for a
+    /// mirror's copy; else `None`.
+    fn whole(&mut self) -> Option<Kept> {
+        let read = self.ended && self.replay.is_empty() && self.replay_trailers.is_none();
+        self.kept.take().filter(|k| read && k.whole)
     }
 
     /// Keeps `data` for a resend, while one can follow and the kept stay under the limit.
@@ -1703,6 +1883,15 @@ mod tests {
             hash_key(&HashOn::SourceIp, &req, peer),
             Some(stable_hash(b"10.0.0.7"))
         );
+    }
+
+    /// A mirror's copy names its host `-shadow`, in `:authority` and in `host`, port kept.
+    #[test]
+    fn a_shadow_head_marks_authority_and_host() {
+        let req = request("http://reviews:9080/x?a=1", &[("host", "reviews:9080")]);
+        let c = shadow_head(req).unwrap();
+        assert_eq!(c.uri().to_string(), "http://reviews-shadow:9080/x?a=1");
+        assert_eq!(c.headers()["host"], "reviews-shadow:9080");
     }
 
     /// A redirect's `Location` from the stream's scheme, authority, path and query.

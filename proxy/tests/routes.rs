@@ -1072,6 +1072,200 @@ async fn http2_streams_are_redirected_by_their_route_after_its_fault() {
         .await;
 }
 
+/// What a [`recorder`] saw of one request: its authority (`:authority`, else `host`) and body.
+#[derive(Clone, Debug)]
+struct Seen {
+    authority: String,
+    body: Bytes,
+}
+
+/// A backend that reads each request whole and records it (`app.hits` counts those recorded).
+/// It answers `<name> got N bytes`, or when it `stall`s never answers: each request is held
+/// until the client gives it up, and `cancelled` counts those given up.
+struct Recorder {
+    app: App,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    cancelled: Arc<AtomicU64>,
+}
+
+async fn recorder(name: &'static str, stall: bool) -> Recorder {
+    struct Cancelled(Arc<AtomicU64>);
+    impl Drop for Cancelled {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let (h, s, x) = (hits.clone(), seen.clone(), cancelled.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = l.accept().await else {
+                continue;
+            };
+            let (hits, seen, cancelled) = (h.clone(), s.clone(), x.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (hits, seen, cancelled) = (hits.clone(), seen.clone(), cancelled.clone());
+                    async move {
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get("host")
+                                    .map(|v| v.to_str().unwrap().to_string())
+                            })
+                            .unwrap_or_default();
+                        let body = http_body_util::BodyExt::collect(req.into_body())
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let n = body.len();
+                        seen.lock().unwrap().push(Seen { authority, body });
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        if stall {
+                            let _counted = Cancelled(cancelled);
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "{name} got {n} bytes"
+                        )))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    Recorder {
+        app: App { name, addr, hits },
+        seen,
+        cancelled,
+    }
+}
+
+/// Waits (10 s at most) until `app` has had `n` requests.
+async fn wait_hits(app: &App, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.hits.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} had {} of {n} requests",
+            app.name,
+            app.hits.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `reviews` with one rule: to `primary`, mirrored in full to `shadow`.
+fn mirrored(primary: &App, shadow: &App) -> Destination {
+    let mut r = rule("default/reviews#0", vec![to(0, 1)]);
+    r.mirrors = vec![Mirror {
+        backend: 1,
+        per_million: 1_000_000,
+    }];
+    reviews(&[primary, shadow], vec![any(0)], vec![r])
+}
+
+/// A gRPC message of `n` bytes: the 5-byte prefix (uncompressed, length), then a pattern.
+fn grpc_message(n: usize) -> Bytes {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&(n as u32).to_be_bytes());
+    m.extend((0..n).map(|i| (i % 251) as u8));
+    Bytes::from(m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_mirrored_with_their_bodies_up_to_64_kib() {
+    let primary = recorder("primary", false).await;
+    let shadow = recorder("shadow", false).await;
+    let (_cp, px) = gateway(mirrored(&primary.app, &shadow.app)).await;
+    let mut c = h2_client(px.listen).await;
+
+    // A gRPC unary call: the client has the primary's answer; the mirror gets the same body
+    // under the `-shadow` authority, port kept.
+    let message = grpc_message(3000);
+    let call = h2_post("/reviews.Reviews/Get", true, &[], message.clone());
+    let (head, _, got) = h2_request(&mut c, call).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(&got[..], b"primary got 3005 bytes");
+    wait_hits(&shadow.app, 1).await;
+    {
+        let seen = shadow.seen.lock().unwrap();
+        assert_eq!(seen[0].authority, "reviews-shadow:9080");
+        assert_eq!(seen[0].body, message);
+        let primary_seen = primary.seen.lock().unwrap();
+        assert_eq!(primary_seen[0].authority, "reviews:9080");
+    }
+
+    // A stream without a body is copied too.
+    let get = Request::get("http://reviews:9080/reviews/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (head, _, got) = h2_request(&mut c, get).await;
+    assert_eq!(
+        (head.status.as_u16(), &got[..]),
+        (200, &b"primary got 0 bytes"[..])
+    );
+    wait_hits(&shadow.app, 2).await;
+    {
+        let seen = shadow.seen.lock().unwrap();
+        assert_eq!(seen[1].authority, "reviews-shadow:9080");
+        assert!(seen[1].body.is_empty());
+    }
+    let stats = px.stats();
+    stats.metric("http.gateway.rq_mirrored").now_eq(2).await;
+
+    // Past 64 KiB the body is not kept: the client's call goes through, the copy is dropped
+    // and counted so (both counts are final before the client has its answer).
+    let big = grpc_message(100 * 1024);
+    let call = h2_post("/reviews.Reviews/Put", true, &[], big);
+    let (head, _, got) = h2_request(&mut c, call).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        &got[..],
+        format!("primary got {} bytes", 100 * 1024 + 5).as_bytes()
+    );
+    stats
+        .metric("http.gateway.rq_mirror_dropped")
+        .now_eq(1)
+        .await;
+    stats.metric("http.gateway.rq_mirrored").now_eq(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_mirror_that_never_answers_holds_up_no_stream() {
+    let primary = recorder("primary", false).await;
+    let shadow = recorder("shadow", true).await;
+    let (_cp, px) = gateway(mirrored(&primary.app, &shadow.app)).await;
+    let mut c = h2_client(px.listen).await;
+    for i in 0..3 {
+        let call = h2_post("/reviews.Reviews/Get", true, &[], grpc_message(100));
+        let (head, _, got) = h2_request(&mut c, call).await;
+        assert_eq!(
+            (head.status.as_u16(), &got[..]),
+            (200, &b"primary got 105 bytes"[..]),
+            "{i}"
+        );
+    }
+    // Every copy reached the mirror, which holds them all unanswered; none was given up. Had a
+    // client's stream waited for its copy's answer, it would have had its own only once the
+    // proxy gave the copy up (after 15 s), and the mirror would count it cancelled.
+    wait_hits(&shadow.app, 3).await;
+    assert_eq!(shadow.cancelled.load(Ordering::SeqCst), 0);
+    px.stats()
+        .metric("http.gateway.rq_mirrored")
+        .now_eq(3)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_keep_to_one_pod_per_consistent_hash_key() {
     let pods = [
