@@ -353,9 +353,13 @@ impl Exchange<'_> {
             return rq.local(d, &body, &req, Local::NoBackend).await;
         };
         let st = &cluster.stats;
-        let key = cluster
-            .hash_on()
-            .and_then(|on| hash_key(&on, up_head, peer));
+        let key = cluster.hash_on().and_then(|on| {
+            router::hash_key(
+                &on,
+                |name| View::of(up_head).header(name.as_bytes()).into_iter(),
+                peer,
+            )
+        });
         // The route's timeout covers every try; a delay is not counted (Envoy's fault filter
         // runs before the router's timer starts). Without either, the timer set above stands
         // (re-arming it costs a clock read and a timer-wheel move per request).
@@ -976,27 +980,6 @@ impl Finish<'_> {
     }
 }
 
-/// The consistent-hash key of a request: a header's value, a cookie's value, or the client's
-/// address. `None` (the header or cookie is absent) balances the request at random.
-fn hash_key(on: &config::api::HashOn, head: &[u8], peer: SocketAddr) -> Option<u64> {
-    use config::api::HashOn;
-    let header = |name: &str| View::of(head).header(name.as_bytes());
-    let bytes = match on {
-        HashOn::SourceIp => {
-            return Some(crate::balancer::stable_hash(
-                peer.ip().to_canonical().to_string().as_bytes(),
-            ))
-        }
-        HashOn::Header(name) => header(name)?,
-        HashOn::Cookie { name, .. } => header("cookie")?.split(|b| *b == b';').find_map(|kv| {
-            let kv = kv.trim_ascii();
-            let eq = kv.iter().position(|b| *b == b'=')?;
-            (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
-        })?,
-    };
-    Some(crate::balancer::stable_hash(bytes))
-}
-
 /// Waits a retry's backoff ([`router::retry_backoff`]: the route's, 25 ms when unset, jittered;
 /// it does not grow per retry). False if the client went away or the route's time ran out.
 async fn backoff(retry: Option<&Retry>, d: &mut Downstream, timer: &mut Pin<Box<Sleep>>) -> bool {
@@ -1025,9 +1008,6 @@ fn rewrite(head: &[u8], rule: &Rule, prefix: Option<&[u8]>) -> Vec<u8> {
     router::edit_head(head, target.as_deref(), &edits)
 }
 
-/// How long a mirrored copy may take, all told, before it is given up.
-const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Sends a copy of a request (its head: only a request without a body is copied) to a mirror,
 /// with `-shadow` appended to its host as Envoy does, and throws the answer away. It runs on its
 /// own task, so a slow mirror never slows the client; the mirror's own pool bounds how many copies
@@ -1042,16 +1022,7 @@ fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Fram
     let head_method = v.method == b"HEAD";
     let host = v
         .header(b"host")
-        .map(|h| {
-            let (name, port) = router::split_host(h);
-            let mut out = name.to_vec();
-            out.extend_from_slice(b"-shadow");
-            if let Some(port) = port {
-                out.push(b':');
-                out.extend_from_slice(port);
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        })
+        .map(|h| String::from_utf8_lossy(&router::shadow_host(h)).into_owned())
         .unwrap_or_default();
     let copy = router::edit_head(
         head,
@@ -1064,7 +1035,7 @@ fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Fram
     http.rq_mirrored.inc();
     let cluster = cluster.clone();
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(MIRROR_TIMEOUT, async move {
+        let _ = tokio::time::timeout(router::MIRROR_TIMEOUT, async move {
             let Ok(mut lease) = cluster.acquire(None).await else {
                 return;
             };
@@ -1138,36 +1109,7 @@ impl Finish<'_> {
     ) -> bool {
         let v = View::of(head);
         let host = v.header(b"host").unwrap_or_default();
-        let (name, port) = router::split_host(host);
-        let port = port.and_then(|p| std::str::from_utf8(p).ok());
-        let scheme = r.scheme.as_deref().unwrap_or("http");
-        let name = r.hostname.as_deref().map_or_else(
-            || String::from_utf8_lossy(name).into_owned(),
-            str::to_string,
-        );
-        // Gateway API: a new scheme without a port means that scheme's well-known port.
-        let port = match (r.port, &r.scheme) {
-            (Some(p), _) => Some(p),
-            (None, Some(_)) => None,
-            (None, None) => port.and_then(|p| p.parse::<u16>().ok()),
-        }
-        .filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
-        let path = match &r.path {
-            Some(m) => router::new_path(m, v.path, v.query, prefix),
-            None => {
-                let mut p = v.path.to_vec();
-                if !v.query.is_empty() {
-                    p.push(b'?');
-                    p.extend_from_slice(v.query);
-                }
-                p
-            }
-        };
-        let mut location = format!("{scheme}://{name}");
-        if let Some(p) = port {
-            location.push_str(&format!(":{p}"));
-        }
-        location.push_str(&String::from_utf8_lossy(&path));
+        let location = router::location(r, "http", host, v.path, v.query, prefix);
         let code = r.status;
         let reason = hyper::StatusCode::from_u16(code)
             .ok()
@@ -1187,39 +1129,5 @@ impl Finish<'_> {
             linger_close(&mut d.io).await;
         }
         ok && keep
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use config::api::HashOn;
-
-    use super::hash_key;
-    use crate::balancer::stable_hash;
-
-    #[test]
-    fn the_hash_key_is_a_header_a_cookie_or_the_client() {
-        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-User: jason \r\n\
-                     Cookie: theme=dark; session=s1\r\n\r\n";
-        let peer = "10.0.0.7:4000".parse().unwrap();
-        let on_header = |n: &str| hash_key(&HashOn::Header(n.into()), head, peer);
-        // Header names in any case; the value trimmed.
-        assert_eq!(on_header("x-user"), Some(stable_hash(b"jason")));
-        assert_eq!(on_header("X-USER"), Some(stable_hash(b"jason")));
-        assert_eq!(on_header("absent"), None);
-        let cookie = |n: &str| {
-            let on = HashOn::Cookie {
-                name: n.into(),
-                ttl_ms: None,
-            };
-            hash_key(&on, head, peer)
-        };
-        assert_eq!(cookie("session"), Some(stable_hash(b"s1")));
-        assert_eq!(cookie("theme"), Some(stable_hash(b"dark")));
-        assert_eq!(cookie("other"), None);
-        assert_eq!(
-            hash_key(&HashOn::SourceIp, head, peer),
-            Some(stable_hash(b"10.0.0.7"))
-        );
     }
 }

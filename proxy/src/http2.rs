@@ -20,10 +20,14 @@
 //! receiving side's window opens, and the sending side's window is given back as it is read, so
 //! a slow reader on one stream holds back only that stream), trailers pass through, and nothing
 //! is buffered whole: a stream holds at most one frame in passage (and, until its answer's head,
-//! up to [`KEEP_LIMIT`] of its request body for a resend). Routes and per-stream balancing use
-//! the same [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and
-//! GRPCRoute alike), and the rule's fault, timeouts, URL rewrite, header modifiers and retries
-//! apply as on HTTP/1. Not yet on this path: redirects and mirrors.
+//! up to [`KEEP_LIMIT`] of its request body for a resend, which its mirrors' copies then share
+//! until they have gone). Routes and per-stream balancing use the same [`Upstream`] as HTTP/1:
+//! [`route`] picks a stream's cluster and rule (HTTPRoute and GRPCRoute alike), and the rule's
+//! fault, redirect (its status and `location`, no body), timeouts, URL rewrite, header
+//! modifiers, retries and mirrors apply as on HTTP/1; a mirror copies a stream with a body once
+//! that body has been read whole, up to [`KEEP_LIMIT`] (see [`Mirrors`]). A cluster with a
+//! consistent hash takes each stream's key (a header, a cookie, the client's address) as HTTP/1
+//! takes a request's.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -53,8 +57,9 @@ use crate::http::flags::{
 use crate::http::HttpCtx;
 use crate::idle::Activity;
 use crate::outlier::Outcome;
-use crate::router::{self, Picked, Table, Upstream, View};
-use config::api::{HeaderModifier, Retry, Rewrite};
+use crate::router::{self, Picked, Rule, Table, Upstream, View};
+use crate::stats::HttpStats;
+use config::api::{HashOn, HeaderModifier, Redirect, Retry, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
@@ -231,6 +236,8 @@ impl Drop for Slot {
 struct Downconn {
     up: Upstream,
     ctx: Arc<HttpCtx>,
+    /// The client's address (a consistent hash may be taken over it).
+    peer: SocketAddr,
     /// The client's address as `x-forwarded-for` wants it (where the listener adds it),
     /// formatted once per connection.
     client_ip: Option<String>,
@@ -278,6 +285,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
             .add_forwarded_for
             .then(|| peer.ip().to_canonical().to_string()),
         ctx,
+        peer,
         open: AtomicU32::new(0),
     });
     let activity = Activity::since(Instant::now());
@@ -402,27 +410,94 @@ const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
 
 /// The cluster a stream goes to, and the route rule that picked it: the destination's own, or
 /// the one its routes pick (HTTPRoute and GRPCRoute match on the stream's method, path, query
-/// and headers, then the rule's weights). `table` holds the routes while the rule is used.
+/// and headers, then the rule's weights). A rule with a `RequestRedirect` answers with it
+/// whatever its backends (as on HTTP/1): no cluster. `table` holds the routes while the rule is
+/// used.
 fn route<'t>(
     up: &Upstream,
     table: &'t mut Option<Arc<Table>>,
     req: &Request<()>,
-) -> Result<(Arc<Cluster>, Option<Picked<'t>>), Local> {
+) -> Result<(Option<Arc<Cluster>>, Option<Picked<'t>>), Local> {
     match up {
-        Upstream::Cluster(c) => Ok((c.clone(), None)),
+        Upstream::Cluster(c) => Ok((Some(c.clone()), None)),
         Upstream::Routed { default, routes } => {
             *table = routes.get();
             match table.as_deref() {
-                None => Ok((default.clone().ok_or(Local::NoRoute)?, None)),
+                None => Ok((Some(default.clone().ok_or(Local::NoRoute)?), None)),
                 Some(t) => {
                     let head = head_of(req);
                     let picked = t.pick(&View::of(&head)).ok_or(Local::NoRoute)?;
-                    let cluster = picked.rule.backend().cloned().ok_or(Local::NoBackend)?;
+                    let cluster = match picked.rule.redirect {
+                        Some(_) => None,
+                        None => Some(picked.rule.backend().cloned().ok_or(Local::NoBackend)?),
+                    };
                     Ok((cluster, Some(picked)))
                 }
             }
         }
     }
+}
+
+/// A rule's `RequestRedirect` for a stream: its `Location` ([`router::location`], as HTTP/1
+/// builds it) from the stream's `:scheme`, `:authority` (else `host`) and `:path`.
+fn redirect(req: &Request<()>, r: &Redirect, prefix: Option<&[u8]>) -> Local {
+    let uri = req.uri();
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(hyper::header::HOST).map(|v| v.as_bytes()))
+        .unwrap_or_default();
+    let (path, query) = uri
+        .path_and_query()
+        .map_or(("/", ""), |p| (p.path(), p.query().unwrap_or("")));
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let location = router::location(r, scheme, host, path.as_bytes(), query.as_bytes(), prefix);
+    match HeaderValue::try_from(location) {
+        Ok(v) => Local::Redirect(r.status, v),
+        // Not reachable: the parts were valid header bytes, and the filter's were checked.
+        Err(e) => {
+            tracing::debug!(error = %e, "a redirect's Location is no header value");
+            Local::NoBackend
+        }
+    }
+}
+
+/// Sends a route's redirect: `:status` the filter's, `location`, no body (the headers end the
+/// stream), as HTTP/1 answers one. The body bytes sent: none.
+fn send_redirect(
+    respond: &mut SendResponse<Bytes>,
+    status: StatusCode,
+    location: HeaderValue,
+) -> u64 {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::LOCATION, location);
+    if let Err(e) = respond.send_response(r, true) {
+        tracing::debug!(error = %e, "HTTP/2 redirect not sent: the client's stream is gone");
+    }
+    0
+}
+
+/// The consistent-hash key of a stream ([`router::hash_key`], as HTTP/1 takes it): read from its
+/// header map (a cookie may come as several fields; `host` is `:authority`), no copy made.
+fn hash_key(on: &HashOn, req: &Request<()>, peer: SocketAddr) -> Option<u64> {
+    router::hash_key(
+        on,
+        |name| {
+            let authority = req
+                .uri()
+                .authority()
+                .filter(|_| name.eq_ignore_ascii_case("host"))
+                .map(|a| a.as_str().as_bytes());
+            authority.into_iter().chain(
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            )
+        },
+        peer,
+    )
 }
 
 /// A rule's `URLRewrite` on a stream's head: `:authority` (and `host`, if the client sent one)
@@ -537,16 +612,25 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
         Ok(f) => f,
         Err(what) => {
             let (status, grpc_status, text, flag) = what.answer();
-            let sent = local(
-                &mut respond,
-                grpc,
-                status,
-                grpc_status,
-                text,
-                what == Local::Overflow,
-            );
+            let (sent, code) = match what {
+                Local::Redirect(_, location) => (
+                    send_redirect(&mut respond, status, location),
+                    status.as_u16(),
+                ),
+                _ => (
+                    local(
+                        &mut respond,
+                        grpc,
+                        status,
+                        grpc_status,
+                        text,
+                        what == Local::Overflow,
+                    ),
+                    if grpc { 200 } else { status.as_u16() },
+                ),
+            };
             if let Some(mut l) = log {
-                l.entry.code = if grpc { 200 } else { status.as_u16() };
+                l.entry.code = code;
                 l.entry.flags = flag.with(marks.delayed, marks.exhausted);
                 l.entry.bytes_received = received(&upload);
                 l.done(sent);
@@ -628,7 +712,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, open
 }
 
 /// The answers the proxy makes itself on the HTTP/2 path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Local {
     NoRoute,
     /// The matched rule's backend for this stream cannot be used (500).
@@ -641,11 +725,13 @@ enum Local {
     Timeout,
     /// A route's `HTTPFault` abort, with its status (`FI`).
     FaultAbort(u16),
+    /// A route's `RequestRedirect`: its status and `Location` (no flag).
+    Redirect(u16, HeaderValue),
 }
 
 impl Local {
     /// HTTP status, gRPC status, text, and Envoy's response flag.
-    fn answer(self) -> (StatusCode, u16, &'static str, ResponseFlag) {
+    fn answer(&self) -> (StatusCode, u16, &'static str, ResponseFlag) {
         const RESET: &str = "upstream connect error or disconnect/reset before headers. \
                              reset reason: remote reset";
         use ResponseFlag as F;
@@ -680,10 +766,17 @@ impl Local {
                 F::UpstreamRequestTimeout,
             ),
             Local::FaultAbort(code) => (
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                grpc_status_of(code),
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                grpc_status_of(*code),
                 FAULT_ABORT_BODY,
                 F::FaultInjected,
+            ),
+            // Answered with its status as it is, also to gRPC (as HTTP/1 answers).
+            Local::Redirect(code, _) => (
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::FOUND),
+                grpc_status_of(*code),
+                "",
+                F::None,
             ),
         }
     }
@@ -740,11 +833,13 @@ async fn forward(
         }
     })?;
     // The rule's filters, as HTTP/1 applies them: a fault first (a delay is not counted in the
-    // route's timeout, as Envoy's fault filter runs before the router's timer), then the
-    // rewrite and the request header edits; the response header edits go with the answer.
+    // route's timeout, as Envoy's fault filter runs before the router's timer), then a redirect
+    // (the answer), else the rewrite and the request header edits, then the mirrors' copies
+    // (of the stream as rewritten); the response header edits go with the answer.
     let (mut timeout, mut backend_timeout, mut response_headers) =
         (ctx.request_timeout, None, None);
     let mut retry = None;
+    let mut mirrors = None;
     if let Some(Picked { rule: r, prefix }) = picked {
         if let Some(f) = &r.fault {
             if let Some(d) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
@@ -757,49 +852,52 @@ async fn forward(
                 return Err(Local::FaultAbort(a.status));
             }
         }
+        if let Some(to) = &r.redirect {
+            ctx.listener.http.rq_redirect.inc();
+            return Err(redirect(&routed, to, prefix));
+        }
         if let Some(rw) = &r.rewrite {
             rewrite(&mut routed, rw, prefix);
         }
         if let Some(m) = &r.request_headers {
             edit(routed.headers_mut(), m);
         }
+        mirrors = Mirrors::rolled(r, &routed, conn);
+        // Without a body, the copies go at once (as HTTP/1's do).
+        if upload.is_none() {
+            if let Some(m) = mirrors.take() {
+                m.send(&[], None);
+            }
+        }
         response_headers = r.response_headers.clone();
         timeout = r.timeout.unwrap_or(timeout);
         backend_timeout = r.backend_timeout;
         retry = r.retry.as_ref();
     }
+    // Only a redirect's rule picks no cluster, and it has answered above.
+    let Some(cluster) = cluster else {
+        return Err(Local::NoBackend);
+    };
     // The route's timeout (else `--request-timeout`) covers the whole wait for the answer's
     // head: admission, connection, every try.
     let deadline = tokio::time::Instant::now() + timeout;
     let st = &cluster.stats;
     let limits = cluster.limits();
-    let admitted = match cluster
+    let admit = cluster
         .h2
-        .admit(limits.max_requests, limits.max_pending_requests)
-    {
-        Admit::Go => {
-            cluster.sync_gauges();
-            true
-        }
-        Admit::Wait(rx) => {
-            st.upstream_rq_pending_total.inc();
-            cluster.sync_gauges();
-            Waiting {
-                rx,
-                cluster: &cluster,
-            }
-            .until(deadline)
-            .await
-        }
-        Admit::Overflow => false,
-    };
-    if !admitted {
-        st.upstream_rq_pending_overflow.inc();
+        .admit(limits.max_requests, limits.max_pending_requests);
+    if !admitted(&cluster, admit, deadline).await {
         return Err(Local::Overflow);
     }
     let mut slot = Slot(cluster.clone(), None, None);
     let lb = cluster.lb();
-    let mut head = Some(upstream_request(routed, conn));
+    let head = upstream_request(routed, conn);
+    // A consistent hash's key, per stream; nothing read for a cluster that does not hash.
+    let key = lb
+        .balancer
+        .hash_on()
+        .and_then(|on| hash_key(on, &head, conn.peer));
+    let mut head = Some(head);
     // The route's retries: another try (another host, as the balancer picks) on a listed status,
     // a reset, a connection failure or a try's own timeout, while `attempts` and the cluster's
     // `maxRetries` allow and the request body was kept whole (up to `KEEP_LIMIT`; HTTP/1 retries
@@ -811,7 +909,7 @@ async fn forward(
             backend_timeout.map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
         let last = tries_left == 0;
         let tried = try_once(
-            &cluster, &lb, &limits, &mut slot, &mut head, last, upload, until,
+            &cluster, &lb, key, &limits, &mut slot, &mut head, last, upload, until,
         )
         .await;
         let retryable = retry.is_some_and(|r| match &tried {
@@ -845,9 +943,12 @@ async fn forward(
         if token.take().is_some() && !retryable && tried.is_ok() {
             st.upstream_rq_retry_success.inc();
         }
-        // No resend once the answer's head is in: what was kept for one goes.
+        // No resend once the answer's head is in: what was kept for one goes, to the mirrors
+        // when it is the whole body (else their copies are dropped, and counted so).
         if let Some(u) = upload {
-            u.kept = None;
+            if let (Some(kept), Some(m)) = (u.whole(), mirrors.take()) {
+                m.send(&kept.data, kept.trailers.as_ref());
+            }
         }
         return tried.map(|(resp, up, host)| Forwarded {
             resp,
@@ -856,6 +957,182 @@ async fn forward(
             host,
             up,
         });
+    }
+}
+
+/// Whether a stream that asked `cluster` for a slot (`admit`) has one: at once, or handed to it
+/// while it waited, by `deadline`. One that has none (refused, or its wait ran out) is counted
+/// in `upstream_rq_pending_overflow`; the gauges follow.
+async fn admitted(cluster: &Arc<Cluster>, admit: Admit, deadline: tokio::time::Instant) -> bool {
+    let st = &cluster.stats;
+    let admitted = match admit {
+        Admit::Go => {
+            cluster.sync_gauges();
+            true
+        }
+        Admit::Wait(rx) => {
+            st.upstream_rq_pending_total.inc();
+            cluster.sync_gauges();
+            Waiting { rx, cluster }.until(deadline).await
+        }
+        Admit::Overflow => false,
+    };
+    if !admitted {
+        st.upstream_rq_pending_overflow.inc();
+    }
+    admitted
+}
+
+/// The copies of a stream owed to its rule's mirrors (`RequestMirror`, GRPCRoute's mirror) whose
+/// share rolled. A copy needs the request body whole: a stream without one is copied at once
+/// (as HTTP/1 copies), one with a body once it has been read whole, up to [`KEEP_LIMIT`], by
+/// the answer's head (a gRPC unary call's message is). Each copy goes on its own task over the
+/// mirror's HTTP/2 pool ([`shadow`]), counted `rq_mirrored`; one that cannot go (a larger body,
+/// or one not read whole by then; a stream answered before it went up; the mirror's pool past
+/// its limits) is counted `rq_mirror_dropped`, when this is dropped without sending it.
+struct Mirrors<'c> {
+    http: &'c HttpStats,
+    to: Vec<Arc<Cluster>>,
+    /// The copies' head: the stream's as it goes upstream, `-shadow` on its host.
+    head: Option<Request<()>>,
+}
+
+impl<'c> Mirrors<'c> {
+    /// The mirrors of `rule` whose share rolls for the stream `req` (`None`, with nothing
+    /// allocated, for a rule without mirrors).
+    fn rolled(rule: &Rule, req: &Request<()>, conn: &'c Downconn) -> Option<Mirrors<'c>> {
+        if rule.mirrors.is_empty() {
+            return None;
+        }
+        let to: Vec<_> = rule
+            .mirrors
+            .iter()
+            .filter(|(_, share)| router::roll(*share))
+            .map(|(c, _)| c.clone())
+            .collect();
+        if to.is_empty() {
+            return None;
+        }
+        Some(Mirrors {
+            http: &conn.ctx.listener.http,
+            to,
+            head: shadow_head(upstream_request(copy(req), conn)),
+        })
+    }
+
+    /// Sends the copies: `data` (the body's frames, counted references) and `trailers`.
+    fn send(mut self, data: &[Bytes], trailers: Option<&HeaderMap>) {
+        let Some(head) = self.head.take() else {
+            return;
+        };
+        for cluster in std::mem::take(&mut self.to) {
+            let limits = cluster.limits();
+            let admit = cluster
+                .h2
+                .admit(limits.max_requests, limits.max_pending_requests);
+            if let Admit::Overflow = admit {
+                cluster.stats.upstream_rq_pending_overflow.inc();
+                self.http.rq_mirror_dropped.inc();
+                continue;
+            }
+            self.http.rq_mirrored.inc();
+            tokio::spawn(shadow(
+                cluster,
+                admit,
+                copy(&head),
+                data.to_vec(),
+                trailers.cloned(),
+            ));
+        }
+    }
+}
+
+impl Drop for Mirrors<'_> {
+    fn drop(&mut self) {
+        self.http.rq_mirror_dropped.add(self.to.len() as u64);
+    }
+}
+
+/// A mirror's copy of a stream's head: `:authority` (and `host`, if the client sent one) with
+/// `-shadow` appended to the host name ([`router::shadow_host`], as HTTP/1 marks its copies).
+/// `None` when that makes no valid authority (an IPv6 literal's brackets).
+fn shadow_head(mut req: Request<()>) -> Option<Request<()>> {
+    if let Some(a) = req.uri().authority() {
+        let shadow = router::shadow_host(a.as_str().as_bytes());
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(hyper::http::uri::Authority::try_from(shadow).ok()?);
+        *req.uri_mut() = hyper::Uri::from_parts(parts).ok()?;
+    }
+    if let Some(h) = req.headers_mut().get_mut(hyper::header::HOST) {
+        *h = HeaderValue::try_from(router::shadow_host(h.as_bytes())).ok()?;
+    }
+    Some(req)
+}
+
+/// One mirrored copy, on its own task: admitted to the mirror's cluster as a stream is (`admit`
+/// was asked when the copy was made), sent on a pooled connection to the host its balancer
+/// picks, its answer read and thrown away; all within [`router::MIRROR_TIMEOUT`], after which
+/// it is given up (its stream reset). The client's stream never waits for it. The body (at most
+/// [`KEEP_LIMIT`]) is handed to h2 whole, which sends it as the mirror's window opens.
+async fn shadow(
+    cluster: Arc<Cluster>,
+    admit: Admit,
+    req: Request<()>,
+    data: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+) {
+    let deadline = tokio::time::Instant::now() + router::MIRROR_TIMEOUT;
+    let copied = async {
+        if !admitted(&cluster, admit, deadline).await {
+            return;
+        }
+        let st = &cluster.stats;
+        let mut slot = Slot(cluster.clone(), None, None);
+        let (lb, limits) = (cluster.lb(), cluster.limits());
+        let Some(host) = lb.pick_host(None) else {
+            st.upstream_cx_none_healthy.inc();
+            return;
+        };
+        slot.1 = Some(Active::new(host.clone()));
+        let Ok((mut send, open)) = upstream_connection(&cluster, &host, &limits, &lb).await else {
+            return;
+        };
+        slot.2 = Some(open);
+        if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+            return;
+        }
+        st.upstream_rq_total.inc();
+        let bodiless = data.is_empty() && trailers.is_none();
+        let Ok((answer, mut up)) = send.send_request(req, bodiless) else {
+            return;
+        };
+        let frames = data.len();
+        for (i, d) in data.into_iter().enumerate() {
+            if up
+                .send_data(d, i + 1 == frames && trailers.is_none())
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(t) = trailers {
+            if up.send_trailers(t).is_err() {
+                return;
+            }
+        }
+        let Ok(resp) = answer.await else {
+            st.upstream_rq_rx_reset.inc();
+            return;
+        };
+        st.count_code(resp.status().as_u16());
+        let mut body = resp.into_body();
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+        let _ = body.trailers().await;
+    };
+    if tokio::time::timeout_at(deadline, copied).await.is_err() {
+        tracing::debug!(cluster = %cluster.name, "a mirrored copy was given up after its time");
     }
 }
 
@@ -892,6 +1169,7 @@ async fn backoff(retry: Option<&Retry>, deadline: tokio::time::Instant) -> bool 
 async fn try_once(
     cluster: &Arc<Cluster>,
     lb: &Arc<crate::cluster::Lb>,
+    key: Option<u64>,
     limits: &config::Limits,
     slot: &mut Slot,
     head: &mut Option<Request<()>>,
@@ -900,7 +1178,7 @@ async fn try_once(
     until: tokio::time::Instant,
 ) -> Result<(Response<RecvStream>, Option<SendStream<Bytes>>, SocketAddr), Local> {
     let st = &cluster.stats;
-    let Some(host) = lb.pick_host(None) else {
+    let Some(host) = lb.pick_host(key) else {
         st.upstream_cx_none_healthy.inc();
         return Err(Local::NoHealthyUpstream);
     };
@@ -1097,6 +1375,14 @@ impl Source {
         k.len = 0;
         self.buf = Bytes::new();
         true
+    }
+
+    /// What was kept, taken: the whole body (its frames and trailers) once its end has been
+    /// read and all of it was kept (nothing left to replay, no more than [`KEEP_LIMIT`]), for a
+    /// mirror's copy; else `None`.
+    fn whole(&mut self) -> Option<Kept> {
+        let read = self.ended && self.replay.is_empty() && self.replay_trailers.is_none();
+        self.kept.take().filter(|k| read && k.whole)
     }
 
     /// Keeps `data` for a resend, while one can follow and the kept stay under the limit.
@@ -1597,5 +1883,72 @@ mod tests {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
         assert!(Waiting { rx, cluster: &c }.until(deadline).await);
         assert_eq!(c.h2.state(), (1, 0));
+    }
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// A stream's hash key comes from its header map as HTTP/1's comes from its head: a
+    /// header in any case, trimmed; a cookie in any of its fields; `host` as `:authority`.
+    #[test]
+    fn a_streams_hash_key_reads_its_headers_cookies_and_authority() {
+        use crate::balancer::stable_hash;
+        let peer = "10.0.0.7:4000".parse().unwrap();
+        let req = request(
+            "http://reviews:9080/x",
+            &[
+                ("x-user", "jason"),
+                ("cookie", "theme=dark"),
+                ("cookie", "session=s1"),
+            ],
+        );
+        let header = |n: &str| hash_key(&HashOn::Header(n.into()), &req, peer);
+        assert_eq!(header("x-user"), Some(stable_hash(b"jason")));
+        assert_eq!(header("X-User"), Some(stable_hash(b"jason")));
+        assert_eq!(header("host"), Some(stable_hash(b"reviews:9080")));
+        assert_eq!(header("absent"), None);
+        let cookie = HashOn::Cookie {
+            name: "session".into(),
+            ttl_ms: None,
+        };
+        assert_eq!(hash_key(&cookie, &req, peer), Some(stable_hash(b"s1")));
+        assert_eq!(
+            hash_key(&HashOn::SourceIp, &req, peer),
+            Some(stable_hash(b"10.0.0.7"))
+        );
+    }
+
+    /// A mirror's copy names its host `-shadow`, in `:authority` and in `host`, port kept.
+    #[test]
+    fn a_shadow_head_marks_authority_and_host() {
+        let req = request("http://reviews:9080/x?a=1", &[("host", "reviews:9080")]);
+        let c = shadow_head(req).unwrap();
+        assert_eq!(c.uri().to_string(), "http://reviews-shadow:9080/x?a=1");
+        assert_eq!(c.headers()["host"], "reviews-shadow:9080");
+    }
+
+    /// A redirect's `Location` from the stream's scheme, authority, path and query.
+    #[test]
+    fn a_streams_redirect_is_built_from_its_pseudo_headers() {
+        let req = request("http://reviews:9080/old/page?x=1", &[]);
+        let to = Redirect {
+            scheme: None,
+            hostname: None,
+            path: Some(config::api::PathModifier::ReplacePrefixMatch("/new".into())),
+            port: None,
+            status: 301,
+        };
+        assert_eq!(
+            redirect(&req, &to, Some(b"/old")),
+            Local::Redirect(
+                301,
+                HeaderValue::from_static("http://reviews:9080/new/page?x=1")
+            )
+        );
     }
 }

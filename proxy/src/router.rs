@@ -9,12 +9,14 @@
 //! connection. The control plane has sorted the matches by Gateway API precedence; matching here
 //! is first-hit ([`Table::pick`]), a pure function of the request's head.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use config::api::{
-    Fault, HeaderModifier, PathMatch, PathModifier, Redirect, Retry, Rewrite, Routes, StringMatch,
+    Fault, HashOn, HeaderModifier, PathMatch, PathModifier, Redirect, Retry, Rewrite, Routes,
+    StringMatch,
 };
 use regex::bytes::Regex;
 
@@ -585,6 +587,99 @@ pub fn edit_head(head: &[u8], target: Option<&[u8]>, edits: &HeaderModifier) -> 
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// A mirror's copy's host (`host`, or on HTTP/2 `:authority`): `-shadow` appended to the host
+/// name, the port kept (`reviews:9080` becomes `reviews-shadow:9080`), as Envoy marks a shadow.
+pub fn shadow_host(host: &[u8]) -> Vec<u8> {
+    let (name, port) = split_host(host);
+    let mut out = Vec::with_capacity(host.len() + 7);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b"-shadow");
+    if let Some(port) = port {
+        out.push(b':');
+        out.extend_from_slice(port);
+    }
+    out
+}
+
+/// How long a mirrored copy may take, all told (waiting for the mirror's pool, connecting,
+/// sending, reading the answer to throw it away), before it is given up. HTTP/1 and HTTP/2 alike.
+pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `Location` of a rule's `RequestRedirect`, by Gateway API's rules: the filter's scheme,
+/// else the request's (`scheme`); its hostname, else the name of the request's `host` (HTTP/1)
+/// or `:authority` (HTTP/2); its port, else none when it sets a scheme (that scheme's
+/// well-known port), else the request's; a port that is its scheme's well-known one (`http`
+/// 80, `https` 443) is not written. The path after the filter's path modifier (`prefix`: what
+/// the rule's path match matched), else the request's; the query is kept. HTTP/1 and HTTP/2
+/// answer with the same.
+pub fn location(
+    r: &Redirect,
+    scheme: &str,
+    host: &[u8],
+    path: &[u8],
+    query: &[u8],
+    prefix: Option<&[u8]>,
+) -> String {
+    let (name, port) = split_host(host);
+    let port = port.and_then(|p| std::str::from_utf8(p).ok());
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let name = r.hostname.as_deref().map_or_else(
+        || String::from_utf8_lossy(name).into_owned(),
+        str::to_string,
+    );
+    // Gateway API: a new scheme without a port means that scheme's well-known port.
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => port.and_then(|p| p.parse::<u16>().ok()),
+    }
+    .filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
+    let path = match &r.path {
+        Some(m) => new_path(m, path, query, prefix),
+        None => {
+            let mut p = path.to_vec();
+            if !query.is_empty() {
+                p.push(b'?');
+                p.extend_from_slice(query);
+            }
+            p
+        }
+    };
+    let mut location = format!("{scheme}://{name}");
+    if let Some(p) = port {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&String::from_utf8_lossy(&path));
+    location
+}
+
+/// The consistent-hash key of a request: a header's value (trimmed), a cookie's value, or the
+/// client's address (`peer`). `values` gives a header's values in order, by lower-case name
+/// (HTTP/1 reads its head; HTTP/2 its header map, where a cookie may come as several fields, and
+/// `host` is `:authority`). `None` (the header or cookie is absent) balances the request at
+/// random.
+pub fn hash_key<'h, V>(on: &HashOn, values: impl FnOnce(&str) -> V, peer: SocketAddr) -> Option<u64>
+where
+    V: Iterator<Item = &'h [u8]>,
+{
+    let bytes = match on {
+        HashOn::SourceIp => {
+            return Some(crate::balancer::stable_hash(
+                peer.ip().to_canonical().to_string().as_bytes(),
+            ))
+        }
+        HashOn::Header(name) => values(name).next()?.trim_ascii(),
+        HashOn::Cookie { name, .. } => values("cookie").find_map(|line| {
+            line.split(|b| *b == b';').find_map(|kv| {
+                let kv = kv.trim_ascii();
+                let eq = kv.iter().position(|b| *b == b'=')?;
+                (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
+            })
+        })?,
+    };
+    Some(crate::balancer::stable_hash(bytes))
 }
 
 /// The request target after a rule's `URLRewrite` or `RequestRedirect` path: `prefix` is what

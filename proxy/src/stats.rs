@@ -315,7 +315,8 @@ stats! {
         pub fault_aborts_injected: Counter = "fault.aborts_injected",
         /// Requests delayed by an `HTTPFault` (`DI`).
         pub fault_delays_injected: Counter = "fault.delays_injected",
-        /// Requests copied to a mirror, and copies dropped (the mirror's pool was full).
+        /// Requests copied to a mirror, and copies dropped (a body the proxy could not copy, or
+        /// the mirror's pool was past its limits).
         pub rq_mirrored: Counter,
         pub rq_mirror_dropped: Counter,
     }

@@ -287,10 +287,39 @@ fn rewriting(source: &str) -> Rule {
     }
 }
 
+/// A rule to `backends` whose `RequestRedirect` sets `scheme`, `hostname` and the path, with
+/// `status`.
+fn redirecting(
+    source: &str,
+    backends: Vec<WeightedBackend>,
+    (scheme, hostname): (Option<&str>, Option<&str>),
+    path: PathModifier,
+    status: u16,
+) -> Rule {
+    Rule {
+        redirect: Some(Redirect {
+            scheme: scheme.map(Into::into),
+            hostname: hostname.map(Into::into),
+            path: Some(path),
+            port: None,
+            status,
+        }),
+        ..rule(source, backends)
+    }
+}
+
 fn any(rule: usize) -> RouteMatch {
     RouteMatch {
         rule,
         ..RouteMatch::default()
+    }
+}
+
+/// A match on a path prefix.
+fn prefix(rule: usize, p: &str) -> RouteMatch {
+    RouteMatch {
+        path: Some(PathMatch::Prefix(p.into())),
+        ..any(rule)
     }
 }
 
@@ -543,14 +572,13 @@ async fn a_route_timeout_is_504_ut_and_retries_hide_a_flaky_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_rewrites_and_header_modifiers() {
     let v1 = app("v1", Duration::ZERO).await;
-    let mut redirect = rule("default/reviews#0", vec![]);
-    redirect.redirect = Some(Redirect {
-        scheme: Some("https".into()),
-        hostname: Some("example.com".into()),
-        path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
-        port: None,
-        status: 301,
-    });
+    let redirect = redirecting(
+        "default/reviews#0",
+        vec![],
+        (Some("https"), Some("example.com")),
+        PathModifier::ReplacePrefixMatch("/new".into()),
+        301,
+    );
     let rewritten = rewriting("default/reviews#1");
     let (_cp, px) = gateway(reviews(
         &[&v1],
@@ -841,10 +869,6 @@ async fn http2_streams_get_the_rules_faults_timeouts_rewrites_and_header_edits()
     let mut timed = rule("default/reviews#2", vec![to(0, 1)]);
     timed.timeout_ms = Some(200);
     let rewritten = rewriting("default/reviews#3");
-    let prefix = |rule: usize, p: &str| RouteMatch {
-        path: Some(PathMatch::Prefix(p.into())),
-        ..any(rule)
-    };
     let (_cp, px) = gateway(reviews(
         &[&v1],
         vec![
@@ -944,4 +968,338 @@ async fn http2_streams_are_retried_by_their_route() {
         .metric(format!("{cluster}.upstream_rq_retry_limit_exceeded"))
         .now_eq(1)
         .await;
+}
+
+/// A stream sent on `send`: its answer's head, whether the head ended the stream, and its body.
+async fn h2_request(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (hyper::http::response::Parts, bool, Bytes) {
+    let resp = send.send_request(req).await.unwrap();
+    let ended = hyper::body::Body::is_end_stream(resp.body());
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    (parts, ended, body)
+}
+
+/// A POST to `reviews:9080` with `body`, gRPC's content type when `grpc`, and `headers`.
+fn h2_post(path: &str, grpc: bool, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    let mut b = Request::post(format!("http://reviews:9080{path}"));
+    if grpc {
+        b = b
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Full::new(body)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_redirected_by_their_route_after_its_fault() {
+    let v1 = app("v1", Duration::ZERO).await;
+    // A new scheme, no port: the request's port goes (the scheme's own is implied); the matched
+    // prefix is replaced.
+    let to_https = redirecting(
+        "default/reviews#0",
+        vec![],
+        (Some("https"), None),
+        PathModifier::ReplacePrefixMatch("/new".into()),
+        301,
+    );
+    // A rule with backends and a redirect redirects (as on HTTP/1); the request's port stays.
+    let moved = redirecting(
+        "default/reviews#1",
+        vec![to(0, 1)],
+        (None, Some("example.com")),
+        PathModifier::ReplaceFullPath("/elsewhere".into()),
+        302,
+    );
+    // The fault comes first.
+    let mut faulty = aborting("default/reviews#2", 503, 1_000_000);
+    faulty.redirect = to_https.redirect.clone();
+    let (_cp, px) = gateway(reviews(
+        &[&v1],
+        vec![prefix(0, "/old"), prefix(1, "/moved"), prefix(2, "/faulty")],
+        vec![to_https, moved, faulty],
+    ))
+    .await;
+    let mut c = h2_client(px.listen).await;
+    let body = || Bytes::from_static(b"\0\0\0\0\0");
+
+    // A plain stream and a gRPC call alike: the filter's status and `location`, no body, the
+    // stream ended by the head.
+    for grpc in [false, true] {
+        let (head, ended, got) =
+            h2_request(&mut c, h2_post("/old/page?x=1", grpc, &[], body())).await;
+        assert_eq!(head.status, 301, "grpc: {grpc}");
+        assert_eq!(
+            head.headers.get("location").map(|v| v.to_str().unwrap()),
+            Some("https://reviews/new/page?x=1"),
+            "grpc: {grpc}"
+        );
+        assert!(ended && got.is_empty(), "grpc: {grpc}: {got:?}");
+    }
+    let get = Request::get("http://reviews:9080/moved/a?y=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (head, ended, _) = h2_request(&mut c, get).await;
+    assert_eq!(head.status, 302);
+    assert_eq!(
+        head.headers.get("location").map(|v| v.to_str().unwrap()),
+        Some("http://example.com:9080/elsewhere?y=2")
+    );
+    assert!(ended);
+    let (head, _, got) = h2_request(&mut c, h2_post("/faulty/x", false, &[], body())).await;
+    assert_eq!(
+        (head.status.as_u16(), &got[..]),
+        (503, &b"fault filter abort"[..])
+    );
+
+    // No stream reached the app; each redirect logged with its code and no flag, and counted.
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 0);
+    wait_log(&px, "\"POST /old/page?x=1 HTTP/2\" 301 - ").await;
+    wait_log(&px, "\"GET /moved/a?y=2 HTTP/2\" 302 - ").await;
+    let stats = px.stats();
+    stats.metric("http.gateway.rq_redirect").now_eq(3).await;
+    stats
+        .metric("http.gateway.fault.aborts_injected")
+        .now_eq(1)
+        .await;
+}
+
+/// What a [`recorder`] saw of one request: its authority (`:authority`, else `host`) and body.
+#[derive(Clone, Debug)]
+struct Seen {
+    authority: String,
+    body: Bytes,
+}
+
+/// A backend that reads each request whole and records it (`app.hits` counts those recorded).
+/// It answers `<name> got N bytes`, or when it `stall`s never answers: each request is held
+/// until the client gives it up, and `cancelled` counts those given up.
+struct Recorder {
+    app: App,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    cancelled: Arc<AtomicU64>,
+}
+
+async fn recorder(name: &'static str, stall: bool) -> Recorder {
+    struct Cancelled(Arc<AtomicU64>);
+    impl Drop for Cancelled {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let (h, s, x) = (hits.clone(), seen.clone(), cancelled.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = l.accept().await else {
+                continue;
+            };
+            let (hits, seen, cancelled) = (h.clone(), s.clone(), x.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (hits, seen, cancelled) = (hits.clone(), seen.clone(), cancelled.clone());
+                    async move {
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get("host")
+                                    .map(|v| v.to_str().unwrap().to_string())
+                            })
+                            .unwrap_or_default();
+                        let body = http_body_util::BodyExt::collect(req.into_body())
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let n = body.len();
+                        seen.lock().unwrap().push(Seen { authority, body });
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        if stall {
+                            let _counted = Cancelled(cancelled);
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "{name} got {n} bytes"
+                        )))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    Recorder {
+        app: App { name, addr, hits },
+        seen,
+        cancelled,
+    }
+}
+
+/// Waits (10 s at most) until `app` has had `n` requests.
+async fn wait_hits(app: &App, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.hits.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} had {} of {n} requests",
+            app.name,
+            app.hits.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `reviews` with one rule: to `primary`, mirrored in full to `shadow`.
+fn mirrored(primary: &App, shadow: &App) -> Destination {
+    let mut r = rule("default/reviews#0", vec![to(0, 1)]);
+    r.mirrors = vec![Mirror {
+        backend: 1,
+        per_million: 1_000_000,
+    }];
+    reviews(&[primary, shadow], vec![any(0)], vec![r])
+}
+
+/// A gRPC message of `n` bytes: the 5-byte prefix (uncompressed, length), then a pattern.
+fn grpc_message(n: usize) -> Bytes {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&(n as u32).to_be_bytes());
+    m.extend((0..n).map(|i| (i % 251) as u8));
+    Bytes::from(m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_mirrored_with_their_bodies_up_to_64_kib() {
+    let primary = recorder("primary", false).await;
+    let shadow = recorder("shadow", false).await;
+    let (_cp, px) = gateway(mirrored(&primary.app, &shadow.app)).await;
+    let mut c = h2_client(px.listen).await;
+
+    // A gRPC unary call: the client has the primary's answer; the mirror gets the same body
+    // under the `-shadow` authority, port kept.
+    let message = grpc_message(3000);
+    let call = h2_post("/reviews.Reviews/Get", true, &[], message.clone());
+    let (head, _, got) = h2_request(&mut c, call).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(&got[..], b"primary got 3005 bytes");
+    wait_hits(&shadow.app, 1).await;
+    {
+        let seen = shadow.seen.lock().unwrap();
+        assert_eq!(seen[0].authority, "reviews-shadow:9080");
+        assert_eq!(seen[0].body, message);
+        let primary_seen = primary.seen.lock().unwrap();
+        assert_eq!(primary_seen[0].authority, "reviews:9080");
+    }
+
+    // A stream without a body is copied too.
+    let get = Request::get("http://reviews:9080/reviews/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (head, _, got) = h2_request(&mut c, get).await;
+    assert_eq!(
+        (head.status.as_u16(), &got[..]),
+        (200, &b"primary got 0 bytes"[..])
+    );
+    wait_hits(&shadow.app, 2).await;
+    {
+        let seen = shadow.seen.lock().unwrap();
+        assert_eq!(seen[1].authority, "reviews-shadow:9080");
+        assert!(seen[1].body.is_empty());
+    }
+    let stats = px.stats();
+    stats.metric("http.gateway.rq_mirrored").now_eq(2).await;
+
+    // Past 64 KiB the body is not kept: the client's call goes through, the copy is dropped
+    // and counted so (both counts are final before the client has its answer).
+    let big = grpc_message(100 * 1024);
+    let call = h2_post("/reviews.Reviews/Put", true, &[], big);
+    let (head, _, got) = h2_request(&mut c, call).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        &got[..],
+        format!("primary got {} bytes", 100 * 1024 + 5).as_bytes()
+    );
+    stats
+        .metric("http.gateway.rq_mirror_dropped")
+        .now_eq(1)
+        .await;
+    stats.metric("http.gateway.rq_mirrored").now_eq(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_mirror_that_never_answers_holds_up_no_stream() {
+    let primary = recorder("primary", false).await;
+    let shadow = recorder("shadow", true).await;
+    let (_cp, px) = gateway(mirrored(&primary.app, &shadow.app)).await;
+    let mut c = h2_client(px.listen).await;
+    for i in 0..3 {
+        let call = h2_post("/reviews.Reviews/Get", true, &[], grpc_message(100));
+        let (head, _, got) = h2_request(&mut c, call).await;
+        assert_eq!(
+            (head.status.as_u16(), &got[..]),
+            (200, &b"primary got 105 bytes"[..]),
+            "{i}"
+        );
+    }
+    // Every copy reached the mirror, which holds them all unanswered; none was given up. Had a
+    // client's stream waited for its copy's answer, it would have had its own only once the
+    // proxy gave the copy up (after 15 s), and the mirror would count it cancelled.
+    wait_hits(&shadow.app, 3).await;
+    assert_eq!(shadow.cancelled.load(Ordering::SeqCst), 0);
+    px.stats()
+        .metric("http.gateway.rq_mirrored")
+        .now_eq(3)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_keep_to_one_pod_per_consistent_hash_key() {
+    let pods = [
+        app("p0", Duration::ZERO).await,
+        app("p1", Duration::ZERO).await,
+        app("p2", Duration::ZERO).await,
+    ];
+    let mut d = service("reviews", 9080, &[&pods[0], &pods[1], &pods[2]]);
+    d.policy.balancer = config::api::Balancer::ConsistentHash {
+        on: config::api::HashOn::Header("x-user".into()),
+    };
+    let (_cp, px) = gateway(d).await;
+    let mut c = h2_client(px.listen).await;
+    let keys: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let mut pod_of = HashMap::new();
+    for key in &keys {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let call = h2_post("/reviews/0", false, &[("x-user", key)], Bytes::new());
+            let (head, _, got) = h2_request(&mut c, call).await;
+            assert_eq!(head.status, 200);
+            let got = String::from_utf8_lossy(&got);
+            seen.insert(got.split(' ').next().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "{key} went to {seen:?}");
+        pod_of.insert(key.clone(), seen.into_iter().next().unwrap());
+    }
+    // Twelve keys over three pods: all on one would be a 1 in 177,147 chance.
+    let pods_used: std::collections::HashSet<_> = pod_of.values().collect();
+    assert!(pods_used.len() >= 2, "{pod_of:?}");
+    // HTTP/1 takes the same key to the same pod.
+    let mut h1 = Client::connect(px.listen).await.unwrap();
+    for key in &keys {
+        let a = send(&mut h1, "/reviews/0", &[("x-user", key)]).await;
+        assert_eq!(a.body.split(' ').next(), Some(&pod_of[key][..]), "{key}");
+    }
 }

@@ -440,3 +440,109 @@ fn many_header_matches_and_many_lines_read_the_same_either_way() {
         Some(&b"yes"[..])
     );
 }
+
+#[test]
+fn the_hash_key_is_a_header_a_cookie_or_the_client() {
+    use crate::balancer::stable_hash;
+    use config::api::HashOn;
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-User: jason \r\n\
+                 Cookie: theme=dark; session=s1\r\n\r\n";
+    let peer = "10.0.0.7:4000".parse().unwrap();
+    let key = |on: &HashOn| {
+        hash_key(
+            on,
+            |n| View::of(head).header(n.as_bytes()).into_iter(),
+            peer,
+        )
+    };
+    let on_header = |n: &str| key(&HashOn::Header(n.into()));
+    // Header names in any case; the value trimmed.
+    assert_eq!(on_header("x-user"), Some(stable_hash(b"jason")));
+    assert_eq!(on_header("X-USER"), Some(stable_hash(b"jason")));
+    assert_eq!(on_header("absent"), None);
+    let cookie = |n: &str| {
+        key(&HashOn::Cookie {
+            name: n.into(),
+            ttl_ms: None,
+        })
+    };
+    assert_eq!(cookie("session"), Some(stable_hash(b"s1")));
+    assert_eq!(cookie("theme"), Some(stable_hash(b"dark")));
+    assert_eq!(cookie("other"), None);
+    assert_eq!(key(&HashOn::SourceIp), Some(stable_hash(b"10.0.0.7")));
+    // A cookie split over several values (HTTP/2 may send each crumb as its own field).
+    let crumbs: [&[u8]; 2] = [b"theme=dark", b"session=s2"];
+    let on = HashOn::Cookie {
+        name: "session".into(),
+        ttl_ms: None,
+    };
+    assert_eq!(
+        hash_key(&on, |_| crumbs.into_iter(), peer),
+        Some(stable_hash(b"s2"))
+    );
+}
+
+#[test]
+fn a_redirect_location_follows_gateway_api() {
+    use config::api::Redirect;
+    let redirect = |scheme: Option<&str>, hostname: Option<&str>, port: Option<u16>| Redirect {
+        scheme: scheme.map(Into::into),
+        hostname: hostname.map(Into::into),
+        path: None,
+        port,
+        status: 302,
+    };
+    let at = |r: &Redirect, host: &str| location(r, "http", host.as_bytes(), b"/a/b", b"x=1", None);
+    // Nothing set: the request's own host, port, path and query.
+    assert_eq!(
+        at(&redirect(None, None, None), "web:8080"),
+        "http://web:8080/a/b?x=1"
+    );
+    // The well-known port of the scheme is not written.
+    assert_eq!(
+        at(&redirect(None, None, None), "web:80"),
+        "http://web/a/b?x=1"
+    );
+    // A new scheme without a port: its well-known port, so none written.
+    assert_eq!(
+        at(&redirect(Some("https"), None, None), "web:8080"),
+        "https://web/a/b?x=1"
+    );
+    // A port set is written unless it is the scheme's own.
+    assert_eq!(
+        at(
+            &redirect(Some("https"), Some("example.com"), Some(8443)),
+            "web:8080"
+        ),
+        "https://example.com:8443/a/b?x=1"
+    );
+    assert_eq!(
+        at(&redirect(Some("https"), None, Some(443)), "web"),
+        "https://web/a/b?x=1"
+    );
+    // The request's scheme when the filter sets none; IPv6 literals keep their brackets.
+    assert_eq!(
+        location(
+            &redirect(None, None, None),
+            "https",
+            b"[::1]:443",
+            b"/",
+            b"",
+            None
+        ),
+        "https://[::1]/"
+    );
+    // The path modifier, the query kept.
+    let mut r = redirect(None, Some("new"), None);
+    r.path = Some(PathModifier::ReplacePrefixMatch("/v2".into()));
+    assert_eq!(
+        location(&r, "http", b"old", b"/v1/x", b"q=2", Some(b"/v1")),
+        "http://new/v2/x?q=2"
+    );
+}
+
+#[test]
+fn a_shadow_host_keeps_its_port() {
+    assert_eq!(shadow_host(b"reviews:9080"), b"reviews-shadow:9080");
+    assert_eq!(shadow_host(b"reviews"), b"reviews-shadow");
+}
