@@ -308,22 +308,18 @@ impl Exchange<'_> {
         if let Some(p) = &route {
             let r = p.rule;
             if let Some(f) = &r.fault {
-                if let Some(delay) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
-                    ctx.listener.http.fault_delays_injected.inc();
+                if let Some(delay) = router::fault_delay(f, &ctx.listener.http) {
                     rq.delayed = true;
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(delay.delay_ms)) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = watch(&mut d.io, &mut d.buf) => {
                             rq.client_gone(false);
                             return false;
                         }
                     }
                 }
-                if let Some(abort) = f.abort.as_ref().filter(|x| router::roll(x.per_million)) {
-                    ctx.listener.http.fault_aborts_injected.inc();
-                    return rq
-                        .local(d, &body, &req, Local::FaultAbort(abort.status))
-                        .await;
+                if let Some(status) = router::fault_abort(f, &ctx.listener.http) {
+                    return rq.local(d, &body, &req, Local::FaultAbort(status)).await;
                 }
             }
             if let Some(redirect) = &r.redirect {

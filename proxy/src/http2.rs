@@ -842,14 +842,12 @@ async fn forward(
     let mut mirrors = None;
     if let Some(Picked { rule: r, prefix }) = picked {
         if let Some(f) = &r.fault {
-            if let Some(d) = f.delay.as_ref().filter(|x| router::roll(x.per_million)) {
-                ctx.listener.http.fault_delays_injected.inc();
+            if let Some(d) = router::fault_delay(f, &ctx.listener.http) {
                 marks.delayed = true;
-                tokio::time::sleep(std::time::Duration::from_millis(d.delay_ms)).await;
+                tokio::time::sleep(d).await;
             }
-            if let Some(a) = f.abort.as_ref().filter(|x| router::roll(x.per_million)) {
-                ctx.listener.http.fault_aborts_injected.inc();
-                return Err(Local::FaultAbort(a.status));
+            if let Some(status) = router::fault_abort(f, &ctx.listener.http) {
+                return Err(Local::FaultAbort(status));
             }
         }
         if let Some(to) = &r.redirect {

@@ -21,6 +21,7 @@ use config::api::{
 use regex::bytes::Regex;
 
 use crate::cluster::Cluster;
+use crate::stats::HttpStats;
 
 /// Where the requests of a connection go.
 #[derive(Clone)]
@@ -369,6 +370,23 @@ impl Rule {
 /// True with probability `per_million` / 1,000,000.
 pub fn roll(per_million: u32) -> bool {
     per_million >= 1_000_000 || (crate::balancer::random() % 1_000_000) < u64::from(per_million)
+}
+
+/// A rule's fault delay for one request: rolled on its share, counted in
+/// `fault_delays_injected`, how long to hold the request (Envoy's fault filter delays first,
+/// then rolls its abort: [`fault_abort`]). HTTP/1 and HTTP/2 roll the same way.
+pub fn fault_delay(f: &Fault, http: &HttpStats) -> Option<Duration> {
+    let d = f.delay.as_ref().filter(|d| roll(d.per_million))?;
+    http.fault_delays_injected.inc();
+    Some(Duration::from_millis(d.delay_ms))
+}
+
+/// A rule's fault abort for one request: rolled on its share, counted in
+/// `fault_aborts_injected`, the status to answer with (`FI`).
+pub fn fault_abort(f: &Fault, http: &HttpStats) -> Option<u16> {
+    let a = f.abort.as_ref().filter(|a| roll(a.per_million))?;
+    http.fault_aborts_injected.inc();
+    Some(a.status)
 }
 
 /// How long to wait before a route's retry: its `backoff_ms` (25 ms, Envoy's base interval,
