@@ -239,8 +239,8 @@ struct Downconn {
     /// The client's address (a consistent hash may be taken over it).
     peer: SocketAddr,
     /// The client's address as `x-forwarded-for` wants it (where the listener adds it),
-    /// formatted once per connection.
-    client_ip: Option<String>,
+    /// formatted once per connection (a stream's copy is a counted reference).
+    client_ip: Option<HeaderValue>,
     /// Streams open on it (what its idle timer checks).
     open: AtomicU32,
 }
@@ -283,7 +283,8 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, up: Upstream, ctx: Arc<HttpC
         up,
         client_ip: ctx
             .add_forwarded_for
-            .then(|| peer.ip().to_canonical().to_string()),
+            .then(|| HeaderValue::try_from(peer.ip().to_canonical().to_string()).ok())
+            .flatten(),
         ctx,
         peer,
         open: AtomicU32::new(0),
@@ -358,7 +359,9 @@ async fn drive<T, H>(
                 Some(Ok((req, respond))) => {
                     served = true;
                     let opened = Downstream::new(conn);
-                    tokio::spawn(stream(req, respond, opened));
+                    // Boxed: the task then moves a pointer, not the stream's whole state
+                    // (some 4 KiB), through spawning, polling and completion.
+                    tokio::spawn(Box::pin(stream(req, respond, opened)));
                     if leave_after_first && !closing {
                         closing = true;
                         goaway(&mut h2, grace.as_mut(), idle);
@@ -1753,16 +1756,30 @@ async fn open(
 /// stream that carries them.
 fn upstream_request(mut req: Request<()>, conn: &Downconn) -> Request<()> {
     if let Some(ip) = &conn.client_ip {
-        let headers = req.headers_mut();
-        let value = match headers.get("x-forwarded-for").map(|v| v.to_str()) {
-            Some(Ok(v)) => format!("{v}, {ip}"),
-            _ => ip.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", v);
-        }
+        forwarded_for(req.headers_mut(), ip);
     }
     req
+}
+
+/// Adds the client's address to `x-forwarded-for`: appended to the value the client sent when
+/// that is text, else in its place.
+fn forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    use hyper::header::Entry;
+    match headers.entry(HeaderName::from_static("x-forwarded-for")) {
+        Entry::Vacant(e) => {
+            e.insert(ip.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let joined = e.get().to_str().ok().and_then(|v| {
+                let mut b = Vec::with_capacity(v.len() + 2 + ip.len());
+                b.extend_from_slice(v.as_bytes());
+                b.extend_from_slice(b", ");
+                b.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_maybe_shared(Bytes::from(b)).ok()
+            });
+            e.insert(joined.unwrap_or_else(|| ip.clone()));
+        }
+    }
 }
 
 /// A copy of a request head (counted references to its bytes; the header map's tables are
@@ -1834,6 +1851,29 @@ fn local(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_added_to_x_forwarded_for() {
+        let ip = HeaderValue::from_static("10.0.0.7");
+        fn xff(h: &HeaderMap) -> Vec<String> {
+            h.get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .collect()
+        }
+        let mut h = HeaderMap::new();
+        forwarded_for(&mut h, &ip);
+        assert_eq!(xff(&h), ["10.0.0.7"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        forwarded_for(&mut h, &ip);
+        assert_eq!(xff(&h), ["1.2.3.4, 10.0.0.7"]);
+        // Not text: replaced.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        forwarded_for(&mut h, &ip);
+        assert_eq!(xff(&h), ["10.0.0.7"]);
+    }
 
     fn cluster() -> Arc<Cluster> {
         Cluster::new(
