@@ -1007,7 +1007,8 @@ fn rewrite(head: &[u8], rule: &Rule, prefix: Option<&[u8]>) -> Vec<u8> {
 /// Sends a copy of a request (its head: only a request without a body is copied) to a mirror,
 /// with `-shadow` appended to its host as Envoy does, and throws the answer away. It runs on its
 /// own task, so a slow mirror never slows the client; the mirror's own pool bounds how many copies
-/// are in flight (a copy that finds the pool full is dropped).
+/// are in flight. A copy is counted `rq_mirrored` once it has a connection, `rq_mirror_dropped`
+/// when it cannot go (a body; the mirror's pool full, or no connection), as on HTTP/2.
 fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Framing) {
     let http = &ctx.listener.http;
     if body != Framing::Empty {
@@ -1028,13 +1029,15 @@ fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Fram
             ..Default::default()
         },
     );
-    http.rq_mirrored.inc();
     let cluster = cluster.clone();
+    let stats = ctx.listener.clone();
     tokio::spawn(async move {
         let _ = tokio::time::timeout(router::MIRROR_TIMEOUT, async move {
             let Ok(mut lease) = cluster.acquire(None).await else {
+                stats.http.rq_mirror_dropped.inc();
                 return;
             };
+            stats.http.rq_mirrored.inc();
             let reusable = {
                 let up = lease.conn();
                 if up.io.write_all(&copy).await.is_err() {

@@ -651,6 +651,58 @@ async fn a_mirror_sees_every_request_and_a_slow_one_slows_no_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_finds_the_mirrors_pool_full_is_dropped_and_counted() {
+    let v1 = app("v1", Duration::ZERO).await;
+    let shadow = app("shadow", Duration::from_millis(500)).await;
+    let mut r = rule("default/reviews#0", vec![to(0, 1)]);
+    r.mirrors = vec![Mirror {
+        backend: 1,
+        per_million: 1_000_000,
+    }];
+    let mut d = reviews(&[&v1, &shadow], vec![any(0)], vec![r]);
+    // The mirror's pool: one connection, one copy waiting for it.
+    let pool = &mut d.routes.as_mut().unwrap().backends[1].policy.pool;
+    pool.max_connections = Some(1);
+    pool.max_pending_requests = Some(1);
+    let (_cp, px) = gateway(d).await;
+    let mut c = Client::connect(px.listen).await.unwrap();
+    for _ in 0..10 {
+        let a = send(&mut c, "/reviews/0", &[]).await;
+        assert_eq!(a.status, 200);
+    }
+    // The slow mirror holds its one connection while the ten go by: the copies past the one
+    // waiting are dropped, each counted; those that went reach the mirror.
+    let stats = px.stats();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mirrored, dropped) = loop {
+        let now = stats.snapshot().await;
+        let (m, d) = (
+            now.num("http.gateway.rq_mirrored"),
+            now.num("http.gateway.rq_mirror_dropped"),
+        );
+        if m + d == 10 || Instant::now() >= deadline {
+            break (m, d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        mirrored + dropped,
+        10,
+        "{mirrored} mirrored, {dropped} dropped"
+    );
+    assert!(dropped >= 1, "{mirrored} mirrored, {dropped} dropped");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shadow.hits.load(Ordering::SeqCst) < mirrored {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror saw fewer than {mirrored}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shadow.hits.load(Ordering::SeqCst), mirrored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_serves_the_routes_attached_to_it() {
     let red = app("red", Duration::ZERO).await;
     let blue = app("blue", Duration::ZERO).await;
