@@ -446,7 +446,23 @@ impl Mesh {
         app: &str,
         edit: impl FnOnce(&mut Value),
     ) -> anyhow::Result<&Pod> {
-        let (namespace, mut pod) = manifests::pod_from(&manifests::deployment(app)?)?;
+        self.deploy_as(app, app, edit)
+    }
+
+    /// A pod of a Deployment `app` that the demo does not ship, made from the template of its
+    /// Deployment `from` (as a copy of its manifest renamed would), changed by `edit` before
+    /// admission: its pod name, [`Pod::app`], namespace and logs directory are `app`'s, so that
+    /// [`pod`](Self::pod) and [`stats`](Self::stats) find it by that name. Its labels are
+    /// `from`'s until `edit` changes them (and with them the Services that select it).
+    pub fn deploy_as(
+        &mut self,
+        app: &str,
+        from: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> anyhow::Result<&Pod> {
+        let mut deployment = manifests::deployment(from)?;
+        deployment["metadata"]["name"] = json!(app);
+        let (namespace, mut pod) = manifests::pod_from(&deployment)?;
         edit(&mut pod);
         let admitted = self.admit(&namespace, &pod)?;
         if !admitted.allowed {
@@ -497,6 +513,20 @@ impl Mesh {
         });
         self.sync_services()?;
         Ok(self.pods.last().unwrap())
+    }
+
+    /// `kubectl apply` of a Service the demo does not ship (a ClusterIP allocated), its
+    /// EndpointSlice and DNAT rules made from the current pods.
+    pub fn create_service(&mut self, object: Value) -> anyhow::Result<()> {
+        self.services.create(object)?;
+        self.sync_services()
+    }
+
+    /// `kubectl delete service`: it and its EndpointSlice leave the API server, its DNAT rules
+    /// the node.
+    pub fn delete_service(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        self.services.delete(namespace, name, &self.api)?;
+        self.sync_services()
     }
 
     /// Deletes one pod by name (its processes killed, its namespace removed); its Services'

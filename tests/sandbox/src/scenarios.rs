@@ -21,7 +21,8 @@ mod routes;
 mod services;
 mod sigterm;
 pub use grpc::{
-    call as grpc_call, grpc_calls, grpc_many_streams, grpc_pool, grpc_route_fault, Calls, GRPC,
+    call as grpc_call, grpc_calls, grpc_many_streams, grpc_pool, grpc_route_fault,
+    grpc_route_mirror, Calls, GRPC,
 };
 pub use routes::{
     fault_abort, fault_delay, gateway, header_match, live_switch, mirror, retries, timeout,

@@ -110,6 +110,21 @@ impl Services {
         Ok(&self.by_key[&key])
     }
 
+    /// Deletes a Service (`kubectl delete service`): it and its EndpointSlice leave the API
+    /// server; the next [`sync`](Self::sync) leaves out its DNAT rules.
+    pub fn delete(&mut self, namespace: &str, name: &str, api: &ApiServer) -> anyhow::Result<()> {
+        let key = (namespace.to_string(), name.to_string());
+        if self.by_key.remove(&key).is_none() {
+            bail!("no Service {namespace}/{name} to delete");
+        }
+        let slice = slice_name(name);
+        api.delete(&kit::apiserver::ENDPOINTSLICES.gvr, namespace, &slice)
+            .map_err(|e| anyhow::anyhow!("deleting EndpointSlice {namespace}/{slice}: {e:?}"))?;
+        api.delete(&kit::apiserver::SERVICES.gvr, namespace, name)
+            .map_err(|e| anyhow::anyhow!("deleting Service {namespace}/{name}: {e:?}"))?;
+        Ok(())
+    }
+
     pub fn get(&self, namespace: &str, name: &str) -> Option<&Service> {
         self.by_key.get(&(namespace.to_string(), name.to_string()))
     }
@@ -172,6 +187,11 @@ fn target_port(port: &Value, pod: &Value) -> Option<u64> {
     }
 }
 
+/// The name of the one EndpointSlice the sandbox writes for Service `service`.
+fn slice_name(service: &str) -> String {
+    format!("{service}-sandbox")
+}
+
 /// The Service's EndpointSlice (`discovery.k8s.io/v1`), as the controller writes it.
 fn endpoint_slice(svc: &Service, pods: &[&PodRef]) -> Value {
     let ports: Vec<Value> = svc.object["spec"]["ports"]
@@ -200,7 +220,7 @@ fn endpoint_slice(svc: &Service, pods: &[&PodRef]) -> Value {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": format!("{}-sandbox", svc.name),
+            "name": slice_name(&svc.name),
             "namespace": svc.namespace,
             "labels": {"kubernetes.io/service-name": svc.name},
         },

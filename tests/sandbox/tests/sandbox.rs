@@ -168,5 +168,6 @@ fn grpc_calls_streams_deadlines_and_the_pool_walkthrough() {
     assert_passed(scenarios::grpc_calls(&mut m));
     assert_passed(scenarios::grpc_many_streams(&mut m));
     assert_passed(scenarios::grpc_route_fault(&mut m));
+    assert_passed(scenarios::grpc_route_mirror(&mut m));
     assert_passed(scenarios::grpc_pool(&mut m));
 }

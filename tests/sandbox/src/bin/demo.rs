@@ -108,7 +108,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
 
     let mut reports: Vec<Report> = Vec::new();
     type Scenario = fn(&mut Mesh) -> anyhow::Result<Report>;
-    let all: [(&str, Scenario); 27] = [
+    let all: [(&str, Scenario); 28] = [
         ("transparency", |m| scenarios::transparency(m)),
         ("inbound pool", |m| scenarios::inbound_pool(m)),
         ("probes under overload", |m| {
@@ -137,6 +137,7 @@ fn scenarios_on(mesh: &mut Mesh) -> anyhow::Result<bool> {
         ("gRPC calls", scenarios::grpc_calls),
         ("1,000 gRPC streams", scenarios::grpc_many_streams),
         ("GRPCRoute fault", scenarios::grpc_route_fault),
+        ("GRPCRoute mirror", scenarios::grpc_route_mirror),
         ("gRPC pool", scenarios::grpc_pool),
         ("shutdown", scenarios::shutdown),
         ("SIGTERM", |m| scenarios::sigterm_drain(m, false)),

@@ -3,7 +3,7 @@
 //!
 //! `grpc-echo serve --port 9090` serves `trellis.demo.Echo`:
 //! - `Unary`: answers the request's message and payload (or `reply_bytes` bytes) after
-//!   `delay_ms`, with the pod's name (`x-pod`) and the request's `x-echo` metadata echoed as
+//!   `delay_ms` (plus the server's own `--delay-ms`, which makes a slow pod), with the pod's name (`x-pod`) and the request's `x-echo` metadata echoed as
 //!   response headers; the reply carries how many calls were in flight in the app when it began
 //!   (`in_flight`), so a caller can see what the proxy let through at once;
 //! - `ServerStream`: `count` replies, then trailers carrying `x-echo-trailer` with `grpc-status: 0`;
@@ -84,6 +84,10 @@ enum Cmd {
         /// The name each reply carries (the kubelet sets POD_NAME from the downward API).
         #[arg(long, env = "POD_NAME", default_value = "grpc-echo")]
         pod: String,
+        /// Each unary call waits this long more before its answer, whatever it asks: a slow pod
+        /// (the GRPCRoute mirror scenario's mirror, which its callers must not wait for).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Call it and print a JSON summary.
     Call(CallArgs),
@@ -159,7 +163,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
-        Cmd::Serve { port, pod } => rt.block_on(serve(port, pod)),
+        Cmd::Serve {
+            port,
+            pod,
+            delay_ms,
+        } => rt.block_on(serve(port, pod, Duration::from_millis(delay_ms))),
         Cmd::Call(args) => {
             let summary = rt.block_on(call(args))?;
             println!("{}", serde_json::to_string(&summary)?);
@@ -175,6 +183,8 @@ fn main() -> anyhow::Result<()> {
 struct Echo {
     pod: Arc<str>,
     in_flight: Arc<AtomicU32>,
+    /// `--delay-ms`: added to each unary call's own `delay_ms`.
+    delay: Duration,
 }
 
 /// One call in flight in the app, counted until dropped (also when the caller gives up).
@@ -240,7 +250,7 @@ impl tonic::server::UnaryService<EchoRequest> for Unary {
         Box::pin(async move {
             let guard = InFlight::new(&echo.in_flight);
             let msg = req.get_ref();
-            tokio::time::sleep(Duration::from_millis(msg.delay_ms.into())).await;
+            tokio::time::sleep(Duration::from_millis(msg.delay_ms.into()) + echo.delay).await;
             let mut resp = tonic::Response::new(echo.reply(msg, guard.1));
             echo.headers(req.metadata(), resp.metadata_mut());
             Ok(resp)
@@ -355,10 +365,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for Echo {
     }
 }
 
-async fn serve(port: u16, pod: String) -> anyhow::Result<()> {
+async fn serve(port: u16, pod: String, delay: Duration) -> anyhow::Result<()> {
     let echo = Echo {
         pod: pod.into(),
         in_flight: Arc::default(),
+        delay,
     };
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     eprintln!("grpc-echo: serving {SERVICE} on {addr}");

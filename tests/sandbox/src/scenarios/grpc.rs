@@ -470,3 +470,250 @@ pub fn grpc_route_fault(mesh: &mut Mesh) -> anyhow::Result<Report> {
     mesh.delete_object("HTTPFault", "demo", "half-unavailable")?;
     Ok(rep)
 }
+
+/// Unary calls in the mirror scenario, after the route is seen.
+const MIRRORED_CALLS: u32 = 50;
+/// How late the mirror's app answers each call.
+const MIRROR_DELAY_MS: u32 = 500;
+
+/// Waits (up to `secs`) until `read` gives at least `want`; the last value read.
+fn poll_until(secs: u64, want: u64, read: impl Fn() -> anyhow::Result<u64>) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let n = read()?;
+        if n >= want || std::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Istio's "mirroring" as gRPC: a GRPCRoute on echo's Service whose rule sends every call to
+/// echo and a copy of it (`RequestMirror`) to echo-mirror, a second grpc-echo pod behind its own
+/// Service that answers 500 ms late. Each call is answered by echo at echo's speed; the copy goes
+/// from the client's sidecar on its own, `-shadow` appended to its `:authority`, and its answer
+/// is thrown away. The mirror pod and its Service are made here and deleted at the end.
+pub fn grpc_route_mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
+    let mut rep = Report::new(
+        "GRPCRoute mirror",
+        "GRPCRoute on echo: RequestMirror to echo-mirror (a second grpc-echo pod behind its own \
+         Service, answering 500 ms late); 50 unary calls -> all OK from echo, median under \
+         100 ms; echo-mirror gets every copy, :authority <host>-shadow; the client's sidecar \
+         counts rq_mirrored 50",
+    );
+    mesh.create_service(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo-mirror", "namespace": "demo", "labels": {"app": "echo-mirror"}},
+        "spec": {
+            "selector": {"app": "echo-mirror"},
+            "ports": [{"name": "grpc", "port": 9090, "targetPort": "grpc", "protocol": "TCP",
+                       "appProtocol": "kubernetes.io/h2c"}],
+        },
+    }))?;
+    let shadow_pod = mesh
+        .deploy_as("echo-mirror", "echo", |pod| {
+            pod["metadata"]["labels"]["app"] = "echo-mirror".into();
+            for c in pod["spec"]["containers"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                if c["name"] == "app" {
+                    if let Some(argv) = c["command"].as_array_mut() {
+                        argv.push(format!("--delay-ms={MIRROR_DELAY_MS}").into());
+                    }
+                }
+            }
+        })?
+        .name
+        .clone();
+    let result = mirror_calls(mesh, &mut rep);
+    // Everything made here goes, whatever happened above; the route is deleted by the calls
+    // (to show it), so only a failure midway leaves it.
+    if result.is_err() {
+        let _ = mesh.delete_object("GRPCRoute", "demo", "echo-mirror");
+    }
+    let cleanup = mesh
+        .delete_pod(&shadow_pod)
+        .and_then(|()| mesh.delete_service("demo", "echo-mirror"));
+    result?;
+    cleanup?;
+    Ok(rep)
+}
+
+/// The calls and checks of [`grpc_route_mirror`], with its mirror pod and Service in place.
+fn mirror_calls(mesh: &Mesh, rep: &mut Report) -> anyhow::Result<()> {
+    let target = echo_target(mesh)?;
+    let client = mesh.pod("grpc-client");
+    let echo_pod = mesh.pod("echo").name.clone();
+    let (mirrored, dropped) = (
+        "http.outbound.rq_mirrored",
+        "http.outbound.rq_mirror_dropped",
+    );
+    let at_mirror = format!("{INBOUND}.upstream_rq_total");
+    let client_now =
+        |name: &str| -> anyhow::Result<u64> { Ok(mesh.stats("grpc-client")?.num(name)) };
+    let mirror_now = || -> anyhow::Result<u64> { Ok(mesh.stats("echo-mirror")?.num(&at_mirror)) };
+    let start = client_now(mirrored)?;
+    let echo = serde_json::json!({"name": "echo", "port": 9090});
+    mesh.apply(&serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "echo-mirror", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 9090}],
+            "rules": [{
+                "filters": [{"type": "RequestMirror", "requestMirror":
+                    {"backendRef": {"name": "echo-mirror", "port": 9090}}}],
+                "backendRefs": [echo],
+            }],
+        },
+    }))?;
+    // Until the route reaches the client's sidecar: a batch of calls of which one was copied.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let before = client_now(mirrored)?;
+        let c = call(client, &target, &["--rpc=unary", "--calls=5"])?;
+        if client_now(mirrored)? > before {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "no call was mirrored within 15 s of the GRPCRoute; last batch: {}",
+                c.show()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The copies made so far reach the mirror within its delay (else the counts below would
+    // mix them in); then the baselines.
+    let warmup = client_now(mirrored)? - start;
+    poll_until(10, warmup, mirror_now)?;
+    let (m0, d0, at0) = (client_now(mirrored)?, client_now(dropped)?, mirror_now()?);
+
+    let n = MIRRORED_CALLS;
+    let calls = format!("--calls={n}");
+    let c = call(
+        client,
+        &target,
+        &["--rpc=unary", &calls, "--payload-bytes=512"],
+    )?;
+    rep.ok_200 += u64::from(c.code("Ok"));
+    rep.other += u64::from(c.calls - c.code("Ok"));
+    let from_echo = c.by_pod.get(&echo_pod).copied().unwrap_or(0);
+    let ok = c.code("Ok") == n && from_echo == n && c.payload_intact == n && c.p50_ms < 100;
+    rep.check(
+        format!(
+            "{n} unary calls, all OK from echo ({echo_pod}), payload intact, median under 100 ms \
+             (the mirror takes {MIRROR_DELAY_MS} ms)"
+        ),
+        ok,
+        if ok {
+            format!("p50 {} ms, max {} ms", c.p50_ms, c.max_ms)
+        } else {
+            format!("{}; answered by {:?}", c.show(), c.by_pod)
+        },
+    );
+    let (m1, d1) = (client_now(mirrored)?, client_now(dropped)?);
+    rep.check(
+        format!("the client's sidecar copied each call: {mirrored} grew by {n}, none dropped"),
+        m1 - m0 == u64::from(n) && d1 == d0,
+        format!("{mirrored} grew by {}, {dropped} by {}", m1 - m0, d1 - d0),
+    );
+    let seen = poll_until(10, at0 + u64::from(n), mirror_now)? - at0;
+    rep.check(
+        format!("echo-mirror's sidecar passed every copy to its app: {at_mirror} grew by {n}"),
+        seen == u64::from(n),
+        format!("grew by {seen}"),
+    );
+
+    // The access logs: every call echo-mirror got carries the `-shadow` authority (written once
+    // its app answers, 500 ms late), and none of echo's does.
+    let host = mesh
+        .services
+        .get("demo", "echo")
+        .context("no Service demo/echo")?
+        .cluster_ip;
+    let shadow = format!("\"{host}-shadow:9090\"");
+    let unary = "/trellis.demo.Echo/Unary";
+    let total = at0 + u64::from(n);
+    let logged = poll_until(10, total, || {
+        Ok(access_log_lines(mesh, "echo-mirror", &[unary]).len() as u64)
+    })?;
+    let lines = access_log_lines(mesh, "echo-mirror", &[unary]);
+    let marked = lines.iter().filter(|l| l.contains(&shadow)).count() as u64;
+    let answered = lines.iter().filter(|l| l.contains("\" 200 ")).count() as u64;
+    let ok = logged == total && marked == total && answered == total;
+    let counts = format!("{logged} lines, {marked} with {shadow}, {answered} answered 200");
+    rep.check(
+        format!(
+            "echo-mirror's access log: each of its {total} calls with :authority {shadow}, \
+             answered 200"
+        ),
+        ok,
+        if ok {
+            counts
+        } else {
+            format!(
+                "{counts}; last: {}",
+                lines.last().cloned().unwrap_or_default()
+            )
+        },
+    );
+    let echo_lines = access_log_lines(mesh, "echo", &[unary]);
+    let echo_shadow = echo_lines.iter().filter(|l| l.contains("-shadow")).count();
+    rep.check(
+        "echo's access log has no -shadow call: the primary gets the call as sent",
+        !echo_lines.is_empty() && echo_shadow == 0,
+        format!("{} lines, {echo_shadow} with -shadow", echo_lines.len()),
+    );
+    if let Some(l) = lines.last() {
+        rep.notes.push(format!("echo-mirror access log: {l}"));
+    }
+    if let Some(l) = echo_lines.last() {
+        rep.notes.push(format!("echo        access log: {l}"));
+    }
+
+    let client_stats = mesh.stats("grpc-client")?;
+    let to_mirror = "cluster.outbound|9090||echo-mirror.demo.svc.cluster.local";
+    rep.stat("grpc-client", &client_stats, mirrored);
+    rep.stat("grpc-client", &client_stats, dropped);
+    rep.stat(
+        "grpc-client",
+        &client_stats,
+        &format!("{to_mirror}.upstream_rq_total"),
+    );
+    rep.stat(
+        "grpc-client",
+        &client_stats,
+        &format!("{to_mirror}.upstream_rq_200"),
+    );
+    rep.stat("echo-mirror", &mesh.stats("echo-mirror")?, &at_mirror);
+    rep.stat("echo", &mesh.stats("echo")?, &at_mirror);
+
+    // Deleted, the route copies nothing more: a batch of calls leaves rq_mirrored as it was.
+    mesh.delete_object("GRPCRoute", "demo", "echo-mirror")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let unmirrored = loop {
+        let before = client_now(mirrored)?;
+        let c = call(client, &target, &["--rpc=unary", "--calls=5"])?;
+        let grew = client_now(mirrored)? - before;
+        if grew == 0 && c.code("Ok") == 5 {
+            break Ok(c);
+        }
+        if std::time::Instant::now() >= deadline {
+            break Err(format!("still {grew} of 5 copied 15 s after; {}", c.show()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    rep.check(
+        "the GRPCRoute deleted, calls are OK and no longer copied",
+        unmirrored.is_ok(),
+        match unmirrored {
+            Ok(c) => c.show(),
+            Err(e) => e,
+        },
+    );
+    Ok(())
+}
