@@ -3,8 +3,8 @@
 //!
 //! `grpc-echo serve --port 9090` serves `trellis.demo.Echo`:
 //! - `Unary`: answers the request's message and payload (or `reply_bytes` bytes) after
-//!   `delay_ms` (plus the server's own `--delay-ms`, which makes a slow pod), with the pod's name (`x-pod`) and the request's `x-echo` metadata echoed as
-//!   response headers; the reply carries how many calls were in flight in the app when it began
+//!   `delay_ms` (plus the server's own `--delay-ms`, which makes a slow pod), with the pod's
+//!   name (`x-pod`) and the request's `x-echo` metadata echoed as response headers; the reply carries how many calls were in flight in the app when it began
 //!   (`in_flight`), so a caller can see what the proxy let through at once;
 //! - `ServerStream`: `count` replies, then trailers carrying `x-echo-trailer` with `grpc-status: 0`;
 //! - `Bidi`: one reply per request message, then the same trailers.
