@@ -58,7 +58,7 @@ use crate::http::HttpCtx;
 use crate::idle::Activity;
 use crate::outlier::Outcome;
 use crate::router::{self, Picked, Rule, Table, Upstream, View};
-use crate::stats::HttpStats;
+use crate::stats::ListenerStats;
 use config::api::{HashOn, HeaderModifier, Redirect, Retry, Rewrite};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -988,11 +988,12 @@ async fn admitted(cluster: &Arc<Cluster>, admit: Admit, deadline: tokio::time::I
 /// share rolled. A copy needs the request body whole: a stream without one is copied at once
 /// (as HTTP/1 copies), one with a body once it has been read whole, up to [`KEEP_LIMIT`], by
 /// the answer's head (a gRPC unary call's message is). Each copy goes on its own task over the
-/// mirror's HTTP/2 pool ([`shadow`]), counted `rq_mirrored`; one that cannot go (a larger body,
-/// or one not read whole by then; a stream answered before it went up; the mirror's pool past
-/// its limits) is counted `rq_mirror_dropped`, when this is dropped without sending it.
+/// mirror's HTTP/2 pool ([`shadow`]), counted `rq_mirrored` once admitted there; one that
+/// cannot go (a larger body, or one not read whole by then; a stream answered before it went
+/// up; the mirror's pool past its limits, at once or after waiting) is counted
+/// `rq_mirror_dropped`.
 struct Mirrors<'c> {
-    http: &'c HttpStats,
+    listener: &'c Arc<ListenerStats>,
     to: Vec<Arc<Cluster>>,
     /// The copies' head: the stream's as it goes upstream, `-shadow` on its host.
     head: Option<Request<()>>,
@@ -1015,7 +1016,7 @@ impl<'c> Mirrors<'c> {
             return None;
         }
         Some(Mirrors {
-            http: &conn.ctx.listener.http,
+            listener: &conn.ctx.listener,
             to,
             head: shadow_head(upstream_request(copy(req), conn)),
         })
@@ -1033,11 +1034,11 @@ impl<'c> Mirrors<'c> {
                 .admit(limits.max_requests, limits.max_pending_requests);
             if let Admit::Overflow = admit {
                 cluster.stats.upstream_rq_pending_overflow.inc();
-                self.http.rq_mirror_dropped.inc();
+                self.listener.http.rq_mirror_dropped.inc();
                 continue;
             }
-            self.http.rq_mirrored.inc();
             tokio::spawn(shadow(
+                self.listener.clone(),
                 cluster,
                 admit,
                 copy(&head),
@@ -1050,7 +1051,10 @@ impl<'c> Mirrors<'c> {
 
 impl Drop for Mirrors<'_> {
     fn drop(&mut self) {
-        self.http.rq_mirror_dropped.add(self.to.len() as u64);
+        self.listener
+            .http
+            .rq_mirror_dropped
+            .add(self.to.len() as u64);
     }
 }
 
@@ -1076,6 +1080,7 @@ fn shadow_head(mut req: Request<()>) -> Option<Request<()>> {
 /// it is given up (its stream reset). The client's stream never waits for it. The body (at most
 /// [`KEEP_LIMIT`]) is handed to h2 whole, which sends it as the mirror's window opens.
 async fn shadow(
+    listener: Arc<ListenerStats>,
     cluster: Arc<Cluster>,
     admit: Admit,
     req: Request<()>,
@@ -1084,9 +1089,12 @@ async fn shadow(
 ) {
     let deadline = tokio::time::Instant::now() + router::MIRROR_TIMEOUT;
     let copied = async {
+        // Counted once it has its slot: a copy whose wait for one ran out is dropped.
         if !admitted(&cluster, admit, deadline).await {
+            listener.http.rq_mirror_dropped.inc();
             return;
         }
+        listener.http.rq_mirrored.inc();
         let st = &cluster.stats;
         let mut slot = Slot(cluster.clone(), None, None);
         let (lb, limits) = (cluster.lb(), cluster.limits());
