@@ -24,8 +24,8 @@
 //! until they have gone). Routes and per-stream balancing use the same [`Upstream`] as HTTP/1:
 //! [`route`] picks a stream's cluster and rule (HTTPRoute and GRPCRoute alike), and the rule's
 //! fault, redirect (its status and `location`, no body), timeouts, URL rewrite, header
-//! modifiers, retries and mirrors apply as on HTTP/1; a mirror copies a stream with a body once
-//! that body has been read whole, up to [`KEEP_LIMIT`] (see [`Mirrors`]). A cluster with a
+//! modifiers, retries and mirrors apply as on HTTP/1; a mirror copies a stream with a body as
+//! soon as that body has been read whole, up to [`KEEP_LIMIT`] (see [`Mirrors`]). A cluster with a
 //! consistent hash takes each stream's key (a header, a cookie, the client's address) as HTTP/1
 //! takes a request's.
 
@@ -842,7 +842,6 @@ async fn forward(
     let (mut timeout, mut backend_timeout, mut response_headers) =
         (ctx.request_timeout, None, None);
     let mut retry = None;
-    let mut mirrors = None;
     if let Some(Picked { rule: r, prefix }) = picked {
         if let Some(f) = &r.fault {
             if let Some(d) = router::fault_delay(f, &ctx.listener.http) {
@@ -863,11 +862,11 @@ async fn forward(
         if let Some(m) = &r.request_headers {
             edit(routed.headers_mut(), m);
         }
-        mirrors = Mirrors::rolled(r, &routed, conn);
-        // Without a body, the copies go at once (as HTTP/1's do).
-        if upload.is_none() {
-            if let Some(m) = mirrors.take() {
-                m.send(&[], None);
+        // Without a body, the copies go at once (as HTTP/1's do); with one, as its end is read.
+        if let Some(m) = Mirrors::rolled(r, &routed, conn) {
+            match upload.as_mut() {
+                None => m.send(&[], None),
+                Some(u) => u.mirrors = Some(m),
             }
         }
         response_headers = r.response_headers.clone();
@@ -944,12 +943,10 @@ async fn forward(
         if token.take().is_some() && !retryable && tried.is_ok() {
             st.upstream_rq_retry_success.inc();
         }
-        // No resend once the answer's head is in: what was kept for one goes, to the mirrors
-        // when it is the whole body (else their copies are dropped, and counted so).
-        if let Some(u) = upload {
-            if let (Some(kept), Some(m)) = (u.whole(), mirrors.take()) {
-                m.send(&kept.data, kept.trailers.as_ref());
-            }
+        // No resend once the answer's head is in: what was kept for one goes, unless the
+        // mirrors still wait for the body's end.
+        if let Some(u) = upload.as_mut().filter(|u| u.mirrors.is_none()) {
+            u.kept = None;
         }
         return tried.map(|(resp, up, host)| Forwarded {
             resp,
@@ -986,23 +983,24 @@ async fn admitted(cluster: &Arc<Cluster>, admit: Admit, deadline: tokio::time::I
 
 /// The copies of a stream owed to its rule's mirrors (`RequestMirror`, GRPCRoute's mirror) whose
 /// share rolled. A copy needs the request body whole: a stream without one is copied at once
-/// (as HTTP/1 copies), one with a body once it has been read whole, up to [`KEEP_LIMIT`], by
-/// the answer's head (a gRPC unary call's message is). Each copy goes on its own task over the
-/// mirror's HTTP/2 pool ([`shadow`]), counted `rq_mirrored` once admitted there; one that
-/// cannot go (a larger body, or one not read whole by then; a stream answered before it went
-/// up; the mirror's pool past its limits, at once or after waiting) is counted
+/// (as HTTP/1 copies), one with a body as soon as its end has been read ([`Source`] holds the
+/// copies until then, and keeps the frames, up to [`KEEP_LIMIT`], also past the answer's head:
+/// a client-streaming call whose server answers first is copied too). Each copy goes on its own
+/// task over the mirror's HTTP/2 pool ([`shadow`]), counted `rq_mirrored` once admitted there;
+/// one that cannot go (a larger body; a body whose end never came, the stream reset or its
+/// upstream gone first; the mirror's pool past its limits, at once or after waiting) is counted
 /// `rq_mirror_dropped`.
-struct Mirrors<'c> {
-    listener: &'c Arc<ListenerStats>,
+struct Mirrors {
+    listener: Arc<ListenerStats>,
     to: Vec<Arc<Cluster>>,
     /// The copies' head: the stream's as it goes upstream, `-shadow` on its host.
     head: Option<Request<()>>,
 }
 
-impl<'c> Mirrors<'c> {
+impl Mirrors {
     /// The mirrors of `rule` whose share rolls for the stream `req` (`None`, with nothing
     /// allocated, for a rule without mirrors).
-    fn rolled(rule: &Rule, req: &Request<()>, conn: &'c Downconn) -> Option<Mirrors<'c>> {
+    fn rolled(rule: &Rule, req: &Request<()>, conn: &Downconn) -> Option<Mirrors> {
         if rule.mirrors.is_empty() {
             return None;
         }
@@ -1016,7 +1014,7 @@ impl<'c> Mirrors<'c> {
             return None;
         }
         Some(Mirrors {
-            listener: &conn.ctx.listener,
+            listener: conn.ctx.listener.clone(),
             to,
             head: shadow_head(upstream_request(copy(req), conn)),
         })
@@ -1049,7 +1047,7 @@ impl<'c> Mirrors<'c> {
     }
 }
 
-impl Drop for Mirrors<'_> {
+impl Drop for Mirrors {
     fn drop(&mut self) {
         self.listener
             .http
@@ -1346,6 +1344,8 @@ struct Source {
     /// Given back once the end has come from `from`, before the last frame goes to `to` (an
     /// answer's stream slot: free by the time the client has the whole answer).
     hold: Option<Slot>,
+    /// A request body's mirrors, sent what was kept once the body's end has been read.
+    mirrors: Option<Mirrors>,
 }
 
 impl Source {
@@ -1362,6 +1362,7 @@ impl Source {
                 ..Kept::default()
             }),
             hold: None,
+            mirrors: None,
         }
     }
 
@@ -1386,12 +1387,14 @@ impl Source {
         true
     }
 
-    /// What was kept, taken: the whole body (its frames and trailers) once its end has been
-    /// read and all of it was kept (nothing left to replay, no more than [`KEEP_LIMIT`]), for a
-    /// mirror's copy; else `None`.
-    fn whole(&mut self) -> Option<Kept> {
-        let read = self.ended && self.replay.is_empty() && self.replay_trailers.is_none();
-        self.kept.take().filter(|k| read && k.whole)
+    /// The body's end has been read (and `kept` has all of it that was kept): the mirrors'
+    /// copies go, unless more went than was kept (then they are dropped, and counted so).
+    fn mirror(&mut self) {
+        if let Some(m) = self.mirrors.take() {
+            if let Some(k) = self.kept.as_ref().filter(|k| k.whole) {
+                m.send(&k.data, k.trailers.as_ref());
+            }
+        }
     }
 
     /// Keeps `data` for a resend, while one can follow and the kept stay under the limit.
@@ -1443,6 +1446,7 @@ impl Source {
                 to.send_data(chunk, end).map_err(|_| Broke::To)?;
                 if end {
                     self.ended = true;
+                    self.mirror();
                     return Poll::Ready(Ok(()));
                 }
                 continue;
@@ -1487,6 +1491,7 @@ impl Source {
                 }
                 None => to.send_data(Bytes::new(), true),
             };
+            self.mirror();
             return Poll::Ready(sent.map_err(|_| Broke::To));
         }
     }

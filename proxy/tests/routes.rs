@@ -1318,6 +1318,77 @@ async fn an_http2_mirror_that_never_answers_holds_up_no_stream() {
         .await;
 }
 
+/// A gRPC server that answers at once and streams the request's body back as it comes (a
+/// client-streaming or bidi call whose server sends its headers first).
+async fn early_echo(name: &'static str) -> App {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = l.accept().await else {
+                continue;
+            };
+            let hits = h.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, Infallible>(Response::new(req.into_body())) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    App { name, addr, hits }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_answered_before_its_body_ends_is_mirrored_whole() {
+    let primary = early_echo("primary").await;
+    let shadow = recorder("shadow", false).await;
+    let (_cp, px) = gateway(mirrored(&primary, &shadow.app)).await;
+    let tcp = tokio::net::TcpStream::connect(px.listen).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://reviews:9080/reviews.Reviews/Chat")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (answer, mut up) = send.send_request(req, false).unwrap();
+    let (first, second) = (grpc_message(1000), grpc_message(2000));
+    up.send_data(first.clone(), false).unwrap();
+    // The server's headers come before the client has sent all of its body.
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(shadow.app.hits.load(Ordering::SeqCst), 0);
+    up.send_data(second.clone(), true).unwrap();
+    let mut body = answer.into_body();
+    let mut echoed = Vec::new();
+    while let Some(d) = body.data().await {
+        let d = d.unwrap();
+        let _ = body.flow_control().release_capacity(d.len());
+        echoed.extend_from_slice(&d);
+    }
+    let whole = [first, second].concat();
+    assert_eq!(echoed, whole);
+    // The copy went once the body's end was read: all of it, to the mirror.
+    wait_hits(&shadow.app, 1).await;
+    {
+        let seen = shadow.seen.lock().unwrap();
+        assert_eq!(seen[0].authority, "reviews-shadow:9080");
+        assert_eq!(seen[0].body, whole);
+    }
+    let stats = px.stats();
+    stats.metric("http.gateway.rq_mirrored").now_eq(1).await;
+    stats
+        .metric("http.gateway.rq_mirror_dropped")
+        .now_eq(0)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_keep_to_one_pod_per_consistent_hash_key() {
     let pods = [
