@@ -181,22 +181,13 @@ impl AsyncRead for Link<'_, '_> {
 }
 
 impl AsyncWrite for Link<'_, '_> {
+    /// One slice of [`Self::poll_write_vectored`].
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let g = self.gather;
-        let mut out = g.lock();
-        if ready!(out.poll_room(data.len(), cx, g.activity))? {
-            let r = Pin::new(&mut out.half).poll_write(cx, data);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                g.activity.touch();
-            }
-            return r;
-        }
-        out.push(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
     fn poll_write_vectored(

@@ -654,12 +654,7 @@ async fn a_mirror_sees_every_request_and_a_slow_one_slows_no_client() {
 async fn a_copy_that_finds_the_mirrors_pool_full_is_dropped_and_counted() {
     let v1 = app("v1", Duration::ZERO).await;
     let shadow = app("shadow", Duration::from_millis(500)).await;
-    let mut r = rule("default/reviews#0", vec![to(0, 1)]);
-    r.mirrors = vec![Mirror {
-        backend: 1,
-        per_million: 1_000_000,
-    }];
-    let mut d = reviews(&[&v1, &shadow], vec![any(0)], vec![r]);
+    let mut d = mirrored(&v1, &shadow);
     // The mirror's pool: one connection, one copy waiting for it.
     let pool = &mut d.routes.as_mut().unwrap().backends[1].policy.pool;
     pool.max_connections = Some(1);
@@ -691,14 +686,7 @@ async fn a_copy_that_finds_the_mirrors_pool_full_is_dropped_and_counted() {
         "{mirrored} mirrored, {dropped} dropped"
     );
     assert!(dropped >= 1, "{mirrored} mirrored, {dropped} dropped");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while shadow.hits.load(Ordering::SeqCst) < mirrored {
-        assert!(
-            Instant::now() < deadline,
-            "the mirror saw fewer than {mirrored}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_hits(&shadow, mirrored).await;
     assert_eq!(shadow.hits.load(Ordering::SeqCst), mirrored);
 }
 
