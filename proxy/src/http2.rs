@@ -12,22 +12,23 @@
 //!   does); past it, streams share the least busy open one (and beyond the peer's limit wait
 //!   inside it).
 //!
-//! Frames are the `h2` crate's, driven directly: one task per downstream connection and one per
-//! upstream connection drive the connections, and one task per stream does all of the stream's
-//! work (admission, picking a connection, the request head, pumping the request body up and the
-//! answer and its trailers back, the log line), with no task, channel or copy of a frame
-//! between the two sides. Bodies stream with flow control end to end (a body moves only as the
-//! receiving side's window opens, and the sending side's window is given back as it is read, so
-//! a slow reader on one stream holds back only that stream), trailers pass through, and nothing
-//! is buffered whole: a stream holds at most one frame in passage (and, until its answer's head,
-//! up to [`KEEP_LIMIT`] of its request body for a resend, which its mirrors' copies then share
-//! until they have gone). Routes and per-stream balancing use the same [`Upstream`] as HTTP/1:
-//! [`route`] picks a stream's cluster and rule (HTTPRoute and GRPCRoute alike), and the rule's
-//! fault, redirect (its status and `location`, no body), timeouts, URL rewrite, header
-//! modifiers, retries and mirrors apply as on HTTP/1; a mirror copies a stream with a body as
-//! soon as that body has been read whole, up to [`KEEP_LIMIT`] (see [`Mirrors`]). A cluster with a
-//! consistent hash takes each stream's key (a header, a cookie, the client's address) as HTTP/1
-//! takes a request's.
+//! Frames are the `h2` crate's, driven directly: one task per downstream connection drives it and
+//! its streams, one task per upstream connection drives that, and each stream is one future, in its
+//! downstream connection's task, that does all of the stream's work (admission, picking a
+//! connection, the request head, pumping the request body up and the answer and its trailers back,
+//! the log line), with no task, channel or copy of a frame between the two sides. A connection and
+//! its streams so live on one worker, as Envoy's do. Bodies stream with flow control end to end (a
+//! body moves only as the receiving side's window opens, and the sending side's window is given
+//! back as it is read, so a slow reader on one stream holds back only that stream), trailers pass
+//! through, and nothing is buffered whole: a stream holds at most one frame in passage (and, until
+//! its answer's head, up to [`KEEP_LIMIT`] of its request body for a resend, which its mirrors'
+//! copies then share until they have gone). Routes and per-stream balancing use the same
+//! [`Upstream`] as HTTP/1: [`route`] picks a stream's cluster and rule (HTTPRoute and GRPCRoute
+//! alike), and the rule's fault, redirect (its status and `location`, no body), timeouts, URL
+//! rewrite, header modifiers, retries and mirrors apply as on HTTP/1; a mirror copies a stream with
+//! a body as soon as that body has been read whole, up to [`KEEP_LIMIT`] (see [`Mirrors`]). A
+//! cluster with a consistent hash takes each stream's key (a header, a cookie, the client's
+//! address) as HTTP/1 takes a request's.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -38,6 +39,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::client::SendRequest;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -232,7 +234,7 @@ impl Drop for Slot {
     }
 }
 
-/// A downstream connection, shared by its streams' tasks.
+/// A downstream connection, shared by its streams.
 struct Downconn {
     up: Upstream,
     ctx: Arc<HttpCtx>,
@@ -246,7 +248,7 @@ struct Downconn {
 }
 
 /// A downstream stream open: in its connection's open streams, and in the listener's
-/// `downstream_rq_active`, until its task ends (its answer's body ended, or it was reset). A
+/// `downstream_rq_active`, until its future ends (its answer's body ended, or it was reset). A
 /// connection with a stream open is not idle, however long no byte moves.
 struct Downstream(Arc<Downconn>);
 
@@ -351,17 +353,23 @@ async fn drive<T, H>(
     // served that stream (its GOAWAY goes as the stream comes in, as HTTP/1's
     // `connection: close` goes with the answer), rather than refused at once.
     let (mut served, mut leave_after_first) = (false, false);
+    // The connection's streams, driven by this task (a connection and its streams live on one
+    // worker, as Envoy's do): no task spawned per stream, and what a stream hands h2 is
+    // written in the same turn, by the connection's poll that follows.
+    let mut streams = FuturesUnordered::new();
     let ended = loop {
         tokio::select! {
-            // The connection first: the timers only matter when it waits.
+            // The streams first, so that what they send goes out with the connection's poll
+            // below; the connection before the timers: they only matter when it waits.
             biased;
+            Some(()) = streams.next(), if !streams.is_empty() => {}
             s = h2.accept() => match s {
                 Some(Ok((req, respond))) => {
                     served = true;
                     let opened = Downstream::new(conn);
-                    // Boxed: the task then moves a pointer, not the stream's whole state
-                    // (some 4 KiB), through spawning, polling and completion.
-                    tokio::spawn(Box::pin(stream(req, respond, opened)));
+                    // Boxed: the set then holds a pointer, not the stream's whole state (some
+                    // 4 KiB), and polling it moves nothing.
+                    streams.push(Box::pin(stream(req, respond, opened)));
                     if leave_after_first && !closing {
                         closing = true;
                         goaway(&mut h2, grace.as_mut(), idle);
@@ -387,12 +395,16 @@ async fn drive<T, H>(
                 closing = true;
                 goaway(&mut h2, grace.as_mut(), idle);
             }
-            () = &mut grace, if closing => return,
+            () = &mut grace, if closing => break None,
         }
     };
     if let Some(e) = ended {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended");
     }
+    // The connection is gone (closed, failed, or its grace ran out): the streams still open learn
+    // it from their h2 handles and end (each writes its log line, gives back its slot).
+    drop(h2);
+    while streams.next().await.is_some() {}
 }
 
 /// Tells the client to leave (GOAWAY, graceful: streams it sent before it learns of it are still
@@ -408,7 +420,7 @@ fn goaway<T>(
     grace.reset(tokio::time::Instant::now() + idle);
 }
 
-/// Streams one client connection may have open at once (each is a task's worth of state).
+/// Streams one client connection may have open at once (each is a future's worth of state).
 const MAX_DOWNSTREAM_STREAMS: u32 = 1024;
 
 /// The cluster a stream goes to, and the route rule that picked it: the destination's own, or
@@ -579,7 +591,8 @@ fn head_of<B>(req: &Request<B>) -> Vec<u8> {
     head
 }
 
-/// One stream, start to end, on its own task: forwarded, answered, logged when its answer ends.
+/// One stream, start to end, in its connection's task: forwarded, answered, logged when its
+/// answer ends.
 async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, opened: Downstream) {
     let conn = &*opened.0;
     let ctx = &*conn.ctx;
