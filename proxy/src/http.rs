@@ -3,7 +3,9 @@
 //!
 //! Heads are parsed in place and re-emitted by [`crate::h1`]; bodies are forwarded as they
 //! arrive, their framing followed so each connection can be reused at the right byte. Nothing is
-//! buffered whole and nothing is copied between tasks: a request costs one read and one write on
+//! buffered whole (but a `Content-Length` body up to 64 KiB that a route's retry or mirror
+//! needs, read into the client's buffer before the first try: see `read_body`) and nothing is
+//! copied between tasks: a request costs one read and one write on
 //! each side when its head and body fit in a segment. While it waits for upstream, the task keeps
 //! reading the client's side, so a client that goes away cancels its request (`DC`), queued or in
 //! flight. Idle connections hold no buffers (see [`crate::iobuf`]).
@@ -305,6 +307,8 @@ impl Exchange<'_> {
         }
         let mut retry = None;
         let mut backend_timeout = None;
+        // The body was waited for (see `read_body`): the request timeout starts after it.
+        let mut restart = false;
         if let Some(p) = &route {
             let r = p.rule;
             if let Some(f) = &r.fault {
@@ -331,17 +335,39 @@ impl Exchange<'_> {
             if r.rewrite.is_some() || r.request_headers.is_some() {
                 *up_head = rewrite(up_head, r, p.prefix);
             }
-            for (mirror, share) in &r.mirrors {
-                if router::roll(*share) {
-                    mirror_request(ctx, mirror, up_head, req.body);
+            // The copies to make (no allocation when none rolls).
+            let copies: Vec<&Arc<Cluster>> = (r.mirrors.iter())
+                .filter(|(_, share)| router::roll(*share))
+                .map(|(mirror, _)| mirror)
+                .collect();
+            // A body to send again or to copy is read whole first, when it can be kept: the
+            // first try then takes it from the client's buffer in one piece, into `up_head`,
+            // where a retry finds it again.
+            let whole = match req.body {
+                Framing::Empty => Some(0),
+                Framing::Length(n) if !copies.is_empty() || r.retry.is_some() => {
+                    // The route's clock starts once the request is whole.
+                    restart = d.buf.data().len() < n as usize;
+                    match read_body(ctx, d, &req, n).await {
+                        Ok(whole) => whole,
+                        Err(Some(what)) => return rq.local(d, &body, &req, what).await,
+                        Err(None) => {
+                            rq.client_gone(false);
+                            return false;
+                        }
+                    }
                 }
+                _ => None,
+            };
+            for mirror in copies {
+                mirror_request(ctx, mirror, up_head, whole.map(|n| &d.buf.data()[..n]));
             }
             rq.response_headers = r.response_headers.as_ref();
             if let Some(t) = r.timeout {
                 rq.timeout = t;
             }
-            // Only a request without a body can be sent again (nothing of it is kept).
-            retry = r.retry.as_ref().filter(|_| req.body == Framing::Empty);
+            // A request can be sent again if it has no body or its body was read whole.
+            retry = r.retry.as_ref().filter(|_| whole.is_some());
             backend_timeout = r.backend_timeout;
         }
         let Some(cluster) = cluster else {
@@ -359,7 +385,7 @@ impl Exchange<'_> {
         // The route's timeout covers every try; a delay is not counted (Envoy's fault filter
         // runs before the router's timer starts). Without either, the timer set above stands
         // (re-arming it costs a clock read and a timer-wheel move per request).
-        let deadline = if rq.delayed || rq.timeout != ctx.request_timeout {
+        let deadline = if restart || rq.delayed || rq.timeout != ctx.request_timeout {
             let deadline = tokio::time::Instant::now() + rq.timeout;
             timer.as_mut().reset(deadline);
             deadline
@@ -1004,24 +1030,69 @@ fn rewrite(head: &[u8], rule: &Rule, prefix: Option<&[u8]>) -> Vec<u8> {
     router::edit_head(head, target.as_deref(), &edits)
 }
 
-/// Sends a copy of a request (its head: only a request without a body is copied) to a mirror,
-/// with `-shadow` appended to its host as Envoy does, and throws the answer away. It runs on its
-/// own task, so a slow mirror never slows the client; the mirror's own pool bounds how many copies
-/// are in flight. A copy is counted `rq_mirrored` once it has a connection, `rq_mirror_dropped`
-/// when it cannot go (a body; the mirror's pool full, or no connection), as on HTTP/2.
-fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Framing) {
+/// Reads a `Content-Length` body of `n` bytes whole into the client's buffer, ahead of the
+/// exchange, so that it can be copied to a mirror and sent again on a retry: `Ok(Some(n))` once
+/// it is all there, `Ok(None)` when it is larger than [`KEEP_LIMIT`] (it then streams as
+/// usual, neither copied nor retried). A client that sent `Expect: 100-continue` is answered
+/// `100 Continue` first. Waits between reads are bounded by the idle timeout (`Err(Some)`: a
+/// 408 `SI`); `Err(None)`: the client went away.
+async fn read_body(
+    ctx: &HttpCtx,
+    d: &mut Downstream,
+    req: &Request,
+    n: u64,
+) -> Result<Option<usize>, Option<Local>> {
+    let Some(n) = usize::try_from(n).ok().filter(|&n| n <= KEEP_LIMIT) else {
+        return Ok(None);
+    };
+    if d.buf.data().len() >= n {
+        return Ok(Some(n));
+    }
+    if req.expect_continue
+        && d.io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Err(None);
+    }
+    while d.buf.data().len() < n {
+        match tokio::time::timeout(ctx.idle_timeout, d.buf.read_from(&mut d.io)).await {
+            Ok(Ok(0) | Err(_)) => return Err(None),
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                ctx.listener.http.downstream_rq_idle_timeout.inc();
+                return Err(Some(Local::StreamIdle));
+            }
+        }
+    }
+    Ok(Some(n))
+}
+
+/// The request body bytes an HTTP/1 request may have read whole, for a retry or a mirror (as an
+/// HTTP/2 stream's): it fits the client's read buffer.
+const KEEP_LIMIT: usize = 64 * 1024;
+const _: () = assert!(KEEP_LIMIT <= crate::iobuf::MAX);
+
+/// Sends a copy of a request (its head, and its body when it was read whole: `None` if it was
+/// not) to a mirror, with `-shadow` appended to its host as Envoy does, and throws the answer
+/// away. It runs on its own task, so a slow mirror never slows the client; the mirror's own pool
+/// bounds how many copies are in flight. A copy is counted `rq_mirrored` once it has a
+/// connection, `rq_mirror_dropped` when it cannot go (a body not kept; the mirror's pool full, or
+/// no connection), as on HTTP/2.
+fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Option<&[u8]>) {
     let http = &ctx.listener.http;
-    if body != Framing::Empty {
+    let Some(body) = body else {
         http.rq_mirror_dropped.inc();
         return;
-    }
+    };
     let v = View::of(head);
     let head_method = v.method == b"HEAD";
     let host = v
         .header(b"host")
         .map(|h| String::from_utf8_lossy(&router::shadow_host(h)).into_owned())
         .unwrap_or_default();
-    let copy = router::edit_head(
+    let mut copy = router::edit_head(
         head,
         None,
         &config::api::HeaderModifier {
@@ -1029,6 +1100,7 @@ fn mirror_request(ctx: &HttpCtx, cluster: &Arc<Cluster>, head: &[u8], body: Fram
             ..Default::default()
         },
     );
+    copy.extend_from_slice(body);
     let cluster = cluster.clone();
     let stats = ctx.listener.clone();
     tokio::spawn(async move {

@@ -913,8 +913,8 @@ async fn forward(
     let mut head = Some(head);
     // The route's retries: another try (another host, as the balancer picks) on a listed status,
     // a reset, a connection failure or a try's own timeout, while `attempts` and the cluster's
-    // `maxRetries` allow and the request body was kept whole (up to `KEEP_LIMIT`; HTTP/1 retries
-    // only requests without a body, but a gRPC call always has one).
+    // `maxRetries` allow and the request body was kept whole (up to `KEEP_LIMIT`, as HTTP/1
+    // keeps a `Content-Length` body).
     let mut tries_left = retry.map_or(0, |r| r.attempts);
     let mut token = None;
     loop {

@@ -690,6 +690,152 @@ async fn a_copy_that_finds_the_mirrors_pool_full_is_dropped_and_counted() {
     assert_eq!(shadow.hits.load(Ordering::SeqCst), mirrored);
 }
 
+/// A raw HTTP/1.1 POST: its head, then (after `pause`) its `body`; the answer's status and body.
+async fn post_in_two_parts(
+    to: SocketAddr,
+    path: &str,
+    body: &[u8],
+    pause: Duration,
+    expect_continue: bool,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+    let expect = if expect_continue {
+        "expect: 100-continue\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: {}\r\n{expect}\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    if expect_continue {
+        // Nothing is sent until the proxy says go on.
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("no 100 Continue within 5 s")
+            .unwrap();
+        got.extend_from_slice(&b[..n]);
+        assert!(got.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"), "{got:?}");
+        got.clear();
+    }
+    tokio::time::sleep(pause).await;
+    s.write_all(body).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_bodies_up_to_64_kib_are_mirrored_whole() {
+    let primary = recorder("primary", false).await;
+    let shadow = recorder("shadow", false).await;
+    let (_cp, px) = gateway(mirrored(&primary.app, &shadow.app)).await;
+    let stats = px.stats();
+
+    // A body that arrives with its head, one that comes 200 ms after it, one the client holds
+    // back for `Expect: 100-continue`: each reaches the primary and its copy the mirror, whole.
+    let cases = [
+        (pattern(3000), Duration::ZERO, false),
+        (pattern(40 * 1024), Duration::from_millis(200), false),
+        (pattern(64 * 1024), Duration::ZERO, true),
+    ];
+    for (i, (body, pause, expect)) in cases.iter().enumerate() {
+        let (status, got) = post_in_two_parts(px.listen, "/reviews/1", body, *pause, *expect).await;
+        assert_eq!(
+            (status, got),
+            (200, format!("primary got {} bytes", body.len())),
+            "case {i}"
+        );
+        wait_hits(&shadow.app, i as u64 + 1).await;
+        let seen = shadow.seen.lock().unwrap();
+        assert_eq!(seen[i].authority, "reviews-shadow:9080", "case {i}");
+        assert!(
+            seen[i].body == body[..],
+            "case {i}: the copy's body differs"
+        );
+    }
+    stats.metric("http.gateway.rq_mirrored").now_eq(3).await;
+
+    // Past 64 KiB the body streams to the primary as ever; the copy is dropped and counted.
+    let big = pattern(100 * 1024);
+    let (status, got) =
+        post_in_two_parts(px.listen, "/reviews/1", &big, Duration::ZERO, false).await;
+    assert_eq!(
+        (status, got),
+        (200, format!("primary got {} bytes", 100 * 1024))
+    );
+    stats
+        .metric("http.gateway.rq_mirror_dropped")
+        .now_eq(1)
+        .await;
+    stats.metric("http.gateway.rq_mirrored").now_eq(3).await;
+    assert_eq!(shadow.app.hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_bodies_up_to_64_kib_are_retried_whole() {
+    let flaky = recorder("flaky", false).await;
+    let mut r = rule("default/reviews#0", vec![to(0, 1)]);
+    r.retry = Some(Retry {
+        codes: vec![500],
+        attempts: 1,
+        backoff_ms: Some(10),
+    });
+    let (_cp, px) = gateway(reviews(&[&flaky.app], vec![any(0)], vec![r])).await;
+
+    // The first try is answered 500, the retry 200: the app read the same body both times,
+    // though its second half came 200 ms after the head.
+    let body = pattern(20 * 1024);
+    let (status, got) = post_in_two_parts(
+        px.listen,
+        "/flaky",
+        &body,
+        Duration::from_millis(200),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (status, got),
+        (200, format!("flaky got {} bytes", body.len()))
+    );
+    {
+        let seen = flaky.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen.iter().all(|s| s.body == body[..]),
+            "a try's body differs"
+        );
+    }
+    let cluster = "cluster.outbound|9080||reviews-flaky.default.svc.cluster.local";
+    px.stats()
+        .metric(format!("{cluster}.upstream_rq_retry_success"))
+        .now_eq(1)
+        .await;
+
+    // Past 64 KiB it is not kept, so not retried: the 500 goes back.
+    let big = pattern(100 * 1024);
+    let (status, _) = post_in_two_parts(px.listen, "/flaky", &big, Duration::ZERO, false).await;
+    assert_eq!(status, 500);
+    assert_eq!(flaky.seen.lock().unwrap().len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_serves_the_routes_attached_to_it() {
     let red = app("red", Duration::ZERO).await;
@@ -1121,7 +1267,8 @@ struct Seen {
 
 /// A backend that reads each request whole and records it (`app.hits` counts those recorded).
 /// It answers `<name> got N bytes`, or when it `stall`s never answers: each request is held
-/// until the client gives it up, and `cancelled` counts those given up.
+/// until the client gives it up, and `cancelled` counts those given up. `/flaky` is answered
+/// 500 and 200 in turn (its body read and recorded either way).
 struct Recorder {
     app: App,
     seen: Arc<std::sync::Mutex<Vec<Seen>>>,
@@ -1141,15 +1288,18 @@ async fn recorder(name: &'static str, stall: bool) -> Recorder {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cancelled = Arc::new(AtomicU64::new(0));
     let (h, s, x) = (hits.clone(), seen.clone(), cancelled.clone());
+    let flaky = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((io, _)) = l.accept().await else {
                 continue;
             };
-            let (hits, seen, cancelled) = (h.clone(), s.clone(), x.clone());
+            let (hits, seen, cancelled, flaky) = (h.clone(), s.clone(), x.clone(), flaky.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (hits, seen, cancelled) = (hits.clone(), seen.clone(), cancelled.clone());
+                    let fail = req.uri().path() == "/flaky"
+                        && flaky.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);
                     async move {
                         let authority = req
                             .uri()
@@ -1172,9 +1322,12 @@ async fn recorder(name: &'static str, stall: bool) -> Recorder {
                             let _counted = Cancelled(cancelled);
                             std::future::pending::<()>().await;
                         }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                            "{name} got {n} bytes"
-                        )))))
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from(format!("{name} got {n} bytes"))));
+                        if fail {
+                            *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
