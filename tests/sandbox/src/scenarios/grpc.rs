@@ -286,7 +286,16 @@ pub fn grpc_pool(mesh: &mut Mesh) -> anyhow::Result<Report> {
         a["trellis.dev/max-pending-requests"] = "1".into();
     })?;
     let (name, target) = (pod.name.clone(), format!("http://{}:9090", pod.ip));
-    let mesh = &*mesh;
+    let result = pool_calls(mesh, &name, &target, &mut rep);
+    // The pool pod goes, whatever happened: echo's Service is left as the scenario found it.
+    let cleanup = mesh.delete_pod(&name);
+    result?;
+    cleanup?;
+    Ok(rep)
+}
+
+/// The calls and checks of [`grpc_pool`], with its pool pod `name` at `target`.
+fn pool_calls(mesh: &Mesh, name: &str, target: &str, rep: &mut Report) -> anyhow::Result<()> {
     let stats_of = |m: &Mesh| -> anyhow::Result<kit::stats::Stats> {
         let p = m
             .replicas("echo")
@@ -303,7 +312,7 @@ pub fn grpc_pool(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let before = stats_of(mesh)?;
     let c = call(
         mesh.pod("grpc-client"),
-        &target,
+        target,
         &[
             "--rpc=unary",
             "--callers=30",
@@ -342,7 +351,7 @@ pub fn grpc_pool(mesh: &mut Mesh) -> anyhow::Result<Report> {
         &format!("{INBOUND}.upstream_rq_pending_overflow"),
     );
     rep.stat("echo", &after, &format!("{INBOUND}.upstream_rq_total"));
-    Ok(rep)
+    Ok(())
 }
 
 /// A GRPCRoute on echo's Service whose rule for `trellis.demo.Echo/Unary` carries an HTTPFault
@@ -383,24 +392,14 @@ pub fn grpc_route_fault(mesh: &mut Mesh) -> anyhow::Result<Report> {
         },
     }))?;
     // Until the route reaches the client's sidecar.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    until_route_reaches_client("the GRPCRoute's fault", || {
         let c = call(
             client,
             &target,
             &["--rpc=unary", "--callers=2", "--calls=20"],
         )?;
-        if c.code("Unavailable") > 0 {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            bail!(
-                "the GRPCRoute's fault was not seen within 15 s: {}",
-                c.show()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Ok((c.code("Unavailable") > 0, c.show()))
+    })?;
     let reached = |m: &Mesh| -> anyhow::Result<u64> {
         Ok(m.stats("echo")?
             .num(&format!("{INBOUND}.upstream_rq_total")))
@@ -477,6 +476,25 @@ const MIRRORED_CALLS: u32 = 50;
 const MIRROR_DELAY_MS: u32 = 500;
 
 /// Waits (up to `secs`) until `read` gives at least `want`; the last value read.
+/// Runs `batch` (calls that show whether a route just applied has reached the client's sidecar:
+/// its effect seen, and what the calls got) every 200 ms until it shows so, for 15 s at most.
+fn until_route_reaches_client(
+    what: &str,
+    mut batch: impl FnMut() -> anyhow::Result<(bool, String)>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (seen, got) = batch()?;
+        if seen {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{what} was not seen within 15 s of the GRPCRoute; last batch: {got}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn poll_until(secs: u64, want: u64, read: impl Fn() -> anyhow::Result<u64>) -> anyhow::Result<u64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
@@ -571,21 +589,11 @@ fn mirror_calls(mesh: &Mesh, rep: &mut Report) -> anyhow::Result<()> {
         },
     }))?;
     // Until the route reaches the client's sidecar: a batch of calls of which one was copied.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    until_route_reaches_client("a mirrored call", || {
         let before = client_now(mirrored)?;
         let c = call(client, &target, &["--rpc=unary", "--calls=5"])?;
-        if client_now(mirrored)? > before {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            bail!(
-                "no call was mirrored within 15 s of the GRPCRoute; last batch: {}",
-                c.show()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Ok((client_now(mirrored)? > before, c.show()))
+    })?;
     // The copies made so far reach the mirror within its delay (else the counts below would
     // mix them in); then the baselines.
     let warmup = client_now(mirrored)? - start;
