@@ -3,8 +3,8 @@
 //!
 //! Heads are parsed in place and re-emitted by [`crate::h1`]; bodies are forwarded as they
 //! arrive, their framing followed so each connection can be reused at the right byte. Nothing is
-//! buffered whole (but a `Content-Length` body up to 64 KiB that a route's retry or mirror
-//! needs, read into the client's buffer before the first try: see `read_body`) and nothing is
+//! buffered whole (but a request body up to 64 KiB that a route's retry or mirror needs, read
+//! into the client's buffer before the first try: see `read_body`) and nothing is
 //! copied between tasks: a request costs one read and one write on
 //! each side when its head and body fit in a segment. While it waits for upstream, the task keeps
 //! reading the client's side, so a client that goes away cancels its request (`DC`), queued or in
@@ -345,10 +345,11 @@ impl Exchange<'_> {
             // where a retry finds it again.
             let whole = match req.body {
                 Framing::Empty => Some(0),
-                Framing::Length(n) if !copies.is_empty() || r.retry.is_some() => {
-                    // The route's clock starts once the request is whole.
-                    restart = d.buf.data().len() < n as usize;
-                    match read_body(ctx, d, &req, n).await {
+                Framing::Length(_) | Framing::Chunked
+                    if !copies.is_empty() || r.retry.is_some() =>
+                {
+                    // The route's clock starts once the request is whole (`restart`).
+                    match read_body(ctx, d, &req, &mut restart).await {
                         Ok(whole) => whole,
                         Err(Some(what)) => return rq.local(d, &body, &req, what).await,
                         Err(None) => {
@@ -1030,33 +1031,49 @@ fn rewrite(head: &[u8], rule: &Rule, prefix: Option<&[u8]>) -> Vec<u8> {
     router::edit_head(head, target.as_deref(), &edits)
 }
 
-/// Reads a `Content-Length` body of `n` bytes whole into the client's buffer, ahead of the
-/// exchange, so that it can be copied to a mirror and sent again on a retry: `Ok(Some(n))` once
-/// it is all there, `Ok(None)` when it is larger than [`KEEP_LIMIT`] (it then streams as
-/// usual, neither copied nor retried). A client that sent `Expect: 100-continue` is answered
-/// `100 Continue` first. Waits between reads are bounded by the idle timeout (`Err(Some)`: a
-/// 408 `SI`); `Err(None)`: the client went away.
+/// Reads a request body whole into the client's buffer, ahead of the exchange, so that it can be
+/// copied to a mirror and sent again on a retry: `Ok(Some(n))` once its `n` bytes (as they came:
+/// a chunked body with its framing) are all there, `Ok(None)` when it is larger than
+/// [`KEEP_LIMIT`] (it then streams as usual, neither copied nor retried; a chunked body is known
+/// to be larger only once that much of it came). A client that sent `Expect: 100-continue` is
+/// answered `100 Continue` first. Waits between reads are bounded by the idle timeout
+/// (`Err(Some)`: a 408 `SI`); a malformed chunked body is a 400 `DPE`, as when it streams;
+/// `Err(None)`: the client went away. `waited`: whether a read was needed.
 async fn read_body(
     ctx: &HttpCtx,
     d: &mut Downstream,
     req: &Request,
-    n: u64,
+    waited: &mut bool,
 ) -> Result<Option<usize>, Option<Local>> {
-    let Some(n) = usize::try_from(n).ok().filter(|&n| n <= KEEP_LIMIT) else {
+    if matches!(req.body, Framing::Length(n) if n > KEEP_LIMIT as u64) {
         return Ok(None);
-    };
-    if d.buf.data().len() >= n {
-        return Ok(Some(n));
     }
-    if req.expect_continue
-        && d.io
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-    {
-        return Err(None);
-    }
-    while d.buf.data().len() < n {
+    // Follows the body's framing over what has come, without consuming it.
+    let mut probe = Body::new(req.body);
+    let mut seen = 0;
+    loop {
+        let (n, _) = probe.take(&d.buf.data()[seen..], None).map_err(|e| {
+            ctx.listener.http.downstream_cx_protocol_error.inc();
+            Some(Local::BadBody(e))
+        })?;
+        seen += n;
+        if probe.is_done() {
+            return Ok(Some(seen));
+        }
+        if seen >= KEEP_LIMIT || d.buf.is_full() {
+            return Ok(None);
+        }
+        if !*waited {
+            *waited = true;
+            if req.expect_continue
+                && d.io
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return Err(None);
+            }
+        }
         match tokio::time::timeout(ctx.idle_timeout, d.buf.read_from(&mut d.io)).await {
             Ok(Ok(0) | Err(_)) => return Err(None),
             Ok(Ok(_)) => {}
@@ -1066,7 +1083,6 @@ async fn read_body(
             }
         }
     }
-    Ok(Some(n))
 }
 
 /// The request body bytes an HTTP/1 request may have read whole, for a retry or a mirror (as an

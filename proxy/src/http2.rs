@@ -914,7 +914,7 @@ async fn forward(
     // The route's retries: another try (another host, as the balancer picks) on a listed status,
     // a reset, a connection failure or a try's own timeout, while `attempts` and the cluster's
     // `maxRetries` allow and the request body was kept whole (up to `KEEP_LIMIT`, as HTTP/1
-    // keeps a `Content-Length` body).
+    // keeps a request body).
     let mut tries_left = retry.map_or(0, |r| r.attempts);
     let mut token = None;
     loop {

@@ -690,26 +690,49 @@ async fn a_copy_that_finds_the_mirrors_pool_full_is_dropped_and_counted() {
     assert_eq!(shadow.hits.load(Ordering::SeqCst), mirrored);
 }
 
+/// How [`post_in_two_parts`] frames its body.
+#[derive(Clone, Copy, Debug)]
+enum Framed {
+    Length,
+    /// `Transfer-Encoding: chunked`, in chunks of 1000 bytes.
+    Chunked,
+    /// `Content-Length`, with `Expect: 100-continue`: the body waits for the `100 Continue`.
+    ExpectContinue,
+}
+
 /// A raw HTTP/1.1 POST: its head, then (after `pause`) its `body`; the answer's status and body.
 async fn post_in_two_parts(
     to: SocketAddr,
     path: &str,
     body: &[u8],
     pause: Duration,
-    expect_continue: bool,
+    framed: Framed,
 ) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
-    let expect = if expect_continue {
-        "expect: 100-continue\r\n"
-    } else {
-        ""
+    let framing = match framed {
+        Framed::Length => format!("content-length: {}\r\n", body.len()),
+        Framed::Chunked => "transfer-encoding: chunked\r\n".to_string(),
+        Framed::ExpectContinue => {
+            format!("content-length: {}\r\nexpect: 100-continue\r\n", body.len())
+        }
     };
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: reviews:9080\r\ncontent-length: {}\r\n{expect}\
-         connection: close\r\n\r\n",
-        body.len()
-    );
+    let expect_continue = matches!(framed, Framed::ExpectContinue);
+    let head =
+        format!("POST {path} HTTP/1.1\r\nhost: reviews:9080\r\n{framing}connection: close\r\n\r\n");
+    let body: Vec<u8> = match framed {
+        Framed::Chunked => {
+            let mut out = Vec::new();
+            for c in body.chunks(1000) {
+                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                out.extend_from_slice(c);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        }
+        _ => body.to_vec(),
+    };
     s.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     if expect_continue {
@@ -724,7 +747,7 @@ async fn post_in_two_parts(
         got.clear();
     }
     tokio::time::sleep(pause).await;
-    s.write_all(body).await.unwrap();
+    s.write_all(&body).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
         .await
         .expect("no answer within 10 s")
@@ -750,11 +773,21 @@ async fn http1_bodies_up_to_64_kib_are_mirrored_whole() {
     let stats = px.stats();
 
     // A body that arrives with its head, one that comes 200 ms after it, one the client holds
-    // back for `Expect: 100-continue`: each reaches the primary and its copy the mirror, whole.
+    // back for `Expect: 100-continue`, a chunked one: each reaches the primary and its copy the
+    // mirror, whole.
     let cases = [
-        (pattern(3000), Duration::ZERO, false),
-        (pattern(40 * 1024), Duration::from_millis(200), false),
-        (pattern(64 * 1024), Duration::ZERO, true),
+        (pattern(3000), Duration::ZERO, Framed::Length),
+        (
+            pattern(40 * 1024),
+            Duration::from_millis(200),
+            Framed::Length,
+        ),
+        (pattern(64 * 1024), Duration::ZERO, Framed::ExpectContinue),
+        (
+            pattern(30 * 1024),
+            Duration::from_millis(100),
+            Framed::Chunked,
+        ),
     ];
     for (i, (body, pause, expect)) in cases.iter().enumerate() {
         let (status, got) = post_in_two_parts(px.listen, "/reviews/1", body, *pause, *expect).await;
@@ -771,22 +804,26 @@ async fn http1_bodies_up_to_64_kib_are_mirrored_whole() {
             "case {i}: the copy's body differs"
         );
     }
-    stats.metric("http.gateway.rq_mirrored").now_eq(3).await;
+    stats.metric("http.gateway.rq_mirrored").now_eq(4).await;
 
-    // Past 64 KiB the body streams to the primary as ever; the copy is dropped and counted.
+    // Past 64 KiB the body streams to the primary as ever, with a Content-Length or chunked;
+    // the copy is dropped and counted.
     let big = pattern(100 * 1024);
-    let (status, got) =
-        post_in_two_parts(px.listen, "/reviews/1", &big, Duration::ZERO, false).await;
-    assert_eq!(
-        (status, got),
-        (200, format!("primary got {} bytes", 100 * 1024))
-    );
+    for framed in [Framed::Length, Framed::Chunked] {
+        let (status, got) =
+            post_in_two_parts(px.listen, "/reviews/1", &big, Duration::ZERO, framed).await;
+        assert_eq!(
+            (status, got),
+            (200, format!("primary got {} bytes", 100 * 1024)),
+            "{framed:?}"
+        );
+    }
     stats
         .metric("http.gateway.rq_mirror_dropped")
-        .now_eq(1)
+        .now_eq(2)
         .await;
-    stats.metric("http.gateway.rq_mirrored").now_eq(3).await;
-    assert_eq!(shadow.app.hits.load(Ordering::SeqCst), 3);
+    stats.metric("http.gateway.rq_mirrored").now_eq(4).await;
+    assert_eq!(shadow.app.hits.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,39 +838,41 @@ async fn http1_bodies_up_to_64_kib_are_retried_whole() {
     let (_cp, px) = gateway(reviews(&[&flaky.app], vec![any(0)], vec![r])).await;
 
     // The first try is answered 500, the retry 200: the app read the same body both times,
-    // though its second half came 200 ms after the head.
+    // though it came 200 ms after the head; with a Content-Length, then chunked.
     let body = pattern(20 * 1024);
-    let (status, got) = post_in_two_parts(
-        px.listen,
-        "/flaky",
-        &body,
-        Duration::from_millis(200),
-        false,
-    )
-    .await;
-    assert_eq!(
-        (status, got),
-        (200, format!("flaky got {} bytes", body.len()))
-    );
-    {
+    for (i, framed) in [Framed::Length, Framed::Chunked].into_iter().enumerate() {
+        let (status, got) = post_in_two_parts(
+            px.listen,
+            "/flaky",
+            &body,
+            Duration::from_millis(200),
+            framed,
+        )
+        .await;
+        assert_eq!(
+            (status, got),
+            (200, format!("flaky got {} bytes", body.len())),
+            "{framed:?}"
+        );
         let seen = flaky.seen.lock().unwrap();
-        assert_eq!(seen.len(), 2);
+        assert_eq!(seen.len(), 2 * (i + 1), "{framed:?}");
         assert!(
             seen.iter().all(|s| s.body == body[..]),
-            "a try's body differs"
+            "{framed:?}: a try's body differs"
         );
     }
     let cluster = "cluster.outbound|9080||reviews-flaky.default.svc.cluster.local";
     px.stats()
         .metric(format!("{cluster}.upstream_rq_retry_success"))
-        .now_eq(1)
+        .now_eq(2)
         .await;
 
     // Past 64 KiB it is not kept, so not retried: the 500 goes back.
     let big = pattern(100 * 1024);
-    let (status, _) = post_in_two_parts(px.listen, "/flaky", &big, Duration::ZERO, false).await;
+    let (status, _) =
+        post_in_two_parts(px.listen, "/flaky", &big, Duration::ZERO, Framed::Length).await;
     assert_eq!(status, 500);
-    assert_eq!(flaky.seen.lock().unwrap().len(), 3);
+    assert_eq!(flaky.seen.lock().unwrap().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
