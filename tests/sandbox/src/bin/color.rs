@@ -5,7 +5,8 @@
 //! `POST /fail?on=1` on the health port makes it answer 500 to every app request (and
 //! `?on=0` heals it): a misbehaving pod for the outlier-detection demo. `?on=alternate` fails
 //! every other request (a flaky pod, for retries). `POST /slow?ms=N` adds N ms to every app
-//! answer (a slow mirror target). On SIGTERM (or SIGINT) it stops accepting, lets the requests in
+//! answer (a slow mirror target). A request's body (up to 1 MiB) is read before it is answered.
+//! On SIGTERM (or SIGINT) it stops accepting, lets the requests in
 //! flight finish (for at most 5 s) and exits 0.
 
 use std::convert::Infallible;
@@ -50,6 +51,9 @@ struct Me {
     slow_ms: &'static std::sync::atomic::AtomicU64,
 }
 
+/// The most of a request body the app reads.
+const MAX_BODY: usize = 1 << 20;
+
 /// The longest delay a request may ask for.
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
@@ -78,6 +82,9 @@ async fn answer(me: Me, req: Request<hyper::body::Incoming>) -> Response<Full<By
         me.slow_ms.store(ms, Relaxed);
         return text(200, format!("slow: {ms} ms\n"), me.pod);
     }
+    let (parts, body) = req.into_parts();
+    // Read as an app does (a body past the limit is left unread; the connection then closes).
+    let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY)).await;
     let slow = me.slow_ms.load(Relaxed);
     if slow > 0 {
         tokio::time::sleep(Duration::from_millis(slow)).await;
@@ -90,8 +97,8 @@ async fn answer(me: Me, req: Request<hyper::body::Incoming>) -> Response<Full<By
         }
         _ => {}
     }
-    let delay = req
-        .uri()
+    let delay = parts
+        .uri
         .query()
         .unwrap_or("")
         .split('&')

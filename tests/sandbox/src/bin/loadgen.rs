@@ -1,6 +1,7 @@
 //! `loadgen`: a small fortio-like HTTP/1.1 load client for the sandbox (`loadgen URL -c 30 -n 300`):
 //! `-c` keep-alive connections send `-n` requests in all, as fast as answers come (fortio's
 //! `-qps 0`). Prints one JSON line: status counts, `x-envoy-overloaded` responses, bodies, errors.
+//! Requests are GETs, or with `--body-bytes N` POSTs of an N-byte body (`Content-Length`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
@@ -40,6 +41,9 @@ struct Args {
     /// A request header, `name: value` (repeatable); a `user-agent` replaces loadgen's own.
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// POST a body of this many bytes (`Content-Length`) with each request, not a GET.
+    #[arg(long)]
+    body_bytes: Option<usize>,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -59,7 +63,7 @@ struct Summary {
     durations: Vec<u64>,
 }
 
-type Sender = http1::SendRequest<Empty<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Result<Sender, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
@@ -80,9 +84,14 @@ async fn one(
     close: bool,
     count_header: Option<&str>,
     headers: &[(String, String)],
+    body: Option<&Bytes>,
 ) -> Result<(u16, bool, bool, String, String), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
-    let mut req = hyper::Request::get(path).header("host", host);
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
     if !headers.iter().any(|(n, _)| n == "user-agent") {
         req = req.header("user-agent", "loadgen");
     }
@@ -92,7 +101,9 @@ async fn one(
     if close {
         req = req.header("connection", "close");
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let req = req
+        .body(Full::new(body.cloned().unwrap_or_default()))
+        .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let overloaded = resp
@@ -150,15 +161,19 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?,
     );
+    let body: Option<Bytes> = args
+        .body_bytes
+        .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect());
     let mut workers = Vec::new();
     for _ in 0..args.c.max(1) {
-        let (left, summary, host, path, count_header, headers) = (
+        let (left, summary, host, path, count_header, headers, body) = (
             left.clone(),
             summary.clone(),
             host.clone(),
             path.clone(),
             count_header.clone(),
             headers.clone(),
+            body.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut sender: Option<Sender> = None;
@@ -178,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
                         new_connections,
                         count_header.as_deref(),
                         &headers,
+                        body.as_ref(),
                     )
                     .await
                 })

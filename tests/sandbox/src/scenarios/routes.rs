@@ -43,6 +43,16 @@ fn call(mesh: &Mesh, query: &str, c: u32, n: u32, headers: &[&str]) -> anyhow::R
     load::run_with(mesh.pod("client"), &url, c, n, &flags)
 }
 
+/// The body of the retry and mirror scenarios' POSTs.
+const BODY_BYTES: usize = 4096;
+
+/// `n` POSTs of a `bytes`-byte body (`Content-Length`) from the client to green's Service.
+fn post(mesh: &Mesh, c: u32, n: u32, bytes: usize) -> anyhow::Result<LoadResult> {
+    let url = service_url(mesh, "green", "")?;
+    let body = format!("--body-bytes={bytes}");
+    load::run_with(mesh.pod("client"), &url, c, n, &["--timeout-s=10", &body])
+}
+
 fn body_count(r: &LoadResult, body: &str) -> u64 {
     r.bodies.get(body).copied().unwrap_or(0)
 }
@@ -422,7 +432,8 @@ pub fn retries(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let mut rep = Report::new(
         "retries",
         "HTTPRoute retry codes [500] attempts 2: green failing every other request -> all 200 \
-         through retries; green always failing -> 500 URX after 3 tries",
+         through retries, POSTs with a 4 KiB body too (each try carries it whole); green always \
+         failing -> 500 URX after 3 tries",
     );
     let mesh = &*mesh;
     mesh.apply(&route(
@@ -464,6 +475,26 @@ pub fn retries(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let success = format!("cluster.{c}.upstream_rq_retry_success");
     rep.stat("client", &after, &success);
 
+    // POSTs with a body: it is read whole before the first try, and sent again on the retry.
+    let (total, tx) = (
+        format!("cluster.{c}.upstream_rq_total"),
+        format!("cluster.{c}.upstream_cx_tx_bytes_total"),
+    );
+    let before = stats(mesh, "client")?;
+    let r = post(mesh, 1, 50, BODY_BYTES)?;
+    let after = stats(mesh, "client")?;
+    rep.count(&r);
+    let tries = after.num(&total) - before.num(&total);
+    let sent = after.num(&tx) - before.num(&tx);
+    rep.check(
+        format!(
+            "50 POSTs of {BODY_BYTES} bytes: all 200, some retried, every try sent the whole body \
+             (upstream_cx_tx_bytes_total grew by at least tries x {BODY_BYTES})"
+        ),
+        r.code(200) == 50 && tries > 50 && sent >= tries * BODY_BYTES as u64,
+        format!("{}; {tries} tries, {sent} bytes sent upstream", summary(&r)),
+    );
+
     fail_all(mesh, "green", "1")?;
     let before = stats(mesh, "client")?;
     let r = call(mesh, "", 1, 10, &[])?;
@@ -502,7 +533,7 @@ pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
     let mut rep = Report::new(
         "mirror",
         "HTTPRoute RequestMirror to red (100%), a TrafficPolicy giving red's pool room; red answers after 500 ms: red sees every request, \
-         the client's answers come from green at green's speed",
+         the client's answers come from green at green's speed; 50 POSTs of 4 KiB: red gets each body whole",
     );
     let mesh = &*mesh;
     let red = mesh.pod("red");
@@ -567,6 +598,41 @@ pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
         format!("red's {inbound} grew by {seen}"),
     );
     rep.stat("client", &stats(mesh, "client")?, mirrored);
+
+    // POSTs with a body: each copy carries it whole (it is read before the first try).
+    let dropped = "http.outbound.rq_mirror_dropped";
+    let before = stats(mesh, "client")?;
+    let r = post(mesh, 1, 50, BODY_BYTES)?;
+    rep.count(&r);
+    let after = stats(mesh, "client")?;
+    let (m, d) = (
+        after.num(mirrored) - before.num(mirrored),
+        after.num(dropped) - before.num(dropped),
+    );
+    rep.check(
+        format!("50 POSTs of {BODY_BYTES} bytes: all 200 from green, each copied ({mirrored} +50, {dropped} +0)"),
+        body_count(&r, "green") == 50 && m == 50 && d == 0,
+        format!("{}; mirrored +{m}, dropped +{d}", summary(&r)),
+    );
+    // Red's sidecar logs each copy it passed with the bytes it received.
+    let whole = format!("\" 200 - {BODY_BYTES} ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = access_log_lines(mesh, "red", &["\"POST ", &whole]);
+        if lines.len() >= 50 || Instant::now() >= deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    rep.check(
+        format!("red's access log shows 50 POSTs, each with its {BODY_BYTES} bytes"),
+        lines.len() == 50,
+        format!("{} lines", lines.len()),
+    );
+    if let Some(l) = lines.last() {
+        rep.notes.push(format!("red access log: {l}"));
+    }
+    rep.stat("client", &after, dropped);
     crate::call(
         &mesh.node,
         None,
