@@ -89,7 +89,8 @@ pub fn weights(mesh: &mut Mesh) -> anyhow::Result<Report> {
         "HTTPRoute on green: backendRefs green 90, blue 10; 1000 requests -> blue gets 57..143",
     );
     let mesh = &*mesh;
-    learn(mesh, "green", 1)?;
+    // As many hosts as green has pods now (the demo's earlier scenarios scale it).
+    learn(mesh, "green", mesh.replicas("green").len())?;
     mesh.apply(&route(
         "reviews-90-10",
         json!([{"backendRefs": [backend("green", 90), backend("blue", 10)]}]),
