@@ -4,11 +4,11 @@
 //! Heads are parsed in place and re-emitted by [`crate::h1`]; bodies are forwarded as they
 //! arrive, their framing followed so each connection can be reused at the right byte. Nothing is
 //! buffered whole (but a request body up to 64 KiB that a route's retry or mirror needs, read
-//! into the client's buffer before the first try: see `read_body`) and nothing is
-//! copied between tasks: a request costs one read and one write on
-//! each side when its head and body fit in a segment. While it waits for upstream, the task keeps
-//! reading the client's side, so a client that goes away cancels its request (`DC`), queued or in
-//! flight. Idle connections hold no buffers (see [`crate::iobuf`]).
+//! into the client's buffer before the first try: see `read_body`) and nothing is copied between
+//! tasks: a request costs one read and one write on each side when its head and body fit in a
+//! segment. While it waits for upstream, the task keeps reading the client's side, so a client
+//! that goes away cancels its request (`DC`), queued or in flight. Idle connections hold no
+//! buffers (see [`crate::iobuf`]).
 //!
 //! Beside the exchange: `flags` (the answers the proxy makes itself and Envoy's response flags)
 //! and `accounting` (what one request counts and logs, however it ends).
