@@ -29,6 +29,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::cluster::{AcquireError, Cluster, Lease};
 use crate::drain::SideDrain;
 use crate::h1::{self, Body, ChunkedError, Framing, HeadError, Request, RequestOpts, ResponseOpts};
+use crate::http2::KEEP_LIMIT;
 use crate::idle::Ended;
 use crate::iobuf::Buf;
 use crate::outlier::Outcome;
@@ -1060,7 +1061,7 @@ async fn read_body(
         if probe.is_done() {
             return Ok(Some(seen));
         }
-        if seen >= KEEP_LIMIT || d.buf.is_full() {
+        if seen >= KEEP_LIMIT {
             return Ok(None);
         }
         if !*waited {
@@ -1085,9 +1086,8 @@ async fn read_body(
     }
 }
 
-/// The request body bytes an HTTP/1 request may have read whole, for a retry or a mirror (as an
-/// HTTP/2 stream's): it fits the client's read buffer.
-const KEEP_LIMIT: usize = 64 * 1024;
+// A body kept whole fits the client's read buffer: `read_body` gives up at KEEP_LIMIT before
+// the buffer can be full.
 const _: () = assert!(KEEP_LIMIT <= crate::iobuf::MAX);
 
 /// Sends a copy of a request (its head, and its body when it was read whole: `None` if it was

@@ -1313,8 +1313,9 @@ fn refused(e: &h2::Error) -> bool {
             || (e.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
 }
 
-/// The request body bytes kept for a resend (a gRPC unary call's message, a form).
-const KEEP_LIMIT: usize = 64 * 1024;
+/// The request body bytes kept for a resend (a gRPC unary call's message, a form), or for a
+/// mirror's copy; HTTP/1 keeps as much (`http::read_body`).
+pub(crate) const KEEP_LIMIT: usize = 64 * 1024;
 
 /// What of a request body went up, kept for a resend: an upstream may refuse a stream it never
 /// processed (a GOAWAY whose last stream id is below it, or REFUSED_STREAM; RFC 9113 §8.7 says

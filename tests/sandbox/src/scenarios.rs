@@ -135,6 +135,18 @@ impl fmt::Display for Report {
     }
 }
 
+/// Waits (up to `secs`) until `read` gives at least `want`; the last value read.
+fn poll_until(secs: u64, want: u64, read: impl Fn() -> anyhow::Result<u64>) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let n = read()?;
+        if n >= want || Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Access log lines of `pod`'s proxy containing every one of `parts`, waiting up to 3 s for the
 /// (asynchronous) writer.
 fn access_log_lines(mesh: &Mesh, pod: &str, parts: &[&str]) -> Vec<String> {

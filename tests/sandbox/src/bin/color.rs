@@ -6,8 +6,8 @@
 //! `?on=0` heals it): a misbehaving pod for the outlier-detection demo. `?on=alternate` fails
 //! every other request (a flaky pod, for retries). `POST /slow?ms=N` adds N ms to every app
 //! answer (a slow mirror target). A request's body (up to 1 MiB) is read before it is answered.
-//! On SIGTERM (or SIGINT) it stops accepting, lets the requests in
-//! flight finish (for at most 5 s) and exits 0.
+//! On SIGTERM (or SIGINT) it stops accepting, lets the requests in flight finish (for at most
+//! 5 s) and exits 0.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

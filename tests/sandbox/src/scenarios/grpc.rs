@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use kit::process::{wait_timeout, Spec};
 
-use super::{access_log_lines, Report};
+use super::{access_log_lines, poll_until, Report};
 use crate::mesh::{Mesh, Pod, ADMIN_PORT};
 use crate::{bins, IMAGE_USER};
 
@@ -475,7 +475,6 @@ const MIRRORED_CALLS: u32 = 50;
 /// How late the mirror's app answers each call.
 const MIRROR_DELAY_MS: u32 = 500;
 
-/// Waits (up to `secs`) until `read` gives at least `want`; the last value read.
 /// Runs `batch` (calls that show whether a route just applied has reached the client's sidecar:
 /// its effect seen, and what the calls got) every 200 ms until it shows so, for 15 s at most.
 fn until_route_reaches_client(
@@ -492,17 +491,6 @@ fn until_route_reaches_client(
             bail!("{what} was not seen within 15 s of the GRPCRoute; last batch: {got}");
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn poll_until(secs: u64, want: u64, read: impl Fn() -> anyhow::Result<u64>) -> anyhow::Result<u64> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let n = read()?;
-        if n >= want || std::time::Instant::now() >= deadline {
-            return Ok(n);
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use super::services::{learn, service_url};
-use super::{access_log_lines, stats, summary, Report};
+use super::{access_log_lines, poll_until, stats, summary, Report};
 use crate::load::{self, LoadResult};
 use crate::mesh::{Mesh, ADMIN_PORT};
 
@@ -585,14 +585,11 @@ pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
         body_count(&r, "green") == 100 && r.p50_ms < 100,
         format!("p50 {} ms, max {} ms; {}", r.p50_ms, r.max_ms, summary(&r)),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let n = stats(mesh, "red")?.num(inbound) - red_before;
-        if n >= 100 || Instant::now() >= deadline {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let seen = poll_until(
+        10,
+        100,
+        || Ok(stats(mesh, "red")?.num(inbound) - red_before),
+    )?;
     rep.check(
         "red (the mirror) saw every one of them",
         seen == 100,
@@ -617,20 +614,14 @@ pub fn mirror(mesh: &mut Mesh) -> anyhow::Result<Report> {
     );
     // Red's sidecar logs each copy it passed with the bytes it received.
     let whole = format!("\" 200 - {BODY_BYTES} ");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let lines = access_log_lines(mesh, "red", &["\"POST ", &whole]);
-        if lines.len() >= 50 || Instant::now() >= deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let posts = || access_log_lines(mesh, "red", &["\"POST ", &whole]);
+    let logged = poll_until(10, 50, || Ok(posts().len() as u64))?;
     rep.check(
         format!("red's access log shows 50 POSTs, each with its {BODY_BYTES} bytes"),
-        lines.len() == 50,
-        format!("{} lines", lines.len()),
+        logged == 50,
+        format!("{logged} lines"),
     );
-    if let Some(l) = lines.last() {
+    if let Some(l) = posts().last() {
         rep.notes.push(format!("red access log: {l}"));
     }
     rep.stat("client", &after, dropped);
